@@ -1,0 +1,1 @@
+"""MedVision desktop package."""

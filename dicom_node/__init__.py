@@ -1,0 +1,1 @@
+"""MedVision dicom_node package."""

@@ -1,0 +1,1 @@
+"""MedVision engine package."""

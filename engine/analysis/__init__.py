@@ -1,0 +1,1 @@
+"""Image analyses built on the model runtimes: classification (more with later issues)."""

@@ -1,0 +1,62 @@
+"""One exception root for the whole product, with stable machine-readable codes.
+
+Every front-end maps :class:`MedVisionError` the same way: the MCP server returns an
+``isError`` result carrying ``code``, the DICOM node a status code, the desktop a
+dialog, the CLI exit code 2 with ``CODE: message`` on stderr. Messages never carry
+patient names or absolute paths outside the data directory.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+
+class ErrorCode(StrEnum):
+    """Stable error codes (product spec, appendix D, plus the ones the design adds)."""
+
+    SESSION_NOT_FOUND = "SESSION_NOT_FOUND"
+    SESSION_EXPIRED = "SESSION_EXPIRED"
+    IMAGE_NOT_FOUND = "IMAGE_NOT_FOUND"
+    ANNOTATION_NOT_FOUND = "ANNOTATION_NOT_FOUND"
+    INVALID_REGION = "INVALID_REGION"
+    INVALID_IMAGE_TYPE = "INVALID_IMAGE_TYPE"
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    FILE_NOT_FOUND = "FILE_NOT_FOUND"
+    IMAGE_DECODE_ERROR = "IMAGE_DECODE_ERROR"
+    UNSUPPORTED_FORMAT = "UNSUPPORTED_FORMAT"
+    MODEL_NOT_FOUND = "MODEL_NOT_FOUND"
+    MODEL_LOAD_ERROR = "MODEL_LOAD_ERROR"
+    MODEL_INTEGRITY_ERROR = "MODEL_INTEGRITY_ERROR"
+    INFERENCE_ERROR = "INFERENCE_ERROR"
+    GPU_OOM = "GPU_OOM"
+    EXPORT_FAILED = "EXPORT_FAILED"
+    DATABASE_ERROR = "DATABASE_ERROR"
+    DISK_FULL = "DISK_FULL"
+
+
+class MedVisionError(Exception):
+    """The root of every error the engine raises on purpose.
+
+    Parameters
+    ----------
+    code:
+        One of :class:`ErrorCode`; front-ends switch on it, so it never changes meaning.
+    message:
+        One human sentence, free of PHI and of absolute paths outside the data dir.
+    details:
+        Structured context (ids, the offending argument, a detected image type...).
+    """
+
+    def __init__(self, code: ErrorCode | str, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.code = ErrorCode(code)
+        self.message = message
+        self.details = details
+
+    def __str__(self) -> str:
+        return f"{self.code.value}: {self.message}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form every front-end sends: ``{"code", "message", "details"}``."""
+        return {"code": self.code.value, "message": self.message, "details": self.details}

@@ -1,0 +1,67 @@
+"""Lazily loaded models, one instance per process and task, unloadable."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from engine.config import Settings
+from engine.errors import ErrorCode, MedVisionError
+from engine.inference.modelpack import ModelEntry, ModelPack
+from engine.inference.onnx import OnnxModel
+
+log = logging.getLogger(__name__)
+
+
+class ModelRegistry:
+    """Loads a pack's models on first use and keeps them until :meth:`unload`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._pack: ModelPack | None = None
+        self._models: dict[str, OnnxModel] = {}
+        self._lock = threading.RLock()
+
+    @property
+    def pack(self) -> ModelPack:
+        """The model pack (manifest read and validated on first access)."""
+        with self._lock:
+            if self._pack is None:
+                self._pack = ModelPack.load(self.settings.model_pack)
+            return self._pack
+
+    def entry(self, task: str) -> ModelEntry | None:
+        """The pack entry serving ``task`` (honouring MEDVISION_PRECISION), or None."""
+        return self.pack.for_task(task, self.settings.precision)
+
+    def require(self, task: str) -> ModelEntry:
+        """Like :meth:`entry`, but ``MODEL_NOT_FOUND`` when the pack has no such model."""
+        entry = self.entry(task)
+        if entry is None:
+            raise MedVisionError(ErrorCode.MODEL_NOT_FOUND, f"the model pack has no model for task {task!r}")
+        return entry
+
+    def onnx(self, entry: ModelEntry) -> OnnxModel:
+        """The loaded ONNX session for ``entry`` (verified and created on first use)."""
+        with self._lock:
+            model = self._models.get(entry.id)
+            if model is None:
+                if entry.spec["format"] != "onnx":
+                    raise MedVisionError(ErrorCode.MODEL_LOAD_ERROR, f"{entry.id} is not an ONNX model")
+                path = self.pack.path(entry)
+                model = OnnxModel(path, threads=self.settings.threads, providers=self.settings.providers, name=entry.id)
+                self._models[entry.id] = model
+            return model
+
+    def loaded(self) -> list[str]:
+        """Ids of the models currently in memory."""
+        with self._lock:
+            return list(self._models)
+
+    def unload(self, model_id: str | None = None) -> None:
+        """Free one model, or all of them."""
+        with self._lock:
+            if model_id is None:
+                self._models.clear()
+            else:
+                self._models.pop(model_id, None)

@@ -1,0 +1,1 @@
+"""Versioned JSON schemas shipped as package data."""

@@ -1,0 +1,197 @@
+"""Encrypted blob files: received instances and kept artefacts, never plaintext on disk.
+
+Format (``MVB1``): a 16-byte header (magic, 8-byte random nonce prefix, chunk size),
+then chunks sealed with AES-256-GCM. Chunk ``i`` uses nonce ``prefix || i`` and the
+associated data ``blob_id || i || final``, so chunks cannot be reordered, swapped
+between blobs or truncated without the reader noticing. Streaming keeps memory flat
+for large instances. Writes go temp file -> fsync -> rename -> fsync(dir), so a blob
+that exists is whole.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import re
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from engine.errors import ErrorCode, MedVisionError
+
+MAGIC = b"MVB1"
+CHUNK_SIZE = 1 << 20
+_HEADER = struct.Struct(">4s8sI")
+_TAG_BYTES = 16
+_BLOB_ID = re.compile(r"^[0-9a-f]{16,64}$")
+
+
+def derive_blob_key(store_key: bytes) -> bytes:
+    """A separate AES key for blobs, derived from the database key (HKDF-SHA256)."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"medvision blob v1").derive(
+        store_key
+    )
+
+
+def _aad(blob_id: str, index: int, final: bool) -> bytes:
+    return blob_id.encode() + struct.pack(">I?", index, final)
+
+
+def _disk_error(exc: OSError) -> MedVisionError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return MedVisionError(ErrorCode.DISK_FULL, "no space left on the data disk")
+    return MedVisionError(ErrorCode.DATABASE_ERROR, f"blob storage failed: {exc.strerror}")
+
+
+class BlobWriter:
+    """Streams plaintext into one encrypted blob; use through :meth:`BlobStore.writer`."""
+
+    def __init__(self, store: BlobStore, blob_id: str) -> None:
+        self._store = store
+        self.blob_id = blob_id
+        self.size = 0
+        self._sha = hashlib.sha256()
+        self._pending = bytearray()
+        self._index = 0
+        self._prefix = os.urandom(8)
+        self.final_path = store.path_for(blob_id)
+        self.final_path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp_path = self.final_path.with_suffix(".tmp")
+        self._file = open(self._tmp_path, "wb")  # noqa: SIM115 - closed in commit/abort
+        self._file.write(_HEADER.pack(MAGIC, self._prefix, CHUNK_SIZE))
+
+    @property
+    def sha256(self) -> str:
+        """Hex SHA-256 of the plaintext written so far."""
+        return self._sha.hexdigest()
+
+    def write(self, data: bytes | memoryview) -> None:
+        """Append plaintext; full chunks are sealed and written at once."""
+        self._sha.update(data)
+        self.size += len(data)
+        self._pending += data
+        while len(self._pending) > CHUNK_SIZE:
+            self._seal(bytes(self._pending[:CHUNK_SIZE]), final=False)
+            del self._pending[:CHUNK_SIZE]
+
+    def _seal(self, chunk: bytes, final: bool) -> None:
+        nonce = self._prefix + struct.pack(">I", self._index)
+        sealed = self._store._aes.encrypt(nonce, chunk, _aad(self.blob_id, self._index, final))
+        self._file.write(sealed)
+        self._index += 1
+
+    def commit(self) -> None:
+        """Seal the last chunk and make the blob durable under its final name."""
+        self._seal(bytes(self._pending), final=True)
+        self._pending.clear()
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        os.replace(self._tmp_path, self.final_path)
+        _fsync_dir(self.final_path.parent)
+
+    def abort(self) -> None:
+        """Drop the partial blob; nothing is left on disk."""
+        if not self._file.closed:
+            try:
+                self._file.close()
+            except OSError:
+                pass  # flushing the buffer failed too (disk full): the file is discarded anyway
+        for path in (self._tmp_path, self.final_path):
+            path.unlink(missing_ok=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class BlobStore:
+    """A directory of encrypted blobs named by random ids (never by patient data)."""
+
+    def __init__(self, root: Path, store_key: bytes) -> None:
+        self.root = root
+        self._aes = AESGCM(derive_blob_key(store_key))
+
+    def path_for(self, blob_id: str) -> Path:
+        """Where a blob lives; ids are checked so no path is ever built from peer data."""
+        if not _BLOB_ID.match(blob_id):
+            raise MedVisionError(ErrorCode.INVALID_ARGUMENT, "malformed blob id")
+        return self.root / blob_id[:2] / f"{blob_id}.mvb"
+
+    def writer(self, blob_id: str) -> BlobWriter:
+        """Start a streaming write; call ``commit()`` or ``abort()`` on the result."""
+        try:
+            return BlobWriter(self, blob_id)
+        except OSError as exc:
+            raise _disk_error(exc) from exc
+
+    def write_bytes(self, blob_id: str, data: bytes) -> tuple[int, str]:
+        """Encrypt ``data`` durably; returns ``(size, sha256)``. Nothing is left on failure."""
+        writer = self.writer(blob_id)
+        try:
+            for start in range(0, len(data), CHUNK_SIZE):
+                writer.write(memoryview(data)[start : start + CHUNK_SIZE])
+            writer.commit()
+        except OSError as exc:
+            writer.abort()
+            raise _disk_error(exc) from exc
+        except BaseException:
+            writer.abort()
+            raise
+        return writer.size, writer.sha256
+
+    def iter_chunks(self, blob_id: str) -> Iterator[bytes]:
+        """Decrypt a blob chunk by chunk, verifying order, integrity and completeness."""
+        path = self.path_for(blob_id)
+        try:
+            handle = open(path, "rb")  # noqa: SIM115 - closed in finally
+        except FileNotFoundError as exc:
+            raise MedVisionError(ErrorCode.DATABASE_ERROR, f"blob {blob_id} is missing") from exc
+        try:
+            header = handle.read(_HEADER.size)
+            if len(header) != _HEADER.size:
+                raise MedVisionError(ErrorCode.DATABASE_ERROR, f"blob {blob_id} is truncated")
+            magic, prefix, chunk_size = _HEADER.unpack(header)
+            if magic != MAGIC:
+                raise MedVisionError(ErrorCode.DATABASE_ERROR, f"blob {blob_id} has an unknown format")
+            index = 0
+            sealed = handle.read(chunk_size + _TAG_BYTES)
+            while True:
+                following = handle.read(chunk_size + _TAG_BYTES)
+                final = not following
+                nonce = prefix + struct.pack(">I", index)
+                try:
+                    yield self._aes.decrypt(nonce, sealed, _aad(blob_id, index, final))
+                except InvalidTag as exc:
+                    raise MedVisionError(
+                        ErrorCode.DATABASE_ERROR, f"blob {blob_id} failed its integrity check"
+                    ) from exc
+                if final:
+                    return
+                sealed, index = following, index + 1
+        finally:
+            handle.close()
+
+    def read_bytes(self, blob_id: str) -> bytes:
+        """The whole plaintext of a blob."""
+        return b"".join(self.iter_chunks(blob_id))
+
+    def delete(self, blob_id: str) -> None:
+        """Remove a blob file if present."""
+        self.path_for(blob_id).unlink(missing_ok=True)
+
+    def ids_on_disk(self) -> set[str]:
+        """Every committed blob id found under the root (for orphan sweeps)."""
+        if not self.root.exists():
+            return set()
+        return {p.stem for p in self.root.glob("*/*.mvb")}

@@ -1,0 +1,78 @@
+"""Assemble a model pack: run each component builder, hash the files, write the manifest.
+
+The pack is built in a sibling temporary directory and renamed into place, so a
+crashed build never leaves a half pack where the runtime looks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+import jsonschema
+
+from engine.inference.modelpack import MANIFEST_NAME, ModelPack, manifest_schema, sha256_file
+from models import BUILDER_VERSION, classifier
+from models.calibration import load_calibration
+
+log = logging.getLogger(__name__)
+
+
+def is_fresh(out_dir: Path, *, dev: bool) -> bool:
+    """True when ``out_dir`` holds a complete pack of this builder version and kind."""
+    try:
+        pack = ModelPack.load(out_dir)
+    except Exception:  # noqa: BLE001 - any failure to load means "rebuild"
+        return False
+    manifest = pack.manifest
+    if manifest.get("builder_version") != BUILDER_VERSION or manifest.get("name") != ("dev" if dev else "site"):
+        return False
+    return all(row["ok"] for row in pack.verify())
+
+
+def build_pack(out_dir: Path, *, dev: bool, weights_dir: Path | None = None,
+               calibration_dir: Path | None = None, threads: int = 2) -> dict:
+    """Build a pack into ``out_dir`` (replacing it) and return its manifest."""
+    if dev == (weights_dir is not None):
+        raise ValueError("choose exactly one of dev=True or weights_dir")
+    out_dir = out_dir.resolve()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        calibration = load_calibration(calibration_dir)
+        entries = classifier.build(staging, calibration, weights_dir=weights_dir, threads=threads)
+        for entry in entries:
+            path = staging / entry["file"]
+            entry["sha256"] = sha256_file(path)
+            entry["size_bytes"] = path.stat().st_size
+        manifest = {
+            "format_version": 1,
+            "name": "dev" if dev else "site",
+            "builder_version": BUILDER_VERSION,
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "trained": all(e["trained"] for e in entries),
+            "notes": (
+                "Development pack: real architectures without pretrained weights. Outputs are not "
+                "meaningful (model_trained: false)." if dev else "Site pack built from upstream weights."
+            ),
+            "models": entries,
+        }
+        jsonschema.validate(manifest, manifest_schema())
+        (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+        if out_dir.exists():
+            old = out_dir.with_name(out_dir.name + ".old")
+            shutil.rmtree(old, ignore_errors=True)
+            out_dir.rename(old)
+            staging.rename(out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            staging.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log.info("model pack written: %d models", len(manifest["models"]))
+    return manifest

@@ -1,0 +1,73 @@
+# Shared set-up for ./run.sh and ./test.sh (sourced, not executed).
+#
+# Idempotent: creates .venv, installs the project with its build + dev extras when
+# pyproject.toml changed since the last install, installs the Debian tools the tests
+# use when running as root, and builds the dev model pack when it is missing or was
+# made by an older builder version.
+
+set -euo pipefail
+
+MEDVISION_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$MEDVISION_ROOT/.venv"
+export MEDVISION_MODEL_PACK="${MEDVISION_MODEL_PACK:-$MEDVISION_ROOT/.cache/modelpack-dev}"
+
+# Debian packages the test-suite drives for real (added as the issues need them).
+APT_PACKAGES=()
+
+log() { printf '[medvision] %s\n' "$*" >&2; }
+
+ensure_apt_packages() {
+    [ ${#APT_PACKAGES[@]} -eq 0 ] && return 0
+    local missing=()
+    for pkg in "${APT_PACKAGES[@]}"; do
+        dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    if [ "$(id -u)" -ne 0 ]; then
+        log "missing Debian packages (not root, cannot install): ${missing[*]}"
+        return 0
+    fi
+    log "installing Debian packages: ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+find_python() {
+    for candidate in python3.11 python3.12 python3; do
+        if command -v "$candidate" >/dev/null 2>&1 &&
+            "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+            echo "$candidate"
+            return 0
+        fi
+    done
+    log "Python 3.11 or newer is required"
+    return 1
+}
+
+ensure_venv() {
+    if [ ! -x "$VENV/bin/python" ]; then
+        log "creating $VENV"
+        "$(find_python)" -m venv "$VENV"
+        "$VENV/bin/python" -m pip install -q --upgrade pip
+    fi
+    local stamp="$VENV/.medvision-installed"
+    local want
+    want="$(sha256sum "$MEDVISION_ROOT/pyproject.toml" | cut -d' ' -f1)"
+    if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+        log "installing medvision with the build and dev extras (torch comes from local disk)"
+        "$VENV/bin/python" -m pip install -q -e "$MEDVISION_ROOT[build,dev]" 2>&1 |
+            grep -v "is ignored: it is neither a file nor a directory" >&2 || true
+        "$VENV/bin/python" -c 'import engine, models, torch, torchxrayvision, sqlcipher3, onnxruntime'
+        echo "$want" >"$stamp"
+    fi
+}
+
+ensure_model_pack() {
+    "$VENV/bin/medvision" models build --dev --out "$MEDVISION_MODEL_PACK" --if-stale
+}
+
+medvision_setup() {
+    ensure_apt_packages
+    ensure_venv
+    ensure_model_pack
+}

@@ -1,0 +1,27 @@
+"""The pack builder: a real dev build into a fresh directory, freshness, atomic replacement."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from engine.inference.modelpack import ModelPack
+from models import BUILDER_VERSION
+from models.pack import build_pack, is_fresh
+
+
+def test_dev_build_is_complete_fresh_and_replaces_atomically(tmp_path: Path) -> None:
+    out = tmp_path / "pack"
+    out.mkdir()
+    (out / "stale.txt").write_text("from an older build")
+    manifest = build_pack(out, dev=True, threads=2)
+    assert not (out / "stale.txt").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["pack"]  # no staging dirs left behind
+    assert manifest["builder_version"] == BUILDER_VERSION and manifest["trained"] is False
+    assert all(row["ok"] for row in ModelPack.load(out).verify())
+    assert is_fresh(out, dev=True) and not is_fresh(out, dev=False)
+
+    stale = json.loads((out / "manifest.json").read_text())
+    stale["builder_version"] = "0"
+    (out / "manifest.json").write_text(json.dumps(stale))
+    assert not is_fresh(out, dev=True)

@@ -1,0 +1,92 @@
+"""Encrypted blob files: round trip, integrity, truncation, swapping, failed writes."""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from engine.errors import ErrorCode, MedVisionError
+from engine.store.blobs import CHUNK_SIZE, BlobStore
+
+KEY = bytes(range(32))
+
+
+@pytest.fixture
+def blobs(tmp_path: Path) -> BlobStore:
+    return BlobStore(tmp_path / "blobs", KEY)
+
+
+def test_round_trip_across_chunks(blobs: BlobStore) -> None:
+    data = os.urandom(CHUNK_SIZE * 3 + 12345)
+    size, digest = blobs.write_bytes("a" * 32, data)
+    assert size == len(data)
+    assert blobs.read_bytes("a" * 32) == data
+    assert data[:4096] not in blobs.path_for("a" * 32).read_bytes()
+    blobs.write_bytes("b" * 32, b"")
+    assert blobs.read_bytes("b" * 32) == b""
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "drop_last_chunk"])
+def test_damaged_blobs_are_refused(blobs: BlobStore, damage: str) -> None:
+    blob_id = "c" * 32
+    blobs.write_bytes(blob_id, os.urandom(CHUNK_SIZE * 2 + 100))
+    path = blobs.path_for(blob_id)
+    raw = bytearray(path.read_bytes())
+    if damage == "flip":
+        raw[len(raw) // 2] ^= 0x01
+    elif damage == "truncate":
+        raw = raw[:-10]
+    else:
+        raw = raw[: 16 + 2 * (CHUNK_SIZE + 16)]  # header + two whole chunks, final chunk gone
+    path.write_bytes(bytes(raw))
+    with pytest.raises(MedVisionError) as err:
+        blobs.read_bytes(blob_id)
+    assert err.value.code is ErrorCode.DATABASE_ERROR
+
+
+def test_blobs_cannot_be_swapped_between_ids(blobs: BlobStore) -> None:
+    blobs.write_bytes("d" * 32, b"first")
+    blobs.write_bytes("e" * 32, b"second")
+    first, second = blobs.path_for("d" * 32), blobs.path_for("e" * 32)
+    first.write_bytes(second.read_bytes())
+    with pytest.raises(MedVisionError):
+        blobs.read_bytes("d" * 32)
+
+
+def test_ids_from_peers_never_become_paths(blobs: BlobStore) -> None:
+    for bad in ("../../etc/passwd", "AB" * 16, "a/b" * 10, ""):
+        with pytest.raises(MedVisionError) as err:
+            blobs.path_for(bad)
+        assert err.value.code is ErrorCode.INVALID_ARGUMENT
+
+
+FULL_DISK = textwrap.dedent(
+    """
+    import resource, signal, sys
+    from pathlib import Path
+    from engine.errors import MedVisionError
+    from engine.store.blobs import BlobStore
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (3 << 20, 3 << 20))  # files may not exceed 3 MiB
+    store = BlobStore(Path(sys.argv[1]), bytes(range(32)))
+    try:
+        store.write_bytes("f" * 32, b"x" * (8 << 20))
+    except MedVisionError as exc:
+        print(exc.code.value)
+    """
+)
+
+
+def test_a_write_that_runs_out_of_space_leaves_nothing(tmp_path: Path) -> None:
+    """RLIMIT_FSIZE makes the disk 'full' at 3 MiB for one process (EFBIG, like ENOSPC)."""
+    root = tmp_path / "blobs"
+    out = subprocess.run([sys.executable, "-c", FULL_DISK, str(root)], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "DATABASE_ERROR", out.stderr
+    assert [p for p in root.rglob("*") if p.is_file()] == []
+    assert resource.getrlimit(resource.RLIMIT_FSIZE)  # the limit applied to the child only

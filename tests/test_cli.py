@@ -1,0 +1,88 @@
+"""The ``medvision`` console script, run as a user would: exit codes, stderr, JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from pydicom.data import get_testdata_file
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def medvision(*args: str, home: Path, pack: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    exe = shutil.which("medvision", path=str(Path(os.sys.executable).parent))
+    environment = os.environ | {"MEDVISION_HOME": str(home), "MEDVISION_MODEL_PACK": str(pack)} | (env or {})
+    return subprocess.run([exe, *args], capture_output=True, text=True, env=environment, timeout=300)
+
+
+def test_analyze_prints_a_summary_and_writes_json(home: Path, model_pack: Path, rg1_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "result.json"
+    run = medvision("analyze", str(rg1_path), "--json", str(out), home=home, pack=model_pack)
+    assert run.returncode == 0, run.stderr
+    assert run.stderr == ""
+    assert "Type CXR" in run.stdout and "Development models" in run.stdout
+    assert "Pneumothorax" in run.stdout
+    payload = json.loads(out.read_text())
+    result = payload["results"][0]
+    assert result["auto_analysis"]["model_trained"] is False
+    assert len(result["auto_analysis"]["classification"]["findings"]) == 18
+
+    listing = medvision("sessions", "list", "--json", home=home, pack=model_pack)
+    sessions = json.loads(listing.stdout)
+    assert [s["session_id"] for s in sessions] == [payload["session_id"]]
+    shown = medvision("sessions", "show", payload["session_id"], home=home, pack=model_pack)
+    assert shown.returncode == 0 and "RG1_UNCR.dcm" in shown.stdout and "untrained" in shown.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        ([get_testdata_file("CT_small.dcm")], "INVALID_IMAGE_TYPE"),
+        (["--type", "CT", get_testdata_file("RG1_UNCR.dcm")], "INVALID_IMAGE_TYPE"),
+        ([get_testdata_file("rtplan.dcm")], "UNSUPPORTED_FORMAT"),
+        ([get_testdata_file("MR_truncated.dcm")], "IMAGE_DECODE_ERROR"),
+        (["/definitely/not/here.dcm"], "FILE_NOT_FOUND"),
+    ],
+)
+def test_bad_input_exits_2_with_one_coded_line(args: list[str], code: str, home: Path, model_pack: Path) -> None:
+    run = medvision("analyze", *args, home=home, pack=model_pack)
+    assert run.returncode == 2
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{code}: "), run.stderr
+    assert "Traceback" not in run.stderr and "/definitely" not in run.stderr
+    assert json.loads(medvision("sessions", "list", "--json", home=home, pack=model_pack).stdout) == []
+
+
+def test_wrong_database_key_and_missing_pack(home: Path, model_pack: Path, rg1_path: Path, tmp_path: Path) -> None:
+    assert medvision("analyze", str(rg1_path), home=home, pack=model_pack).returncode == 0
+    run = medvision("sessions", "list", home=home, pack=model_pack, env={"MEDVISION_DB_KEY": "00" * 32})
+    assert run.returncode == 2 and run.stderr.startswith("DATABASE_ERROR: ")
+    assert len(run.stderr.strip().splitlines()) == 1
+    run = medvision("analyze", str(rg1_path), home=home, pack=tmp_path / "no-pack")
+    assert run.returncode == 2 and run.stderr.startswith("MODEL_NOT_FOUND: ")
+
+
+def test_models_list_and_verify(home: Path, model_pack: Path, tmp_path: Path) -> None:
+    listed = medvision("models", "list", home=home, pack=model_pack)
+    assert listed.returncode == 0 and "densenet121-res224-all-int8" in listed.stdout
+    assert medvision("models", "verify", home=home, pack=model_pack).returncode == 0
+    broken = Path(shutil.copytree(model_pack, tmp_path / "pack"))
+    victim = next((broken / "classify").glob("*.fp32.onnx"))
+    victim.write_bytes(victim.read_bytes()[:-100])
+    run = medvision("models", "verify", home=home, pack=broken)
+    assert run.returncode == 2
+    assert run.stderr.startswith("MODEL_INTEGRITY_ERROR: ") and victim.name in run.stderr
+    assert f"FAIL classify/{victim.name}" in run.stdout
+
+
+def test_models_build_with_a_weights_dir_lacking_the_checkpoint(home: Path, model_pack: Path, tmp_path: Path) -> None:
+    run = medvision("models", "build", "--weights-dir", str(tmp_path), "--out", str(tmp_path / "pack"),
+                    home=home, pack=model_pack)
+    assert run.returncode != 0
+    assert "densenet121" in run.stderr  # names the upstream file it looked for
+    assert not (tmp_path / "pack").exists()

@@ -35,7 +35,6 @@ def bench_backends(pack: Path, threads: int, rounds: int, per_round: int) -> dic
     from engine.imaging import decode_image
     from engine.inference.modelpack import ModelPack
     from engine.inference.onnx import OnnxModel
-
     from models.calibration import load_calibration
     from models.classifier import load_densenet
 

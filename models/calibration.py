@@ -17,7 +17,7 @@ import numpy as np
 
 from engine.analysis.preprocess import center_crop, xrv_input, xrv_resize
 from engine.errors import MedVisionError
-from engine.imaging import decode_image
+from engine.imaging import DecodedImage, decode_image
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,38 @@ class CalibrationSet:
     calibrate: np.ndarray
     holdout: np.ndarray
     sources: list[str]
+
+
+@dataclass
+class CalibrationImages:
+    """Decoded real images with their role ("calibrate" or "holdout").
+
+    Each model builder prepares its own tensors from these (different resolutions and
+    normalisations), so every model is calibrated on the same real radiographs.
+    """
+
+    items: list[tuple[str, str, DecodedImage]]
+
+    @property
+    def sources(self) -> list[str]:  # noqa: D102
+        return [name for name, _, _ in self.items]
+
+    def by_role(self, role: str) -> list[DecodedImage]:
+        """The decoded images of one role."""
+        return [decoded for _, r, decoded in self.items if r == role]
+
+    def xrv_set(self, resolution: int = 224, *, augmented: int = 30, seed: int = 0) -> CalibrationSet:
+        """torchxrayvision-normalised tensors at ``resolution``, with augmented views."""
+        rng = np.random.default_rng(seed)
+        calibrate = [xrv_input(d) for d in self.by_role("calibrate")]
+        holdout = [xrv_input(d) for d in self.by_role("holdout")]
+        square = lambda image: xrv_resize(np.ascontiguousarray(center_crop(image)), resolution)  # noqa: E731
+        calib = [square(i) for i in calibrate]
+        calib += [_augment(calibrate[i % len(calibrate)], rng, resolution) for i in range(augmented)]
+        hold = [square(i) for i in holdout]
+        hold += [_augment(holdout[i % len(holdout)], rng, resolution) for i in range(max(4, augmented // 4))]
+        as_batch = lambda items: np.stack(items)[:, None].astype(np.float32)  # noqa: E731
+        return CalibrationSet(calibrate=as_batch(calib), holdout=as_batch(hold), sources=self.sources)
 
 
 def _default_paths() -> list[tuple[Path, str]]:
@@ -71,28 +103,21 @@ def _augment(image: np.ndarray, rng: np.random.Generator, resolution: int) -> np
     return xrv_resize(np.ascontiguousarray(center_crop(view)), resolution)
 
 
-def load_calibration(
-    folder: Path | None = None, *, resolution: int = 224, augmented: int = 30, seed: int = 0
-) -> CalibrationSet:
-    """Decode, preprocess and augment the calibration images."""
+def load_images(folder: Path | None = None) -> CalibrationImages:
+    """Decode the calibration images (the pydicom-data radiographs unless ``folder``)."""
     paths = _folder_paths(folder) if folder else _default_paths()
-    rng = np.random.default_rng(seed)
-    calibrate, holdout, sources = [], [], []
+    items = []
     for path, role in paths:
         try:
-            decoded = decode_image(path)
+            items.append((path.name, role, decode_image(path)))
         except MedVisionError as exc:
             log.warning("skipping calibration file %s: %s", path.name, exc)
-            continue
-        image = xrv_input(decoded)
-        tensor = xrv_resize(np.ascontiguousarray(center_crop(image)), resolution)
-        (calibrate if role == "calibrate" else holdout).append((tensor, image))
-        sources.append(path.name)
-    if not calibrate or not holdout:
+    if not any(r == "calibrate" for _, r, _ in items) or not any(r == "holdout" for _, r, _ in items):
         raise ValueError("calibration needs at least one calibration and one hold-out image")
-    calib = [t for t, _ in calibrate]
-    calib += [_augment(calibrate[i % len(calibrate)][1], rng, resolution) for i in range(augmented)]
-    hold = [t for t, _ in holdout]
-    hold += [_augment(holdout[i % len(holdout)][1], rng, resolution) for i in range(max(4, augmented // 4))]
-    as_batch = lambda items: np.stack(items)[:, None].astype(np.float32)  # noqa: E731
-    return CalibrationSet(calibrate=as_batch(calib), holdout=as_batch(hold), sources=sources)
+    return CalibrationImages(items)
+
+
+def load_calibration(folder: Path | None = None, *, resolution: int = 224, augmented: int = 30,
+                     seed: int = 0) -> CalibrationSet:
+    """Shortcut: :func:`load_images` then :meth:`CalibrationImages.xrv_set`."""
+    return load_images(folder).xrv_set(resolution, augmented=augmented, seed=seed)

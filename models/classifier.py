@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -22,6 +23,9 @@ import torchxrayvision as xrv
 from torch import nn
 
 from models.calibration import CalibrationSet
+
+if TYPE_CHECKING:
+    from models.pack import BuildContext
 from models.onnx_tools import cpu_session, export_onnx, median_latency_ms, quantize_qdq
 
 log = logging.getLogger(__name__)
@@ -100,8 +104,10 @@ def load_densenet(weights_dir: Path | None, calibration: CalibrationSet) -> tupl
     return model, info
 
 
-def build(out_dir: Path, calibration: CalibrationSet, *, weights_dir: Path | None, threads: int) -> list[dict]:
+def build(context: BuildContext) -> list[dict]:
     """Export fp32 + int8 ONNX into ``out_dir/classify`` and return their manifest entries."""
+    out_dir, weights_dir, threads = context.out_dir, context.weights_dir, context.threads
+    calibration = context.images.xrv_set(RESOLUTION)
     model, info = load_densenet(weights_dir, calibration)
     labels = list(model.targets)
     wrapper = DenseNetLogits(model).eval()

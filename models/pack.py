@@ -10,6 +10,8 @@ import json
 import logging
 import shutil
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,9 +19,30 @@ import jsonschema
 
 from engine.inference.modelpack import MANIFEST_NAME, ModelPack, manifest_schema, sha256_file
 from models import BUILDER_VERSION, classifier
-from models.calibration import load_calibration
+from models.calibration import CalibrationImages, load_images
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class BuildContext:
+    """What every component builder gets: where to write, which weights, which images."""
+
+    out_dir: Path
+    images: CalibrationImages
+    weights_dir: Path | None
+    threads: int
+
+    @property
+    def dev(self) -> bool:  # noqa: D102
+        return self.weights_dir is None
+
+
+#: One builder per model family; each writes its files under ``out_dir`` and returns
+#: manifest entries without ``sha256``/``size_bytes`` (added here).
+COMPONENTS: list[Callable[[BuildContext], list[dict]]] = [
+    classifier.build,
+]
 
 
 def is_fresh(out_dir: Path, *, dev: bool) -> bool:
@@ -43,8 +66,10 @@ def build_pack(out_dir: Path, *, dev: bool, weights_dir: Path | None = None,
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        calibration = load_calibration(calibration_dir)
-        entries = classifier.build(staging, calibration, weights_dir=weights_dir, threads=threads)
+        context = BuildContext(staging, load_images(calibration_dir), weights_dir, threads)
+        entries = []
+        for component in COMPONENTS:
+            entries += component(context)
         for entry in entries:
             path = staging / entry["file"]
             entry["sha256"] = sha256_file(path)

@@ -16,12 +16,24 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from engine.analysis import region as region_facts
+from engine.analysis.anatomy import locate, midline_x
 from engine.analysis.classify import classify as run_classifier
+from engine.analysis.embedding import embed_image
+from engine.analysis.measurements import area as mask_area
+from engine.analysis.measurements import measure_mask
+from engine.analysis.quality import check_quality, rotation_index
+from engine.analysis.segmentation import MASKS_KEY, segment_organs
 from engine.config import Settings
 from engine.errors import ErrorCode, MedVisionError
 from engine.imaging import DecodedImage, decode_image
+from engine.imaging.masks import decode_rle, encode_rle, mask_bbox
+from engine.imaging.regions import mirror_mask, parse_region, region_mask
 from engine.inference.registry import ModelRegistry
-from engine.store import Store
+from engine.rag.fusion import merge_labels, suggested_prompt
+from engine.store import Store, new_id
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +45,8 @@ PRESETS: dict[str, dict[str, bool]] = {
     "report_only": {"classify": False, "detect": False, "segment": False, "generate_report": True},
 }
 #: Which pack task answers each analysis switch (None: not provided by any model yet).
-SWITCH_TASKS = {"detect": "detect", "segment": "organ_seg", "generate_report": "llm"}
+SWITCH_TASKS = {"detect": "detect", "generate_report": "llm"}
+RAG_MODES = ("quick", "full", "rag_only")
 DISCLAIMER = "For research and education, not for diagnostic use."
 UNTRAINED_BANNER = "Development models: untrained weights, output not meaningful."
 _DECODE_CACHE_SIZE = 4
@@ -53,9 +66,14 @@ class Engine:
         self.models = ModelRegistry(self.settings)
         self._decoded: OrderedDict[tuple[str, int], DecodedImage] = OrderedDict()
         self._cache_lock = threading.Lock()
+        self._library = None
+        self._segmenter = None
+        self._library_lock = threading.Lock()
 
     def close(self) -> None:
-        """Release models and database connections."""
+        """Release models, the reference library and database connections."""
+        if self._library is not None:
+            self._library.close()
         self.models.unload()
         self.store.close()
 
@@ -131,6 +149,7 @@ class Engine:
         except PermissionError as exc:
             raise MedVisionError(ErrorCode.FILE_NOT_FOUND, f"cannot read {path.name}: permission denied") from exc
         decoded = decode_image(data, frame=frame, filename=path.name)
+        quality = check_quality(decoded)
         decoded_at = time.perf_counter()
         record = {
             "source_path": str(path.resolve()),
@@ -146,7 +165,7 @@ class Engine:
             "sop_instance_uid": decoded.sop_instance_uid,
             "series_instance_uid": decoded.series_instance_uid,
             "study_instance_uid": decoded.study_instance_uid,
-            "metadata": decoded.metadata | {"type_reason": decoded.type_reason,
+            "metadata": decoded.metadata | {"quality": quality, "type_reason": decoded.type_reason,
                                             "type_confidence": decoded.type_confidence,
                                             "detected_type": decoded.image_type},
             "patient": decoded.patient,
@@ -162,6 +181,7 @@ class Engine:
             "type_source": image["type_source"],
             "type_reason": decoded.type_reason,
             "image": self._image_summary(image),
+            "quality_warnings": quality["warnings"],
             "timings_ms": {"decode": round((decoded_at - started) * 1000, 2),
                            "store": round((stored_at - decoded_at) * 1000, 2)},
             "auto_analysis": None,
@@ -246,11 +266,19 @@ class Engine:
             "disclaimer": DISCLAIMER,
         }
         models_used: list[dict] = []
+        effective = decoded if image["type"] == decoded.image_type else _retyped(decoded, image["type"])
+        analysis_id, masks = new_id(), []
         if switches["classify"]:
-            effective = decoded if image["type"] == decoded.image_type else _retyped(decoded, image["type"])
             classification = run_classifier(effective, self.models, threshold=classification_threshold, force=force)
             result["classification"] = classification
             models_used.append(classification["model"])
+        if switches["segment"]:
+            if self.models.entry("organ_seg") is None:
+                result["segmentation"] = _unavailable("the model pack has no organ_seg model")
+            else:
+                segmentation, masks = self._segment(effective, segment_organs, force)
+                result["segmentation"] = segmentation
+                models_used.append(segmentation["model"])
         for switch, task in SWITCH_TASKS.items():
             if switches[switch]:
                 result[_result_key(switch)] = _unavailable(f"the model pack has no {task} model")
@@ -263,11 +291,17 @@ class Engine:
             result["banner"] = UNTRAINED_BANNER
         if not models_used:
             result["note"] = "no analysis ran: every requested switch is unavailable in this model pack"
-        stored = self.store.add_analysis(session_id, image_id, "analyze_image", result)
+        with self.store.db.transaction():
+            stored = self.store.add_analysis(session_id, image_id, "analyze_image", result, analysis_id=analysis_id)
+            if masks:
+                self.store.add_masks(session_id, image_id, masks, source="organ_seg", analysis_id=analysis_id,
+                                     model_id=result["segmentation"]["model"]["id"])
         result["analysis_id"] = stored["id"]
         result["created_at"] = stored["created_at"]
         finished = time.perf_counter()
-        inner = result.get("classification", {}).get("timings_ms", {})
+        inner = dict(result.get("classification", {}).get("timings_ms", {}))
+        if result.get("segmentation", {}).get("status") == "ok":
+            inner["segmentation"] = round(sum(result["segmentation"]["timings_ms"].values()), 2)
         result["timings_ms"] = {
             "decode": round((decoded_at - started) * 1000, 2),
             **inner,
@@ -313,6 +347,306 @@ class Engine:
             "disclaimer": DISCLAIMER,
         }
 
+    # -- segmentation ------------------------------------------------------------------
+    def _segment(self, decoded: DecodedImage, organs: list[str] | None, force: bool) -> tuple[dict, list[dict]]:
+        """Run organ segmentation; returns the JSON result (masks by id) and the mask rows."""
+        segmentation = segment_organs(decoded, self.models, organs=organs, force=force)
+        boolean_masks = segmentation.pop(MASKS_KEY)
+        rows = []
+        for organ in segmentation["organs"]:
+            mask_id = new_id()
+            rows.append({"id": mask_id, "label": organ["label"], "rle": organ.pop("mask_rle"),
+                         "area_px": organ["area_px"]})
+            organ["mask_id"] = mask_id
+        rotation = rotation_index(boolean_masks)
+        segmentation["rotation_index"] = None if rotation is None else round(rotation, 4)
+        return segmentation, rows
+
+    def organ_masks(self, session_id: str, image_id: str, *, run: bool = True) -> dict[str, np.ndarray] | None:
+        """The latest stored organ masks of an image; segments it first when ``run`` and possible."""
+        stored = self.store.list_masks(session_id, image_id, source="organ_seg")
+        if stored:
+            latest = stored[-1]["analysis_id"]
+            return {m["label"]: decode_rle(m["rle"]) for m in stored if m["analysis_id"] == latest}
+        image = self.store.get_image(image_id, session_id=session_id)
+        if not run or image["type"] != "CXR" or self.models.entry("organ_seg") is None:
+            return None
+        self.analyze_image(session_id, image_id, classify=False, detect=False, segment=True, generate_report=False)
+        return self.organ_masks(session_id, image_id, run=False)
+
+    # -- annotations -------------------------------------------------------------------
+    def add_annotation(self, session_id: str, image_id: str | None = None, annotation_type: str = "bbox",
+                       coordinates: Any = None, label: str = "", notes: str | None = None,
+                       source: str = "user", confidence: float | None = None, layer: str | None = None,
+                       style: dict | None = None) -> dict:
+        """Add an annotation (validated against the image; coordinates stored in pixels)."""
+        image_id = image_id or self._current_image(session_id)
+        row = self.store.add_annotation(session_id, image_id, annotation_type, coordinates, label=label,
+                                        notes=notes, source=source, confidence=confidence, layer=layer, style=style)
+        return {"annotation_id": row["id"], "annotation": _annotation(row)}
+
+    def update_annotation(self, session_id: str, annotation_id: str, label: str | None = None,
+                          notes: str | None = None, coordinates: Any = None, **extra: Any) -> dict:
+        """Change an annotation's label, notes, coordinates (or confidence/layer/style)."""
+        row = self.store.update_annotation(session_id, annotation_id, label=label, notes=notes,
+                                           coordinates=coordinates, **extra)
+        return {"annotation_id": annotation_id, "annotation": _annotation(row)}
+
+    def delete_annotation(self, session_id: str, annotation_id: str) -> dict:
+        """Delete an annotation."""
+        return self.store.delete_annotation(session_id, annotation_id)
+
+    def get_annotations(self, session_id: str, image_id: str | None = None, source: str = "all") -> dict:
+        """Annotations of a session (or an image), optionally of one source."""
+        rows = self.store.list_annotations(session_id, image_id, source or "all")
+        return {"session_id": session_id, "image_id": image_id, "annotations": [_annotation(r) for r in rows],
+                "count": len(rows)}
+
+    def _current_image(self, session_id: str) -> str:
+        image_id = self.store.get_session(session_id)["current_image_id"]
+        if image_id is None:
+            raise MedVisionError(ErrorCode.IMAGE_NOT_FOUND, "the session has no images yet")
+        return image_id
+
+    # -- region analysis ---------------------------------------------------------------
+    def analyze_selected_region(self, session_id: str, region: dict, question: str | None = None,
+                                actions: list[str] | tuple[str, ...] = ("describe",),
+                                image_id: str | None = None, top_k: int = 5) -> dict:
+        """Analyse a region the user (or an agent) selected, and keep it as an AI annotation.
+
+        ``actions``: describe, segment, measure, classify, rag_search, compare. The
+        result holds ``region_info`` (bounds, area, pixel statistics, anatomy), one
+        section per action, a ``confidence_summary`` and the new ``annotation_id``.
+        """
+        started = time.perf_counter()
+        actions = list(actions or ["describe"])
+        unknown = [a for a in actions if a not in region_facts.ACTIONS]
+        if unknown:
+            raise MedVisionError(ErrorCode.INVALID_ARGUMENT,
+                                 f"unknown action(s) {', '.join(map(str, unknown))}; use {', '.join(region_facts.ACTIONS)}")
+        image_id = image_id or self._current_image(session_id)
+        image, decoded = self.decoded_image(session_id, image_id)
+        parsed = parse_region(region, decoded.rows, decoded.columns)
+        mask = region_mask(parsed, decoded.rows, decoded.columns)
+        spacing, spacing_source = decoded.pixel_spacing_mm, decoded.spacing_source
+        timings: dict[str, float] = {}
+
+        def lap(name: str, since: float) -> float:
+            now = time.perf_counter()
+            timings[name] = round((now - since) * 1000, 2)
+            return now
+
+        wants_anatomy = {"describe", "compare"} & set(actions)
+        organs = self.organ_masks(session_id, image_id, run=bool(wants_anatomy)) if wants_anatomy else None
+        anatomy = locate(mask, organs)
+        mark = lap("anatomy", started)
+        info = {
+            "region": parsed.to_dict(),
+            "bbox": mask_bbox(mask),
+            "area": mask_area(mask, spacing, spacing_source),
+            "pixel_statistics": region_facts.pixel_statistics(decoded, mask),
+            "anatomy": anatomy,
+        }
+        sections: dict[str, Any] = {}
+        target, target_type = mask, parsed.type
+        if "segment" in actions:
+            segmentation = self.segment_interactive(session_id, image_id, region=parsed.to_dict(), store=False)
+            best = segmentation["masks"][segmentation["best"]]
+            target, target_type = decode_rle(best["rle"]), "mask"
+            sections["segmentation"] = segmentation
+            mark = lap("segment", mark)
+        if "measure" in actions:
+            sections["measurements"] = measure_mask(target, spacing, spacing_source)
+            mark = lap("measure", mark)
+        if "classify" in actions:
+            box = _square_box(mask_bbox(target), decoded.rows, decoded.columns)
+            crop = _crop(decoded, box)
+            sections["classification"] = run_classifier(crop, self.models, force=True) | {"crop": box}
+            mark = lap("classify", mark)
+        if "rag_search" in actions:
+            x1, y1, x2, y2 = mask_bbox(target)
+            sections["similar_cases"] = self._similar(decoded, top_k, True, 0.0,
+                                                      region=(slice(y1, y2 + 1), slice(x1, x2 + 1)))
+            mark = lap("rag_search", mark)
+        if "compare" in actions:
+            axis, axis_source = midline_x(organs, decoded.columns)
+            comparison = region_facts.compare_contralateral(decoded, target, mirror_mask(target, axis), axis)
+            sections["comparison"] = comparison | {"midline_source": axis_source}
+            mark = lap("compare", mark)
+        if "describe" in actions:
+            top = (sections.get("classification") or {}).get("findings", [None])[0]
+            sections["description"] = region_facts.describe_region({
+                "region_type": parsed.type, "anatomy": anatomy, "area": info["area"],
+                "comparison": sections.get("comparison"), "top_finding": top,
+            })
+        summary = region_facts.confidence_summary({k: sections.get(k) for k in
+                                                    ("classification", "segmentation", "similar_cases")})
+        trained = [v["model_trained"] for k, v in summary.items() if k != "overall" and v.get("model_trained") is not None]
+        result = {
+            "session_id": session_id, "image_id": image_id, "question": question, "actions": actions,
+            "region_info": info, **sections, "confidence_summary": summary,
+            "model_trained": all(trained) if trained else None, "disclaimer": DISCLAIMER,
+        }
+        if trained and not all(trained):
+            result["banner"] = UNTRAINED_BANNER
+        analysis_id = new_id()
+        coordinates = encode_rle(target) if target_type == "mask" else parsed.coordinates
+        confidence = max((v.get("confidence") or 0.0 for k, v in summary.items() if k != "overall"), default=None)
+        with self.store.db.transaction():
+            annotation = self.store.add_annotation(
+                session_id, image_id, target_type, coordinates, label=question or "region analysis",
+                confidence=confidence or None, source="ai", notes=sections.get("description"),
+                layer="ai_regions", analysis_id=analysis_id)
+            result["annotation_id"] = annotation["id"]
+            result["timings_ms"] = timings | {"total": round((time.perf_counter() - started) * 1000, 2)}
+            stored = self.store.add_analysis(session_id, image_id, "region", _jsonable(result), analysis_id=analysis_id)
+            self.store.add_interaction(session_id, "region_select",
+                                       {"analysis_id": analysis_id, "region": parsed.to_dict(), "actions": actions},
+                                       image_id)
+        result["analysis_id"] = stored["id"]
+        return _jsonable(result)
+
+    # -- interactive segmentation --------------------------------------------------------
+    def segment_interactive(self, session_id: str, image_id: str | None = None, *,
+                            points: list[list[float]] | None = None, labels: list[int] | None = None,
+                            box: list[float] | None = None, region: dict | None = None,
+                            store: bool = True) -> dict:
+        """Click-to-segment: points (fg 1 / bg 0), a box, or a region dict as the prompt.
+
+        Returns candidate masks as RLE with scores and the backend that made them;
+        with ``store`` the best mask is kept (source "interactive") for accepting later.
+        """
+        from engine.analysis.interactive import polygon_to_prompt
+
+        image_id = image_id or self._current_image(session_id)
+        image, decoded = self.decoded_image(session_id, image_id)
+        if region is not None:
+            parsed = parse_region(region, decoded.rows, decoded.columns)
+            if parsed.type == "bbox":
+                box = parsed.coordinates
+            elif parsed.type == "point":
+                points, labels = [parsed.coordinates], [1]
+            elif parsed.type in ("polygon", "freehand"):
+                box, points, labels = polygon_to_prompt(parsed.coordinates)
+            else:
+                raise MedVisionError(ErrorCode.INVALID_REGION, "a mask cannot be a segmentation prompt")
+        result = self.segmenter.segment(image_id, decoded, points=points, labels=labels, box=box)
+        candidates = []
+        for candidate in result["masks"]:
+            candidates.append({"rle": encode_rle(candidate["mask"]), "score": round(float(candidate["score"]), 4),
+                               "area_px": int(candidate["area_px"]), "bbox": mask_bbox(candidate["mask"]),
+                               "area": mask_area(candidate["mask"], decoded.pixel_spacing_mm, decoded.spacing_source)})
+        out = {"session_id": session_id, "image_id": image_id, "backend": result["backend"],
+               "model": result.get("model"), "model_trained": result.get("model_trained"),
+               "masks": candidates, "best": int(result["best"]), "timings_ms": result.get("timings_ms", {})}
+        if store:
+            best = candidates[out["best"]]
+            out["mask_id"] = self.store.add_masks(session_id, image_id, [{"label": "interactive", **best}],
+                                                  source="interactive")[0]
+        return out
+
+    @property
+    def segmenter(self):  # noqa: ANN201 - engine.analysis.interactive.InteractiveSegmenter
+        """The interactive segmenter (backend chosen by the pack; embeddings cached)."""
+        with self._library_lock:
+            if self._segmenter is None:
+                from engine.analysis.interactive import InteractiveSegmenter
+
+                self._segmenter = InteractiveSegmenter(self.models)
+            return self._segmenter
+
+    def accept_mask(self, session_id: str, mask_id: str, label: str = "", notes: str | None = None) -> dict:
+        """Turn a stored interactive mask into a user annotation."""
+        mask = self.store.get_mask(session_id, mask_id)
+        return self.add_annotation(session_id, mask["image_id"], "mask", mask["rle"], label=label,
+                                   notes=notes, source="user", layer="user_masks")
+
+    # -- visual RAG --------------------------------------------------------------------
+    @property
+    def library(self):  # noqa: ANN201 - engine.rag.ReferenceLibrary
+        """The reference-case library, opened on first use with the pack's embedder."""
+        with self._library_lock:
+            if self._library is None:
+                from engine.rag import ReferenceLibrary
+
+                entry = self.models.require("embed")
+                self._library = ReferenceLibrary(
+                    self.settings.home, self.store.key,
+                    embedder=lambda decoded: embed_image(decoded, self.models)["vector"],
+                    embedder_id=f"{entry.id}+sha256:{entry.spec['sha256']}",
+                    dimension=int(entry.spec.get("output", {}).get("dimension", 768)),
+                )
+            return self._library
+
+    def build_rag_index(self, source: str = "custom", data_path: str | Path | None = None,
+                        reports_csv: str | Path | None = None, rebuild: bool = False, progress=None) -> dict:  # noqa: ANN001
+        """Build or extend the reference library from a CSV or a folder of images + reports CSV."""
+        if data_path is None:
+            raise MedVisionError(ErrorCode.INVALID_ARGUMENT, "data_path is required (a CSV or a folder)")
+        return self.library.build(source=source, data_path=Path(data_path),
+                                  reports_csv=Path(reports_csv) if reports_csv else None,
+                                  progress=progress, rebuild=rebuild)
+
+    def _similar(self, decoded: DecodedImage, top_k: int, include_reports: bool, min_similarity: float,
+                 region: tuple[slice, slice] | None = None) -> dict:
+        embedding = embed_image(decoded, self.models, region=region)
+        found = self.library.search(embedding["vector"], top_k=top_k, include_reports=include_reports,
+                                    min_similarity=min_similarity)
+        found["search_metadata"]["embedding_ms"] = round(sum(embedding["timings_ms"].values()), 2)
+        return found | {"status": "ok", "model": embedding["model"], "model_trained": embedding["model_trained"]}
+
+    def search_similar_cases(self, session_id: str, image_id: str | None = None, top_k: int = 5,
+                             include_reports: bool = True, min_similarity: float = 0.0) -> dict:
+        """The reference cases most similar to an image, with similarity-weighted labels."""
+        image_id = image_id or self._current_image(session_id)
+        _, decoded = self.decoded_image(session_id, image_id)
+        return {"session_id": session_id, "image_id": image_id} | self._similar(
+            decoded, top_k, include_reports, min_similarity)
+
+    def analyze_with_rag(self, session_id: str, image_id: str | None = None, mode: str = "quick",
+                         top_k: int = 5) -> dict:
+        """Classifier + similar cases (+ segmentation in ``full``) merged, with an LLM prompt.
+
+        Modes: ``quick`` (classify + similar cases), ``full`` (adds organ segmentation),
+        ``rag_only`` (similar cases only). Each stage's milliseconds are in ``metadata``.
+        """
+        if mode not in RAG_MODES:
+            raise MedVisionError(ErrorCode.INVALID_ARGUMENT, f"mode must be one of {', '.join(RAG_MODES)}")
+        started = time.perf_counter()
+        image_id = image_id or self._current_image(session_id)
+        image, decoded = self.decoded_image(session_id, image_id)
+        stages: dict[str, float] = {}
+        classification = segmentation = None
+        if mode in ("quick", "full"):
+            mark = time.perf_counter()
+            analysis = self.analyze_image(session_id, image_id, classify=True, detect=False,
+                                          segment=mode == "full", generate_report=False)
+            classification, segmentation = analysis.get("classification"), analysis.get("segmentation")
+            stages["classify"] = analysis["timings_ms"].get("preprocess", 0) + analysis["timings_ms"].get("inference", 0)
+            if segmentation:
+                stages["segment"] = analysis["timings_ms"].get("segmentation", 0)
+            stages["analyze_total"] = round((time.perf_counter() - mark) * 1000, 2)
+        mark = time.perf_counter()
+        similar = self._similar(decoded, top_k, True, 0.0)
+        stages["rag_search"] = round((time.perf_counter() - mark) * 1000, 2)
+        merged = merge_labels(classification, similar, top_k)
+        used = [s for s in (classification, segmentation, similar) if s and s.get("status") == "ok"]
+        trained = all(s["model_trained"] for s in used) if used else None
+        result = {
+            "session_id": session_id, "image_id": image_id, "mode": mode,
+            "classification": classification, "segmentation": segmentation, "similar_cases": similar,
+            "merged_labels": merged,
+            "suggested_prompt": suggested_prompt(merged, segmentation, similar, self._image_summary(image), trained),
+            "model_trained": trained, "disclaimer": DISCLAIMER,
+        }
+        if trained is False:
+            result["banner"] = UNTRAINED_BANNER
+        stages["total"] = round((time.perf_counter() - started) * 1000, 2)
+        result["metadata"] = {"stages_ms": stages, "top_k": top_k}
+        stored = self.store.add_analysis(session_id, image_id, "rag", _jsonable(result))
+        result["analysis_id"] = stored["id"]
+        return _jsonable(result)
+
     # -- models ------------------------------------------------------------------------
     def model_status(self) -> dict:
         """The pack summary, loaded models and ONNX Runtime devices."""
@@ -334,3 +668,42 @@ def _result_key(switch: str) -> str:
 def _retyped(decoded: DecodedImage, image_type: str) -> DecodedImage:
     """A shallow copy of ``decoded`` carrying the user's image type override."""
     return replace(decoded, image_type=image_type, type_reason="set by the user", type_confidence=1.0)
+
+
+def _annotation(row: dict) -> dict:
+    """The public form of an annotation row."""
+    return {"annotation_id": row["id"], "image_id": row["image_id"], "type": row["type"],
+            "coordinates": row["coordinates"], "label": row["label"], "confidence": row["confidence"],
+            "source": row["source"], "notes": row["notes"], "layer": row["layer"], "style": row["style"],
+            "analysis_id": row["analysis_id"], "created_at": row["created_at"], "updated_at": row["updated_at"]}
+
+
+def _square_box(bounds: list[int], rows: int, columns: int) -> list[int]:
+    """The smallest square around ``bounds`` (inclusive), moved/clipped into the image."""
+    x1, y1, x2, y2 = bounds
+    side = min(max(x2 - x1, y2 - y1) + 1, rows, columns)
+    cx, cy = (x1 + x2 + 1) / 2, (y1 + y2 + 1) / 2
+    left = int(min(max(round(cx - side / 2), 0), columns - side))
+    top = int(min(max(round(cy - side / 2), 0), rows - side))
+    return [left, top, left + side - 1, top + side - 1]
+
+
+def _crop(decoded: DecodedImage, box: list[int]) -> DecodedImage:
+    """A decoded image restricted to ``box`` (inclusive), for analyses of a region."""
+    x1, y1, x2, y2 = box
+    window = (slice(y1, y2 + 1), slice(x1, x2 + 1))
+    return replace(decoded, raw=decoded.raw[window], pixels=decoded.pixels[window],
+                   rows=y2 - y1 + 1, columns=x2 - x1 + 1)
+
+
+def _jsonable(value: Any) -> Any:
+    """Numpy scalars/arrays to plain JSON types (results cross process boundaries)."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

@@ -54,8 +54,28 @@ def format_summary(result: dict[str, Any]) -> str:
         for finding in classification["findings"]:
             mark = "POSITIVE" if finding["positive"] else ""
             lines.append(f"    {finding['label']:<28} {finding['probability']:.3f}  {_bar(finding['probability'])}  {mark}")
+        segmentation = analysis.get("segmentation") or {}
+        if segmentation.get("status") == "ok":
+            lines.append(f"  Organ segmentation {segmentation['model']['id']}:")
+            for organ in segmentation["organs"]:
+                size = f"{organ['area_cm2']:.1f} cm2" if organ.get("area_cm2") is not None else f"{organ['area_px']} px"
+                lines.append(f"    {organ['label']:<28} {size}")
+            ctr = segmentation["ctr"]
+            if ctr.get("status") == "ok":
+                lines.append(f"    cardiothoracic ratio {ctr['ratio']:.2f}" + (f"  {ctr['finding']}" if ctr.get("finding") else ""))
+            if segmentation["spacing"].get("note"):
+                lines.append(f"    ({segmentation['spacing']['note']})")
+        rag = result.get("rag")
+        if rag:
+            meta = rag["similar_cases"]["search_metadata"]
+            lines.append(f"  Similar cases (library of {meta['index_size']}):")
+            for case in rag["similar_cases"]["results"]:
+                lines.append(f"    {case['case_id']}  similarity {case['similarity']:.3f}")
+            if meta.get("note"):
+                lines.append(f"    {meta['note']}")
         timings = {"decode": result["timings_ms"]["decode"], "store": result["timings_ms"]["store"]}
-        timings |= {k: v for k, v in analysis["timings_ms"].items() if k in ("preprocess", "inference", "persist")}
+        timings |= {k: v for k, v in analysis["timings_ms"].items()
+                    if k in ("preprocess", "inference", "segmentation", "persist")}
         lines.append("  Timings: " + ", ".join(f"{k} {v:.0f} ms" for k, v in timings.items()))
     elif analysis:
         lines.append(f"  Analysis {analysis.get('status')}: {analysis.get('reason')}")
@@ -75,9 +95,13 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                 result = engine.add_image_to_session(session["session_id"], name, image_type=args.type,
                                                      auto_analyze=False)
                 result["auto_analysis"] = engine.analyze_image(
-                    session["session_id"], result["image_id"], preset="quick",
+                    session["session_id"], result["image_id"], classify=True, detect=False,
+                    segment=args.segment, generate_report=False,
                     classification_threshold=args.threshold, force=args.force,
                 )
+                if args.rag:
+                    result["rag"] = engine.analyze_with_rag(session["session_id"], result["image_id"],
+                                                            mode="full" if args.segment else "quick")
             except MedVisionError as exc:
                 failures += 1
                 print(str(exc), file=sys.stderr)
@@ -86,12 +110,114 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             print(format_summary(result))
         if not results:
             engine.delete_session(session["session_id"])
-    if args.json:
-        payload = {"session_id": session["session_id"], "results": results}
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
-        print(f"JSON written to {args.json}")
+    _write_json(args.json, {"session_id": session["session_id"], "results": results})
     return EXIT_BAD_INPUT if failures else 0
+
+
+def _load(engine, path: str, image_type: str | None):  # noqa: ANN001, ANN202
+    session = engine.create_study_session(f"cli {Path(path).name}")["session_id"]
+    try:
+        image = engine.add_image_to_session(session, path, image_type=image_type, auto_analyze=False)
+    except MedVisionError:
+        engine.delete_session(session)
+        raise
+    return session, image["image_id"]
+
+
+def _region_from_args(args: argparse.Namespace) -> dict:
+    given = [r for r in (args.bbox, args.point, args.polygon) if r]
+    if len(given) != 1:
+        raise MedVisionError(ErrorCode.INVALID_REGION, "give exactly one of --bbox, --point, --polygon")
+    if args.bbox:
+        return {"type": "bbox", "coordinates": args.bbox}
+    if args.point:
+        return {"type": "point", "coordinates": args.point}
+    try:
+        points = [[float(v) for v in pair.split(",")] for pair in args.polygon.split()]
+    except ValueError as exc:
+        raise MedVisionError(ErrorCode.INVALID_REGION, "--polygon takes 'x,y x,y x,y ...'") from exc
+    return {"type": "polygon", "coordinates": points}
+
+
+def cmd_region(args: argparse.Namespace) -> int:
+    """Analyse a region of an image file."""
+    region = _region_from_args(args)
+    with _engine(args) as engine:
+        session, image_id = _load(engine, args.file, args.type)
+        try:
+            result = engine.analyze_selected_region(session, region, question=args.question,
+                                                    actions=args.actions.split(","), image_id=image_id)
+        except MedVisionError:
+            engine.delete_session(session)
+            raise
+    print(f"MedVision - {_disclaimer()}")
+    info = result["region_info"]
+    print(f"Region {info['region']['type']} bbox {info['bbox']}  area {info['area']['value']} {info['area']['unit']}")
+    print(f"  anatomy: {info['anatomy']['primary']} ({info['anatomy']['method']})")
+    if result.get("description"):
+        print(f"  {result['description']}")
+    if result.get("measurements"):
+        m = result["measurements"]
+        print(f"  long axis {m['long_axis']['value']} {m['long_axis']['unit']}, "
+              f"short axis {m['short_axis']['value']} {m['short_axis']['unit']}")
+    if result.get("banner"):
+        print(f"  !! {result['banner']}")
+    print(f"  annotation {result['annotation_id']} in session {session}")
+    _write_json(args.json, result)
+    return 0
+
+
+def _write_json(target: str | None, payload: object) -> None:
+    if target:
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        Path(target).write_text(json.dumps(payload, indent=2) + "\n")
+        print(f"JSON written to {target}")
+
+
+def cmd_rag_build(args: argparse.Namespace) -> int:
+    """Build or extend the reference library."""
+    def progress(done: int, total: int, message: str) -> None:
+        print(f"  [{done}/{total}] {message}", flush=True)
+
+    with _engine(args) as engine:
+        result = engine.build_rag_index(data_path=args.data, reports_csv=args.reports, rebuild=args.rebuild,
+                                        progress=progress)
+    print(f"added {result['added']}, duplicates {result['skipped_duplicates']}, failed {len(result['failed'])}, "
+          f"library size {result['index_size']} ({result['index_type']})")
+    for failure in result["failed"]:
+        print(f"  failed {failure['file']}: {failure['code']}: {failure['message']}", file=sys.stderr)
+    return 0
+
+
+def cmd_rag_search(args: argparse.Namespace) -> int:
+    """Find the reference cases most similar to an image file."""
+    with _engine(args) as engine:
+        session, image_id = _load(engine, args.file, args.type)
+        result = engine.search_similar_cases(session, image_id, top_k=args.top_k)
+    meta = result["search_metadata"]
+    print(f"library of {meta['index_size']} cases ({meta['index_type']}), search {meta['search_time_ms']:.2f} ms")
+    for case in result["results"]:
+        labels = ", ".join(f"{k}={v}" for k, v in case["labels"].items())
+        print(f"  {case['case_id']}  similarity {case['similarity']:.3f}  {labels}")
+    for label, vote in result["aggregated_labels"].items():
+        score = "-" if vote["score"] is None else f"{vote['score']:.2f}"
+        print(f"  vote {label}: {score} ({vote['supporting_cases']} cases)")
+    if meta.get("note"):
+        print(f"  {meta['note']}")
+    _write_json(args.json, result)
+    return 0
+
+
+def cmd_annotations(args: argparse.Namespace) -> int:
+    """List a session's annotations."""
+    with _engine(args) as engine:
+        result = engine.get_annotations(args.session_id, args.image, args.source)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    for a in result["annotations"]:
+        print(f"{a['annotation_id']}  {a['type']:<11} {a['source']:<6} {a['label'] or ''}")
+    return 0
 
 
 def _disclaimer() -> str:
@@ -216,7 +342,42 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--force", action="store_true", help="run the chest classifier on any image type")
     analyze.add_argument("--threshold", type=float, default=0.5, help="positive threshold (default 0.5)")
     analyze.add_argument("--session-name", help="name of the new session")
+    analyze.add_argument("--segment", action="store_true", help="also segment the chest organs (areas, CTR)")
+    analyze.add_argument("--rag", action="store_true", help="also search similar reference cases and merge")
     analyze.set_defaults(func=cmd_analyze)
+
+    region = sub.add_parser("region", help="analyse a region of an image file")
+    region.add_argument("file")
+    region.add_argument("--bbox", type=float, nargs=4, metavar=("X1", "Y1", "X2", "Y2"))
+    region.add_argument("--point", type=float, nargs=2, metavar=("X", "Y"))
+    region.add_argument("--polygon", help="'x,y x,y x,y ...' in pixels")
+    region.add_argument("--actions", default="describe,measure,compare",
+                        help="comma list of describe,segment,measure,classify,rag_search,compare")
+    region.add_argument("--question")
+    region.add_argument("--type", choices=["CXR", "KUB", "CT", "MRI", "US", "EKG", "Other"])
+    region.add_argument("--json", metavar="OUT")
+    region.set_defaults(func=cmd_region)
+
+    rag = sub.add_parser("rag", help="reference-case library (visual RAG)").add_subparsers(dest="rag_command",
+                                                                                          required=True)
+    rag_build = rag.add_parser("build", help="add cases from a CSV, or a folder of images with --reports")
+    rag_build.add_argument("data", help="CSV (image_path, report/findings/impression, label columns) or folder")
+    rag_build.add_argument("--reports", help="reports CSV when DATA is a folder")
+    rag_build.add_argument("--rebuild", action="store_true", help="start the library over")
+    rag_build.set_defaults(func=cmd_rag_build)
+    rag_search = rag.add_parser("search", help="similar cases for an image file")
+    rag_search.add_argument("file")
+    rag_search.add_argument("--top-k", type=int, default=5)
+    rag_search.add_argument("--type", choices=["CXR", "KUB", "CT", "MRI", "US", "EKG", "Other"])
+    rag_search.add_argument("--json", metavar="OUT")
+    rag_search.set_defaults(func=cmd_rag_search)
+
+    annotations = sub.add_parser("annotations", help="a session's annotations")
+    annotations.add_argument("session_id")
+    annotations.add_argument("--image")
+    annotations.add_argument("--source", default="all", choices=["all", "ai", "user", "system"])
+    annotations.add_argument("--json", action="store_true")
+    annotations.set_defaults(func=cmd_annotations)
 
     models = sub.add_parser("models", help="model packs").add_subparsers(dest="models_command", required=True)
     build = models.add_parser("build", help="build a model pack (needs the build extra)")

@@ -5,4 +5,4 @@ this package; it reads the packs it writes through ``manifest.json`` only.
 """
 
 #: Bump when a pack built by an older recipe must be rebuilt (run.sh/test.sh check it).
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"

@@ -46,6 +46,26 @@ def export_onnx(module: torch.nn.Module, example: torch.Tensor, path: Path, *, i
     onnx.checker.check_model(str(path))
 
 
+def export_onnx_graph(module: torch.nn.Module, examples: tuple[torch.Tensor, ...], path: Path, *,
+                      input_names: list[str], output_names: list[str],
+                      dynamic_axes: dict[str, dict[int, str]] | None = None) -> None:
+    """Export a module with several inputs and explicit dynamic axes (TorchScript exporter).
+
+    The general form of :func:`export_onnx` for graphs such as SAM's prompt decoder
+    (six inputs, a dynamic point count): same exporter, opset and check. Tracer
+    warnings are the caller's to filter; the exporter's deprecation warning is
+    silenced here only.
+    """
+    module.eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            module, examples, str(path), input_names=input_names, output_names=output_names,
+            dynamic_axes=dynamic_axes or {}, opset_version=OPSET, dynamo=False,
+        )
+    onnx.checker.check_model(str(path))
+
+
 class _ArrayReader(CalibrationDataReader):
     def __init__(self, input_name: str, batch: np.ndarray) -> None:
         self._items = iter([{input_name: batch[i : i + 1]} for i in range(len(batch))])

@@ -18,7 +18,7 @@ from pathlib import Path
 import jsonschema
 
 from engine.inference.modelpack import MANIFEST_NAME, ModelPack, manifest_schema, sha256_file
-from models import BUILDER_VERSION, classifier
+from models import BUILDER_VERSION, classifier, embedding, sam, segmentation
 from models.calibration import CalibrationImages, load_images
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,9 @@ class BuildContext:
 #: manifest entries without ``sha256``/``size_bytes`` (added here).
 COMPONENTS: list[Callable[[BuildContext], list[dict]]] = [
     classifier.build,
+    segmentation.build,
+    embedding.build,
+    sam.build,
 ]
 
 
@@ -54,12 +57,23 @@ def is_fresh(out_dir: Path, *, dev: bool) -> bool:
     manifest = pack.manifest
     if manifest.get("builder_version") != BUILDER_VERSION or manifest.get("name") != ("dev" if dev else "site"):
         return False
+    if manifest.get("components") != _component_names(COMPONENTS):
+        return False  # a subset (or an older set) of model families
     return all(row["ok"] for row in pack.verify())
 
 
+def _component_names(components: list[Callable[[BuildContext], list[dict]]]) -> list[str]:
+    return [component.__module__.rsplit(".", 1)[-1] for component in components]
+
+
 def build_pack(out_dir: Path, *, dev: bool, weights_dir: Path | None = None,
-               calibration_dir: Path | None = None, threads: int = 2) -> dict:
-    """Build a pack into ``out_dir`` (replacing it) and return its manifest."""
+               calibration_dir: Path | None = None, threads: int = 2,
+               components: list[Callable[[BuildContext], list[dict]]] | None = None) -> dict:
+    """Build a pack into ``out_dir`` (replacing it) and return its manifest.
+
+    ``components`` builds a subset (tests build only the models they exercise);
+    the default is every builder in :data:`COMPONENTS`.
+    """
     if dev == (weights_dir is not None):
         raise ValueError("choose exactly one of dev=True or weights_dir")
     out_dir = out_dir.resolve()
@@ -67,8 +81,9 @@ def build_pack(out_dir: Path, *, dev: bool, weights_dir: Path | None = None,
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         context = BuildContext(staging, load_images(calibration_dir), weights_dir, threads)
+        chosen = COMPONENTS if components is None else components
         entries = []
-        for component in COMPONENTS:
+        for component in chosen:
             entries += component(context)
         for entry in entries:
             path = staging / entry["file"]
@@ -78,6 +93,7 @@ def build_pack(out_dir: Path, *, dev: bool, weights_dir: Path | None = None,
             "format_version": 1,
             "name": "dev" if dev else "site",
             "builder_version": BUILDER_VERSION,
+            "components": _component_names(chosen),
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "trained": all(e["trained"] for e in entries),
             "notes": (

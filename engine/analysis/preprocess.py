@@ -125,3 +125,14 @@ def classifier_tensor(decoded: DecodedImage, resolution: int = 224) -> np.ndarra
     """The ``(1, 1, resolution, resolution)`` float32 input of an xrv classifier."""
     square = _normalised(decoded, crop_box(decoded.rows, decoded.columns))
     return xrv_resize(square, resolution)[None, None]
+
+
+def xrv_tensor(decoded: DecodedImage, resolution: int) -> np.ndarray:
+    """The ``(1, 1, resolution, resolution)`` float32 input of any torchxrayvision model.
+
+    ``read_xray_dcm``/``normalize`` -> ``XRayCenterCrop`` -> ``XRayResizer(resolution)``,
+    the same chain as :func:`classifier_tensor` at another resolution (the ChestX-Det
+    PSPNet works at 512). The crop it sees is :func:`crop_box` of the image.
+    """
+    square = _normalised(decoded, crop_box(decoded.rows, decoded.columns))
+    return xrv_resize(square, resolution)[None, None]

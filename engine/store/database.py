@@ -29,9 +29,12 @@ BEGIN_RETRIES = 5
 Connection = sqlcipher3.Connection
 
 
-def _migrations() -> list[tuple[int, str]]:
-    """``(version, sql)`` pairs from the package's ``migrations/NNNN_*.sql`` files."""
-    folder = importlib.resources.files("engine.store") / "migrations"
+DEFAULT_MIGRATIONS_PACKAGE = "engine.store"
+
+
+def _migrations(package: str = DEFAULT_MIGRATIONS_PACKAGE) -> list[tuple[int, str]]:
+    """``(version, sql)`` pairs from ``package``'s ``migrations/NNNN_*.sql`` files."""
+    folder = importlib.resources.files(package) / "migrations"
     found = []
     for entry in folder.iterdir():
         if entry.name.endswith(".sql"):
@@ -39,9 +42,9 @@ def _migrations() -> list[tuple[int, str]]:
     return sorted(found)
 
 
-def schema_version() -> int:
-    """The schema version this code expects (the newest migration)."""
-    return _migrations()[-1][0]
+def schema_version(package: str = DEFAULT_MIGRATIONS_PACKAGE) -> int:
+    """The schema version this code expects (the newest migration of ``package``)."""
+    return _migrations(package)[-1][0]
 
 
 def _is_busy(exc: sqlcipher3.OperationalError) -> bool:
@@ -50,10 +53,18 @@ def _is_busy(exc: sqlcipher3.OperationalError) -> bool:
 
 
 class Database:
-    """An encrypted SQLite database file, opened with a raw 256-bit key."""
+    """An encrypted SQLite database file, opened with a raw 256-bit key.
 
-    def __init__(self, path: Path, key: bytes) -> None:
+    ``migrations_package`` names the package whose ``migrations/`` folder defines the
+    schema: the main store uses ``engine.store``, the reference-case library
+    ``engine.rag`` (a second database file with its own schema, same key).
+    """
+
+    def __init__(
+        self, path: Path, key: bytes, *, migrations_package: str = DEFAULT_MIGRATIONS_PACKAGE
+    ) -> None:
         self.path = path
+        self.migrations_package = migrations_package
         self._key_pragma = f"PRAGMA key = \"x'{key.hex()}'\""
         self._local = threading.local()
         self._all: list[Connection] = []
@@ -124,8 +135,20 @@ class Database:
     # -- transactions ------------------------------------------------------------------
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
-        """A write transaction (``BEGIN IMMEDIATE``); commits on success, rolls back on error."""
+        """A write transaction (``BEGIN IMMEDIATE``); commits on success, rolls back on error.
+
+        Nested use on the same thread joins the outer transaction, so several store
+        writes can be made atomic together: ``with db.transaction(): a(); b()``.
+        """
         conn = self.connection()
+        depth = getattr(self._local, "depth", 0)
+        if depth:
+            self._local.depth = depth + 1
+            try:
+                yield conn
+            finally:
+                self._local.depth = depth
+            return
         for attempt in range(BEGIN_RETRIES + 1):
             try:
                 conn.execute("BEGIN IMMEDIATE")
@@ -134,6 +157,7 @@ class Database:
                 if not _is_busy(exc) or attempt == BEGIN_RETRIES:
                     raise MedVisionError(ErrorCode.DATABASE_ERROR, f"cannot start a write: {exc}") from exc
                 time.sleep(0.05 * (2**attempt) * (1 + random.random()))
+        self._local.depth = 1
         try:
             yield conn
         except sqlcipher3.Error as exc:
@@ -142,6 +166,8 @@ class Database:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        finally:
+            self._local.depth = 0
         try:
             conn.execute("COMMIT")
         except sqlcipher3.Error as exc:
@@ -160,12 +186,14 @@ class Database:
 
     # -- schema ------------------------------------------------------------------------
     def _migrate(self, conn: Connection) -> None:
+        migrations = _migrations(self.migrations_package)
+        newest = migrations[-1][0]
         current = conn.execute("PRAGMA user_version").fetchone()[0]
-        pending = [(v, sql) for v, sql in _migrations() if v > current]
-        if current > schema_version():
+        pending = [(v, sql) for v, sql in migrations if v > current]
+        if current > newest:
             raise MedVisionError(
                 ErrorCode.DATABASE_ERROR,
-                f"the database schema ({current}) is newer than this program ({schema_version()})",
+                f"the database schema ({current}) is newer than this program ({newest})",
             )
         if not pending:
             return

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import ErrorCode, MedVisionError
+from engine.imaging.regions import annotation_coordinates
 from engine.store.blobs import BlobStore
 from engine.store.database import Connection, Database
 from engine.store.keys import resolve_key
@@ -44,7 +45,7 @@ def _loads(text: str | None) -> Any:
 
 
 _JSON_COLUMNS = {
-    "metadata", "patient", "classification", "detections", "segmentation", "vqa_history",
+    "rle", "metadata", "patient", "classification", "detections", "segmentation", "vqa_history",
     "result", "coordinates", "style", "data", "payload",
 }
 
@@ -59,6 +60,7 @@ class Store:
     def __init__(self, home: Path, key: bytes) -> None:
         self.home = home
         home.mkdir(parents=True, exist_ok=True)
+        self._key = key
         self.db = Database(home / DATABASE_NAME, key)
         self.blobs = BlobStore(home / BLOB_DIR, key)
 
@@ -73,6 +75,12 @@ class Store:
     def close(self) -> None:
         """Close all database connections."""
         self.db.close()
+
+    @property
+    def key(self) -> bytes:
+        """The raw store key, for components that share the data dir's encryption (the
+        reference library). Never log or persist it."""
+        return self._key
 
     @property
     def cipher_version(self) -> str:
@@ -225,9 +233,14 @@ class Store:
         return self.blobs.read_bytes(image["blob_id"])
 
     # -- analyses ----------------------------------------------------------------------
-    def add_analysis(self, session_id: str, image_id: str, kind: str, result: dict) -> dict:
-        """Persist one analysis result (the full JSON plus the spec's columns)."""
-        analysis_id, stamp = new_id(), now_iso()
+    def add_analysis(self, session_id: str, image_id: str, kind: str, result: dict, *,
+                     analysis_id: str | None = None) -> dict:
+        """Persist one analysis result (the full JSON plus the spec's columns).
+
+        ``analysis_id`` may be chosen by the caller, so that rows written in the same
+        transaction (masks, annotations) can point at it.
+        """
+        analysis_id, stamp = analysis_id or new_id(), now_iso()
         trained = result.get("model_trained")
         report = result.get("report")
         with self.db.transaction() as tx:
@@ -358,3 +371,239 @@ class Store:
         if not rows:
             raise MedVisionError(ErrorCode.INVALID_ARGUMENT, f"no job {job_id}")
         return _decode_row(rows[0])
+
+    # -- annotations -------------------------------------------------------------------
+    # Coordinates are validated against the image's rows/columns (engine.imaging.regions)
+    # and stored in pixels; a measurement's value is computed here from the image's
+    # recorded pixel spacing and stored with it, so every front-end shows the same number.
+    ANNOTATION_SOURCES = ("ai", "user", "system")
+    ANNOTATION_UPDATABLE = ("type", "coordinates", "label", "confidence", "source", "notes", "layer",
+                            "style", "analysis_id")
+
+    def add_annotation(
+        self, session_id: str, image_id: str, type: str, coordinates: Any,  # noqa: A002 - the spec's name
+        label: str = "", confidence: float | None = None, source: str = "user",
+        notes: str | None = None, layer: str | None = None, style: dict | None = None,
+        analysis_id: str | None = None,
+    ) -> dict:
+        """Validate and store an annotation of one of the session's images (``annotation.created``).
+
+        Parameters
+        ----------
+        type, coordinates:
+            bbox ``[x1, y1, x2, y2]``, polygon/freehand ``[[x, y], ...]``, point ``[x, y]``
+            (or a region dict with ``"format": "relative"``), mask (RLE dict of the image
+            size), measurement ``{"kind": "distance"|"polyline"|"angle"|"area", "points"}``,
+            text ``{"position": [x, y], "text"}``: see
+            :func:`engine.imaging.regions.annotation_coordinates`. Stored in pixels; a
+            measurement gets ``"result"`` (:func:`engine.analysis.measurements.measure_annotation`).
+        confidence:
+            None or a number in 0..1.
+        source:
+            "ai", "user" or "system".
+        analysis_id:
+            The analysis that produced the annotation. Not checked against the analyses
+            table: the engine writes an annotation before its analysis, in one transaction.
+
+        Raises
+        ------
+        MedVisionError
+            SESSION_NOT_FOUND, IMAGE_NOT_FOUND (also for an image of another session),
+            INVALID_ARGUMENT (type, source, confidence, label, notes, layer, style),
+            INVALID_REGION (coordinates). Nothing is written on error.
+        """
+        self.get_session(session_id)
+        image = self.get_image(image_id, session_id=session_id)
+        fields = _annotation_fields(label=label, confidence=confidence, source=source, notes=notes,
+                                    layer=layer, style=style, analysis_id=analysis_id)
+        stored = _annotation_coordinates(image, type, coordinates)
+        annotation_id, stamp = new_id(), now_iso()
+        with self.db.transaction() as tx:
+            tx.execute(
+                "INSERT INTO annotations (id, session_id, image_id, type, coordinates, label, confidence,"
+                " source, layer, notes, style, analysis_id, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (annotation_id, session_id, image_id, type, _dumps(stored), fields["label"],
+                 fields["confidence"], fields["source"], fields["layer"], fields["notes"],
+                 _dumps(fields["style"]), fields["analysis_id"], stamp, stamp),
+            )
+            tx.execute("UPDATE sessions SET updated_at = ? WHERE id = ?", (stamp, session_id))
+            self._event(tx, session_id, "annotation.created", {
+                "annotation_id": annotation_id, "image_id": image_id, "type": type,
+                "source": fields["source"], "layer": fields["layer"]})
+        return self.get_annotation(session_id, annotation_id)
+
+    def get_annotation(self, session_id: str, annotation_id: str) -> dict:
+        """One annotation of the session; ``ANNOTATION_NOT_FOUND`` if absent or another session's."""
+        self.get_session(session_id)
+        rows = self.db.query("SELECT * FROM annotations WHERE id = ? AND session_id = ?",
+                             (annotation_id, session_id))
+        if not rows:
+            raise _annotation_not_found(annotation_id)
+        return _decode_row(rows[0])
+
+    def update_annotation(self, session_id: str, annotation_id: str, **changes: Any) -> dict:
+        """Change fields of an annotation (``annotation.updated`` naming the changed fields).
+
+        ``changes`` may name :attr:`ANNOTATION_UPDATABLE` (not the image). A value of
+        None means "unchanged" (front-ends pass every optional argument); an empty
+        string clears ``notes`` and ``layer``. Changing ``type`` re-validates the
+        coordinates (new or current) for the new type; new measurement points
+        recompute the stored value. Nothing changes and no event is written when the
+        values are the current ones.
+        """
+        self.get_session(session_id)
+        unknown = sorted(set(changes) - set(self.ANNOTATION_UPDATABLE))
+        if unknown:
+            raise MedVisionError(
+                ErrorCode.INVALID_ARGUMENT,
+                f"cannot update {', '.join(unknown)}; updatable: {', '.join(self.ANNOTATION_UPDATABLE)}",
+            )
+        changes = {k: v for k, v in changes.items() if v is not None}
+        with self.db.transaction() as tx:
+            cursor = tx.execute("SELECT * FROM annotations WHERE id = ? AND session_id = ?",
+                                (annotation_id, session_id))
+            row = cursor.fetchone()
+            if row is None:
+                raise _annotation_not_found(annotation_id)
+            current = _decode_row(dict(zip([d[0] for d in cursor.description], row, strict=True)))
+            merged = {k: current[k] for k in ("label", "confidence", "source", "notes", "layer", "style",
+                                              "analysis_id")}
+            merged.update({k: v for k, v in changes.items() if k not in ("type", "coordinates")})
+            fields = _annotation_fields(**merged)
+            new = dict(fields)
+            new["type"], new["coordinates"] = current["type"], current["coordinates"]
+            if "type" in changes or "coordinates" in changes:
+                image = self.get_image(current["image_id"])
+                new["type"] = changes.get("type", current["type"])
+                new["coordinates"] = _annotation_coordinates(
+                    image, new["type"], changes.get("coordinates", current["coordinates"]))
+            changed = sorted(k for k in new if new[k] != current[k])
+            if not changed:
+                return current
+            stamp = now_iso()
+            assignments = ", ".join(f"{k} = ?" for k in changed)
+            values = [_dumps(new[k]) if k in ("coordinates", "style") else new[k] for k in changed]
+            tx.execute(f"UPDATE annotations SET {assignments}, updated_at = ? WHERE id = ?",
+                       (*values, stamp, annotation_id))
+            tx.execute("UPDATE sessions SET updated_at = ? WHERE id = ?", (stamp, session_id))
+            self._event(tx, session_id, "annotation.updated", {
+                "annotation_id": annotation_id, "image_id": current["image_id"], "fields": changed})
+        return self.get_annotation(session_id, annotation_id)
+
+    def delete_annotation(self, session_id: str, annotation_id: str) -> dict:
+        """Delete one annotation of the session (``annotation.deleted``)."""
+        self.get_session(session_id)
+        with self.db.transaction() as tx:
+            row = tx.execute("SELECT image_id FROM annotations WHERE id = ? AND session_id = ?",
+                             (annotation_id, session_id)).fetchone()
+            if row is None:
+                raise _annotation_not_found(annotation_id)
+            stamp = now_iso()
+            tx.execute("DELETE FROM annotations WHERE id = ?", (annotation_id,))
+            tx.execute("UPDATE sessions SET updated_at = ? WHERE id = ?", (stamp, session_id))
+            self._event(tx, session_id, "annotation.deleted",
+                        {"annotation_id": annotation_id, "image_id": row[0]})
+        return {"annotation_id": annotation_id, "image_id": row[0], "deleted": True}
+
+    def list_annotations(self, session_id: str, image_id: str | None = None, source: str = "all") -> list[dict]:
+        """A session's annotations, oldest first; optionally one image's and/or one source's."""
+        self.get_session(session_id)
+        if source not in ("all", *self.ANNOTATION_SOURCES):
+            raise MedVisionError(ErrorCode.INVALID_ARGUMENT,
+                                 f"source must be all, ai, user or system, not {source!r}")
+        sql, params = "SELECT * FROM annotations WHERE session_id = ?", [session_id]
+        if image_id is not None:
+            self.get_image(image_id, session_id=session_id)
+            sql, params = sql + " AND image_id = ?", [*params, image_id]
+        if source != "all":
+            sql, params = sql + " AND source = ?", [*params, source]
+        return [_decode_row(r) for r in self.db.query(sql + " ORDER BY created_at, rowid", tuple(params))]
+
+    # -- masks -------------------------------------------------------------------------
+    def add_masks(self, session_id: str, image_id: str, masks: list[dict], *, source: str,
+                  analysis_id: str | None = None, model_id: str | None = None) -> list[str]:
+        """Store RLE masks (``{"label", "rle", "area_px"}``, optional ``id``) in one transaction."""
+        stamp, ids = now_iso(), []
+        with self.db.transaction() as tx:
+            for mask in masks:
+                mask_id = mask.get("id") or new_id()
+                tx.execute(
+                    "INSERT INTO masks (id, session_id, image_id, analysis_id, label, source, rle, area_px,"
+                    " model_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (mask_id, session_id, image_id, analysis_id, mask["label"], source, _dumps(mask["rle"]),
+                     int(mask["area_px"]), model_id, stamp),
+                )
+                ids.append(mask_id)
+            self._event(tx, session_id, "masks.created",
+                        {"image_id": image_id, "source": source, "mask_ids": ids, "analysis_id": analysis_id})
+        return ids
+
+    def list_masks(self, session_id: str, image_id: str, source: str | None = None,
+                   analysis_id: str | None = None) -> list[dict]:
+        """Stored masks of an image, oldest first (optionally of one source or analysis)."""
+        sql, params = "SELECT * FROM masks WHERE session_id = ? AND image_id = ?", [session_id, image_id]
+        if source is not None:
+            sql, params = sql + " AND source = ?", [*params, source]
+        if analysis_id is not None:
+            sql, params = sql + " AND analysis_id = ?", [*params, analysis_id]
+        return [_decode_row(r) for r in self.db.query(sql + " ORDER BY created_at, rowid", tuple(params))]
+
+    def get_mask(self, session_id: str, mask_id: str) -> dict:
+        """One stored mask."""
+        rows = self.db.query("SELECT * FROM masks WHERE id = ? AND session_id = ?", (mask_id, session_id))
+        if not rows:
+            raise MedVisionError(ErrorCode.INVALID_ARGUMENT, f"no mask {mask_id!r} in this session")
+        return _decode_row(rows[0])
+
+
+# -- annotation helpers ----------------------------------------------------------------
+#: Longest label accepted (characters): a short name shown on the canvas.
+ANNOTATION_LABEL_MAX_CHARS = 500
+
+
+def _annotation_not_found(annotation_id: str) -> MedVisionError:
+    return MedVisionError(ErrorCode.ANNOTATION_NOT_FOUND,
+                          f"no annotation with id {annotation_id!r} in this session",
+                          annotation_id=annotation_id)
+
+
+def _annotation_fields(*, label: Any, confidence: Any, source: Any, notes: Any, layer: Any,
+                       style: Any, analysis_id: Any) -> dict[str, Any]:
+    """Check the non-geometric annotation fields; returns them normalised for storage."""
+    def bad(message: str) -> MedVisionError:
+        return MedVisionError(ErrorCode.INVALID_ARGUMENT, message)
+
+    label = "" if label is None else label
+    if not isinstance(label, str) or len(label) > ANNOTATION_LABEL_MAX_CHARS:
+        raise bad(f"label must be a string of at most {ANNOTATION_LABEL_MAX_CHARS} characters")
+    if confidence is not None:
+        if isinstance(confidence, bool) or not isinstance(confidence, int | float) \
+                or not (0.0 <= float(confidence) <= 1.0):
+            raise bad(f"confidence must be a number in 0..1, not {confidence!r}")
+        confidence = float(confidence)
+    if source not in Store.ANNOTATION_SOURCES:
+        raise bad(f"source must be ai, user or system, not {source!r}")
+    for name, value in (("notes", notes), ("layer", layer), ("analysis_id", analysis_id)):
+        if value is not None and not isinstance(value, str):
+            raise bad(f"{name} must be a string")
+    style = {} if style is None else style
+    if not isinstance(style, dict):
+        raise bad("style must be a JSON object")
+    try:
+        json.dumps(style, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise bad(f"style is not plain JSON ({exc})") from exc
+    return {"label": label, "confidence": confidence, "source": source, "notes": notes or None,
+            "layer": layer or None, "style": style, "analysis_id": analysis_id or None}
+
+
+def _annotation_coordinates(image: dict, annotation_type: Any, coordinates: Any) -> Any:
+    """Validate coordinates against the image row's size; measurements get their value."""
+    from engine.analysis.measurements import measure_annotation  # analysis imports heavy deps
+
+    stored = annotation_coordinates(annotation_type, coordinates, image["rows"], image["columns"])
+    if annotation_type == "measurement":
+        spacing = (image.get("metadata") or {}).get("pixel_spacing")
+        stored["result"] = measure_annotation(stored, spacing if isinstance(spacing, dict) else None)
+    return stored

@@ -6,19 +6,24 @@ import json
 from pathlib import Path
 
 from engine.inference.modelpack import ModelPack
-from models import BUILDER_VERSION
-from models.pack import build_pack, is_fresh
+from models import BUILDER_VERSION, classifier
+from models.pack import COMPONENTS, build_pack, is_fresh
 
 
 def test_dev_build_is_complete_fresh_and_replaces_atomically(tmp_path: Path) -> None:
     out = tmp_path / "pack"
     out.mkdir()
     (out / "stale.txt").write_text("from an older build")
-    manifest = build_pack(out, dev=True, threads=2)
+    assert classifier.build in COMPONENTS  # the full build runs in test.sh; here the fast component
+    manifest = build_pack(out, dev=True, threads=2, components=[classifier.build])
     assert not (out / "stale.txt").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["pack"]  # no staging dirs left behind
     assert manifest["builder_version"] == BUILDER_VERSION and manifest["trained"] is False
     assert all(row["ok"] for row in ModelPack.load(out).verify())
+    assert manifest["components"] == ["classifier"]
+    assert not is_fresh(out, dev=True)  # a subset of the model families is not the default pack
+    manifest["components"] = [c.__module__.rsplit(".", 1)[-1] for c in COMPONENTS]
+    (out / "manifest.json").write_text(json.dumps(manifest))
     assert is_fresh(out, dev=True) and not is_fresh(out, dev=False)
 
     stale = json.loads((out / "manifest.json").read_text())

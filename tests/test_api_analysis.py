@@ -1,0 +1,159 @@
+"""Engine analysis tools on the real radiograph: segmentation, regions, annotations, RAG."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom.data import get_testdata_file
+
+from engine.api import Engine
+from engine.config import Settings
+from engine.errors import ErrorCode, MedVisionError
+from engine.imaging.masks import decode_rle
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory, model_pack: Path):
+    home = tmp_path_factory.mktemp("home")
+    settings = Settings(home=home, model_pack=model_pack, threads=2, use_keyring=False)
+    with Engine(settings) as instance:
+        yield instance
+
+
+@pytest.fixture(scope="module")
+def chest(engine: Engine) -> tuple[str, str]:
+    session = engine.create_study_session("chest")["session_id"]
+    image = engine.add_image_to_session(session, get_testdata_file("RG1_UNCR.dcm"), auto_analyze=False)
+    return session, image["image_id"]
+
+
+def test_ingest_runs_quality_checks(engine: Engine) -> None:
+    session = engine.create_study_session()["session_id"]
+    added = engine.add_image_to_session(session, get_testdata_file("RG1_UNCR.dcm"), auto_analyze=False)
+    assert added["quality_warnings"] == []  # a well exposed PA chest film
+
+
+def test_segmentation_persists_masks_at_image_size(engine: Engine, chest: tuple[str, str]) -> None:
+    session, image_id = chest
+    result = engine.analyze_image(session, image_id, classify=False, detect=False, segment=True,
+                                  generate_report=False, segment_organs=["Heart", "Left Lung", "Right Lung"])
+    segmentation = result["segmentation"]
+    assert [o["label"] for o in segmentation["organs"]] == ["Left Lung", "Right Lung", "Heart"]
+    assert segmentation["model_trained"] is False and result["model_trained"] is False
+    assert "mask_rle" not in json.dumps(result)  # masks travel by id, not inline
+    stored = engine.store.list_masks(session, image_id, source="organ_seg")
+    assert {m["id"] for m in stored} == {o["mask_id"] for o in segmentation["organs"]}
+    for organ, row in zip(segmentation["organs"], stored, strict=True):
+        mask = decode_rle(row["rle"])
+        assert mask.shape == (1955, 1841) and int(mask.sum()) == organ["area_px"]
+    assert segmentation["spacing"]["pixel_spacing_mm"] is None  # RG1 has PixelSpacing [0, 0]
+    assert all(o["area_cm2"] is None for o in segmentation["organs"])
+    masks = engine.organ_masks(session, image_id, run=False)
+    assert set(masks) == {"Heart", "Left Lung", "Right Lung"}
+    with pytest.raises(MedVisionError) as err:
+        engine.analyze_image(session, image_id, classify=False, segment=True, segment_organs=["Liver"])
+    assert err.value.code is ErrorCode.INVALID_ARGUMENT
+
+
+def test_region_analysis_measures_compares_and_annotates(engine: Engine, chest: tuple[str, str]) -> None:
+    session, image_id = chest
+    region = {"type": "bbox", "coordinates": [300, 500, 700, 900]}
+    result = engine.analyze_selected_region(session, region, question="any opacity?",
+                                            actions=["describe", "measure", "classify", "compare"])
+    info = result["region_info"]
+    # bbox edges are inclusive: [300, 500, 700, 900] covers 401 x 401 pixels
+    assert info["bbox"] == [300, 500, 700, 900] and info["area"]["value"] == 401 * 401
+    assert info["area"]["unit"] == "px2"  # no spacing in RG1
+    assert info["pixel_statistics"]["count"] == 401 * 401
+    assert result["measurements"]["long_axis"]["value"] == pytest.approx(401 * 2**0.5, rel=0.01)
+    assert result["comparison"]["status"] == "ok" and "standardised_difference" in result["comparison"]
+    assert len(result["classification"]["findings"]) == 18
+    assert result["description"].startswith("Selected bbox region")
+    assert result["confidence_summary"]["overall"]["reliable"] is False  # untrained models
+    annotation = engine.store.get_annotation(session, result["annotation_id"])
+    assert annotation["source"] == "ai" and annotation["analysis_id"] == result["analysis_id"]
+    assert annotation["coordinates"] == [300.0, 500.0, 700.0, 900.0]
+    relative = engine.analyze_selected_region(
+        session, {"type": "bbox", "coordinates": [0.1, 0.1, 0.2, 0.2], "format": "relative"}, actions=["measure"])
+    assert relative["region_info"]["bbox"][0] == 184
+
+
+@pytest.mark.parametrize(
+    ("region", "actions", "code"),
+    [
+        ({"type": "bbox", "coordinates": [0, 0, 5000, 10]}, ["describe"], ErrorCode.INVALID_REGION),
+        ({"type": "polygon", "coordinates": [[1, 1], [2, 2]]}, ["describe"], ErrorCode.INVALID_REGION),
+        ({"type": "bbox", "coordinates": [1, 1, 20, 20]}, ["dance"], ErrorCode.INVALID_ARGUMENT),
+    ],
+)
+def test_bad_regions_write_nothing(engine: Engine, chest: tuple[str, str], region, actions, code) -> None:
+    session, _ = chest
+    before = engine.store.last_event_id()
+    with pytest.raises(MedVisionError) as err:
+        engine.analyze_selected_region(session, region, actions=actions)
+    assert err.value.code is code
+    assert engine.store.events_since(before) == []
+
+
+def test_annotation_tools(engine: Engine, chest: tuple[str, str]) -> None:
+    session, image_id = chest
+    created = engine.add_annotation(session, image_id, "polygon", [[10, 10], [200, 10], [100, 150]], label="x")
+    annotation_id = created["annotation_id"]
+    engine.update_annotation(session, annotation_id, label="effusion?", notes="check lateral")
+    listed = engine.get_annotations(session, image_id, source="user")["annotations"]
+    assert any(a["annotation_id"] == annotation_id and a["label"] == "effusion?" for a in listed)
+    engine.delete_annotation(session, annotation_id)
+    with pytest.raises(MedVisionError) as err:
+        engine.update_annotation(session, annotation_id, label="gone")
+    assert err.value.code is ErrorCode.ANNOTATION_NOT_FOUND
+
+
+@pytest.fixture(scope="module")
+def library_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("cases")
+    rows = []
+    for name, cardiomegaly in (("RG1_UNCR.dcm", "1"), ("RG1_J2KI.dcm", "1"), ("RG3_UNCR.dcm", "0"),
+                               ("MR2_UNCR.dcm", ""), ("CT_small.dcm", "0")):
+        shutil.copy(get_testdata_file(name), folder / name)
+        rows.append({"image_path": name, "findings": f"findings {name}", "impression": f"impression {name}",
+                     "Cardiomegaly": cardiomegaly})
+    with open(folder / "cases.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return folder / "cases.csv"
+
+
+def test_visual_rag_end_to_end(engine: Engine, chest: tuple[str, str], library_csv: Path) -> None:
+    session, image_id = chest
+    built = engine.build_rag_index(data_path=library_csv)
+    assert built["added"] == 5 and built["failed"] == []
+    found = engine.search_similar_cases(session, image_id, top_k=3)
+    first, second = found["results"][:2]
+    assert "RG1_UNCR" in first["findings"] and first["similarity"] == pytest.approx(1.0, abs=1e-4)
+    assert "RG1_J2KI" in second["findings"] and second["similarity"] > 0.99  # the lossy JPEG 2000 twin
+    vote = found["aggregated_labels"]["Cardiomegaly"]
+    assert vote["supporting_cases"] >= 2 and found["model_trained"] is False
+    again = engine.build_rag_index(data_path=library_csv)
+    assert again["added"] == 0 and again["skipped_duplicates"] + again.get("already_done", 0) == 5
+
+    merged = engine.analyze_with_rag(session, image_id, mode="quick")
+    labels = {row["label"]: row for row in merged["merged_labels"]}
+    row = labels["Cardiomegaly"]
+    assert row["combined"] == pytest.approx((row["classifier"] + row["rag_weight"] * row["rag"]) / (1 + row["rag_weight"]), abs=1e-5)
+    assert "untrained" in merged["suggested_prompt"] and "Similar case" in merged["suggested_prompt"]
+    assert set(merged["metadata"]["stages_ms"]) >= {"classify", "rag_search", "total"}
+    rag_only = engine.analyze_with_rag(session, image_id, mode="rag_only")
+    assert rag_only["classification"] is None and rag_only["similar_cases"]["results"]
+    with pytest.raises(MedVisionError) as err:
+        engine.analyze_with_rag(session, image_id, mode="deep")
+    assert err.value.code is ErrorCode.INVALID_ARGUMENT
+    region = engine.analyze_selected_region(session, {"type": "bbox", "coordinates": [200, 200, 1600, 1700]},
+                                            actions=["rag_search"])
+    assert region["similar_cases"]["results"]
+    assert np.isfinite(region["similar_cases"]["search_metadata"]["search_time_ms"])

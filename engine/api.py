@@ -7,6 +7,7 @@ front-end calls the same thing. Results are plain JSON-ready dicts; failures are
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
@@ -24,7 +25,7 @@ from engine.analysis.classify import classify as run_classifier
 from engine.analysis.embedding import embed_image
 from engine.analysis.measurements import area as mask_area
 from engine.analysis.measurements import measure_mask
-from engine.analysis.quality import check_quality, rotation_index
+from engine.analysis.quality import check_quality
 from engine.analysis.segmentation import MASKS_KEY, segment_organs
 from engine.config import Settings
 from engine.errors import ErrorCode, MedVisionError
@@ -33,7 +34,7 @@ from engine.imaging.masks import decode_rle, encode_rle, mask_bbox
 from engine.imaging.regions import mirror_mask, parse_region, region_mask
 from engine.inference.registry import ModelRegistry
 from engine.rag.fusion import merge_labels, suggested_prompt
-from engine.store import Store, new_id
+from engine.store import BlobStore, Store, new_id
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ class Engine:
         self._cache_lock = threading.Lock()
         self._library = None
         self._segmenter = None
+        self._embedding_blobs = BlobStore(self.settings.home / "cache" / "embeddings", self.store.key)
         self._library_lock = threading.Lock()
 
     def close(self) -> None:
@@ -121,6 +123,16 @@ class Engine:
         with self._cache_lock:
             for key in [k for k in self._decoded if k[0] in removed["image_ids"]]:
                 del self._decoded[key]
+        try:
+            encoder = self.models.entry("sam_encoder")
+        except MedVisionError:
+            encoder = None  # no usable pack: no embeddings were cached with it either
+        for image_id in removed["image_ids"]:
+            if self._segmenter is not None:
+                self._segmenter.clear(image_id)
+            if encoder is not None:  # the derived embedding goes with the image
+                key = f"{image_id}:{encoder.spec['sha256']}"
+                self._embedding_blobs.delete(hashlib.sha256(key.encode()).hexdigest())
         return {"session_id": session_id, "deleted": True, "images": len(removed["image_ids"])}
 
     def switch_image(self, session_id: str, image_id: str) -> dict:
@@ -149,7 +161,7 @@ class Engine:
         except PermissionError as exc:
             raise MedVisionError(ErrorCode.FILE_NOT_FOUND, f"cannot read {path.name}: permission denied") from exc
         decoded = decode_image(data, frame=frame, filename=path.name)
-        quality = check_quality(decoded)
+        quality = check_quality(decoded, image_type=image_type)
         decoded_at = time.perf_counter()
         record = {
             "source_path": str(path.resolve()),
@@ -358,8 +370,8 @@ class Engine:
             rows.append({"id": mask_id, "label": organ["label"], "rle": organ.pop("mask_rle"),
                          "area_px": organ["area_px"]})
             organ["mask_id"] = mask_id
-        rotation = rotation_index(boolean_masks)
-        segmentation["rotation_index"] = None if rotation is None else round(rotation, 4)
+        # With anatomy known, the ingest checks can also judge rotation and the view.
+        segmentation["quality"] = check_quality(decoded, boolean_masks)
         return segmentation, rows
 
     def organ_masks(self, session_id: str, image_id: str, *, run: bool = True) -> dict[str, np.ndarray] | None:
@@ -552,8 +564,27 @@ class Engine:
             if self._segmenter is None:
                 from engine.analysis.interactive import InteractiveSegmenter
 
-                self._segmenter = InteractiveSegmenter(self.models)
+                self._segmenter = InteractiveSegmenter(self.models, cache_get=self._embedding_cache_get,
+                                                       cache_put=self._embedding_cache_put)
             return self._segmenter
+
+    def _embedding_cache_get(self, key: str) -> bytes | None:
+        """SAM image embeddings persisted encrypted, so a restart does not re-encode."""
+        blob_id = hashlib.sha256(key.encode()).hexdigest()
+        if not self._embedding_blobs.path_for(blob_id).exists():
+            return None
+        try:
+            return self._embedding_blobs.read_bytes(blob_id)
+        except MedVisionError:
+            log.warning("a cached image embedding failed its integrity check; recomputing it")
+            self._embedding_blobs.delete(blob_id)
+            return None
+
+    def _embedding_cache_put(self, key: str, data: bytes) -> None:
+        try:
+            self._embedding_blobs.write_bytes(hashlib.sha256(key.encode()).hexdigest(), data)
+        except MedVisionError as exc:  # a cache: failing to keep it must not fail the click
+            log.warning("could not persist an image embedding: %s", exc.code.value)
 
     def accept_mask(self, session_id: str, mask_id: str, label: str = "", notes: str | None = None) -> dict:
         """Turn a stored interactive mask into a user annotation."""

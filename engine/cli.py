@@ -174,6 +174,28 @@ def _write_json(target: str | None, payload: object) -> None:
         print(f"JSON written to {target}")
 
 
+def cmd_segment(args: argparse.Namespace) -> int:
+    """Click-to-segment on an image file: foreground/background points and/or a box."""
+    points = [list(p) for p in (args.point or [])] + [list(p) for p in (args.bg or [])]
+    labels = [1] * len(args.point or []) + [0] * len(args.bg or [])
+    with _engine(args) as engine:
+        session, image_id = _load(engine, args.file, args.type)
+        try:
+            result = engine.segment_interactive(session, image_id, points=points or None,
+                                                labels=labels or None, box=args.box)
+        except MedVisionError:
+            engine.delete_session(session)
+            raise
+    print(f"backend {result['backend']}" + ("" if result["model_trained"] in (None, True) else "  (untrained model)"))
+    for index, mask in enumerate(result["masks"]):
+        best = "*" if index == result["best"] else " "
+        print(f" {best} mask {index}: score {mask['score']:.3f}  {mask['area']['value']} {mask['area']['unit']}"
+              f"  bbox {mask['bbox']}")
+    print(f"  stored as mask {result['mask_id']} in session {session}; timings {result['timings_ms']}")
+    _write_json(args.json, result)
+    return 0
+
+
 def cmd_rag_build(args: argparse.Namespace) -> int:
     """Build or extend the reference library."""
     def progress(done: int, total: int, message: str) -> None:
@@ -357,6 +379,15 @@ def build_parser() -> argparse.ArgumentParser:
     region.add_argument("--type", choices=["CXR", "KUB", "CT", "MRI", "US", "EKG", "Other"])
     region.add_argument("--json", metavar="OUT")
     region.set_defaults(func=cmd_region)
+
+    segment = sub.add_parser("segment", help="click-to-segment on an image file")
+    segment.add_argument("file")
+    segment.add_argument("--point", type=float, nargs=2, action="append", metavar=("X", "Y"), help="foreground click")
+    segment.add_argument("--bg", type=float, nargs=2, action="append", metavar=("X", "Y"), help="background click")
+    segment.add_argument("--box", type=float, nargs=4, metavar=("X1", "Y1", "X2", "Y2"))
+    segment.add_argument("--type", choices=["CXR", "KUB", "CT", "MRI", "US", "EKG", "Other"])
+    segment.add_argument("--json", metavar="OUT")
+    segment.set_defaults(func=cmd_segment)
 
     rag = sub.add_parser("rag", help="reference-case library (visual RAG)").add_subparsers(dest="rag_command",
                                                                                           required=True)

@@ -157,3 +157,52 @@ def test_visual_rag_end_to_end(engine: Engine, chest: tuple[str, str], library_c
                                             actions=["rag_search"])
     assert region["similar_cases"]["results"]
     assert np.isfinite(region["similar_cases"]["search_metadata"]["search_time_ms"])
+
+
+RIGHT_LUNG_CLICK = [440, 800]  # inside the right lung field of RG1 (image left)
+
+
+def test_click_to_segment_and_accept(engine: Engine, chest: tuple[str, str]) -> None:
+    session, image_id = chest
+    result = engine.segment_interactive(session, image_id, points=[RIGHT_LUNG_CLICK], labels=[1])
+    assert result["backend"] == "classical"  # the dev pack's SAM is untrained
+    best = result["masks"][result["best"]]
+    mask = decode_rle(best["rle"])
+    assert mask.shape == (1955, 1841) and mask[800, 440]
+    assert 0.01 < mask.mean() < 0.4  # a lung, not the whole film
+    accepted = engine.accept_mask(session, result["mask_id"], label="right lung")
+    annotation = engine.store.get_annotation(session, accepted["annotation_id"])
+    assert annotation["type"] == "mask" and (decode_rle(annotation["coordinates"]) == mask).all()
+    with pytest.raises(MedVisionError) as err:
+        engine.segment_interactive(session, image_id, points=[[5000, 10]], labels=[1])
+    assert err.value.code is ErrorCode.INVALID_REGION
+
+
+def test_region_segment_action_measures_the_segmented_mask(engine: Engine, chest: tuple[str, str]) -> None:
+    session, _ = chest
+    result = engine.analyze_selected_region(session, {"type": "point", "coordinates": RIGHT_LUNG_CLICK},
+                                            actions=["segment", "measure"])
+    segmented = result["segmentation"]["masks"][result["segmentation"]["best"]]
+    assert result["measurements"]["area"]["value"] == segmented["area_px"]
+    assert engine.store.get_annotation(session, result["annotation_id"])["type"] == "mask"
+
+
+def test_sam_backend_caches_the_embedding_encrypted(tmp_path: Path, model_pack: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEDVISION_INTERACTIVE_BACKEND", "sam")
+    settings = Settings(home=tmp_path / "home", model_pack=model_pack, threads=2, use_keyring=False)
+    with Engine(settings) as first:
+        session = first.create_study_session()["session_id"]
+        image_id = first.add_image_to_session(session, get_testdata_file("RG1_UNCR.dcm"), auto_analyze=False)["image_id"]
+        clicked = first.segment_interactive(session, image_id, points=[RIGHT_LUNG_CLICK], labels=[1])
+        assert clicked["backend"] == "sam" and clicked["model_trained"] is False
+        assert first.segmenter.encoder_runs == 1
+        first.segment_interactive(session, image_id, box=[200, 300, 800, 1500])
+        assert first.segmenter.encoder_runs == 1  # the second prompt reuses the embedding
+    cached = list((tmp_path / "home" / "cache" / "embeddings").rglob("*.mvb"))
+    assert len(cached) == 1
+    with Engine(settings) as second:  # a restart reads the encrypted cache instead of re-encoding
+        second.segment_interactive(session, image_id, points=[RIGHT_LUNG_CLICK], labels=[1])
+        assert second.segmenter.encoder_runs == 0
+        second.delete_session(session)
+    assert list((tmp_path / "home" / "cache" / "embeddings").rglob("*.mvb")) == []

@@ -69,6 +69,7 @@ class Engine:
         self._cache_lock = threading.Lock()
         self._library = None
         self._segmenter = None
+        self._agent = None
         self._embedding_blobs = BlobStore(self.settings.home / "cache" / "embeddings", self.store.key)
         self._library_lock = threading.Lock()
 
@@ -677,6 +678,81 @@ class Engine:
         stored = self.store.add_analysis(session_id, image_id, "rag", _jsonable(result))
         result["analysis_id"] = stored["id"]
         return _jsonable(result)
+
+    # -- the medical agent ---------------------------------------------------------------
+    # Thin delegations to engine.agent (workflow as YAML data, traced tool calls, guarded
+    # reports, conversation memory); see engine.agent.service.MedicalAgent.
+    @property
+    def agent(self):  # noqa: ANN201 - engine.agent.service.MedicalAgent
+        """The medical agent over this engine (created on first use)."""
+        with self._library_lock:
+            if self._agent is None:
+                from engine.agent.service import MedicalAgent
+
+                self._agent = MedicalAgent(self)
+            return self._agent
+
+    def invoke_medical_agent(self, session_id: str, task: str, context: dict[str, Any] | None = None,
+                             mode: str = "auto", handoff: dict[str, Any] | None = None) -> dict:
+        """Delegate an analysis task to the built-in medical agent (A2A).
+
+        Parameters
+        ----------
+        task:
+            What to do, in words (recorded in the conversation memory and the trace).
+        context:
+            ``user_selection`` (a region dict), ``clinical_history`` (free text, names and
+            ids scrubbed), ``image_id`` (default: the session's current image),
+            ``pipeline`` (a pipeline id), ``run_id`` (resume that run), ``seed``,
+            ``auto_suggest`` (bool, or ``{"min_confidence", "max_suggestions"}``).
+        mode:
+            ``auto`` (the whole pipeline; the language model may order a step's tools),
+            ``interactive`` (pauses with ``need_input`` and a user-input request where the
+            pipeline asks), ``step_by_step`` (returns ``in_progress`` after each step; the
+            next call resumes).
+        handoff:
+            ``{"return_on": ["user_confirmation", "analysis_complete"], "max_turns": n,
+            "preserve_context": bool}``.
+
+        Returns
+        -------
+        dict
+            ``status`` (completed / need_input / in_progress / failed), ``run_id``,
+            ``result`` (``summary``, ``findings``, ``annotations``, ``report``),
+            ``actions_taken``, ``follow_up_suggestions``, ``trace_summary``, ``flags``
+            and, by status, ``request``, ``next_step`` or ``error``.
+        """
+        return self.agent.invoke(session_id, task, context, mode, handoff)
+
+    def ask_about_image(self, session_id: str, question: str, image_id: str | None = None,
+                        include_context: bool = True) -> dict:
+        """Answer a question about an image from its analysed context, citing the tool outputs used."""
+        return self.agent.ask(session_id, question, image_id, include_context)
+
+    def get_agent_capabilities(self) -> dict:
+        """Tasks, supported image types, the tool registry (with versions), pipelines and models."""
+        return self.agent.capabilities()
+
+    def request_user_input(self, session_id: str, input_type: str, prompt: str,
+                           options: list[dict] | None = None) -> dict:
+        """Ask the user something through the canvas (select_region, confirm, choose, draw)."""
+        return self.agent.request_user_input(session_id, input_type, prompt, options)
+
+    def get_user_input(self, request_id: str) -> dict:
+        """A user-input request and, once answered, the user's input (polling)."""
+        return self.agent.get_user_input(request_id)
+
+    def answer_user_input(self, request_id: str, answer: Any) -> dict:
+        """Answer a pending user-input request (the desktop, or a test)."""
+        return self.agent.answer_user_input(request_id, answer)
+
+    def get_agent_run(self, session_id: str, run_id: str) -> dict:
+        """An agent run's status, result and report."""
+        return self.agent.get_run(session_id, run_id)
+
+    def export_trace(self, run_id: str, path: str | Path | None = None) -> dict:
+        """An agent run's full trace (``trace.schema.json``) with its error attribution; optionally to a file."""
+        return self.agent.export_trace(run_id, path)
 
     # -- models ------------------------------------------------------------------------
     def model_status(self) -> dict:

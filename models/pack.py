@@ -18,7 +18,7 @@ from pathlib import Path
 import jsonschema
 
 from engine.inference.modelpack import MANIFEST_NAME, ModelPack, manifest_schema, sha256_file
-from models import BUILDER_VERSION, classifier, embedding, sam, segmentation
+from models import BUILDER_VERSION, classifier, embedding, llm, sam, segmentation
 from models.calibration import CalibrationImages, load_images
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,7 @@ COMPONENTS: list[Callable[[BuildContext], list[dict]]] = [
     segmentation.build,
     embedding.build,
     sam.build,
+    llm.build,
 ]
 
 

@@ -7,6 +7,7 @@ import threading
 
 from engine.config import Settings
 from engine.errors import ErrorCode, MedVisionError
+from engine.inference.llm import LlmRuntime
 from engine.inference.modelpack import ModelEntry, ModelPack
 from engine.inference.onnx import OnnxModel
 
@@ -20,6 +21,7 @@ class ModelRegistry:
         self.settings = settings
         self._pack: ModelPack | None = None
         self._models: dict[str, OnnxModel] = {}
+        self._llm: LlmRuntime | None = None
         self._lock = threading.RLock()
 
     @property
@@ -53,14 +55,36 @@ class ModelRegistry:
                 self._models[entry.id] = model
             return model
 
+    def llm(self) -> LlmRuntime | None:
+        """The pack's language model (``llm`` entry), or None when the pack has none.
+
+        One runtime per registry, created on first call over the sha256-verified GGUF
+        (paired with the pack's ``vlm_mmproj`` file when there is one); the weights
+        themselves load on the runtime's first completion.
+        """
+        with self._lock:
+            if self._llm is None:
+                entry = self.entry("llm")
+                if entry is None:
+                    return None
+                projectors = [e for e in self.pack.entries if e.task == "vlm_mmproj"]
+                paired = [e for e in projectors if (e.spec.get("parameters") or {}).get("model") == entry.id]
+                projector = (paired or projectors or [None])[0]
+                mmproj = (projector, self.pack.path(projector)) if projector is not None else None
+                self._llm = LlmRuntime(entry, self.pack.path(entry), self.settings, mmproj=mmproj)
+            return self._llm
+
     def loaded(self) -> list[str]:
         """Ids of the models currently in memory."""
         with self._lock:
-            return list(self._models)
+            llm = [self._llm.entry.id] if self._llm is not None and self._llm.loaded else []
+            return list(self._models) + llm
 
     def unload(self, model_id: str | None = None) -> None:
         """Free one model, or all of them."""
         with self._lock:
+            if self._llm is not None and model_id in (None, self._llm.entry.id):
+                self._llm.unload()
             if model_id is None:
                 self._models.clear()
             else:

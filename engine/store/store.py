@@ -556,6 +556,204 @@ class Store:
             raise MedVisionError(ErrorCode.INVALID_ARGUMENT, f"no mask {mask_id!r} in this session")
         return _decode_row(rows[0])
 
+    # -- agent: runs, trace, conversation memory, user-input requests -------------------
+    # Written by engine.agent. A run's state is JSON (tool outputs by id, never pixels),
+    # so a paused run (step_by_step, need_input) resumes in any process.
+    AGENT_RUN_STATUSES = ("running", "in_progress", "need_input", "completed", "failed")
+    AGENT_INPUT_TYPES = ("select_region", "confirm", "choose", "draw")
+
+    def create_agent_run(self, session_id: str, *, run_id: str, task: str, mode: str, pipeline: str,
+                         image_id: str | None, state: dict, owner: str | None = None) -> dict:
+        """Insert a run row (status ``running``) and announce it (``agent.run_created``)."""
+        self.get_session(session_id)
+        stamp = now_iso()
+        with self.db.transaction() as tx:
+            tx.execute(
+                "INSERT INTO agent_runs (id, session_id, image_id, task, mode, pipeline, status, state, owner,"
+                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?)",
+                (run_id, session_id, image_id, task, mode, pipeline, _dumps(state), owner, stamp, stamp),
+            )
+            self._event(tx, session_id, "agent.run_created",
+                        {"run_id": run_id, "image_id": image_id, "mode": mode, "pipeline": pipeline})
+        return self.get_agent_run(run_id)
+
+    def update_agent_run(self, run_id: str, *, status: str | None = None, state: dict | None = None,
+                         report: dict | None = None, result: dict | None = None,
+                         error: dict | None = None, owner: str | None = None) -> None:
+        """Change a run's status/state/report/result/error (``agent.run_updated`` on a status change)."""
+        if status is not None and status not in self.AGENT_RUN_STATUSES:
+            raise MedVisionError(ErrorCode.INVALID_ARGUMENT, f"unknown agent run status {status!r}")
+        changes: dict[str, Any] = {}
+        for name, value in (("state", state), ("report", report), ("result", result), ("error", error)):
+            if value is not None:
+                changes[name] = _dumps(value)
+        if status is not None:
+            changes["status"] = status
+        if owner is not None:
+            changes["owner"] = owner
+        if not changes:
+            return
+        with self.db.transaction() as tx:
+            row = tx.execute("SELECT session_id, status FROM agent_runs WHERE id = ?", (run_id,)).fetchone()
+            if row is None:
+                raise MedVisionError(ErrorCode.INVALID_ARGUMENT, f"no agent run {run_id!r}")
+            assignments = ", ".join(f"{k} = ?" for k in changes)
+            tx.execute(f"UPDATE agent_runs SET {assignments}, updated_at = ? WHERE id = ?",
+                       (*changes.values(), now_iso(), run_id))
+            if status is not None and status != row[1]:
+                self._event(tx, row[0], "agent.run_updated", {"run_id": run_id, "status": status})
+
+    def get_agent_run(self, run_id: str, session_id: str | None = None) -> dict:
+        """One run row (JSON columns decoded); ``INVALID_ARGUMENT`` if absent or another session's."""
+        rows = self.db.query("SELECT * FROM agent_runs WHERE id = ?", (run_id,))
+        if not rows or (session_id is not None and rows[0]["session_id"] != session_id):
+            raise MedVisionError(ErrorCode.INVALID_ARGUMENT, f"no agent run {run_id!r} in this session",
+                                 run_id=run_id)
+        return _decode_agent_row(rows[0], ("state", "report", "result", "error"))
+
+    def list_agent_runs(self, session_id: str, status: str | None = None) -> list[dict]:
+        """A session's runs, oldest first (optionally of one status); states left out."""
+        sql, params = ("SELECT id, session_id, image_id, task, mode, pipeline, status, error, created_at,"
+                       " updated_at FROM agent_runs WHERE session_id = ?"), [session_id]
+        if status is not None:
+            sql, params = sql + " AND status = ?", [*params, status]
+        rows = self.db.query(sql + " ORDER BY created_at, rowid", tuple(params))
+        return [_decode_agent_row(r, ("error",)) for r in rows]
+
+    def add_agent_trace(self, run_id: str, session_id: str, seq: int, event: dict) -> None:
+        """Append one trace event of a run and its outbox row (``agent.trace``) in one transaction.
+
+        Joins the caller's transaction when there is one, so a tool's own writes and its
+        trace event commit (or roll back) together.
+        """
+        stamp = now_iso()
+        with self.db.transaction() as tx:
+            tx.execute(
+                "INSERT INTO agent_trace (run_id, seq, session_id, kind, step_id, tool_id, status, payload,"
+                " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, seq, session_id, event.get("kind", ""), event.get("step_id"), event.get("tool_id"),
+                 event.get("status"), _dumps(event), stamp),
+            )
+            self._event(tx, session_id, "agent.trace", {
+                "run_id": run_id, "seq": seq, "kind": event.get("kind"), "step_id": event.get("step_id"),
+                "tool_id": event.get("tool_id"), "status": event.get("status")})
+
+    def list_agent_trace(self, run_id: str) -> list[dict]:
+        """A run's trace events, in order."""
+        rows = self.db.query("SELECT payload FROM agent_trace WHERE run_id = ? ORDER BY seq", (run_id,))
+        return [json.loads(r["payload"]) for r in rows]
+
+    def add_agent_turn(self, session_id: str, role: str, kind: str, content: str, *,
+                       sources: list | None = None, run_id: str | None = None,
+                       image_id: str | None = None) -> int:
+        """Append a conversation turn (``agent.turn``); returns its id."""
+        if role not in ("user", "agent"):
+            raise MedVisionError(ErrorCode.INVALID_ARGUMENT, f"turn role must be user or agent, not {role!r}")
+        with self.db.transaction() as tx:
+            cursor = tx.execute(
+                "INSERT INTO agent_turns (session_id, run_id, image_id, role, kind, content, sources, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (session_id, run_id, image_id, role, kind, content, _dumps(sources or []), now_iso()),
+            )
+            turn_id = int(cursor.lastrowid)
+            self._event(tx, session_id, "agent.turn", {"turn_id": turn_id, "role": role, "kind": kind,
+                                                       "run_id": run_id})
+        return turn_id
+
+    def list_agent_turns(self, session_id: str, *, after: int = 0, limit: int | None = None) -> list[dict]:
+        """Turns with ``id > after``, oldest first; with ``limit``, only the newest ``limit`` of them."""
+        if limit is None:
+            rows = self.db.query("SELECT * FROM agent_turns WHERE session_id = ? AND id > ? ORDER BY id",
+                                 (session_id, after))
+        else:
+            rows = self.db.query(
+                "SELECT * FROM (SELECT * FROM agent_turns WHERE session_id = ? AND id > ? ORDER BY id DESC"
+                " LIMIT ?) ORDER BY id", (session_id, after, limit))
+        return [_decode_agent_row(r, ("sources",)) for r in rows]
+
+    def get_agent_memory(self, session_id: str) -> dict:
+        """The session's running summary: ``{"summary", "summarized_until"}`` (empty when none)."""
+        rows = self.db.query("SELECT summary, summarized_until, updated_at FROM agent_memory WHERE session_id = ?",
+                             (session_id,))
+        return rows[0] if rows else {"summary": "", "summarized_until": 0, "updated_at": None}
+
+    def set_agent_memory(self, session_id: str, summary: str, summarized_until: int) -> None:
+        """Replace the session's running summary (turns up to ``summarized_until`` are folded in)."""
+        stamp = now_iso()
+        with self.db.transaction() as tx:
+            tx.execute(
+                "INSERT INTO agent_memory (session_id, summary, summarized_until, updated_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT(session_id) DO UPDATE SET summary = excluded.summary,"
+                " summarized_until = excluded.summarized_until, updated_at = excluded.updated_at",
+                (session_id, summary, int(summarized_until), stamp),
+            )
+
+    def create_input_request(self, session_id: str, input_type: str, prompt: str, *,
+                             options: list | None = None, run_id: str | None = None,
+                             step_id: str | None = None) -> dict:
+        """A pending request for user input (``agent.input_requested``), for the canvas to answer."""
+        self.get_session(session_id)
+        if input_type not in self.AGENT_INPUT_TYPES:
+            raise MedVisionError(ErrorCode.INVALID_ARGUMENT,
+                                 f"input_type must be one of {', '.join(self.AGENT_INPUT_TYPES)}, not {input_type!r}")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise MedVisionError(ErrorCode.INVALID_ARGUMENT, "prompt must be a non-empty string")
+        if options is not None and not isinstance(options, list):
+            raise MedVisionError(ErrorCode.INVALID_ARGUMENT, "options must be a list")
+        request_id = new_id()
+        with self.db.transaction() as tx:
+            tx.execute(
+                "INSERT INTO agent_requests (id, session_id, run_id, step_id, input_type, prompt, options, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (request_id, session_id, run_id, step_id, input_type, prompt, _dumps(options or []), now_iso()),
+            )
+            self._event(tx, session_id, "agent.input_requested",
+                        {"request_id": request_id, "run_id": run_id, "input_type": input_type})
+        return self.get_input_request(request_id)
+
+    def get_input_request(self, request_id: str) -> dict:
+        """One user-input request; ``INVALID_ARGUMENT`` if there is none."""
+        rows = self.db.query("SELECT * FROM agent_requests WHERE id = ?", (request_id,))
+        if not rows:
+            raise MedVisionError(ErrorCode.INVALID_ARGUMENT, f"no user-input request {request_id!r}",
+                                 request_id=request_id)
+        return _decode_agent_row(rows[0], ("options", "answer"))
+
+    def answer_input_request(self, request_id: str, answer: Any) -> dict:
+        """Record the answer of a pending request (``agent.input_answered``); answered once only."""
+        with self.db.transaction() as tx:
+            row = tx.execute("SELECT session_id, status, run_id FROM agent_requests WHERE id = ?",
+                             (request_id,)).fetchone()
+            if row is None:
+                raise MedVisionError(ErrorCode.INVALID_ARGUMENT, f"no user-input request {request_id!r}",
+                                     request_id=request_id)
+            if row[1] != "pending":
+                raise MedVisionError(ErrorCode.INVALID_ARGUMENT,
+                                     f"user-input request {request_id!r} is already {row[1]}", request_id=request_id)
+            tx.execute("UPDATE agent_requests SET status = 'answered', answer = ?, answered_at = ? WHERE id = ?",
+                       (_dumps(answer), now_iso(), request_id))
+            self._event(tx, row[0], "agent.input_answered", {"request_id": request_id, "run_id": row[2]})
+        return self.get_input_request(request_id)
+
+    def cancel_input_requests(self, run_id: str) -> int:
+        """Cancel a run's pending requests (the run ended without them); returns how many."""
+        with self.db.transaction() as tx:
+            rows = tx.execute("SELECT id, session_id FROM agent_requests WHERE run_id = ? AND status = 'pending'",
+                              (run_id,)).fetchall()
+            tx.execute("UPDATE agent_requests SET status = 'cancelled', answered_at = ?"
+                       " WHERE run_id = ? AND status = 'pending'", (now_iso(), run_id))
+            for request_id, session_id in rows:
+                self._event(tx, session_id, "agent.input_cancelled", {"request_id": request_id, "run_id": run_id})
+            return len(rows)
+
+    def list_input_requests(self, session_id: str, status: str | None = None) -> list[dict]:
+        """A session's user-input requests, oldest first (optionally of one status)."""
+        sql, params = "SELECT * FROM agent_requests WHERE session_id = ?", [session_id]
+        if status is not None:
+            sql, params = sql + " AND status = ?", [*params, status]
+        rows = self.db.query(sql + " ORDER BY created_at, rowid", tuple(params))
+        return [_decode_agent_row(r, ("options", "answer")) for r in rows]
+
 
 # -- annotation helpers ----------------------------------------------------------------
 #: Longest label accepted (characters): a short name shown on the canvas.
@@ -607,3 +805,8 @@ def _annotation_coordinates(image: dict, annotation_type: Any, coordinates: Any)
         spacing = (image.get("metadata") or {}).get("pixel_spacing")
         stored["result"] = measure_annotation(stored, spacing if isinstance(spacing, dict) else None)
     return stored
+
+
+def _decode_agent_row(row: dict, json_columns: tuple[str, ...]) -> dict:
+    """An agent table row with its JSON columns decoded."""
+    return {k: (_loads(v) if k in json_columns else v) for k, v in row.items()}

@@ -1,0 +1,1 @@
+"""The agent: workflow, tools, trace, guarded narrative and report."""

@@ -1,0 +1,1 @@
+"""Package data: the agent's rule tables (finding regions, follow-up rules)."""

@@ -754,6 +754,48 @@ class Engine:
         """An agent run's full trace (``trace.schema.json``) with its error attribution; optionally to a file."""
         return self.agent.export_trace(run_id, path)
 
+    # -- export ------------------------------------------------------------------------
+    def export_study(self, session_id: str, format: str = "pdf", include_images: list[str] | None = None,  # noqa: A002
+                     include_report: bool = True, include_annotations: bool = True,
+                     include_measurements: bool = True, template: str | None = None,
+                     output_path: str | Path | None = None, include_identifiers: bool = False,
+                     institution: str = "") -> dict:
+        """Export a session's results as a file (or a folder of files) people and PACS use.
+
+        Parameters
+        ----------
+        format:
+            ``pdf``, ``dicom_sr`` (TID 1500), ``dicom_seg``, ``dicom_sc`` (overlay burned
+            in), ``dicom_pdf`` (encapsulated PDF), ``dicom`` (all four), ``json`` (report +
+            trace), ``png_annotated`` or ``html`` (one self-contained file).
+        include_images:
+            Image ids to export; empty means all.
+        template:
+            PDF/HTML template: ``default``, ``clinical`` or ``research``.
+        output_path:
+            A file (one-file formats) or folder; default: a new folder under
+            ``Settings.export_root``. Nothing is left there when the export fails.
+        include_identifiers:
+            Print the patient's identifiers in PDF/HTML/JSON (de-identified by default;
+            DICOM objects always carry the source study's patient module).
+
+        Returns ``export_path``, ``format``, ``size``, ``sha256``, ``files`` and what the
+        session lacked (``missing``). Errors: ``EXPORT_FAILED`` with the reason.
+        """
+        from engine.export.service import export_study
+
+        return export_study(self, session_id, format, include_images, include_report, include_annotations,
+                            include_measurements, template, output_path, include_identifiers, institution)
+
+    def get_visualization(self, session_id: str, image_id: str | None = None, include_annotations: bool = True,
+                          include_segmentation: bool = True, include_measurements: bool = True,
+                          output_path: str | Path | None = None, max_side: int | None = None) -> dict:
+        """The composited view (image + chosen layers) as a PNG, with the list of layers."""
+        from engine.export.service import get_visualization
+
+        return get_visualization(self, session_id, image_id, include_annotations, include_segmentation,
+                                 include_measurements, output_path, max_side)
+
     # -- models ------------------------------------------------------------------------
     def model_status(self) -> dict:
         """The pack summary, loaded models and ONNX Runtime devices."""

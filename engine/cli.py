@@ -242,6 +242,23 @@ def cmd_annotations(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export a stored session (PDF, DICOM SR/SEG/SC, JSON, PNG, HTML)."""
+    with _engine(args) as engine:
+        result = engine.export_study(args.session_id, args.format, include_images=args.image or None,
+                                     template=args.template, output_path=args.out,
+                                     include_identifiers=args.identifiers, institution=args.institution)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    for entry in result["files"]:
+        print(f"{entry['path']}  {entry['size']} bytes  sha256 {entry['sha256'][:16]}")
+    for item in result["missing"]:
+        print(f"not included: {item}")
+    print(result["disclaimer"])
+    return 0
+
+
 def _disclaimer() -> str:
     from engine.api import DISCLAIMER
 
@@ -409,6 +426,19 @@ def build_parser() -> argparse.ArgumentParser:
     annotations.add_argument("--source", default="all", choices=["all", "ai", "user", "system"])
     annotations.add_argument("--json", action="store_true")
     annotations.set_defaults(func=cmd_annotations)
+
+    export = sub.add_parser("export", help="export a session (pdf, dicom_sr, dicom_seg, dicom_sc, dicom_pdf, dicom, "
+                                           "json, png_annotated, html)")
+    export.add_argument("session_id")
+    export.add_argument("--format", default="pdf", choices=["pdf", "dicom_sr", "dicom_seg", "dicom_sc", "dicom_pdf",
+                                                           "dicom", "json", "png_annotated", "html"])
+    export.add_argument("--image", action="append", help="an image id to export (repeatable; default: all)")
+    export.add_argument("--template", choices=["default", "clinical", "research"])
+    export.add_argument("--out", metavar="PATH", help="file or folder (default: the export folder)")
+    export.add_argument("--identifiers", action="store_true", help="print patient identifiers (PDF/HTML/JSON)")
+    export.add_argument("--institution", default="")
+    export.add_argument("--json", action="store_true")
+    export.set_defaults(func=cmd_export)
 
     models = sub.add_parser("models", help="model packs").add_subparsers(dest="models_command", required=True)
     build = models.add_parser("build", help="build a model pack (needs the build extra)")

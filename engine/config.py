@@ -36,6 +36,17 @@ class Settings:
     providers: tuple[str, ...] = DEFAULT_PROVIDERS
     precision: str | None = None
     use_keyring: bool = True
+    export_dir: Path | None = None
+
+    @property
+    def export_root(self) -> Path:
+        """Where exports go when the caller names no path: ``export_dir``, else
+        ``MEDVISION_EXPORT_DIR``, else ``<user documents>/MedVision Exports``. Exports are
+        the plaintext files a user asked for, so they live outside the encrypted data dir."""
+        configured = self.export_dir or os.environ.get("MEDVISION_EXPORT_DIR")
+        if configured:
+            return Path(configured).expanduser()
+        return Path(platformdirs.user_documents_dir()) / "MedVision Exports"
 
     @classmethod
     def from_env(

@@ -17,6 +17,7 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
     monkeypatch.setenv("MEDVISION_KEYRING", "0")
     monkeypatch.delenv("MEDVISION_DB_KEY", raising=False)
     monkeypatch.setenv("MEDVISION_HOME", str(tmp_path / "default-home"))
+    monkeypatch.setenv("MEDVISION_EXPORT_DIR", str(tmp_path / "exports"))
     monkeypatch.setenv("QT_QPA_PLATFORM", "offscreen")
 
 

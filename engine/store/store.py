@@ -46,7 +46,7 @@ def _loads(text: str | None) -> Any:
 
 _JSON_COLUMNS = {
     "rle", "metadata", "patient", "classification", "detections", "segmentation", "vqa_history",
-    "result", "coordinates", "style", "data", "payload",
+    "result", "coordinates", "style", "data", "payload", "files", "options", "missing",
 }
 
 
@@ -156,9 +156,12 @@ class Store:
             image_ids = [r[0] for r in tx.execute("SELECT id FROM images WHERE session_id = ?", (session_id,))]
             blob_ids = [r[0] for r in tx.execute(
                 "SELECT DISTINCT blob_id FROM images WHERE session_id = ? AND blob_id IS NOT NULL", (session_id,))]
+            export_blobs = [f["blob_id"] for r in tx.execute("SELECT files FROM exports WHERE session_id = ?",
+                                                             (session_id,)) for f in _loads(r[0])]
             tx.execute("DELETE FROM sessions WHERE id = ?", (session_id,))  # cascades to its rows
             orphans = [b for b in blob_ids
                        if tx.execute("SELECT 1 FROM images WHERE blob_id = ? LIMIT 1", (b,)).fetchone() is None]
+            orphans += export_blobs
             tx.executemany("DELETE FROM blobs WHERE id = ?", [(b,) for b in orphans])
             self._event(tx, session_id, "session.deleted", {"session_id": session_id})
         for blob_id in orphans:  # after the commit: a crash here leaves a file no row points to
@@ -555,6 +558,55 @@ class Store:
         if not rows:
             raise MedVisionError(ErrorCode.INVALID_ARGUMENT, f"no mask {mask_id!r} in this session")
         return _decode_row(rows[0])
+
+    # -- exports -----------------------------------------------------------------------
+    def add_export(self, session_id: str, export_format: str, files: list[tuple[str, bytes, str]], *,
+                   options: dict | None = None, missing: list[str] | None = None) -> dict:
+        """Keep an export encrypted: each ``(name, data, media_type)`` as a blob, then one row.
+
+        Blobs are written (durably) before the row is committed; a failure removes them.
+        """
+        self.get_session(session_id)
+        export_id, stamp, written, entries = new_id(), now_iso(), [], []
+        try:
+            for name, data, media_type in files:
+                blob_id = uuid.uuid4().hex
+                size, sha256 = self.blobs.write_bytes(blob_id, data)
+                written.append(blob_id)
+                entries.append({"name": name, "blob_id": blob_id, "size": size, "sha256": sha256,
+                                "media_type": media_type})
+            with self.db.transaction() as tx:
+                tx.executemany("INSERT INTO blobs (id, kind, size, sha256, created_at) VALUES (?, 'export', ?, ?, ?)",
+                               [(e["blob_id"], e["size"], e["sha256"], stamp) for e in entries])
+                tx.execute("INSERT INTO exports (id, session_id, format, files, options, missing, created_at)"
+                           " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           (export_id, session_id, export_format, _dumps(entries), _dumps(options or {}),
+                            _dumps(missing or []), stamp))
+                self._event(tx, session_id, "export.created", {"export_id": export_id, "format": export_format})
+        except BaseException:
+            for blob_id in written:
+                self.blobs.delete(blob_id)
+            raise
+        return self.get_export(session_id, export_id)
+
+    def get_export(self, session_id: str, export_id: str) -> dict:
+        """One kept export; ``INVALID_ARGUMENT`` if absent or another session's."""
+        rows = self.db.query("SELECT * FROM exports WHERE id = ? AND session_id = ?", (export_id, session_id))
+        if not rows:
+            raise MedVisionError(ErrorCode.INVALID_ARGUMENT, f"no export {export_id!r} in this session")
+        return _decode_row(rows[0])
+
+    def list_exports(self, session_id: str) -> list[dict]:
+        """A session's kept exports, oldest first."""
+        rows = self.db.query("SELECT * FROM exports WHERE session_id = ? ORDER BY created_at, rowid", (session_id,))
+        return [_decode_row(r) for r in rows]
+
+    def export_bytes(self, session_id: str, export_id: str, name: str) -> bytes:
+        """Decrypt one file of a kept export."""
+        for entry in self.get_export(session_id, export_id)["files"]:
+            if entry["name"] == name:
+                return self.blobs.read_bytes(entry["blob_id"])
+        raise MedVisionError(ErrorCode.INVALID_ARGUMENT, f"export {export_id!r} has no file {name!r}")
 
     # -- agent: runs, trace, conversation memory, user-input requests -------------------
     # Written by engine.agent. A run's state is JSON (tool outputs by id, never pixels),

@@ -1,0 +1,300 @@
+"""``export_study`` and ``get_visualization``: gather, render, write atomically, keep a copy.
+
+Each format is a writer ``bundle -> list[Artifact]``. The files go to the caller's
+``output_path`` (or the export folder, ``Settings.export_root``) through a temporary
+name, fsync and rename, so a failure leaves nothing at the target; the app keeps its own
+copy encrypted in the store (blobs of kind ``export`` + an ``exports`` row). Any error on
+the way is ``EXPORT_FAILED`` with the reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import jsonschema
+import numpy as np
+
+from engine.errors import ErrorCode, MedVisionError
+from engine.export.artifact import Artifact
+from engine.export.bundle import DISCLAIMER, ExportBundle, ExportOptions, gather
+from engine.export.render import compose
+
+if TYPE_CHECKING:
+    from engine.api import Engine
+
+log = logging.getLogger(__name__)
+
+JSON_SCHEMA_VERSION = "1.0.0"
+
+
+def _pdf(bundle: ExportBundle) -> list[Artifact]:
+    from engine.export.pdf import pdf_report
+
+    return pdf_report(bundle)
+
+
+def _html(bundle: ExportBundle) -> list[Artifact]:
+    from engine.export.html import html_report
+
+    return html_report(bundle)
+
+
+def _png(bundle: ExportBundle) -> list[Artifact]:
+    from engine.export.render import png_annotated
+
+    return png_annotated(bundle)
+
+
+def _sr(bundle: ExportBundle) -> list[Artifact]:
+    from engine.export.dicom_sr import dicom_sr
+
+    return dicom_sr(bundle)
+
+
+def _seg(bundle: ExportBundle) -> list[Artifact]:
+    from engine.export.dicom_seg import dicom_seg
+
+    return dicom_seg(bundle)
+
+
+def rendered_overlays(bundle: ExportBundle) -> dict[str, np.ndarray]:
+    """Each image's composited view at full size (RGB uint8), for burned-in captures."""
+    opts = bundle.options
+    return {item.image_id: np.asarray(compose(item, include_annotations=opts.include_annotations,
+                                              include_segmentation=opts.include_annotations,
+                                              include_measurements=opts.include_measurements)[0])
+            for item in bundle.images}
+
+
+def _sc(bundle: ExportBundle) -> list[Artifact]:
+    from engine.export.dicom_sc import secondary_capture
+
+    return secondary_capture(bundle, rendered_overlays(bundle))
+
+
+def _encapsulated_pdf(bundle: ExportBundle) -> list[Artifact]:
+    from engine.export.dicom_sc import encapsulated_pdf
+
+    return encapsulated_pdf(bundle, _pdf(bundle)[0].data)
+
+
+def dicom_objects(bundle: ExportBundle) -> list[Artifact]:
+    """SR, SEG and burned-in captures of one study, built together.
+
+    The full-size overlays (numpy and Pillow, which release the GIL) are drawn on a
+    worker thread while the SR and SEG (Python-bound highdicom) are built.
+    """
+    from engine.export.dicom_sc import secondary_capture
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="overlay") as pool:
+        overlays = pool.submit(rendered_overlays, bundle)
+        structured = [*_sr(bundle), *_seg(bundle)]
+        return structured + secondary_capture(bundle, overlays.result())
+
+
+def _dicom_all(bundle: ExportBundle) -> list[Artifact]:
+    """Everything a PACS can take: SR, SEG, burned-in captures and the PDF, one study."""
+    return [*dicom_objects(bundle), *_encapsulated_pdf(bundle)]
+
+
+def json_export(bundle: ExportBundle) -> list[Artifact]:
+    """The report (report.schema.json) and trace (trace.schema.json) plus per-image results."""
+    from engine.agent.report import validate_report
+    from engine.agent.trace import trace_schema
+
+    if bundle.report is not None:
+        validate_report(bundle.report)
+    if bundle.trace is not None:
+        jsonschema.Draft202012Validator(trace_schema()).validate(bundle.trace)
+    images = []
+    for item in bundle.images:
+        image = item.image
+        images.append({
+            "image_id": item.image_id, "type": image["type"], "modality": image["modality"],
+            "rows": image["rows"], "columns": image["columns"],
+            "sop_instance_uid": image.get("sop_instance_uid"),
+            "classification": item.classification, "segmentation": item.segmentation,
+            "similar_cases": item.similar_cases, "regions": item.regions,
+            "annotations": item.annotations if bundle.options.include_annotations else [],
+            "measurements": item.measurements if bundle.options.include_measurements else [],
+            "masks": [{"mask_id": m.mask_id, "label": m.label, "source": m.source, "area_px": m.area_px,
+                       "area_cm2": m.area_cm2, "model_id": m.model_id} for m in item.masks],
+        })
+    document = {
+        "schema_version": JSON_SCHEMA_VERSION, "session_id": bundle.session_id, "generated_at": bundle.generated_at,
+        "patient": bundle.patient_block(), "report": bundle.report, "trace": bundle.trace, "images": images,
+        "models": bundle.models, "model_trained": bundle.model_trained, "banner": bundle.banner,
+        "missing": bundle.missing, "disclaimer": DISCLAIMER,
+    }
+    data = json.dumps(document, indent=2, ensure_ascii=False, default=_jsonable).encode()
+    return [Artifact(f"medvision-{bundle.session_id}.json", data, "application/json")]
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+WRITERS: dict[str, Callable[[ExportBundle], list[Artifact]]] = {
+    "pdf": _pdf,
+    "dicom_sr": _sr,
+    "dicom_seg": _seg,
+    "dicom_sc": _sc,
+    "dicom_pdf": _encapsulated_pdf,
+    "dicom": _dicom_all,
+    "json": json_export,
+    "png_annotated": _png,
+    "html": _html,
+}
+FORMATS = tuple(WRITERS)
+
+
+def _fail(reason: str, **fields: Any) -> MedVisionError:
+    return MedVisionError(ErrorCode.EXPORT_FAILED, reason, **fields)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomically(folder: Path, artifacts: list[Artifact], single_target: Path | None) -> list[Path]:
+    """Write artifacts into ``folder`` (or the one to ``single_target``): tmp -> fsync -> rename.
+
+    All files are written under temporary names first and renamed only when every one is
+    durable; on any failure the temporaries (and nothing else) are removed.
+    """
+    targets = [single_target] if single_target is not None else [folder / a.name for a in artifacts]
+    temporaries: list[Path] = []
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for artifact, target in zip(artifacts, targets, strict=True):
+            temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+            temporaries.append(temporary)
+            with open(temporary, "wb") as handle:
+                handle.write(artifact.data)
+                handle.flush()
+                os.fsync(handle.fileno())
+        for temporary, target in zip(temporaries, targets, strict=True):
+            temporary.replace(target)
+        _fsync(folder)
+    except OSError as exc:
+        for temporary in temporaries:
+            temporary.unlink(missing_ok=True)
+        reason = "the disk is full" if exc.errno == 28 else exc.strerror or type(exc).__name__
+        raise _fail(f"cannot write the export to the target folder: {reason}") from exc
+    return targets
+
+
+def _target(output_path: str | Path | None, default_root: Path, session_id: str, fmt: str,
+            artifacts: list[Artifact]) -> tuple[Path, Path | None]:
+    """(folder, single-file target or None). One artifact + a path with a suffix -> that file."""
+    if output_path is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        folder = default_root / session_id / f"{stamp}-{fmt}"
+        return folder, None
+    path = Path(output_path).expanduser()
+    if len(artifacts) == 1 and path.suffix and not path.is_dir():
+        return path.parent, path
+    return path, None
+
+
+def export_study(engine: Engine, session_id: str, format: str = "pdf", include_images: list[str] | None = None,  # noqa: A002
+                 include_report: bool = True, include_annotations: bool = True, include_measurements: bool = True,
+                 template: str | None = None, output_path: str | Path | None = None,
+                 include_identifiers: bool = False, institution: str = "") -> dict[str, Any]:
+    """Export a session; see :meth:`engine.api.Engine.export_study`."""
+    if format not in WRITERS:
+        raise MedVisionError(ErrorCode.INVALID_ARGUMENT, f"format must be one of {', '.join(FORMATS)}")
+    started = time.perf_counter()
+    options = ExportOptions(include_images=tuple(include_images or ()), include_report=include_report,
+                            include_annotations=include_annotations, include_measurements=include_measurements,
+                            include_identifiers=include_identifiers, template=template or "default",
+                            institution=institution)
+    try:
+        bundle = gather(engine, session_id, options)
+    except MedVisionError as exc:
+        if exc.code is ErrorCode.INVALID_ARGUMENT:
+            raise
+        raise _fail(f"nothing to export: {exc.message}", cause=exc.code.value) from exc
+    if not bundle.images and format not in ("json", "pdf", "html"):
+        raise _fail(f"{format} needs at least one image; the session has no images")
+    try:
+        artifacts = WRITERS[format](bundle)
+    except MedVisionError as exc:
+        if exc.code is ErrorCode.EXPORT_FAILED:
+            raise
+        raise _fail(f"{format} export failed: {exc.message}") from exc
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError, jsonschema.ValidationError) as exc:
+        log.exception("%s export of session %s failed", format, session_id)
+        raise _fail(f"{format} export failed: {type(exc).__name__}: {str(exc)[:300]}") from exc
+    built = time.perf_counter()
+    folder, single = _target(output_path, engine.settings.export_root, session_id, format, artifacts)
+    paths = write_atomically(folder, artifacts, single)
+    try:
+        kept = engine.store.add_export(session_id, format, [(a.name, a.data, a.media_type) for a in artifacts],
+                                       options=asdict(options) | {"include_images": list(options.include_images)},
+                                       missing=bundle.missing)
+    except MedVisionError as exc:  # no kept copy, no file: the export did not happen
+        for path in paths:
+            path.unlink(missing_ok=True)
+        raise _fail(f"the encrypted copy of the export could not be kept: {exc.message}", cause=exc.code.value) from exc
+    files = [{"path": str(p), "name": a.name, "media_type": a.media_type, "size": len(a.data),
+              "sha256": hashlib.sha256(a.data).hexdigest()} for p, a in zip(paths, artifacts, strict=True)]
+    main = files[0]
+    return {
+        "session_id": session_id, "format": format, "export_id": kept["id"],
+        "export_path": main["path"] if len(files) == 1 else str(folder),
+        "size": sum(f["size"] for f in files), "sha256": main["sha256"], "files": files,
+        "missing": bundle.missing, "model_trained": bundle.model_trained, "banner": bundle.banner,
+        "disclaimer": DISCLAIMER,
+        "timings_ms": {"build": round((built - started) * 1000, 2),
+                       "total": round((time.perf_counter() - started) * 1000, 2)},
+    }
+
+
+def get_visualization(engine: Engine, session_id: str, image_id: str | None = None,
+                      include_annotations: bool = True, include_segmentation: bool = True,
+                      include_measurements: bool = True, output_path: str | Path | None = None,
+                      max_side: int | None = None) -> dict[str, Any]:
+    """The composited view of one image as a PNG file, with its list of layers."""
+    session = engine.store.get_session(session_id)
+    image_id = image_id or session["current_image_id"]
+    if image_id is None:
+        raise MedVisionError(ErrorCode.IMAGE_NOT_FOUND, "the session has no images yet")
+    bundle = gather(engine, session_id, ExportOptions(include_images=(image_id,), include_report=False))
+    picture, layers = compose(bundle.images[0], include_annotations=include_annotations,
+                              include_segmentation=include_segmentation, include_measurements=include_measurements,
+                              max_side=max_side)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    name = f"view-{image_id}.png"
+    artifact = Artifact(name, buffer.getvalue(), "image/png")
+    if output_path is not None:
+        target = Path(output_path).expanduser()
+        folder, single = (target.parent, target) if target.suffix else (target, None)
+    else:
+        folder, single = engine.settings.export_root / session_id / "views", None
+    (path,) = write_atomically(folder, [artifact], single)
+    return {"session_id": session_id, "image_id": image_id, "image_path": str(path), "image_url": path.as_uri(),
+            "width": picture.width, "height": picture.height, "layers": layers,
+            "sha256": hashlib.sha256(artifact.data).hexdigest(), "model_trained": bundle.model_trained,
+            "banner": bundle.banner, "disclaimer": DISCLAIMER}
+
+

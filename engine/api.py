@@ -754,6 +754,25 @@ class Engine:
         """An agent run's full trace (``trace.schema.json``) with its error attribution; optionally to a file."""
         return self.agent.export_trace(run_id, path)
 
+    # -- canvas ------------------------------------------------------------------------
+    def sync_canvas_state(self, session_id: str, canvas_state: dict[str, Any]) -> dict:
+        """Store what the canvas reports; returns the pending user-input requests and the layers."""
+        from engine.canvas import sync_canvas_state
+
+        return sync_canvas_state(self, session_id, canvas_state)
+
+    def push_to_canvas(self, session_id: str, action: str, payload: dict[str, Any]) -> dict:
+        """Push to the canvas: add/update/remove_layer, highlight, animate, add_annotations."""
+        from engine.canvas import push_to_canvas
+
+        return push_to_canvas(self, session_id, action, payload)
+
+    def get_canvas_state(self, session_id: str) -> dict:
+        """The canvas state last synced (or the defaults) with the session's canvas layers."""
+        from engine.canvas import get_canvas_state
+
+        return get_canvas_state(self, session_id)
+
     # -- export ------------------------------------------------------------------------
     def export_study(self, session_id: str, format: str = "pdf", include_images: list[str] | None = None,  # noqa: A002
                      include_report: bool = True, include_annotations: bool = True,

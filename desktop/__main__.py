@@ -1,0 +1,7 @@
+"""``python -m desktop [FILES...]``."""
+
+import sys
+
+from desktop.app import main
+
+sys.exit(main())

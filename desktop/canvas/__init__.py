@@ -1,0 +1,1 @@
+"""The native canvas: a QGraphicsView over the full-resolution image, layers, tools, undo."""

@@ -1,0 +1,73 @@
+"""Undoable annotation edits: each command writes the store on the engine lane.
+
+A deleted annotation re-created by undo gets a new id from the store, so commands
+name annotations through a shared :class:`Ref` that always holds the current id.
+The engine calls run in order on the single engine thread; ``Ref.id`` is set there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from desktop.qt import QUndoCommand
+
+
+class Ref:
+    """The current store id of one annotation across delete/re-create."""
+
+    def __init__(self, annotation_id: str | None = None) -> None:
+        self.id = annotation_id
+
+
+def _fields(annotation: dict) -> dict[str, Any]:
+    return {k: annotation.get(k) for k in ("label", "notes", "source", "confidence", "layer", "style")}
+
+
+class CreateAnnotation(QUndoCommand):
+    """Add an annotation; undo deletes it."""
+
+    def __init__(self, canvas, ref: Ref, annotation: dict) -> None:  # noqa: ANN001 - CanvasView
+        super().__init__(f"Create {annotation['type']}")
+        self.canvas, self.ref, self.annotation = canvas, ref, annotation
+
+    def redo(self) -> None:
+        def create(engine) -> None:  # noqa: ANN001
+            a = self.annotation
+            self.ref.id = engine.add_annotation(self.canvas.session_id, a["image_id"], a["type"], a["coordinates"],
+                                                **_fields(a))["annotation_id"]
+        self.canvas.engine_write(create)
+
+    def undo(self) -> None:
+        self.canvas.engine_write(lambda engine: engine.delete_annotation(self.canvas.session_id, self.ref.id))
+
+
+class DeleteAnnotation(CreateAnnotation):
+    """Delete an annotation; undo re-creates it with the same fields."""
+
+    def __init__(self, canvas, ref: Ref, annotation: dict) -> None:  # noqa: ANN001
+        super().__init__(canvas, ref, annotation)
+        self.setText(f"Delete {annotation['type']}")
+
+    def redo(self) -> None:
+        CreateAnnotation.undo(self)
+
+    def undo(self) -> None:
+        CreateAnnotation.redo(self)
+
+
+class EditAnnotation(QUndoCommand):
+    """Change coordinates/label of an annotation; undo restores the previous values."""
+
+    def __init__(self, canvas, ref: Ref, before: dict, after: dict, text: str = "Edit annotation") -> None:  # noqa: ANN001
+        super().__init__(text)
+        self.canvas, self.ref, self.before, self.after = canvas, ref, before, after
+
+    def _apply(self, values: dict) -> Callable:
+        return lambda engine: engine.update_annotation(self.canvas.session_id, self.ref.id, **values)
+
+    def redo(self) -> None:
+        self.canvas.engine_write(self._apply(self.after))
+
+    def undo(self) -> None:
+        self.canvas.engine_write(self._apply(self.before))

@@ -1,0 +1,145 @@
+"""Graphics items for stored annotations, in image pixel coordinates (scene = image)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from desktop.qt import (
+    QBrush,
+    QColor,
+    QGraphicsItem,
+    QGraphicsPathItem,
+    QGraphicsPixmapItem,
+    QGraphicsSimpleTextItem,
+    QImage,
+    QPainterPath,
+    QPen,
+    QPixmap,
+    QPointF,
+    QPolygonF,
+    Qt,
+)
+from engine.analysis.measurements import measure_annotation
+from engine.imaging.masks import decode_rle
+
+COLORS = {"user": QColor(255, 214, 0), "ai": QColor(0, 220, 255), "suggestion": QColor(255, 140, 0),
+          "measurement": QColor(120, 255, 120), "interactive": QColor(0, 255, 100)}
+ORGAN_COLORS = [QColor.fromHsv(h, 200, 255) for h in range(0, 360, 26)]
+
+
+def mask_overlay(rle: dict, color: QColor, alpha: int = 110) -> tuple[QImage, int, int] | None:
+    """A coloured ARGB image of a mask cropped to its bounds, with its (x, y) offset.
+
+    Plain numpy + QImage, so it runs on a worker thread.
+    """
+    mask = decode_rle(rle) if isinstance(rle, dict) else rle
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return None
+    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    crop = mask[y0:y1, x0:x1]
+    argb = np.zeros(crop.shape, np.uint32)
+    argb[crop] = (alpha << 24) | (color.red() << 16) | (color.green() << 8) | color.blue()
+    image = QImage(argb.data, argb.shape[1], argb.shape[0], argb.strides[0], QImage.Format.Format_ARGB32)
+    return image.copy(), int(x0), int(y0)
+
+
+def translated(kind: str, coordinates: object, dx: float, dy: float) -> object:
+    """Coordinates moved by (dx, dy); masks do not move."""
+    def move(point: list) -> list:
+        return [round(point[0] + dx, 2), round(point[1] + dy, 2)]
+    if kind == "bbox":
+        x1, y1, x2, y2 = coordinates
+        return [round(x1 + dx, 2), round(y1 + dy, 2), round(x2 + dx, 2), round(y2 + dy, 2)]
+    if kind == "point":
+        return move(coordinates)
+    if kind in ("polygon", "freehand"):
+        return [move(p) for p in coordinates]
+    if kind == "measurement":
+        return {"kind": coordinates["kind"], "points": [move(p) for p in coordinates["points"]]}
+    if kind == "text":
+        return {"position": move(coordinates["position"]), "text": coordinates["text"]}
+    return coordinates
+
+
+def shape_path(kind: str, coordinates: object, point_radius: float = 6.0) -> QPainterPath:
+    """The outline of an annotation (or of a shape being drawn)."""
+    path = QPainterPath()
+    if kind == "bbox":
+        x1, y1, x2, y2 = coordinates
+        path.addRect(min(x1, x2), min(y1, y2), abs(x2 - x1), abs(y2 - y1))
+    elif kind == "point":
+        path.addEllipse(QPointF(*coordinates), point_radius, point_radius)
+    elif kind in ("polygon", "freehand", "measurement"):
+        points = coordinates["points"] if kind == "measurement" else coordinates
+        polygon = QPolygonF([QPointF(x, y) for x, y in points])
+        path.addPolygon(polygon)
+        if kind != "measurement" or coordinates["kind"] == "area":
+            path.closeSubpath()
+    return path
+
+
+class AnnotationItem(QGraphicsPathItem):
+    """One stored annotation: an outline (or mask pixmap) plus a label that ignores zoom."""
+
+    def __init__(self, annotation: dict, spacing: tuple | None, spacing_source: str,
+                 overlay: tuple[QImage, int, int] | None = None) -> None:
+        super().__init__()
+        self.annotation = annotation
+        kind, coords = annotation["type"], annotation["coordinates"]
+        suggestion = annotation.get("layer") in ("suggestions", "ai_suggestions") or bool(
+            (annotation.get("style") or {}).get("lineDash"))
+        role = ("suggestion" if suggestion else "measurement" if kind == "measurement"
+                else "ai" if annotation.get("source") == "ai" else "user")
+        pen = QPen(COLORS[role], 2)
+        pen.setCosmetic(True)
+        if suggestion:
+            pen.setStyle(Qt.PenStyle.DashLine)
+        self.setPen(pen)
+        text = annotation.get("label") or ""
+        if kind == "text":
+            text, anchor = coords["text"], coords["position"]
+        elif kind == "mask":
+            anchor = None
+            if overlay is not None:
+                image, x0, y0 = overlay
+                pixmap = QGraphicsPixmapItem(QPixmap.fromImage(image), self)
+                pixmap.setOffset(x0, y0)
+                anchor = [x0, y0]
+        else:
+            self.setPath(shape_path(kind, coords))
+            anchor = self.path().boundingRect().topLeft()
+            anchor = [anchor.x(), anchor.y()]
+        if kind == "measurement":
+            value = measure_annotation(coords, spacing, spacing_source)
+            text = f"{value['value']:.1f} {value['unit']}" + ("" if value["calibrated"] else " (uncal.)")
+        if annotation.get("confidence") is not None and kind != "text":
+            text += f" {annotation['confidence']:.2f}"
+        if text and anchor is not None:
+            label = QGraphicsSimpleTextItem(text, self)
+            label.setBrush(QBrush(COLORS[role]))
+            label.setPos(anchor[0], anchor[1])
+            label.setFlag(QGraphicsItem.GraphicsItemFlag.ItemIgnoresTransformations, True)
+            label.setY(anchor[1] - 2)
+        movable = kind != "mask"
+        self.setFlag(QGraphicsItem.GraphicsItemFlag.ItemIsSelectable, True)
+        self.setFlag(QGraphicsItem.GraphicsItemFlag.ItemIsMovable, movable)
+
+    @property
+    def annotation_id(self) -> str:
+        return self.annotation["annotation_id"]
+
+    def shape(self) -> QPainterPath:
+        """Easier to grab: the children's area counts (labels, mask pixmaps)."""
+        path = QPainterPath(self.path())
+        path.addRect(self.childrenBoundingRect())
+        return path
+
+    def mouseReleaseEvent(self, event) -> None:  # noqa: ANN001, N802 - Qt override
+        super().mouseReleaseEvent(event)
+        offset = self.pos()
+        if offset.manhattanLength() > 0.5 and self.scene() is not None:
+            self.setPos(0, 0)  # the store is the truth: the moved copy comes back from it
+            for view in self.scene().views():
+                view.move_annotation(self.annotation_id, offset.x(), offset.y())
+                break

@@ -1,0 +1,111 @@
+"""The diagnosis loop, live sync from another process, agent prompts, screenshots."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+
+from desktop.canvas.view import regions_in
+from desktop.qt import QPointF, Qt
+from tests.desktop.conftest import idle, open_image
+
+PUSH = textwrap.dedent("""
+    import sys
+    from engine.api import Engine
+    with Engine(home=sys.argv[1], model_pack=sys.argv[2]) as engine:
+        engine.push_to_canvas(sys.argv[3], "add_annotations", {
+            "annotations": [{"type": "bbox", "coordinates": [300, 300, 700, 800], "label": "agent finding"}],
+            "related_suggestions": [{"region": {"type": "bbox", "coordinates": [1100, 300, 1500, 800]},
+                                     "label": "compare the other side"}],
+            "message": "Look at the right upper zone."})
+        engine.push_to_canvas(sys.argv[3], "add_layer", {"type": "bbox", "name": "boxes",
+                                                          "data": [[900, 1200, 1000, 1300]]})
+""")
+
+
+def test_bbox_question_runs_region_analysis(qtbot, window, rg1_path, engine, artefacts) -> None:
+    open_image(qtbot, window, rg1_path, analyze=True)
+    artefacts(window, "main-window-opened")
+    view = window.canvas
+    view.set_tool("bbox")
+    a, b = view.mapFromScene(QPointF(450, 450)), view.mapFromScene(QPointF(750, 750))
+    qtbot.mousePress(view.viewport(), Qt.MouseButton.LeftButton, pos=a)
+    qtbot.mouseMove(view.viewport(), b)
+    qtbot.mouseRelease(view.viewport(), Qt.MouseButton.LeftButton, pos=b)
+    assert view.selected_region()["type"] == "bbox"
+    window.chat.input.setText("What is in this region?")
+    qtbot.keyClick(window.chat.input, Qt.Key.Key_Return)
+    qtbot.waitUntil(lambda: any(role == "agent" for role, _ in window.chat.messages), timeout=60000)
+    idle(qtbot)
+    stored = engine.get_annotations(window.session_id, view.image_id)["annotations"]
+    ai = [a for a in stored if a["source"] == "ai"]
+    assert len(ai) == 1 and ai[0]["label"] == "What is in this region?"
+    qtbot.waitUntil(lambda: ai[0]["annotation_id"] in window.layers.annotation_ids(), timeout=5000)
+    assert ai[0]["annotation_id"] in view.items
+    assert window.analysis.bars.findings, "the quick analysis fills the classifier bars"
+    artefacts(window, "main-window-region-answered")
+
+
+def test_click_to_segment_and_accept(qtbot, window, rg1_path, engine) -> None:
+    open_image(qtbot, window, rg1_path)
+    view = window.canvas
+    view.set_tool("segment")
+    with qtbot.waitSignal(view.mask_updated, timeout=30000) as first:
+        qtbot.mouseClick(view.viewport(), Qt.MouseButton.LeftButton, pos=view.mapFromScene(QPointF(600, 600)))
+    with qtbot.waitSignal(view.mask_updated, timeout=30000) as second:
+        qtbot.mouseClick(view.viewport(), Qt.MouseButton.RightButton, pos=view.mapFromScene(QPointF(925, 900)))
+    assert view.segment_state["labels"] == [1, 0]
+    assert first.args[0]["mask_id"] != second.args[0]["mask_id"]
+    view.accept_segmentation("left lung")
+    idle(qtbot)
+    (mask,) = engine.get_annotations(window.session_id, view.image_id)["annotations"]
+    assert mask["type"] == "mask" and mask["label"] == "left lung"
+    qtbot.waitUntil(lambda: mask["annotation_id"] in view.items)
+
+
+def test_push_from_another_process_appears_live(qtbot, window, rg1_path, engine, home, model_pack, artefacts) -> None:
+    open_image(qtbot, window, rg1_path)
+    view = window.canvas
+    run = subprocess.run([sys.executable, "-c", PUSH, str(home), str(model_pack), window.session_id],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    pushed_at = time.perf_counter()
+    qtbot.waitUntil(lambda: len(view.items) == 2 and any(view._pushed.values()), timeout=5000)
+    assert time.perf_counter() - pushed_at < 1.0
+    qtbot.waitUntil(lambda: any("right upper zone" in text for _, text in window.chat.messages), timeout=1000)
+    dashed = [i for i in view.items.values() if i.pen().style() == Qt.PenStyle.DashLine]
+    assert len(dashed) == 1 and dashed[0].annotation["label"] == "compare the other side"
+    artefacts(window, "main-window-agent-push")
+
+
+def test_agent_prompt_is_answered_without_blocking(qtbot, window, rg1_path, engine) -> None:
+    open_image(qtbot, window, rg1_path)
+    request = engine.request_user_input(window.session_id, "choose", "Which side?",
+                                        [{"value": "left", "label": "Left"}, {"value": "right", "label": "Right"}])
+    qtbot.waitUntil(lambda: request["request_id"] in window.chat.open_prompts, timeout=2000)
+    prompt = window.chat.open_prompts[request["request_id"]]
+    prompt.findChild(type(window.chat.send), "answer:Right").click()
+    qtbot.waitUntil(lambda: engine.get_user_input(request["request_id"]).get("status") == "answered", timeout=5000)
+    assert engine.get_user_input(request["request_id"])["user_input"] == "right"
+    qtbot.waitUntil(lambda: request["request_id"] not in window.chat.open_prompts, timeout=2000)
+
+
+def test_regions_in_reads_pushed_payloads() -> None:
+    assert regions_in({"data": {"boxes": [{"coordinates": [1, 2, 3, 4]}]}}) == [
+        {"type": "bbox", "coordinates": [1, 2, 3, 4]}]
+    assert regions_in({"region": {"type": "point", "coordinates": [5, 6]}})[0]["type"] == "point"
+
+
+def test_received_session_appears_with_a_badge(qtbot, window, rg1_path, engine) -> None:
+    received = engine.create_study_session("received study")["session_id"]  # as the DICOM node would
+    engine.add_image_to_session(received, rg1_path, auto_analyze=False)
+
+    def badged() -> bool:
+        tree = window.worklist.tree
+        return any(tree.topLevelItem(i).text(0) == "● received study" for i in range(tree.topLevelItemCount()))
+
+    qtbot.waitUntil(badged, timeout=3000)
+    window.worklist.search.setText("nothing like it")
+    assert window.worklist.tree.topLevelItem(0).isHidden()

@@ -463,6 +463,10 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true")
     show.set_defaults(func=cmd_sessions_show)
     add_agent_parser(sub)
+    add_mcp_parser(sub)
+    desktop = sub.add_parser("desktop", help="open the desktop workstation (PySide6)", add_help=False)
+    desktop.add_argument("desktop_args", nargs=argparse.REMAINDER, help="files or folders to open")
+    desktop.set_defaults(func=cmd_desktop)
     return parser
 
 
@@ -556,9 +560,45 @@ def add_agent_parser(sub: argparse._SubParsersAction) -> None:
     agent.set_defaults(func=cmd_agent)
 
 
+def cmd_desktop(args: argparse.Namespace) -> int:
+    """Open the desktop app as its own program (``python -m desktop``): the engine never imports Qt."""
+    import os
+    import subprocess
+
+    env = dict(os.environ)
+    if args.home:
+        env["MEDVISION_HOME"] = args.home
+    if args.pack:
+        env["MEDVISION_MODEL_PACK"] = args.pack
+    return subprocess.call([sys.executable, "-m", "desktop", *args.desktop_args], env=env)
+
+
+# -- medvision mcp ---------------------------------------------------------------------------
+def cmd_mcp(args: argparse.Namespace) -> int:
+    """Serve MCP over stdio (engine.mcp.server.main does the work)."""
+    from engine.mcp.server import main as mcp_main
+
+    argv = [f"--root={root}" for root in args.root] + [f"--timeout={args.timeout}"]
+    argv += [f"--home={args.home}"] * bool(args.home) + [f"--model-pack={args.pack}"] * bool(args.pack)
+    return mcp_main(argv)
+
+
+def add_mcp_parser(sub: argparse._SubParsersAction) -> None:
+    """``medvision mcp [--root DIR]... [--timeout S]``: the local stdio MCP server."""
+    mcp = sub.add_parser("mcp", help="serve the local MCP server over stdio (for Claude Desktop and other hosts)")
+    mcp.add_argument("--root", action="append", default=[], metavar="DIR",
+                     help="a folder whose images MCP clients may add (repeatable; also MEDVISION_MCP_ROOTS)")
+    mcp.add_argument("--timeout", type=float, default=300.0, help="seconds one tool call may take (default 300)")
+    mcp.set_defaults(func=cmd_mcp)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``medvision`` console script."""
-    args = build_parser().parse_args(argv)
+    args, extra = build_parser().parse_known_args(argv)
+    if extra and getattr(args, "func", None) is not cmd_desktop:
+        build_parser().parse_args(argv)  # the usual error for unknown arguments
+    if extra:
+        args.desktop_args = [*args.desktop_args, *extra]
     level = {0: logging.ERROR, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:

@@ -86,3 +86,11 @@ def test_models_build_with_a_weights_dir_lacking_the_checkpoint(home: Path, mode
     assert run.returncode != 0
     assert "densenet121" in run.stderr  # names the upstream file it looked for
     assert not (tmp_path / "pack").exists()
+
+
+def test_desktop_subcommand_starts_the_app_as_its_own_program(home: Path, model_pack: Path, capfd) -> None:
+    from engine.cli import main
+
+    assert main(["--home", str(home), "--pack", str(model_pack), "desktop", "--exit-after-paint"]) == 0
+    assert "first_paint_ms=" in capfd.readouterr().out
+    assert main(["desktop", "--no-such-flag"]) != 0  # unknown flags reach the app's own parser

@@ -1,0 +1,164 @@
+"""Session resources and their live updates.
+
+URIs: ``medvision://session/{session_id}/{image|annotations|segmentation|analysis|agent_message}``,
+all JSON. A client subscribes to one (``resources/subscribe``); a follower task reads
+the store's ``events`` outbox every ``poll_interval_s`` and sends
+``notifications/resources/updated`` for each subscribed URI an event touches, whoever
+wrote it: this server, the desktop, the DICOM node or the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from typing import Any
+
+import anyio
+import anyio.to_thread
+from mcp.server.fastmcp import Context, FastMCP
+from mcp.server.session import ServerSession
+from pydantic import AnyUrl
+
+from engine.api import Engine
+
+log = logging.getLogger("engine.mcp")
+
+URI = "medvision://session/{session_id}/{part}"
+PARTS = ("image", "annotations", "segmentation", "analysis", "agent_message")
+#: Which resources of the event's session each event kind (by prefix) changes.
+EVENT_PARTS: dict[str, tuple[str, ...]] = {
+    "annotation.": ("annotations",),
+    "image.": ("image",),
+    "session.current_image": ("image",),
+    "session.deleted": PARTS,
+    "masks.": ("segmentation",),
+    "analysis.": ("analysis",),
+    "agent.turn": ("agent_message",),
+    "agent.input_": ("agent_message",),
+    "agent.run_": ("agent_message",),
+    "canvas.": ("agent_message",),
+}
+
+
+def parts_for(kind: str) -> tuple[str, ...]:
+    """The resource parts an event kind updates (none for e.g. ``agent.trace`` or ``job.*``)."""
+    return next((parts for prefix, parts in EVENT_PARTS.items() if kind.startswith(prefix)), ())
+
+
+class Subscriptions:
+    """Which client sessions subscribed to which URIs."""
+
+    def __init__(self) -> None:
+        self.by_uri: dict[str, set[ServerSession]] = defaultdict(set)
+
+    def add(self, uri: str, session: ServerSession) -> None:
+        self.by_uri[uri].add(session)
+
+    def remove(self, uri: str, session: ServerSession) -> None:
+        self.by_uri.get(uri, set()).discard(session)
+
+    async def notify(self, uri: str) -> None:
+        """Send ``resources/updated`` to every subscriber; a closed session is dropped."""
+        for session in list(self.by_uri.get(uri, ())):
+            try:
+                await session.send_resource_updated(AnyUrl(uri))
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                self.remove(uri, session)
+
+
+async def follow_events(engine: Engine, subscriptions: Subscriptions, poll_interval_s: float) -> None:
+    """Forever: turn new events of the store into resource-updated notifications."""
+    last_id = await anyio.to_thread.run_sync(engine.store.last_event_id)
+    while True:
+        await anyio.sleep(poll_interval_s)
+        if not any(subscriptions.by_uri.values()):
+            last_id = await anyio.to_thread.run_sync(engine.store.last_event_id)
+            continue
+        events = await anyio.to_thread.run_sync(engine.store.events_since, last_id)
+        changed: dict[str, None] = {}  # ordered set: one notification per URI per poll
+        for event in events:
+            last_id = event["id"]
+            for part in parts_for(event["kind"]) if event["session_id"] else ():
+                changed[URI.format(session_id=event["session_id"], part=part)] = None
+        for uri in changed:
+            await subscriptions.notify(uri)
+
+
+def _latest_segmentation(engine: Engine, session_id: str) -> dict[str, Any]:
+    session = engine.get_session_status(session_id)
+    image_id = session["current_image"]
+    for row in reversed(engine.store.list_analyses(session_id, image_id) if image_id else []):
+        segmentation = row["result"].get("segmentation")
+        if segmentation and segmentation.get("status") == "ok":
+            return {"session_id": session_id, "image_id": image_id, "analysis_id": row["id"],
+                    "segmentation": segmentation}
+    return {"session_id": session_id, "image_id": image_id, "segmentation": None}
+
+
+def _image(engine: Engine, session_id: str) -> dict[str, Any]:
+    status = engine.get_session_status(session_id)
+    current = next((i for i in status["images"] if i["image_id"] == status["current_image"]), None)
+    return {"session_id": session_id, "current_image": current, "images": status["images"]}
+
+
+def _agent_messages(engine: Engine, session_id: str) -> dict[str, Any]:
+    engine.get_session_status(session_id)  # SESSION_NOT_FOUND for an unknown id
+    turns = engine.store.list_agent_turns(session_id)[-20:]
+    pending = engine.store.list_input_requests(session_id, status="pending")
+    return {"session_id": session_id, "turns": turns, "pending_input_requests": pending,
+            "canvas": engine.get_canvas_state(session_id)}
+
+
+READERS = {
+    "image": _image,
+    "annotations": lambda engine, session_id: engine.get_annotations(session_id),
+    "segmentation": _latest_segmentation,
+    "analysis": lambda engine, session_id: engine.get_analysis_summary(session_id),
+    "agent_message": _agent_messages,
+}
+DESCRIPTIONS = {
+    "image": "The session's images and the current one (type, size, pixel spacing).",
+    "annotations": "Every annotation of the session (user, AI, system), coordinates in image pixels.",
+    "segmentation": "The latest organ segmentation of the current image (organs, areas, mask ids).",
+    "analysis": "The latest analysis of each image in short form (findings, model_trained).",
+    "agent_message": "The agent conversation (last 20 turns), pending user-input requests and canvas state.",
+}
+
+
+def register(app: FastMCP, subscriptions: Subscriptions) -> None:
+    """Add the resource templates and the subscribe handlers, and advertise ``subscribe``."""
+    for part in PARTS:
+        app.resource(URI.replace("{part}", part), name=f"session_{part}", mime_type="application/json",
+                     description=DESCRIPTIONS[part] + " Subscribe for live updates.")(_reader(part))
+
+    server = app._mcp_server  # noqa: SLF001 - FastMCP has no public hook for subscriptions
+
+    @server.subscribe_resource()
+    async def subscribe(uri: AnyUrl) -> None:
+        subscriptions.add(str(uri), server.request_context.session)
+
+    @server.unsubscribe_resource()
+    async def unsubscribe(uri: AnyUrl) -> None:
+        subscriptions.remove(str(uri), server.request_context.session)
+
+    capabilities = server.get_capabilities
+
+    def with_subscribe(*args: Any, **kwargs: Any):  # noqa: ANN202 - the SDK's ServerCapabilities
+        result = capabilities(*args, **kwargs)
+        if result.resources is not None:  # the SDK hard-codes subscribe=False
+            result.resources.subscribe = True
+        return result
+
+    server.get_capabilities = with_subscribe  # type: ignore[method-assign]
+
+
+def _reader(part: str) -> Any:
+    """The resource function for one part (runs on the event loop: reads are short SQLite queries)."""
+    from engine.mcp.server import app_context
+
+    def resource(session_id: str, ctx: Context) -> str:
+        return json.dumps(READERS[part](app_context(ctx).engine, session_id), default=str)
+
+    resource.__name__ = f"session_{part}"
+    return resource

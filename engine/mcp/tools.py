@@ -1,0 +1,335 @@
+"""The MCP tools: one per product-spec tool, each a typed call of the Engine method of that name.
+
+Every call runs through :meth:`engine.mcp.server.AppContext.call` (per-session lock,
+worker thread, time limit). Paths an agent passes are checked by :mod:`engine.mcp.paths`
+first. Errors surface as ``isError`` results (see :func:`engine.mcp.server.error_result`).
+"""
+
+import base64
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+from mcp import types
+from mcp.server.fastmcp import Context, FastMCP
+from pydantic import Field
+
+from engine.mcp import paths
+from engine.mcp.models import (
+    AgentMode,
+    AgentResult,
+    Analysis,
+    AnalysisOptions,
+    AnalysisSummary,
+    AnnotationResult,
+    Annotations,
+    AnnotationType,
+    Answer,
+    CanvasAction,
+    EngineResult,
+    Export,
+    ExportFormat,
+    Id,
+    ImageAdded,
+    ImageId,
+    ImageSwitched,
+    ImageType,
+    InputType,
+    Preset,
+    RagMode,
+    Region,
+    RegionAction,
+    RegionAnalysis,
+    Result,
+    SessionCreated,
+    SessionId,
+    SessionStatus,
+    UserInputRequest,
+    Visualization,
+)
+from engine.mcp.server import app_context
+
+R = TypeVar("R", bound=Result)
+TopK = Annotated[int, Field(ge=1, le=50, description="How many similar cases.")]
+Text = Annotated[str, Field(min_length=1, max_length=4000)]
+#: get_visualization returns its PNG inline (base64), so it stays a thumbnail.
+MAX_SIDE = 1024
+
+
+async def _call(ctx: Context, model: type[R], key: str | None, method: str, *args: Any,
+                announce: bool = False, **kwargs: Any) -> R:
+    """``Engine.<method>(*args, **kwargs)`` through the app's runner, validated as ``model``."""
+    app = app_context(ctx)
+    result = await app.call(ctx, key, getattr(app.engine, method), *args, announce=announce, **kwargs)
+    return model.model_validate(result)
+
+
+def register(app: FastMCP) -> None:
+    """Add every tool to ``app``."""
+    tool = app.tool
+
+    # -- sessions and images -----------------------------------------------------------
+    @tool()
+    async def create_study_session(
+        ctx: Context,
+        name: Annotated[str | None, Field(max_length=200, description="A name for the study (no patient names).")] = None,
+        metadata: Annotated[dict[str, Any] | None, Field(description="Free JSON metadata.")] = None,
+    ) -> SessionCreated:
+        """Create a new study session; returns its id and the URIs of its resources."""
+        return await _call(ctx, SessionCreated, None, "create_study_session", name, metadata)
+
+    @tool()
+    async def add_image_to_session(
+        ctx: Context, session_id: SessionId,
+        image_path: Annotated[str, Field(min_length=1, max_length=4096, description=(
+            "Absolute path of a DICOM, PNG, JPEG, JPEG 2000 or TIFF file under an allowed root "
+            "(--root, MEDVISION_MCP_ROOTS or the client's roots)."))],
+        image_type: Annotated[ImageType | None, Field(description="Override the detected image type.")] = None,
+        auto_analyze: Annotated[bool, Field(description="Run the quick analysis on CXR images.")] = True,
+        analysis_config: Annotated[AnalysisOptions | None, Field(description="The automatic analysis.")] = None,
+        frame: Annotated[int, Field(ge=0, description="Frame of a multi-frame image.")] = 0,
+    ) -> ImageAdded:
+        """Add an image file to a session (stored encrypted); it becomes the current image."""
+        path = paths.image_file(image_path, await app_context(ctx).allowed_roots(ctx))
+        config = analysis_config.model_dump(exclude_none=True) if analysis_config else None
+        return await _call(ctx, ImageAdded, session_id, "add_image_to_session", session_id, str(path), image_type,
+                           auto_analyze, config, frame, announce=True)
+
+    @tool()
+    async def get_session_status(ctx: Context, session_id: SessionId) -> SessionStatus:
+        """A session's images, current image and annotation/analysis counts."""
+        return await _call(ctx, SessionStatus, session_id, "get_session_status", session_id)
+
+    @tool()
+    async def switch_image(ctx: Context, session_id: SessionId,
+                           image_id: Annotated[Id, Field(description="The image to focus.")]) -> ImageSwitched:
+        """Make another image of the session the current one."""
+        return await _call(ctx, ImageSwitched, session_id, "switch_image", session_id, image_id)
+
+    # -- analysis ----------------------------------------------------------------------
+    @tool()
+    async def analyze_image(
+        ctx: Context, session_id: SessionId, image_id: ImageId = None,
+        preset: Annotated[Preset | None, Field(description="quick, full, segment_only or report_only; "
+                                               "overrides the switches.")] = None,
+        classify: Annotated[bool, Field(description="Classify findings.")] = True,
+        detect: Annotated[bool, Field(description="Detect lesions (unavailable without a detection model).")] = False,
+        segment: Annotated[bool, Field(description="Segment organs.")] = False,
+        generate_report: Annotated[bool, Field(description="Write a report (needs a language model).")] = False,
+        classification_threshold: Annotated[float, Field(ge=0, le=1, description="Positive above this.")] = 0.5,
+        segment_organs: Annotated[list[str] | None, Field(description="Organs to segment (default all).")] = None,
+        force: Annotated[bool, Field(description="Run on image types the models were not made for.")] = False,
+    ) -> Analysis:
+        """Analyse an image (classification, detection, segmentation, report) and store the result."""
+        return await _call(ctx, Analysis, session_id, "analyze_image", session_id, image_id, classify=classify,
+                           detect=detect, segment=segment, generate_report=generate_report,
+                           classification_threshold=classification_threshold, segment_organs=segment_organs,
+                           preset=preset, force=force, announce=True)
+
+    @tool()
+    async def ask_about_image(
+        ctx: Context, session_id: SessionId, question: Annotated[Text, Field(description="The question.")],
+        image_id: ImageId = None,
+        include_context: Annotated[bool, Field(description="Use the stored analyses as context.")] = True,
+    ) -> Answer:
+        """Answer a question about an image from its analyses, citing the tool outputs used."""
+        return await _call(ctx, Answer, session_id, "ask_about_image", session_id, question, image_id,
+                           include_context, announce=True)
+
+    @tool()
+    async def analyze_selected_region(
+        ctx: Context, session_id: SessionId, region: Annotated[Region, Field(description="The region.")],
+        question: Annotated[str | None, Field(max_length=4000, description="What to look for.")] = None,
+        actions: Annotated[list[RegionAction], Field(min_length=1, description="What to do with the region.")] = [  # noqa: B006 - FastMCP copies defaults
+            "describe"],
+        image_id: ImageId = None, top_k: TopK = 5,
+    ) -> RegionAnalysis:
+        """Analyse a selected region (describe, segment, measure, classify, rag_search, compare); keeps it as an AI annotation."""
+        return await _call(ctx, RegionAnalysis, session_id, "analyze_selected_region", session_id,
+                           region.model_dump(exclude_none=True), question, list(actions), image_id, top_k,
+                           announce=True)
+
+    # -- annotations -------------------------------------------------------------------
+    @tool()
+    async def add_annotation(
+        ctx: Context, session_id: SessionId,
+        annotation_type: Annotated[AnnotationType, Field(description="Shape of the annotation.")],
+        coordinates: Annotated[Any, Field(description="bbox [x1,y1,x2,y2]; polygon/freehand [[x,y],...]; "
+                                          "point [x,y]; mask RLE; image pixels, origin top-left.")],
+        label: Annotated[str, Field(max_length=200, description="Short label.")] = "",
+        notes: Annotated[str | None, Field(max_length=4000, description="Free text.")] = None,
+        image_id: ImageId = None,
+        confidence: Annotated[float | None, Field(ge=0, le=1, description="Confidence of an AI annotation.")] = None,
+        source: Annotated[str, Field(pattern="^(ai|user|system)$", description="ai, user or system.")] = "ai",
+        layer: Annotated[str | None, Field(max_length=100, description="Canvas layer name.")] = None,
+    ) -> AnnotationResult:
+        """Add an annotation to an image (validated against the image bounds)."""
+        return await _call(ctx, AnnotationResult, session_id, "add_annotation", session_id, image_id, annotation_type,
+                           coordinates, label=label, notes=notes, source=source, confidence=confidence, layer=layer)
+
+    @tool()
+    async def update_annotation(
+        ctx: Context, session_id: SessionId, annotation_id: Annotated[Id, Field(description="The annotation.")],
+        label: Annotated[str | None, Field(max_length=200, description="New label.")] = None,
+        notes: Annotated[str | None, Field(max_length=4000, description="New notes.")] = None,
+        coordinates: Annotated[Any, Field(description="New coordinates (same shape as the type).")] = None,
+    ) -> AnnotationResult:
+        """Change an annotation's label, notes or coordinates."""
+        return await _call(ctx, AnnotationResult, session_id, "update_annotation", session_id, annotation_id,
+                           label, notes, coordinates)
+
+    @tool()
+    async def delete_annotation(ctx: Context, session_id: SessionId,
+                                annotation_id: Annotated[Id, Field(description="The annotation.")]) -> AnnotationResult:
+        """Delete an annotation."""
+        return await _call(ctx, AnnotationResult, session_id, "delete_annotation", session_id, annotation_id)
+
+    @tool()
+    async def get_annotations(
+        ctx: Context, session_id: SessionId, image_id: ImageId = None,
+        source: Annotated[str, Field(pattern="^(all|ai|user|system)$", description="all, ai, user or system.")] = "all",
+    ) -> Annotations:
+        """The annotations of a session or of one image (also the resource medvision://session/{id}/annotations)."""
+        return await _call(ctx, Annotations, session_id, "get_annotations", session_id, image_id, source)
+
+    @tool()
+    async def get_analysis_summary(ctx: Context, session_id: SessionId, image_id: ImageId = None) -> AnalysisSummary:
+        """The latest analysis of each image in short form."""
+        return await _call(ctx, AnalysisSummary, session_id, "get_analysis_summary", session_id, image_id)
+
+    # -- export and views --------------------------------------------------------------
+    @tool()
+    async def export_study(
+        ctx: Context, session_id: SessionId,
+        format: Annotated[ExportFormat, Field(description="pdf, dicom_sr, dicom_seg, dicom_sc, dicom_pdf, dicom, "  # noqa: A002
+                                              "json, png_annotated or html.")] = "pdf",
+        include_images: Annotated[list[Id] | None, Field(description="Image ids (default all).")] = None,
+        include_report: Annotated[bool, Field(description="Include the findings report.")] = True,
+        include_annotations: Annotated[bool, Field(description="Include annotations.")] = True,
+        include_measurements: Annotated[bool, Field(description="Include measurements.")] = True,
+        template: Annotated[str | None, Field(pattern="^(default|clinical|research)$",
+                                              description="PDF/HTML template.")] = None,
+        output_path: Annotated[str | None, Field(max_length=4096, description=(
+            "Absolute file or folder under an allowed root or the export folder; default: a new "
+            "folder under the export folder."))] = None,
+    ) -> Export:
+        """Export the study (report, annotations, measurements) as PDF, DICOM SR/SEG/SC, JSON, PNG or HTML."""
+        app = app_context(ctx)
+        if output_path is not None:
+            allowed = [*await app.allowed_roots(ctx), app.engine.settings.export_root]
+            output_path = str(paths.confine(output_path, allowed, must_exist=False))
+        return await _call(ctx, Export, session_id, "export_study", session_id, format, include_images,
+                           include_report, include_annotations, include_measurements, template, output_path,
+                           announce=True)
+
+    @tool()
+    async def get_visualization(
+        ctx: Context, session_id: SessionId, image_id: ImageId = None,
+        include_annotations: Annotated[bool, Field(description="Draw the annotations.")] = True,
+        include_segmentation: Annotated[bool, Field(description="Draw the organ masks.")] = True,
+        include_measurements: Annotated[bool, Field(description="Draw measurements.")] = True,
+        max_side: Annotated[int, Field(ge=64, le=MAX_SIDE, description="Longest side of the PNG.")] = 512,
+    ) -> Visualization:
+        """The image with its overlays as a PNG file, also returned as MCP image content."""
+        view = await _call(ctx, Visualization, session_id, "get_visualization", session_id, image_id,
+                           include_annotations, include_segmentation, include_measurements, None, max_side)
+        png = base64.b64encode(Path(view.image_path).read_bytes()).decode()
+        content: list[types.ContentBlock] = [types.TextContent(type="text", text=view.model_dump_json()),
+                                             types.ImageContent(type="image", data=png, mimeType="image/png")]
+        return types.CallToolResult(content=content, structuredContent=view.model_dump(mode="json"))  # type: ignore[return-value]
+
+    # -- the medical agent ---------------------------------------------------------------
+    @tool()
+    async def invoke_medical_agent(
+        ctx: Context, session_id: SessionId, task: Annotated[Text, Field(description="What to do, in words.")],
+        context: Annotated[dict[str, Any] | None, Field(description=(
+            "user_selection (a region), clinical_history, image_id, pipeline, run_id (resume), seed, "
+            "auto_suggest."))] = None,
+        mode: Annotated[AgentMode, Field(description="auto, interactive (may pause with need_input) or "
+                                         "step_by_step (one step per call).")] = "auto",
+        handoff: Annotated[dict[str, Any] | None, Field(description="return_on, max_turns, preserve_context.")] = None,
+    ) -> AgentResult:
+        """Delegate the analysis to the built-in medical agent; returns its findings, report and trace summary."""
+        return await _call(ctx, AgentResult, session_id, "invoke_medical_agent", session_id, task, context, mode,
+                           handoff, announce=True)
+
+    @tool()
+    async def get_agent_capabilities(ctx: Context) -> EngineResult:
+        """What the agent can do: tasks, modes, image types, tools with versions, pipelines, models."""
+        return await _call(ctx, EngineResult, None, "get_agent_capabilities")
+
+    @tool()
+    async def request_user_input(
+        ctx: Context, session_id: SessionId, input_type: Annotated[InputType, Field(description="What to ask for.")],
+        prompt: Annotated[Text, Field(description="The question shown to the radiologist.")],
+        options: Annotated[list[dict[str, Any]] | None, Field(description="Choices for 'choose'.")] = None,
+    ) -> UserInputRequest:
+        """Ask the desktop user something; returns a pending request_id (poll get_user_input or subscribe
+        to medvision://session/{session_id}/agent_message)."""
+        return await _call(ctx, UserInputRequest, session_id, "request_user_input", session_id, input_type, prompt,
+                           options)
+
+    @tool()
+    async def get_user_input(ctx: Context,
+                             request_id: Annotated[Id, Field(description="From request_user_input.")]) -> UserInputRequest:
+        """A user-input request and, once the user answered, the answer."""
+        return await _call(ctx, UserInputRequest, None, "get_user_input", request_id)
+
+    # -- the canvas --------------------------------------------------------------------
+    @tool()
+    async def sync_canvas_state(
+        ctx: Context, session_id: SessionId,
+        canvas_state: Annotated[dict[str, Any], Field(description=(
+            "Any of viewport {zoom, pan {x, y}, window?}, active_tool, current_image_id, user_drawings, "
+            "pending_selection."))],
+    ) -> EngineResult:
+        """Exchange canvas state with the desktop; returns the desktop's current state."""
+        return await _call(ctx, EngineResult, session_id, "sync_canvas_state", session_id, canvas_state)
+
+    @tool()
+    async def push_to_canvas(
+        ctx: Context, session_id: SessionId,
+        action: Annotated[CanvasAction, Field(description="add_layer, update_layer, remove_layer, highlight, "
+                                              "animate or add_annotations.")],
+        payload: Annotated[dict[str, Any], Field(description=(
+            "The action's data, e.g. {layer, ...}; add_annotations: {annotations, related_suggestions, message}."))],
+    ) -> EngineResult:
+        """Show something on the radiologist's canvas, live."""
+        return await _call(ctx, EngineResult, session_id, "push_to_canvas", session_id, action, payload)
+
+    # -- visual RAG --------------------------------------------------------------------
+    @tool()
+    async def search_similar_cases(
+        ctx: Context, session_id: SessionId, image_id: ImageId = None, top_k: TopK = 5,
+        include_reports: Annotated[bool, Field(description="Include each case's report text.")] = True,
+        min_similarity: Annotated[float, Field(ge=-1, le=1, description="Cosine similarity floor.")] = 0.0,
+    ) -> EngineResult:
+        """The reference cases most similar to an image, with similarity-weighted labels."""
+        return await _call(ctx, EngineResult, session_id, "search_similar_cases", session_id, image_id, top_k,
+                           include_reports, min_similarity, announce=True)
+
+    @tool()
+    async def analyze_with_rag(
+        ctx: Context, session_id: SessionId, image_id: ImageId = None,
+        mode: Annotated[RagMode, Field(description="quick, full (adds segmentation) or rag_only.")] = "quick",
+        top_k: TopK = 5,
+    ) -> EngineResult:
+        """Classifier and similar cases merged into one label list, with a suggested prompt."""
+        return await _call(ctx, EngineResult, session_id, "analyze_with_rag", session_id, image_id, mode, top_k,
+                           announce=True)
+
+    @tool()
+    async def build_rag_index(
+        ctx: Context,
+        data_path: Annotated[str, Field(min_length=1, max_length=4096, description=(
+            "A CSV or a folder of images under an allowed root."))],
+        source: Annotated[str, Field(max_length=100, description="Name of the reference source.")] = "custom",
+        reports_csv: Annotated[str | None, Field(max_length=4096, description="Reports CSV under an allowed root.")] = None,
+        rebuild: Annotated[bool, Field(description="Start over instead of extending.")] = False,
+    ) -> EngineResult:
+        """Build or extend the similar-case library (reports progress per image)."""
+        app = app_context(ctx)
+        roots = await app.allowed_roots(ctx)
+        data = paths.confine(data_path, roots)
+        reports = paths.confine(reports_csv, roots) if reports_csv else None
+        return await _call(ctx, EngineResult, "rag-library", "build_rag_index", source, data, reports, rebuild,
+                           progress=app.progress_callback(ctx))

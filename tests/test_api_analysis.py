@@ -134,9 +134,11 @@ def test_visual_rag_end_to_end(engine: Engine, chest: tuple[str, str], library_c
     built = engine.build_rag_index(data_path=library_csv)
     assert built["added"] == 5 and built["failed"] == []
     found = engine.search_similar_cases(session, image_id, top_k=3)
-    first, second = found["results"][:2]
-    assert "RG1_UNCR" in first["findings"] and first["similarity"] == pytest.approx(1.0, abs=1e-4)
-    assert "RG1_J2KI" in second["findings"] and second["similarity"] > 0.99  # the lossy JPEG 2000 twin
+    # The image itself and its lossy JPEG 2000 twin come first; the untrained embedder can
+    # put the twin a hair above the exact copy (both ~1.0), so the order of the two is free.
+    top = {r["findings"].split()[-1]: r["similarity"] for r in found["results"][:2]}
+    assert set(top) == {"RG1_UNCR.dcm", "RG1_J2KI.dcm"}, found["results"]
+    assert top["RG1_UNCR.dcm"] == pytest.approx(1.0, abs=1e-4) and top["RG1_J2KI.dcm"] > 0.99
     vote = found["aggregated_labels"]["Cardiomegaly"]
     assert vote["supporting_cases"] >= 2 and found["model_trained"] is False
     again = engine.build_rag_index(data_path=library_csv)

@@ -83,9 +83,16 @@ class _Runnable(QRunnable):
         try:
             result = self.fn()
         except Exception as exc:  # noqa: BLE001 - every failure is relayed to the GUI's error path
-            self.relay.failed.emit(exc)
+            self._deliver(self.relay.failed, exc)
         else:
-            self.relay.done.emit(result)
+            self._deliver(self.relay.done, result)
+
+    @staticmethod
+    def _deliver(signal: Signal, value: object) -> None:
+        try:
+            signal.emit(value)
+        except RuntimeError:  # the window closed while this ran: no one is left to tell
+            log.debug("background result dropped: its receiver is gone")
 
 
 class Op:

@@ -9,6 +9,8 @@ import pytest
 from pydicom.data import get_testdata_file
 
 REPO = Path(__file__).resolve().parents[1]
+# Before pytest-qt's session-scoped QApplication exists (the autouse fixture below runs later).
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 
 @pytest.fixture(autouse=True)

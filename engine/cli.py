@@ -315,6 +315,35 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models_export_pack(args: argparse.Namespace) -> int:
+    """Write the configured pack as a tar (manifest, SHA256SUMS, optional ed25519 signature)."""
+    from engine.config import Settings
+    from engine.inference.packtransfer import export_pack
+
+    result = export_pack(Settings.from_env(args.home, args.pack).model_pack, args.out, signing_key=args.sign)
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def cmd_models_import_pack(args: argparse.Namespace) -> int:
+    """Verify a pack tar (checksums, signature against the site's trusted keys) and install it atomically."""
+    from engine.config import Settings
+    from engine.inference.packtransfer import import_pack
+
+    dest = args.dest or Settings.from_env(args.home, args.pack).model_pack
+    result = import_pack(args.tar, dest, trusted_keys=args.trusted_key or None)
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def cmd_models_keygen(args: argparse.Namespace) -> int:
+    """Create an ed25519 key pair for signing packs (private PEM 0600, base64 public key)."""
+    from engine.inference.packtransfer import generate_keypair
+
+    print(json.dumps(generate_keypair(Path(args.private), Path(args.public) if args.public else None), indent=2))
+    return 0
+
+
 def cmd_models_verify(args: argparse.Namespace) -> int:
     """Check every file of the pack against its sha256."""
     from engine.config import Settings
@@ -452,6 +481,21 @@ def build_parser() -> argparse.ArgumentParser:
     build.set_defaults(func=cmd_models_build)
     models.add_parser("list", help="list the pack's models").set_defaults(func=cmd_models_list)
     models.add_parser("verify", help="check every model file's sha256").set_defaults(func=cmd_models_verify)
+    export_pack = models.add_parser("export-pack", help="write the pack as a tar for an air-gapped machine")
+    export_pack.add_argument("out", metavar="OUT.tar")
+    export_pack.add_argument("--sign", metavar="KEY.pem", help="ed25519 private key to sign the pack with")
+    export_pack.set_defaults(func=cmd_models_export_pack)
+    import_pack = models.add_parser("import-pack", help="verify and install a pack tar (atomic)")
+    import_pack.add_argument("tar", metavar="PACK.tar")
+    import_pack.add_argument("--dest", metavar="DIR", help="pack directory (default: the configured pack)")
+    import_pack.add_argument("--trusted-key", action="append", metavar="KEY",
+                             help="trusted public key (base64 or file; default: MEDVISION_TRUSTED_PACK_KEYS or the "
+                                  "site file)")
+    import_pack.set_defaults(func=cmd_models_import_pack)
+    keygen = models.add_parser("keygen", help="create an ed25519 key pair for signing packs")
+    keygen.add_argument("private", metavar="PRIVATE.pem")
+    keygen.add_argument("--public", metavar="FILE")
+    keygen.set_defaults(func=cmd_models_keygen)
 
     sessions = sub.add_parser("sessions", help="stored sessions").add_subparsers(dest="sessions_command", required=True)
     listing = sessions.add_parser("list", help="list sessions")
@@ -467,6 +511,9 @@ def build_parser() -> argparse.ArgumentParser:
     desktop = sub.add_parser("desktop", help="open the desktop workstation (PySide6)", add_help=False)
     desktop.add_argument("desktop_args", nargs=argparse.REMAINDER, help="files or folders to open")
     desktop.set_defaults(func=cmd_desktop)
+    node = sub.add_parser("dicom-node", help="the DICOM C-STORE node: serve (default) or status", add_help=False)
+    node.add_argument("desktop_args", nargs=argparse.REMAINDER, help="serve|status and their options (--help)")
+    node.set_defaults(func=cmd_dicom_node)
     return parser
 
 
@@ -573,6 +620,17 @@ def cmd_desktop(args: argparse.Namespace) -> int:
     return subprocess.call([sys.executable, "-m", "desktop", *args.desktop_args], env=env)
 
 
+def cmd_dicom_node(args: argparse.Namespace) -> int:
+    """``medvision dicom-node [serve|status] ...`` (dicom_node.scp.main parses the rest)."""
+    from dicom_node.scp import main as node_main
+
+    argv = list(args.desktop_args)
+    if not argv or argv[0] not in ("serve", "status", "-h", "--help"):
+        argv = ["serve", *argv]
+    argv += [f"--home={args.home}"] * bool(args.home) + [f"--model-pack={args.pack}"] * bool(args.pack)
+    return node_main(argv)
+
+
 # -- medvision mcp ---------------------------------------------------------------------------
 def cmd_mcp(args: argparse.Namespace) -> int:
     """Serve MCP over stdio (engine.mcp.server.main does the work)."""
@@ -595,7 +653,7 @@ def add_mcp_parser(sub: argparse._SubParsersAction) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``medvision`` console script."""
     args, extra = build_parser().parse_known_args(argv)
-    if extra and getattr(args, "func", None) is not cmd_desktop:
+    if extra and getattr(args, "func", None) not in (cmd_desktop, cmd_dicom_node):
         build_parser().parse_args(argv)  # the usual error for unknown arguments
     if extra:
         args.desktop_args = [*args.desktop_args, *extra]

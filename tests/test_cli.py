@@ -94,3 +94,11 @@ def test_desktop_subcommand_starts_the_app_as_its_own_program(home: Path, model_
     assert main(["--home", str(home), "--pack", str(model_pack), "desktop", "--exit-after-paint"]) == 0
     assert "first_paint_ms=" in capfd.readouterr().out
     assert main(["desktop", "--no-such-flag"]) != 0  # unknown flags reach the app's own parser
+
+
+def test_dicom_node_subcommand_reports_status_from_the_store(home: Path, capsys) -> None:
+    from engine.cli import main
+
+    assert main(["--home", str(home), "dicom-node", "status"]) == 0
+    out = capsys.readouterr().out
+    assert "listening: no" in out and "queue depth: 0" in out

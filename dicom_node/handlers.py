@@ -1,0 +1,175 @@
+"""pynetdicom event handlers: access control, C-ECHO, C-STORE, association bookkeeping.
+
+Contract (pynetdicom ``_handlers.py``): intervention handlers return a status code and
+never raise; notification handlers return nothing. ``EVT_REQUESTED`` runs before the
+presentation contexts are negotiated, so it is where a caller is refused
+(A-ASSOCIATE-RJ permanent, "calling AE not recognised" / "called AE not recognised")
+and where the acceptor's contexts are set to exactly the abstract syntaxes the peer
+proposed (any storage SOP class, private or future ones included) crossed with the
+transfer syntaxes our imaging layer decodes: no 120-context table to outgrow.
+The limit on simultaneous associations is pynetdicom's own transient reject.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+import weakref
+from typing import Any
+
+from pydicom.pixels import get_decoder
+from pydicom.uid import AllTransferSyntaxes
+from pynetdicom import evt, register_uid, sop_class
+from pynetdicom.presentation import build_context
+from pynetdicom.service_class import StorageServiceClass
+from pynetdicom.sop_class import _STORAGE_CLASSES, Verification
+
+from dicom_node.config import NodeConfig
+from dicom_node.ingest import CANNOT_UNDERSTAND, OUT_OF_RESOURCES_OTHER, Ingestor
+from dicom_node.spool import SpoolFile
+
+log = logging.getLogger(__name__)
+
+
+def _decodable(uid: str) -> bool:
+    try:
+        return get_decoder(uid).is_available
+    except NotImplementedError:
+        return False
+
+
+#: Every transfer syntax engine.imaging can decode here (uncompressed, deflate, JPEG,
+#: JPEG-LS, JPEG 2000, HTJ2K, RLE), most preferred first.
+TRANSFER_SYNTAXES = sorted((uid for uid in AllTransferSyntaxes if _decodable(uid)),
+                           key=lambda uid: (uid != "1.2.840.10008.1.2.1", uid))
+_STORAGE_UIDS = frozenset(_STORAGE_CLASSES.values())
+
+
+#: Private/unknown storage classes registered with pynetdicom so far (bounded: a peer
+#: cannot grow the registry without limit by proposing random UIDs).
+MAX_REGISTERED_CLASSES = 4096
+_registered: set[str] = set()
+_register_lock = threading.Lock()
+
+
+def _is_storage(uid: Any) -> bool:
+    """Storage, private, or unknown to pynetdicom (a newer storage class): accept it."""
+    return uid in _STORAGE_UIDS or uid.is_private or not hasattr(sop_class, uid.keyword or "-")
+
+
+def _ensure_storage_service(uid: str) -> bool:
+    """Make pynetdicom serve C-STORE for a private/unknown class (``register_uid``)."""
+    with _register_lock:
+        if uid in _STORAGE_UIDS or uid in _registered:
+            return True
+        if len(_registered) >= MAX_REGISTERED_CLASSES:
+            return False
+        try:
+            register_uid(uid, f"MedVisionStorage_{uid.replace('.', '_')}", StorageServiceClass)
+        except ValueError:  # not a valid UID: that one context is refused, not the association
+            return False
+        _registered.add(uid)
+        return True
+
+
+class Handlers:
+    """The node's handlers, sharing its config, ingestor and node id."""
+
+    def __init__(self, config: NodeConfig, ingestor: Ingestor, node_id: str) -> None:
+        self.config, self.ingestor, self.node_id = config, ingestor, node_id
+        self._ids: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+
+    def bindings(self) -> list[tuple[Any, Any]]:
+        return [(evt.EVT_REQUESTED, self.on_requested), (evt.EVT_C_ECHO, self.on_echo),
+                (evt.EVT_C_STORE, self.on_store), (evt.EVT_RELEASED, self.on_released),
+                (evt.EVT_ABORTED, self.on_aborted), (evt.EVT_CONN_CLOSE, self.on_closed)]
+
+    # -- notifications -----------------------------------------------------------------
+    def on_requested(self, event: Any) -> None:
+        """Refuse callers off the allow list (or the wrong called AE); set the contexts."""
+        assoc = event.assoc
+        try:
+            request = assoc.requestor.primitive
+            calling, called = request.calling_ae_title.strip(), request.called_ae_title.strip()
+            host = assoc.requestor.address
+            reason = None
+            if not self.config.caller_allowed(calling, host):
+                reason, diagnostic = "calling AE not allowed", 0x03
+            elif self.config.require_called_ae and called != self.config.ae_title:
+                reason, diagnostic = "called AE not recognised", 0x07
+            association_id = uuid.uuid4().hex[:12]
+            self._ids[assoc] = association_id
+            self.ingestor.db("dicom_association", association_id, node=self.node_id, calling_ae=calling,
+                             called_ae=called, peer_host=host, state="rejected" if reason else "open",
+                             reason=reason)
+            if reason:
+                log.info("association %s rejected: %s", association_id, reason)
+                assoc.acse.send_reject(0x01, 0x01, diagnostic)
+                assoc.kill()  # as pynetdicom's own rejections do: lets the DUL send the RJ first
+                return
+            proposed = {cx.abstract_syntax for cx in request.presentation_context_definition_list}
+            assoc.acceptor.supported_contexts = [
+                build_context(uid, TRANSFER_SYNTAXES) for uid in sorted(proposed)
+                if uid == Verification or (_is_storage(uid) and _ensure_storage_service(uid))]
+        except Exception:  # noqa: BLE001 - a failing handler must not take the node down
+            log.exception("association request handling failed; aborting it")
+            assoc.abort()
+
+    def on_released(self, event: Any) -> None:
+        self._ended(event, "released")
+
+    def on_aborted(self, event: Any) -> None:
+        self._ended(event, "aborted")
+
+    def on_closed(self, event: Any) -> None:
+        """Free what a closed connection still holds, at once rather than at a timeout.
+
+        A transfer cut off mid-dataset leaves its spool open: dropped here. A peer that
+        connects and closes without an A-ASSOCIATE-RQ would keep its thread waiting the
+        whole ACSE timeout (pynetdicom queues nothing for that case): wake it with the
+        same ``None`` a timeout gives, so a connect/close flood does not pile up threads.
+        """
+        assoc = event.assoc
+        message = getattr(getattr(assoc, "dimse", None), "message", None)
+        pending = getattr(message, "_data_set_file", None)
+        if isinstance(pending, SpoolFile):
+            pending.discard()
+        if assoc.is_acceptor and assoc.requestor.primitive is None and not assoc.is_established:
+            assoc.dul.to_user_queue.put(None)
+
+    def _ended(self, event: Any, state: str) -> None:
+        association_id = self._ids.pop(event.assoc, None)
+        if association_id is None:
+            return
+        try:
+            self.ingestor.db("dicom_association", association_id, state=state)
+        except Exception:  # noqa: BLE001 - bookkeeping only
+            log.exception("recording the end of association %s failed", association_id)
+
+    # -- interventions -----------------------------------------------------------------
+    def on_echo(self, event: Any) -> int:
+        return 0x0000
+
+    def on_store(self, event: Any) -> int:
+        """Store the instance durably, then answer; see :mod:`dicom_node.ingest`."""
+        association_id = self._ids.get(event.assoc)
+        try:
+            request = event.request
+            spool = getattr(request, "_dataset_file", None)
+            if spool is None or not hasattr(spool, "reader"):
+                return CANNOT_UNDERSTAND
+            outcome = self.ingestor.ingest(
+                spool, request.AffectedSOPClassUID, request.AffectedSOPInstanceUID,
+                association_id=association_id, calling_ae=event.assoc.requestor.ae_title.strip())
+        except Exception:  # noqa: BLE001 - answer with a status, never raise
+            log.exception("C-STORE handling failed in association %s", association_id)
+            return OUT_OF_RESOURCES_OTHER
+        if outcome.status:
+            log.warning("C-STORE refused with 0x%04X in association %s: %s", outcome.status, association_id,
+                        outcome.reason)
+            try:
+                self.ingestor.db("dicom_association", association_id, failed=1)
+            except Exception:  # noqa: BLE001 - bookkeeping only
+                log.exception("counting a failure of association %s failed", association_id)
+        return outcome.status

@@ -1,0 +1,249 @@
+"""Durable, idempotent storage of one received instance; the C-STORE status it earns.
+
+Order of a store (nothing is acknowledged before it is durable):
+
+1. the dataset arrived in the encrypted spool (:mod:`dicom_node.spool`);
+2. its header (up to Pixel Data, large values deferred) is parsed from the spool:
+   unreadable -> 0xC210; SOP Class/Instance UID missing, malformed or unlike the
+   request -> 0xA900. UIDs are checked against the UID grammar and never used in paths;
+3. the spool is streamed into a new encrypted blob (random id): write, fsync, rename;
+4. one database transaction: study session (created or reused; an instance without a
+   usable Study Instance UID, which real files have, goes to its association's session), blob + image rows,
+   receipt, analysis job, events (:meth:`engine.store.Store.dicom_add_instance`);
+5. only then 0x0000.
+
+Duplicate policy (same SOP Instance UID already stored): **keep the first**. The new
+copy's blob is deleted, no row is added, and the peer gets 0x0000 (the instance is
+safely held, so a resend after a lost response is not an error); a duplicate whose
+content differs is logged (ids only). Disk full -> 0xA700 and any other failure ->
+0xA701, with no blob left behind (a blob committed before a failed transaction is
+deleted) and nothing in the database. Logs carry ids and exception types, never values.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import re
+import struct
+import time
+import traceback
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from engine.errors import ErrorCode, MedVisionError
+from engine.imaging.decode import _dicom_fields
+from engine.imaging.image_type import detect_image_type
+from engine.store import Store
+
+log = logging.getLogger(__name__)
+
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+OUT_OF_RESOURCES_OTHER = 0xA701
+DATASET_MISMATCH = 0xA900
+CANNOT_UNDERSTAND = 0xC210
+#: Image types that have an automatic analysis pipeline (same rule as add_image_to_session).
+PIPELINE_TYPES = frozenset({"CXR"})
+ANALYZE_JOB = "dicom_node.analyze"
+#: Blob temp files untouched this long belong to a dead writer (another live process
+#: may be writing its own right now, so younger ones are left alone).
+STALE_TMP_S = 30.0
+
+#: Deeper sequence nesting is refused (0xC210): real objects (SR trees) stay far below.
+MAX_SEQUENCE_DEPTH = 64
+
+_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+_READ = 1 << 20
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one C-STORE request."""
+
+    status: int
+    result: str  # stored | duplicate | rejected | failed
+    image_id: str | None = None
+    session_id: str | None = None
+    reason: str | None = None
+
+
+def clean_uid(value: Any) -> str | None:
+    """A UID from peer data if it is a well-formed UID (<= 64 chars), else None."""
+    text = str(value or "").strip().rstrip("\x00").strip()
+    return text if len(text) <= 64 and _UID.match(text) else None
+
+
+class Ingestor:
+    """Stores instances for all associations; database writes go through one thread so
+    a node holds one connection however many associations come and go."""
+
+    def __init__(self, store: Store, *, analyze: bool = True, job_max_attempts: int = 3) -> None:
+        self.store = store
+        self.analyze = analyze
+        self.job_max_attempts = job_max_attempts
+        self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dicom-db")
+
+    def db(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Run one store method on the database thread and wait for it."""
+        return self._db.submit(getattr(self.store, method), *args, **kwargs).result()
+
+    def close(self) -> None:
+        self._db.shutdown(wait=True)
+
+    def ingest(self, spool: Any, request_class: str, request_instance: str, *,
+               association_id: str | None, calling_ae: str | None) -> Outcome:
+        """Store one spooled dataset; never raises."""
+        reader = spool.reader()
+        try:
+            try:
+                ds = pydicom.dcmread(reader, stop_before_pixels=True, defer_size="64 KB")
+                problem = _structure_problem(ds, reader)
+                if problem:
+                    return Outcome(CANNOT_UNDERSTAND, "rejected", reason=problem)
+                record, session_name = _record(ds)
+            except (InvalidDicomError, ValueError, TypeError, KeyError, AttributeError, IndexError,
+                    EOFError, OSError, OverflowError, RecursionError, MemoryError, NotImplementedError) as exc:
+                return Outcome(CANNOT_UNDERSTAND, "rejected", reason=f"header unreadable ({type(exc).__name__})")
+            if record["sop_class_uid"] != clean_uid(request_class) \
+                    or record["sop_instance_uid"] != clean_uid(request_instance) or not record["sop_instance_uid"]:
+                return Outcome(DATASET_MISMATCH, "rejected", reason="SOP Class/Instance UID differs from the request")
+            return self._persist(reader, record, session_name, association_id, calling_ae)
+        finally:
+            reader.close()
+
+    def _persist(self, reader: Any, record: dict, session_name: str | None,
+                 association_id: str | None, calling_ae: str | None) -> Outcome:
+        blob_id, writer, committed = uuid.uuid4().hex, None, False
+        try:
+            writer = self.store.blobs.writer(blob_id)
+            reader.seek(0)
+            while chunk := reader.read(_READ):
+                writer.write(chunk)
+            writer.commit()
+            committed = True
+            job_kind = ANALYZE_JOB if self.analyze and record["type"] in PIPELINE_TYPES else None
+            done = self.db("dicom_add_instance", blob_id=blob_id, size=writer.size, sha256=writer.sha256,
+                           record=record, association_id=association_id, calling_ae=calling_ae,
+                           session_name=session_name, job_kind=job_kind, max_attempts=self.job_max_attempts)
+        except OSError as exc:
+            _discard(writer, self.store, blob_id, committed)
+            full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            return Outcome(OUT_OF_RESOURCES if full else OUT_OF_RESOURCES_OTHER, "failed",
+                           reason=f"storage error ({errno.errorcode.get(exc.errno or 0, type(exc).__name__)})")
+        except MedVisionError as exc:
+            _discard(writer, self.store, blob_id, committed)
+            full = exc.code is ErrorCode.DISK_FULL
+            return Outcome(OUT_OF_RESOURCES if full else OUT_OF_RESOURCES_OTHER, "failed", reason=exc.code.value)
+        except Exception as exc:  # noqa: BLE001 - a handler answers with a status, never raises
+            _discard(writer, self.store, blob_id, committed)
+            log.error("C-STORE failed (%s); traceback without values:\n%s", type(exc).__name__,
+                      "".join(traceback.format_tb(exc.__traceback__)))
+            return Outcome(OUT_OF_RESOURCES_OTHER, "failed", reason=type(exc).__name__)
+        if not done["blob_used"]:
+            self.store.blobs.delete(blob_id)
+        if done["status"] == "duplicate" and not done["same_content"]:
+            log.warning("duplicate SOP instance with different content kept as first received (image %s)",
+                        done["image_id"])
+        return Outcome(SUCCESS, done["status"], done["image_id"], done["session_id"])
+
+
+def _discard(writer: Any, store: Store, blob_id: str, committed: bool) -> None:
+    """Leave no blob behind (partial temp file, or a committed one no row points to)."""
+    if writer is not None and not committed:
+        writer.abort()
+    elif committed:
+        store.blobs.delete(blob_id)
+
+
+def _structure_problem(ds: pydicom.Dataset, reader: Any) -> str | None:
+    """Cheap checks the header parse alone would miss: lengths running past the end
+    (a truncated transfer or an absurd declared length, which pydicom seeks over when
+    it defers a value), native pixel data shorter than declared, nesting too deep."""
+    if reader.tell() > reader.size:
+        return "a declared length runs past the end of the dataset"
+    if not _depth_ok(ds, MAX_SEQUENCE_DEPTH):
+        return f"sequences nested deeper than {MAX_SEQUENCE_DEPTH}"
+    syntax = ds.file_meta.get("TransferSyntaxUID")
+    if syntax is None or syntax.is_deflated or reader.tell() == reader.size:
+        return None
+    start = reader.tell()
+    header = reader.read(12)
+    if len(header) < 8:
+        return "truncated element header"
+    order = "<" if syntax.is_little_endian else ">"
+    tag = struct.unpack(order + "HH", header[:4])
+    if tag != (0x7FE0, 0x0010):
+        return None  # float/double pixel data or trailing elements: parsed above already
+    if syntax.is_implicit_VR:
+        length, size = struct.unpack(order + "I", header[4:8])[0], 8
+    elif header[4:6] in (b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN", b"SQ", b"UT", b"UC", b"UR"):
+        length, size = struct.unpack(order + "I", header[8:12])[0], 12
+    else:
+        length, size = struct.unpack(order + "H", header[6:8])[0], 8
+    if length != 0xFFFFFFFF and start + size + length > reader.size:
+        return "pixel data shorter than its declared length"
+    return None
+
+
+def _depth_ok(ds: pydicom.Dataset, budget: int) -> bool:
+    """Every sequence nested at most ``budget`` deep (parses the non-pixel header)."""
+    for element in ds:
+        if element.VR == "SQ":
+            if budget == 0 or not all(_depth_ok(item, budget - 1) for item in element.value):
+                return False
+    return True
+
+
+def _record(ds: pydicom.Dataset) -> tuple[dict, str | None]:
+    """The images row of a received instance, from its header (no pixel decode).
+
+    Same fields as ``Engine.add_image_to_session`` builds (``_dicom_fields`` and the
+    type rules); window and quality are filled when the analysis decodes the pixels.
+    """
+    fields = _dicom_fields(ds)
+    frame_count = int(ds.get("NumberOfFrames") or 1)
+    metadata = fields["metadata"] | {"format": "dicom", "frame_index": 0, "frame_count": frame_count}
+    guess = detect_image_type(metadata)
+    record = {
+        "source_path": None, "source_name": "dicom-node.dcm", "type": guess.image_type,
+        "type_source": "detected", "modality": fields["modality"], "format": "dicom",
+        "rows": _int(ds.get("Rows")), "columns": _int(ds.get("Columns")), "frame_count": frame_count,
+        "sop_class_uid": clean_uid(ds.get("SOPClassUID")), "sop_instance_uid": clean_uid(ds.get("SOPInstanceUID")),
+        "series_instance_uid": clean_uid(ds.get("SeriesInstanceUID")),
+        "study_instance_uid": clean_uid(ds.get("StudyInstanceUID")),
+        "metadata": metadata | {"type_reason": guess.reason, "type_confidence": guess.confidence,
+                                "detected_type": guess.image_type, "received_by": "dicom_node"},
+        "patient": fields["patient"],
+    }
+    description = str(ds.get("StudyDescription") or "").strip()[:200]
+    return record, description or f"{fields['modality'] or 'DICOM'} study"
+
+
+def _int(value: Any) -> int | None:
+    return int(value) if value not in (None, "") else None
+
+
+def sweep_stale_blob_temps(store: Store, min_age_s: float = STALE_TMP_S) -> int:
+    """Remove what a writer that died (kill -9) left: blob temp files (partial) and whole
+    blobs committed to disk whose database row never was (orphans). Only files untouched
+    for ``min_age_s``: another live process may be between those two steps right now."""
+    root = Path(store.blobs.root)
+    if not root.exists():
+        return 0
+    known = {row["id"] for row in store.db.query("SELECT id FROM blobs")}
+    removed, now = 0, time.time()
+    for path in [*root.glob("*/*.tmp"), *(p for p in root.glob("*/*.mvb") if p.stem not in known)]:
+        try:
+            if now - path.stat().st_mtime >= min_age_s:
+                path.unlink()
+                removed += 1
+        except FileNotFoundError:
+            pass
+    return removed

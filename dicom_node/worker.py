@@ -1,0 +1,99 @@
+"""Auto-analysis: worker threads that drain the store's ``jobs`` table.
+
+Jobs are rows (``dicom_node.analyze``), enqueued in the same transaction as the image
+they analyse, so the queue survives restarts: at start-up a job a dead node left
+``running`` is put back in the queue, or marked failed once it used its attempts
+(``Store.requeue_stale_jobs``). Workers are separate threads with bounded concurrency
+and their own database connections; the receive path only inserts a row, so analysis
+never blocks receiving. Progress is visible as ``job.*`` and ``analysis.created`` events.
+After a successful analysis, when a destination is configured, the SR and a Secondary
+Capture with the findings burned in are built in memory, kept encrypted as an export
+and queued in the outbox (:mod:`dicom_node.outbox`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import asdict
+from typing import Any
+
+from dicom_node.config import NodeConfig
+from dicom_node.ingest import ANALYZE_JOB
+from engine.errors import MedVisionError
+
+log = logging.getLogger(__name__)
+
+WORKER_PREFIX = "dicom-node:"
+RESULT_FORMATS = ("dicom_sr", "dicom_sc")
+_IDLE_WAIT_S = 0.25
+
+
+def build_results(engine: Any, session_id: str, image_id: str, config: NodeConfig) -> list[int]:
+    """SR + burned-in SC of one image, kept encrypted and queued for the destination."""
+    from engine.export.bundle import ExportOptions, gather
+    from engine.export.service import WRITERS
+
+    bundle = gather(engine, session_id, ExportOptions(include_images=(image_id,)))
+    artifacts = [a for fmt in RESULT_FORMATS for a in WRITERS[fmt](bundle)]
+    kept = engine.store.add_export(session_id, "dicom_node_results",
+                                   [(a.name, a.data, a.media_type) for a in artifacts],
+                                   options={"image_id": image_id, "formats": list(RESULT_FORMATS)})
+    return engine.store.dicom_outbox_add(session_id, kept["id"], [a.name for a in artifacts],
+                                         asdict(config.destination), max_attempts=config.outbox_max_attempts)
+
+
+class AnalysisWorkers:
+    """``config.workers`` threads running queued analysis jobs until :meth:`stop`."""
+
+    def __init__(self, engine: Any, config: NodeConfig, node_id: str) -> None:
+        self.engine, self.config, self.node_id = engine, config, node_id
+        self.wake = threading.Event()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        requeued = self.engine.store.requeue_stale_jobs([WORKER_PREFIX])
+        if requeued:
+            log.info("%d interrupted analysis job(s) requeued or failed", requeued)
+        for index in range(self.config.workers):
+            thread = threading.Thread(target=self._run, args=(f"{WORKER_PREFIX}{self.node_id}:{index}",),
+                                      name=f"dicom-analysis-{index}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        self.wake.set()
+        for thread in self._threads:
+            thread.join(timeout)
+
+    def _run(self, worker: str) -> None:
+        store = self.engine.store
+        while not self._stop.is_set():
+            try:
+                job = store.claim_job(worker, kinds=[ANALYZE_JOB])
+            except MedVisionError:
+                log.exception("claiming a job failed")
+                job = None
+            if job is None:
+                self.wake.wait(_IDLE_WAIT_S)
+                self.wake.clear()
+                continue
+            self.run_job(job)
+
+    def run_job(self, job: dict) -> str:
+        """Analyse one image (and queue its results); records done / retry / failed."""
+        store, payload = self.engine.store, job["payload"]
+        try:
+            result = self.engine.analyze_image(payload["session_id"], payload["image_id"], preset="quick")
+            summary: dict[str, Any] = {"analysis_id": result["analysis_id"]}
+            if self.config.destination is not None:
+                summary["outbox"] = build_results(self.engine, payload["session_id"], payload["image_id"],
+                                                  self.config)
+        except MedVisionError as exc:
+            return store.finish_job(job["id"], error=f"{exc.code.value}: {exc.message}"[:500])
+        except Exception as exc:  # noqa: BLE001 - a job's failure is recorded, the worker lives on
+            log.exception("analysis job %s failed", job["id"])
+            return store.finish_job(job["id"], error=type(exc).__name__)
+        return store.finish_job(job["id"], result=summary)

@@ -12,7 +12,7 @@ VENV="$MEDVISION_ROOT/.venv"
 export MEDVISION_MODEL_PACK="${MEDVISION_MODEL_PACK:-$MEDVISION_ROOT/.cache/modelpack-dev}"
 
 # Debian packages the test-suite drives for real (added as the issues need them).
-APT_PACKAGES=(dicom3tools poppler-utils dcmtk)
+APT_PACKAGES=(dicom3tools poppler-utils dcmtk nsis)
 
 log() { printf '[medvision] %s\n' "$*" >&2; }
 

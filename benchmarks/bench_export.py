@@ -20,26 +20,12 @@ import os
 import shutil
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
+from timing import interleaved_ms
 
 PDF_TARGET_MS = 1500.0
 DICOM_TARGET_MS = 1000.0
-
-
-def _median_ms(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    for run in runs.values():
-        run()
-    samples: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            samples[name].append((time.perf_counter() - start) * 1000)
-    return {name: round(float(np.median(v)), 1) for name, v in samples.items()}
 
 
 def _worked_session(engine, workdir: Path) -> str:  # noqa: ANN001 - engine.api.Engine
@@ -100,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
                 dicom_seg(bundle)
                 secondary_capture(bundle, rendered_overlays(bundle))
 
-            writers = _median_ms({
+            writers = interleaved_ms({
                 "gather": lambda: gather(engine, session, ExportOptions()),
                 "pdf writer": lambda: pdf_report(bundle),
                 "sr writer": lambda: dicom_sr(bundle),
@@ -114,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                 for fmt in ("dicom_sr", "dicom_seg", "dicom_sc"):
                     engine.export_study(session, fmt)
 
-            end_to_end = _median_ms({
+            end_to_end = interleaved_ms({
                 "export_study pdf": lambda: engine.export_study(session, "pdf"),
                 "export_study sr, seg, sc (3 calls)": export_dicom_trio,
                 "export_study dicom (sr+seg+sc+pdf)": lambda: engine.export_study(session, "dicom"),

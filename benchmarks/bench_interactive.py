@@ -26,10 +26,10 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from timing import interleaved_ms
 
 CLICK_TARGET_MS = 150.0
 ENCODER_TARGET_MS = 1500.0
@@ -39,19 +39,6 @@ SAM_PROMPTS = {
     "box": {"box": [150, 150, 850, 1450]},
 }
 CLASSICAL_CLICKS = {"right lung": [[440, 800]], "left lung": [[1300, 700]]}
-
-
-def _interleaved(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median ms of each callable, one warm-up each, then timed alternately."""
-    for run in runs.values():
-        run()
-    samples: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            samples[name].append((time.perf_counter() - start) * 1000)
-    return {name: float(np.median(values)) for name, values in samples.items()}
 
 
 def _has_sam(pack: Path) -> bool:
@@ -95,7 +82,7 @@ def bench(pack: Path, threads: int, repeats: int) -> dict:
         figures["encoder_preprocess_ms"] = (time.perf_counter() - started) * 1000
         sessions = {p: OnnxModel(registry.pack.path(e), threads=threads, providers=("CPUExecutionProvider",),
                                  name=e.id) for p, e in encoders.items()}
-        figures["encoder_ms"] = _interleaved(
+        figures["encoder_ms"] = interleaved_ms(
             {p: (lambda m=m: m.run({spec["name"]: tensor})) for p, m in sessions.items()}, max(3, repeats // 2))
         embedding = sessions[default_encoder.precision].run({spec["name"]: tensor})[0]
 
@@ -109,12 +96,12 @@ def bench(pack: Path, threads: int, repeats: int) -> dict:
                                name=e.id) for p, e in decoders.items()}
         # One precision after the other: alternating two decoders evicts each other's weights
         # from the caches (+50 % per run), which no click in the application pays.
-        figures["decoder_graph_ms"] = {p: _interleaved({p: lambda m=m: m.run(feeds)}, repeats)[p]
+        figures["decoder_graph_ms"] = {p: interleaved_ms({p: lambda m=m: m.run(feeds)}, repeats)[p]
                                        for p, m in graphs.items()}
 
         segmenter = InteractiveSegmenter(registry, backend="sam")
         segmenter.precompute("rg1", decoded)
-        figures["sam_click_ms"] = _interleaved(
+        figures["sam_click_ms"] = interleaved_ms(
             {name: (lambda p=p: segmenter.segment("rg1", decoded, **p)) for name, p in SAM_PROMPTS.items()}, repeats)
         assert segmenter.encoder_runs == 1, "the embedding must stay cached"
 
@@ -125,7 +112,7 @@ def bench(pack: Path, threads: int, repeats: int) -> dict:
             classical.segment(f"first-{index}", decoded, points=CLASSICAL_CLICKS["right lung"])
             first.append((time.perf_counter() - started) * 1000)
         figures["classical_first_click_ms"] = float(np.median(first))
-        figures["classical_click_ms"] = _interleaved(
+        figures["classical_click_ms"] = interleaved_ms(
             {name: (lambda p=p: classical.segment("rg1", decoded, points=p)) for name, p in CLASSICAL_CLICKS.items()},
             repeats)
         return figures

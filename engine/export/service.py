@@ -28,6 +28,7 @@ from engine.errors import ErrorCode, MedVisionError
 from engine.export.artifact import Artifact
 from engine.export.bundle import DISCLAIMER, ExportBundle, ExportOptions, gather
 from engine.export.render import compose
+from engine.store.blobs import fsync_dir
 
 if TYPE_CHECKING:
     from engine.api import Engine
@@ -166,14 +167,6 @@ def _fail(reason: str, **fields: Any) -> MedVisionError:
     return MedVisionError(ErrorCode.EXPORT_FAILED, reason, **fields)
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_atomically(folder: Path, artifacts: list[Artifact], single_target: Path | None) -> list[Path]:
     """Write artifacts into ``folder`` (or the one to ``single_target``): tmp -> fsync -> rename.
 
@@ -193,7 +186,7 @@ def write_atomically(folder: Path, artifacts: list[Artifact], single_target: Pat
                 os.fsync(handle.fileno())
         for temporary, target in zip(temporaries, targets, strict=True):
             temporary.replace(target)
-        _fsync(folder)
+        fsync_dir(folder)
     except OSError as exc:
         for temporary in temporaries:
             temporary.unlink(missing_ok=True)

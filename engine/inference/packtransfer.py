@@ -50,6 +50,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from engine.errors import ErrorCode, MedVisionError
 from engine.inference.modelpack import MANIFEST_NAME, ModelPack, sha256_file
+from engine.store.blobs import fsync_dir
 
 SUMS_NAME = "SHA256SUMS"
 SIG_NAME = "SHA256SUMS.sig"
@@ -478,7 +479,7 @@ def import_pack(
                 os.replace(old, dest)
                 old = None
             raise
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -494,16 +495,6 @@ def import_pack(
         "trained": pack.trained,
         "replaced": replaced,
     }
-
-
-def _fsync_dir(path: Path) -> None:
-    if os.name != "posix":
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # --------------------------------------------------------------------------- CLI

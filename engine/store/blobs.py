@@ -94,7 +94,7 @@ class BlobWriter:
         os.fsync(self._file.fileno())
         self._file.close()
         os.replace(self._tmp_path, self.final_path)
-        _fsync_dir(self.final_path.parent)
+        fsync_dir(self.final_path.parent)
 
     def abort(self) -> None:
         """Drop the partial blob; nothing is left on disk."""
@@ -107,7 +107,11 @@ class BlobWriter:
             path.unlink(missing_ok=True)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename in ``path`` durable (the directory entry itself is fsynced; POSIX only:
+    Windows cannot open a directory, and NTFS journals the rename)."""
+    if os.name != "posix":
+        return
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

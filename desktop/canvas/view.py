@@ -139,6 +139,7 @@ class CanvasView(QGraphicsView):
         for item in list(self.items.values()) + self._organ_items + [i for v in self._pushed.values() for i in v]:
             self.scene().removeItem(item)
         self.items, self._organ_items, self._pushed = {}, [], {}
+        self._animation: QVariantAnimation | None = None
         self.clear_segmentation()
         self.undo_stack.clear()
         self.session_id, self.image_row, self.image = session_id, row, image
@@ -514,6 +515,8 @@ class CanvasView(QGraphicsView):
             self.refresh_ai_masks()
         elif kind == "canvas.highlight":
             self.highlight(payload)
+        elif kind == "canvas.animate":
+            self.animate(payload)
         elif kind in ("canvas.layer_added", "canvas.layer_updated"):
             engine, session_id, layer_id = self.engine, self.session_id, payload.get("layer_id")
             Op(self, lambda: [la for la in engine.get_canvas_state(session_id).get("layers", [])
@@ -550,6 +553,45 @@ class CanvasView(QGraphicsView):
             pulse.finished.connect(lambda item=item: item.scene() and item.scene().removeItem(item))
             pulse.start(QVariantAnimation.DeletionPolicy.DeleteWhenStopped)
             self._pushed.setdefault("highlight", []).append(item)
+
+    def viewport_state(self) -> dict:
+        """``{"zoom", "pan": {"x", "y"}, "window"}``: pan is the image point at the view's centre."""
+        centre = self.mapToScene(self.viewport().rect().center())
+        center, width = self.image_item.effective_window()
+        return {"zoom": self.scale_factor(), "pan": {"x": centre.x(), "y": centre.y()},
+                "window": {"center": center, "width": width}}
+
+    def set_viewport(self, state: dict) -> None:
+        """Apply a (partial) viewport: zoom, the image point to centre, window."""
+        if state.get("zoom"):
+            self.zoom_by(float(state["zoom"]) / self.scale_factor())
+        if state.get("pan"):
+            self.centerOn(QPointF(float(state["pan"]["x"]), float(state["pan"]["y"])))
+        if state.get("window"):
+            self.set_window(state["window"].get("center"), state["window"].get("width"))
+
+    def animate(self, payload: dict) -> None:
+        """An agent's ``canvas.animate``: glide from ``from`` (default: now) to ``to`` in ``duration`` ms."""
+        start, end = {**self.viewport_state(), **(payload.get("from") or {})}, payload.get("to") or {}
+
+        def mix(a: float, b: float, t: float) -> float:
+            return a + (b - a) * t
+
+        def step(t: float) -> None:
+            state: dict = {}
+            if "zoom" in end:
+                state["zoom"] = mix(start["zoom"], end["zoom"], t)
+            if "pan" in end:
+                state["pan"] = {k: mix(start["pan"][k], end["pan"].get(k, start["pan"][k]), t) for k in ("x", "y")}
+            if "window" in end:
+                state["window"] = {k: mix(start["window"][k], end["window"].get(k, start["window"][k]), t)
+                                   for k in ("center", "width")}
+            self.set_viewport(state)
+
+        glide = QVariantAnimation(self, startValue=0.0, endValue=1.0, duration=int(payload.get("duration") or 500))
+        glide.valueChanged.connect(step)
+        glide.start(QVariantAnimation.DeletionPolicy.DeleteWhenStopped)
+        self._animation = glide
 
     def _region_item(self, region: dict, color: QColor, dashed: bool, width: int = 2) -> QGraphicsItem | None:
         kind, coords = region.get("type"), region.get("coordinates")

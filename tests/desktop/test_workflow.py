@@ -109,3 +109,17 @@ def test_received_session_appears_with_a_badge(qtbot, window, rg1_path, engine) 
     qtbot.waitUntil(badged, timeout=3000)
     window.worklist.search.setText("nothing like it")
     assert window.worklist.tree.topLevelItem(0).isHidden()
+
+
+def test_an_agents_animate_glides_the_viewport(qtbot, window, rg1_path, engine) -> None:
+    open_image(qtbot, window, rg1_path)
+    view = window.canvas
+    view.fit()
+    before = view.scale_factor()
+    engine.push_to_canvas(window.session_id, "animate", {
+        "to": {"zoom": before * 3, "pan": {"x": 500, "y": 700}, "window": {"center": 12000, "width": 8000}},
+        "duration": 300})
+    qtbot.waitUntil(lambda: abs(view.scale_factor() - before * 3) < 1e-6, timeout=5000)
+    state = view.viewport_state()
+    assert abs(state["pan"]["x"] - 500) < 2 and abs(state["pan"]["y"] - 700) < 2
+    qtbot.waitUntil(lambda: view.image_item.effective_window() == (12000, 8000), timeout=5000)

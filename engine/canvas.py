@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 ACTIONS = ("add_layer", "update_layer", "remove_layer", "highlight", "animate", "add_annotations")
 LAYER_TYPES = ("segmentation", "bbox", "annotation", "heatmap", "mask", "text")
 TOOLS = ("select", "pan", "zoom", "window", "bbox", "polygon", "freehand", "point", "measure", "text",
-         "eraser")
+         "eraser", "segment")
 HIGHLIGHT_STYLES = ("pulse", "glow", "outline")
 STATE_KEYS = ("viewport", "active_tool", "current_image_id", "user_drawings", "pending_selection")
 LAYER_SOURCES = ("agent", "user", "system")

@@ -7,6 +7,7 @@ store announces a change (its own or another process's) and diffs its items.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -46,6 +47,8 @@ from desktop.qt import (
 from desktop.worker import Op
 
 #: Tools: name -> (shortcut, title). Measure tools create measurement annotations.
+log = logging.getLogger(__name__)
+
 TOOLS = {
     "select": ("V", "Select / move"), "pan": ("H", "Pan"), "bbox": ("B", "Box"),
     "polygon": ("P", "Polygon"), "point": ("O", "Point"), "freehand": ("D", "Freehand"),
@@ -103,6 +106,9 @@ class CanvasView(QGraphicsView):
         self._pushed: dict[str, list[QGraphicsItem]] = {}
         self._refresh_timer = QTimer(self, singleShot=True, interval=0)
         self._refresh_timer.timeout.connect(self.refresh_annotations)
+        # The engine learns the viewport and tool (sync_canvas_state) once they settle.
+        self._sync_timer = QTimer(self, singleShot=True, interval=400)
+        self._sync_timer.timeout.connect(self.sync_state)
         self.ask_text: Callable[[], str | None] = self._ask_text
         self.actions_by_name = self._make_actions()
 
@@ -226,6 +232,7 @@ class CanvasView(QGraphicsView):
         scale = self.transform().m11() * factor
         if 0.02 <= scale <= 40:
             self.scale(factor, factor)
+            self._sync_timer.start()
 
     def wheelEvent(self, event) -> None:  # noqa: ANN001, N802 - Qt override
         self.zoom_by(1.25 if event.angleDelta().y() > 0 else 0.8)
@@ -248,6 +255,7 @@ class CanvasView(QGraphicsView):
         self._pending_window = None
         self.image_item.set_window(center, width)
         self.window_changed.emit(*self.image_item.effective_window())
+        self._sync_timer.start()
         self.viewport().update()
 
     def presets(self) -> dict[str, tuple[float | None, float | None]]:
@@ -268,6 +276,7 @@ class CanvasView(QGraphicsView):
         if name not in TOOLS:
             raise ValueError(f"unknown tool {name!r}")
         self.tool = name
+        self._sync_timer.start()
         self._drawing = []
         self._preview.setPath(shape_path("polygon", []))
         self.setDragMode(QGraphicsView.DragMode.ScrollHandDrag if name == "pan" else
@@ -560,6 +569,16 @@ class CanvasView(QGraphicsView):
         center, width = self.image_item.effective_window()
         return {"zoom": self.scale_factor(), "pan": {"x": centre.x(), "y": centre.y()},
                 "window": {"center": center, "width": width}}
+
+    def sync_state(self) -> None:
+        """Tell the engine the viewport, tool and image (what an MCP agent reads back)."""
+        engine, session_id, image_id = self.engine, self.session_id, self.image_id
+        if engine is None or session_id is None or image_id is None or self.image_item is None:
+            return
+        tool = {"distance": "measure", "angle": "measure", "area": "measure"}.get(self.tool, self.tool)
+        state = {"viewport": self.viewport_state(), "active_tool": tool, "current_image_id": image_id}
+        Op(self, lambda: engine.sync_canvas_state(session_id, state), lane="read").failure(
+            lambda exc: log.warning("canvas state not synced: %s", exc)).run()
 
     def set_viewport(self, state: dict) -> None:
         """Apply a (partial) viewport: zoom, the image point to centre, window."""

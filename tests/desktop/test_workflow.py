@@ -123,3 +123,18 @@ def test_an_agents_animate_glides_the_viewport(qtbot, window, rg1_path, engine) 
     state = view.viewport_state()
     assert abs(state["pan"]["x"] - 500) < 2 and abs(state["pan"]["y"] - 700) < 2
     qtbot.waitUntil(lambda: view.image_item.effective_window() == (12000, 8000), timeout=5000)
+
+
+def test_the_engine_learns_the_canvas_viewport_and_tool(qtbot, window, rg1_path, engine) -> None:
+    open_image(qtbot, window, rg1_path)
+    view = window.canvas
+    view.set_tool("distance")
+    view.zoom_by(1.25)
+
+    def synced() -> dict:
+        return engine.get_canvas_state(window.session_id)["state"] or {}
+
+    qtbot.waitUntil(lambda: synced().get("active_tool") == "measure", timeout=5000)
+    state = synced()
+    assert state["current_image_id"] == view.image_id
+    assert abs(state["viewport"]["zoom"] - view.scale_factor()) < 1e-6

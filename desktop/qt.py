@@ -39,6 +39,7 @@ try:
         QPen,
         QPixmap,
         QPolygonF,
+        QTransform,
         QUndoCommand,
         QUndoStack,
     )
@@ -92,7 +93,7 @@ __all__ = [
     "QGraphicsScene", "QGraphicsSimpleTextItem", "QGraphicsView", "QHBoxLayout", "QHeaderView",
     "QIcon", "QImage", "QInputDialog", "QKeySequence", "QLabel", "QLineEdit", "QLineF",
     "QListWidget", "QListWidgetItem", "QMainWindow", "QMessageBox", "QObject", "QPainter",
-    "QPainterPath", "QPen", "QPixmap", "QPoint", "QPointF", "QPolygonF", "QProcess", "QProgressBar",
+    "QPainterPath", "QPen", "QPixmap", "QPoint", "QPointF", "QPolygonF", "QProcess", "QTransform", "QProgressBar",
     "QPushButton", "QRectF", "QRunnable", "QSettings", "QSize", "QSlider", "QSplitter",
     "QTextBrowser", "QThreadPool", "QTimer", "QToolBar", "QTreeWidget", "QTreeWidgetItem",
     "QUndoCommand", "QUndoStack", "QVBoxLayout", "QVariantAnimation", "QWidget", "Qt", "Signal", "Slot", "isValid",

@@ -44,6 +44,19 @@ def mask_overlay(rle: dict, color: QColor, alpha: int = 110) -> tuple[QImage, in
     return image.copy(), int(x0), int(y0)
 
 
+def heatmap_image(data: dict, alpha: int = 120) -> tuple[QImage, list[float]]:
+    """A pushed heatmap layer's grid as a blue-to-red ARGB image, and the bbox it covers."""
+    values = np.asarray(data["values"], dtype=np.float32)
+    low, high = float(data["min"]), float(data["max"])
+    t = np.clip((values - low) / ((high - low) or 1.0), 0.0, 1.0)
+    red = (np.clip(2 * t, 0, 1) * 255).astype(np.uint32)
+    blue = (np.clip(2 - 2 * t, 0, 1) * 255).astype(np.uint32)
+    green = ((1 - np.abs(2 * t - 1)) * 255).astype(np.uint32)
+    argb = np.ascontiguousarray((alpha << 24) | (red << 16) | (green << 8) | blue, dtype=np.uint32)
+    image = QImage(argb.data, argb.shape[1], argb.shape[0], argb.strides[0], QImage.Format.Format_ARGB32)
+    return image.copy(), [float(v) for v in data["region"]["coordinates"]]
+
+
 def translated(kind: str, coordinates: object, dx: float, dy: float) -> object:
     """Coordinates moved by (dx, dy); masks do not move."""
     def move(point: list) -> list:

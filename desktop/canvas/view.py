@@ -17,6 +17,7 @@ from desktop.canvas.items import (
     COLORS,
     ORGAN_COLORS,
     AnnotationItem,
+    heatmap_image,
     mask_overlay,
     shape_path,
     translated,
@@ -40,6 +41,7 @@ from desktop.qt import (
     QRectF,
     Qt,
     QTimer,
+    QTransform,
     QUndoStack,
     QVariantAnimation,
     Signal,
@@ -541,6 +543,15 @@ class CanvasView(QGraphicsView):
             self.scene().removeItem(item)
         items = []
         if payload.get("visible") is False or payload.get("image_id") not in (None, self.image_id):
+            return
+        if payload.get("type") == "heatmap":
+            image, (x1, y1, x2, y2) = heatmap_image(payload["data"])
+            item = QGraphicsPixmapItem(QPixmap.fromImage(image))
+            item.setTransformationMode(Qt.TransformationMode.SmoothTransformation)
+            item.setTransform(QTransform.fromScale((x2 - x1) / image.width(), (y2 - y1) / image.height()))
+            item.setPos(x1, y1)
+            item.setParentItem(self.layers["ai_masks"].group)
+            self._pushed[layer_id] = [item]
             return
         dashed = bool((payload.get("style") or {}).get("lineDash"))
         for region in regions_in(payload):

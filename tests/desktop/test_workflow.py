@@ -138,3 +138,18 @@ def test_the_engine_learns_the_canvas_viewport_and_tool(qtbot, window, rg1_path,
     state = synced()
     assert state["current_image_id"] == view.image_id
     assert abs(state["viewport"]["zoom"] - view.scale_factor()) < 1e-6
+
+
+def test_a_pushed_heatmap_is_drawn_over_its_region(qtbot, window, rg1_path, engine) -> None:
+    open_image(qtbot, window, rg1_path)
+    view = window.canvas
+    pushed = engine.push_to_canvas(window.session_id, "add_layer", {
+        "type": "heatmap", "name": "attention",
+        "data": {"values": [[0.0, 1.0], [0.5, 0.25]], "region": {"type": "bbox", "coordinates": [100, 200, 900, 1000]}}})
+    layer_id = pushed["layer_id"]
+    qtbot.waitUntil(lambda: bool(view._pushed.get(layer_id)), timeout=5000)
+    (item,) = view._pushed[layer_id]
+    box = item.sceneBoundingRect()
+    assert (round(box.left()), round(box.top()), round(box.right()), round(box.bottom())) == (100, 200, 900, 1000)
+    image = item.pixmap().toImage()
+    assert image.pixelColor(1, 0).red() == 255 and image.pixelColor(0, 0).blue() == 255  # max red, min blue

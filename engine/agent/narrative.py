@@ -12,6 +12,7 @@ deterministic and always passes the guard. Every attempt is returned for the tra
 from __future__ import annotations
 
 import logging
+import re
 from typing import TYPE_CHECKING, Any
 
 from engine.agent.guard import check_narrative, display_name, named_labels, support_of
@@ -212,6 +213,28 @@ def template_narrative(report: dict[str, Any]) -> dict[str, str]:
     return narrative
 
 
+_PARTIAL_FIELD = {key: re.compile(rf'"{key}"\s*:\s*"((?:[^"\\]|\\.)*)') for key in ("findings", "impression")}
+
+
+def early_violations(partial: str, report: dict) -> list[dict]:
+    """Guard violations in the finished sentences of a narrative JSON still being written.
+
+    A sentence the guard rejects now is rejected in the whole narrative too (the guard
+    judges each mention on its own), so decoding can stop at the first one.
+    """
+    found: list[dict] = []
+    for pattern in _PARTIAL_FIELD.values():
+        match = pattern.search(partial)
+        if match:
+            body = match.group(1)
+            closed = partial[match.end():match.end() + 1] == '"'
+            # A sentence is finished at ". " (a "." alone may be a decimal point) or at the closing quote.
+            done = body if closed else body[: body.rfind(". ") + 1]
+            if done.strip():
+                found += check_narrative(done.replace('\\"', '"'), report)
+    return found
+
+
 def _unusable(result: dict[str, Any]) -> str | None:
     """Why a parsed completion cannot be used as a narrative (None when it can)."""
     parsed = result.get("parsed")
@@ -264,9 +287,15 @@ def write_narrative(report: dict, llm: LlmRuntime | None, *, seed: int | None = 
                                   previous.get("parse_error") if previous else None)
         attempt_seed = None if seed is None else seed + number - 1
         record: dict[str, Any] = {"attempt": number, "prompt": prompt, "seed": attempt_seed}
+        early: list[dict] = []
+
+        def rejected_so_far(partial: str, early: list[dict] = early) -> bool:
+            early[:] = early_violations(partial, report)
+            return bool(early)
+
         try:
             result = llm.complete(prompt, json_schema=NARRATIVE_SCHEMA, max_tokens=max_tokens,
-                                  temperature=temperature, seed=attempt_seed)
+                                  temperature=temperature, seed=attempt_seed, abort_at_sentence=rejected_so_far)
         except MedVisionError as exc:
             log.warning("narrative attempt %d failed: %s", number, exc)
             record |= {"error": exc.to_dict(), "text": None, "parsed": None, "violations": []}
@@ -275,6 +304,12 @@ def write_narrative(report: dict, llm: LlmRuntime | None, *, seed: int | None = 
             break
         record |= {key: result.get(key) for key in ("prompt_tokens", "text", "parsed", "parse_error", "latency_ms",
                                                      "tokens", "tokens_per_s", "finish_reason", "grammar_masks")}
+        if result.get("finish_reason") == "aborted":  # the guard rejected a finished sentence
+            violations = list(early)
+            record |= {"violations": violations, "parse_error": None}
+            attempts.append(record)
+            reason = f"attempt {number}: {len(violations)} guard violation(s), decoding stopped there"
+            continue
         problem = _unusable(result)
         if problem:
             record |= {"parse_error": problem, "violations": []}

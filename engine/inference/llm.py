@@ -37,7 +37,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -326,7 +326,8 @@ class LlmRuntime:
     # -- completion --------------------------------------------------------------------------
 
     def complete(self, prompt: str, *, json_schema: dict | None = None, max_tokens: int = 256,
-                 temperature: float = 0.0, seed: int | None = None, stop: list[str] | None = None) -> dict[str, Any]:
+                 temperature: float = 0.0, seed: int | None = None, stop: list[str] | None = None,
+                 abort_at_sentence: Callable[[str], bool] | None = None) -> dict[str, Any]:
         """Continue ``prompt``; under ``json_schema`` the output is grammar-constrained JSON.
 
         Parameters
@@ -344,6 +345,10 @@ class LlmRuntime:
             Sampling seed (default :data:`DEFAULT_SEED`): a seed gives the same text every time.
         stop:
             Strings that end the output (not included in ``text``).
+        abort_at_sentence:
+            Called with the text so far at each word boundary (the text ends with a space
+            or a quote); True stops decoding there (``finish_reason`` ``aborted``): a caller
+            that will reject the output anyway (the narrative guard) does not pay for the rest.
 
         Returns
         -------
@@ -351,7 +356,7 @@ class LlmRuntime:
             ``text``, ``parsed``, ``parse_error``, ``tokens`` (generated), ``prompt_tokens``,
             ``latency_ms`` (prompt + decode), ``prompt_ms``, ``tokens_per_s`` (decode only),
             ``grammar`` (bool), ``grammar_masks`` (how often the grammar had to mask
-            candidates), ``finish_reason`` (``stop`` / ``length``), ``seed``, ``model``.
+            candidates), ``finish_reason`` (``stop`` / ``length`` / ``aborted``), ``seed``, ``model``.
 
         Raises
         ------
@@ -368,7 +373,7 @@ class LlmRuntime:
             llama = self._model()
             compiled = self.grammar(json_schema) if json_schema is not None else None
             return self._generate(llama, prompt, compiled, json_schema, max_tokens, temperature, seed, stop or [],
-                                  special=False)
+                                  special=False, abort_at_sentence=abort_at_sentence)
 
     def chat(self, messages: list[dict[str, Any]], *, json_schema: dict | None = None, max_tokens: int = 256,
              temperature: float = 0.0, seed: int | None = None, stop: list[str] | None = None) -> dict[str, Any]:
@@ -480,7 +485,7 @@ class LlmRuntime:
 
     def _generate(self, llama: Llama, prompt: str, compiled: _CompiledGrammar | None, json_schema: dict | None,
                   max_tokens: int, temperature: float, seed: int, stop: list[str], *,
-                  special: bool) -> dict[str, Any]:
+                  special: bool, abort_at_sentence: Callable[[str], bool] | None = None) -> dict[str, Any]:
         # Control tokens (<start_of_turn>...) are parsed only in prompts we rendered (chat).
         tokens = llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=special)
         room = self.n_ctx - len(tokens)
@@ -519,6 +524,9 @@ class LlmRuntime:
                     break
                 if json_schema is not None and text.rstrip().endswith("}") and _is_json(text):
                     finish = "stop"
+                    break
+                if abort_at_sentence is not None and text[-1:] in (" ", '"') and abort_at_sentence(text):
+                    finish = "aborted"
                     break
                 llama.eval([token])
         except RuntimeError as exc:

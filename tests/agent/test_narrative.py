@@ -17,6 +17,7 @@ from engine.agent.narrative import (
     FINDINGS_MAX_CHARS,
     IMPRESSION_MAX_CHARS,
     NARRATIVE_SCHEMA,
+    early_violations,
     narrative_prompt,
     report_facts,
     template_narrative,
@@ -216,3 +217,26 @@ def test_unparseable_output_falls_back(llm: LlmRuntime) -> None:
     assert result["guard"]["status"] == "fallback"
     assert all("JSON" in attempt["parse_error"] for attempt in result["attempts"])
     assert NARRATIVE_SCHEMA["required"] == ["findings", "impression"]
+
+
+def test_stopping_at_the_first_rejected_sentence_loses_nothing(llm: LlmRuntime) -> None:
+    """Every violation found in a finished sentence while decoding is one the whole output has."""
+    stopped_early = 0
+    for seed in range(8):
+        report = REPORTS[seed % len(REPORTS)]
+        full = llm.complete(narrative_prompt(report), json_schema=NARRATIVE_SCHEMA, max_tokens=120,
+                            temperature=0.9, seed=seed)
+        whole = {v["text"] for v in check_narrative(full["parsed"] or full["text"], report)} if full["parsed"] else None
+        text = full["text"]
+        for end in [i + 1 for i, char in enumerate(text) if char in ' "']:
+            found = early_violations(text[:end], report)
+            if found and whole is not None:
+                assert {v["text"] for v in found} <= whole, (text[:end], found, whole)
+        aborted = llm.complete(narrative_prompt(report), json_schema=NARRATIVE_SCHEMA, max_tokens=120,
+                               temperature=0.9, seed=seed,
+                               abort_at_sentence=lambda partial, r=report: bool(early_violations(partial, r)))
+        if aborted["finish_reason"] == "aborted":  # stopped at a sentence end the guard rejects
+            stopped_early += 1
+            assert early_violations(aborted["text"], report)
+            assert aborted["tokens"] < 120
+    assert stopped_early, "the base model never wrote a rejected sentence in 8 seeds"

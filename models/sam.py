@@ -403,36 +403,26 @@ def build(context: BuildContext) -> list[dict]:
         "output": DECODER_OUTPUT,
         "parameters": {"init": info["init"], "encoder": f"{ENCODER_ID}-fp32"},
     }
-    entries = []
-    encoder_fp32_entry = encoder_common | {
-        "id": f"{ENCODER_ID}-fp32", "file": f"sam/{encoder_fp32.name}", "precision": "fp32",
-        "default": not keep_encoder_int8, "benchmark": bench | {"median_ms": encoder_parity["fp32_median_ms"]}}
-    entries.append(encoder_fp32_entry)
-    if keep_encoder_int8:
-        entries.append(encoder_common | {
-            "id": f"{ENCODER_ID}-int8", "file": f"sam/{encoder_int8.name}", "precision": "int8", "default": True,
-            "benchmark": bench | {"median_ms": encoder_parity["int8_median_ms"]},
-            "quantization": encoder_recipe | {"int8_kept": True, "reference": f"{ENCODER_ID}-fp32", "rule": rule}
-            | encoder_parity})
-    else:
-        encoder_int8.unlink()
-        encoder_fp32_entry["quantization"] = {"int8_kept": False, "reason": encoder_reason, "rule": rule,
-                                              "candidate": encoder_recipe} | encoder_parity
-    decoder_fp32_entry = decoder_common | {
-        "id": f"{DECODER_ID}-fp32", "file": f"sam/{decoder_fp32.name}", "precision": "fp32",
-        "default": not keep_decoder_int8, "benchmark": bench | {"median_ms": decoder_parity["fp32_median_ms"]}}
-    entries.append(decoder_fp32_entry)
-    if keep_decoder_int8:
-        entries.append(decoder_common | {
-            "id": f"{DECODER_ID}-int8", "file": f"sam/{decoder_int8.name}", "precision": "int8", "default": True,
-            "benchmark": bench | {"median_ms": decoder_parity["int8_median_ms"]},
-            "quantization": decoder_recipe | {"int8_kept": True, "reference": f"{DECODER_ID}-fp32", "rule": rule}
-            | decoder_parity})
-    else:
-        decoder_int8.unlink()
-        decoder_fp32_entry["quantization"] = {"int8_kept": False, "reason": decoder_reason, "rule": rule,
-                                              "candidate": decoder_recipe} | decoder_parity
-    return entries
+    return [*_precision_entries(ENCODER_ID, encoder_common, encoder_fp32, encoder_int8, keep_encoder_int8,
+                                encoder_parity, encoder_recipe, encoder_reason, rule, bench),
+            *_precision_entries(DECODER_ID, decoder_common, decoder_fp32, decoder_int8, keep_decoder_int8,
+                                decoder_parity, decoder_recipe, decoder_reason, rule, bench)]
+
+
+def _precision_entries(model_id: str, common: dict, fp32: Path, int8: Path, keep_int8: bool, parity: dict,
+                       recipe: dict, reason: str, rule: str, bench: dict) -> list[dict]:
+    """The fp32 entry, and the int8 one when it is kept (as the default); else int8's file goes."""
+    fp32_entry = common | {"id": f"{model_id}-fp32", "file": f"sam/{fp32.name}", "precision": "fp32",
+                           "default": not keep_int8, "benchmark": bench | {"median_ms": parity["fp32_median_ms"]}}
+    if not keep_int8:
+        int8.unlink()
+        fp32_entry["quantization"] = {"int8_kept": False, "reason": reason, "rule": rule,
+                                      "candidate": recipe} | parity
+        return [fp32_entry]
+    return [fp32_entry, common | {
+        "id": f"{model_id}-int8", "file": f"sam/{int8.name}", "precision": "int8", "default": True,
+        "benchmark": bench | {"median_ms": parity["int8_median_ms"]},
+        "quantization": recipe | {"int8_kept": True, "reference": f"{model_id}-fp32", "rule": rule} | parity}]
 
 
 def _package_version() -> str:

@@ -53,3 +53,22 @@ def engine(home: Path, model_pack: Path):
 
     with Engine(home=home, model_pack=model_pack) as instance:
         yield instance
+
+
+@pytest.fixture(scope="session")
+def sam_pack(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A dev pack holding only the MobileSAM encoder and decoder (built once per session, needs torch)."""
+    import json
+
+    from engine.inference.modelpack import ModelPack
+    from models import sam
+    from models.pack import BUILDER_VERSION, build_pack
+
+    out = tmp_path_factory.getbasetemp() / "pack-sam"
+    manifest = out / "manifest.json"
+    fresh = (manifest.is_file() and json.loads(manifest.read_text()).get("components") == ["sam"]
+             and json.loads(manifest.read_text()).get("builder_version") == BUILDER_VERSION
+             and all(row["ok"] for row in ModelPack.load(out).verify()))
+    if not fresh:
+        build_pack(out, dev=True, components=[sam.build])
+    return out

@@ -20,11 +20,9 @@ from engine.analysis.interactive import (
 from engine.config import Settings
 from engine.errors import ErrorCode, MedVisionError
 from engine.imaging import DecodedImage, decode_image
-from engine.inference.modelpack import ModelPack
 from engine.inference.registry import ModelRegistry
-from models import BUILDER_VERSION, sam
+from models import sam
 from models.onnx_tools import cpu_session
-from models.pack import build_pack
 
 #: Lung fields of RG1 (image pixels, x right, y down), drawn over the display image:
 #: the patient's right lung on the image's left, and the left lung.
@@ -35,19 +33,6 @@ LEFT_LUNG = [(1120, 160), (1280, 160), (1440, 240), (1560, 400), (1610, 640), (1
              (1120, 1040), (1060, 900), (1040, 700), (1020, 460), (1040, 260)]
 #: Direct exposure in the top corners.
 AIR_POINTS = ([1740, 80], [40, 100])
-
-
-@pytest.fixture(scope="session")
-def sam_pack(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A dev pack holding only the MobileSAM encoder and decoder (built once per session)."""
-    out = tmp_path_factory.getbasetemp() / "pack-sam"
-    manifest = out / "manifest.json"
-    fresh = (manifest.is_file() and json.loads(manifest.read_text()).get("components") == ["sam"]
-             and json.loads(manifest.read_text()).get("builder_version") == BUILDER_VERSION
-             and all(row["ok"] for row in ModelPack.load(out).verify()))
-    if not fresh:
-        build_pack(out, dev=True, components=[sam.build])
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,8 @@ import torch
 from engine.analysis.interactive import rgb_display, sam_image_tensor, validate_prompt
 from engine.imaging import DecodedImage, decode_image
 from engine.inference.modelpack import ModelPack, manifest_schema, sha256_file
-from models import BUILDER_VERSION, sam
+from models import sam
 from models.onnx_tools import cpu_session
-from models.pack import build_pack
 
 with warnings.catch_warnings():
     # timm's registry-overwrite warnings, raised when mobile_sam is first imported.
@@ -24,19 +23,6 @@ with warnings.catch_warnings():
     from mobile_sam import SamPredictor
 
 SAM_TASKS = ("sam_encoder", "sam_decoder")
-
-
-@pytest.fixture(scope="session")
-def sam_pack(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A dev pack holding only the MobileSAM encoder and decoder (built once per session)."""
-    out = tmp_path_factory.getbasetemp() / "pack-sam"
-    manifest = out / "manifest.json"
-    fresh = (manifest.is_file() and json.loads(manifest.read_text()).get("components") == ["sam"]
-             and json.loads(manifest.read_text()).get("builder_version") == BUILDER_VERSION
-             and all(row["ok"] for row in ModelPack.load(out).verify()))
-    if not fresh:
-        build_pack(out, dev=True, components=[sam.build])
-    return out
 
 
 @pytest.fixture(scope="module")

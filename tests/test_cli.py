@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from pydicom.data import get_testdata_file
 
+from tests.fs import linked_copy
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -71,8 +73,9 @@ def test_models_list_and_verify(home: Path, model_pack: Path, tmp_path: Path) ->
     listed = medvision("models", "list", home=home, pack=model_pack)
     assert listed.returncode == 0 and "densenet121-res224-all-int8" in listed.stdout
     assert medvision("models", "verify", home=home, pack=model_pack).returncode == 0
-    broken = Path(shutil.copytree(model_pack, tmp_path / "pack"))
-    victim = next((broken / "classify").glob("*.fp32.onnx"))
+    victim_name = next((model_pack / "classify").glob("*.fp32.onnx")).relative_to(model_pack)
+    broken = linked_copy(model_pack, tmp_path / "pack", writable=[victim_name])
+    victim = broken / victim_name
     victim.write_bytes(victim.read_bytes()[:-100])
     run = medvision("models", "verify", home=home, pack=broken)
     assert run.returncode == 2

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ from engine.inference.modelpack import ModelPack
 from engine.inference.registry import ModelRegistry
 from models import llm as llm_builder
 from models.pack import build_pack
+from tests.fs import linked_copy
 
 ANSWER_SCHEMA = {
     "type": "object",
@@ -39,14 +39,6 @@ def llm_pack(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not ((out / "manifest.json").is_file() and all(row["ok"] for row in ModelPack.load(out).verify())):
         build_pack(out, dev=True, components=[llm_builder.build])
     return out
-
-
-def _link_gguf(source: str, target: str) -> None:
-    """copytree helper: hard-link the (large, read-only here) GGUF, copy everything else."""
-    if source.endswith(".gguf"):
-        os.link(source, target)
-    else:
-        shutil.copy2(source, target)
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +69,7 @@ def test_registry_loads_lazily_once_and_unloads(registry: ModelRegistry, runtime
 
 
 def test_a_pack_without_a_language_model_gives_none(llm_pack: Path, tmp_path: Path) -> None:
-    pack_dir = Path(shutil.copytree(llm_pack, tmp_path / "pack", copy_function=_link_gguf))
+    pack_dir = linked_copy(llm_pack, tmp_path / "pack")
     manifest = json.loads((pack_dir / "manifest.json").read_text())
     manifest["models"][0]["task"] = "detect"  # the pack's only entry is no longer an llm
     (pack_dir / "manifest.json").write_text(json.dumps(manifest))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import jsonschema
@@ -12,11 +11,13 @@ import pytest
 from engine.errors import ErrorCode, MedVisionError
 from engine.inference.modelpack import ModelPack, manifest_schema
 from engine.inference.onnx import choose_providers
+from tests.fs import linked_copy
 
 
 @pytest.fixture
 def pack_copy(model_pack: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(model_pack, tmp_path / "pack"))
+    """The dev pack, its model files hard-linked: a test changes them only by unlinking or replacing."""
+    return linked_copy(model_pack, tmp_path / "pack")
 
 
 def test_dev_pack_follows_the_schema_and_says_it_is_untrained(model_pack: Path) -> None:
@@ -42,6 +43,7 @@ def test_a_tampered_file_is_refused_by_name(pack_copy: Path) -> None:
     path = pack_copy / entry.spec["file"]
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
+    path.unlink()  # a new file, not a write through the link into the session's pack
     path.write_bytes(bytes(data))
     with pytest.raises(MedVisionError) as err:
         pack.path(entry)

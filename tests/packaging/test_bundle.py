@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
 
 from engine.inference.modelpack import sha256_file
-from tests.packaging.conftest import link_or_copy, offline_env, record_timing
+from tests.fs import linked_copy
+from tests.packaging.conftest import offline_env, record_timing
 
 HERE = Path(__file__).resolve().parent
 FORBIDDEN = ("torch", "torchvision", "torchxrayvision", "transformers", "timm")
@@ -21,8 +21,8 @@ def _project(wheel: str) -> str:
     return wheel.split("-")[0].lower().replace("_", "-")
 
 
-def test_bundle_holds_runtime_wheels_pack_scripts_and_checksums(bundle: dict) -> None:
-    root: Path = bundle["dir"]
+def test_bundle_holds_runtime_wheels_pack_scripts_and_checksums(bundle: dict, installed: dict) -> None:
+    root: Path = installed["bundle_dir"]  # as unpacked from the archive
     info = json.loads((root / "bundle.json").read_text())
     assert info["onnxruntime"] == "cpu" and info["requirement"] == "medvision"
     wheels = sorted(p.name for p in (root / "wheels").iterdir())
@@ -46,9 +46,8 @@ def test_bundle_holds_runtime_wheels_pack_scripts_and_checksums(bundle: dict) ->
     assert bundle["archive"].is_file() and bundle["archive"].with_name(bundle["archive"].name + ".sha256").is_file()
 
 
-def test_install_refuses_a_modified_bundle(bundle: dict, tmp_path: Path) -> None:
-    copy = tmp_path / "bundle"
-    shutil.copytree(bundle["dir"], copy, copy_function=link_or_copy)  # hard links: no 1 GB copy
+def test_install_refuses_a_modified_bundle(installed: dict, tmp_path: Path) -> None:
+    copy = linked_copy(installed["bundle_dir"], tmp_path / "bundle")
     (copy / "install.ps1").unlink()
     (copy / "install.ps1").write_text("Write-Host 'tampered'\n")
     proc = subprocess.run([str(copy / "install.sh"), "--prefix", str(tmp_path / "prefix")],
@@ -110,7 +109,7 @@ def test_upgrade_switches_current_and_keeps_the_previous_version(installed: dict
     old = os.readlink(prefix / "current")
     pack_manifest = (prefix / "models" / "default" / "manifest.json").stat().st_ino
     newer = tmp_path / "newer"
-    shutil.copytree(installed["bundle_dir"], newer, copy_function=link_or_copy)
+    linked_copy(installed["bundle_dir"], newer)
     info = json.loads((newer / "bundle.json").read_text())
     info["name"] = info["name"].replace(f"-{info['version']}-", f"-{info['version']}.post1-")
     (newer / "bundle.json").unlink()

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from engine.inference.packtransfer import export_pack
-from tests.packaging.conftest import REPO, link_or_copy, record_timing
+from tests.fs import link_or_copy
+from tests.packaging.conftest import REPO, record_timing
 
 MAKENSIS = shutil.which("makensis")
 

@@ -49,8 +49,10 @@ COMPONENTS: list[Callable[[BuildContext], list[dict]]] = [
 ]
 
 
-def is_fresh(out_dir: Path, *, dev: bool) -> bool:
-    """True when ``out_dir`` holds a complete pack of this builder version and kind."""
+def is_fresh(out_dir: Path, *, dev: bool,
+             components: list[Callable[[BuildContext], list[dict]]] | None = None) -> bool:
+    """True when ``out_dir`` holds a complete pack of this builder version and kind, made of
+    exactly ``components`` (default: every model family)."""
     try:
         pack = ModelPack.load(out_dir)
     except Exception:  # noqa: BLE001 - any failure to load means "rebuild"
@@ -58,7 +60,7 @@ def is_fresh(out_dir: Path, *, dev: bool) -> bool:
     manifest = pack.manifest
     if manifest.get("builder_version") != BUILDER_VERSION or manifest.get("name") != ("dev" if dev else "site"):
         return False
-    if manifest.get("components") != _component_names(COMPONENTS):
+    if manifest.get("components") != _component_names(components or COMPONENTS):
         return False  # a subset (or an older set) of model families
     return all(row["ok"] for row in pack.verify())
 

@@ -55,20 +55,43 @@ def engine(home: Path, model_pack: Path):
         yield instance
 
 
+def _family_pack(factory: pytest.TempPathFactory, name: str, builder) -> Path:  # noqa: ANN001
+    """A dev pack of one model family, built once per session into the session's temp dir."""
+    from models.pack import build_pack, is_fresh
+
+    out = factory.getbasetemp() / f"pack-{name}"
+    if not is_fresh(out, dev=True, components=[builder]):
+        build_pack(out, dev=True, components=[builder])
+    return out
+
+
 @pytest.fixture(scope="session")
 def sam_pack(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A dev pack holding only the MobileSAM encoder and decoder (built once per session, needs torch)."""
-    import json
-
-    from engine.inference.modelpack import ModelPack
+    """A dev pack holding only the MobileSAM encoder and decoder (needs torch)."""
     from models import sam
-    from models.pack import BUILDER_VERSION, build_pack
 
-    out = tmp_path_factory.getbasetemp() / "pack-sam"
-    manifest = out / "manifest.json"
-    fresh = (manifest.is_file() and json.loads(manifest.read_text()).get("components") == ["sam"]
-             and json.loads(manifest.read_text()).get("builder_version") == BUILDER_VERSION
-             and all(row["ok"] for row in ModelPack.load(out).verify()))
-    if not fresh:
-        build_pack(out, dev=True, components=[sam.build])
-    return out
+    return _family_pack(tmp_path_factory, "sam", sam.build)
+
+
+@pytest.fixture(scope="session")
+def llm_pack(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A dev pack holding only the language model (the real Gemma 3 270M GGUF)."""
+    from models import llm
+
+    return _family_pack(tmp_path_factory, "llm", llm.build)
+
+
+@pytest.fixture(scope="session")
+def embed_pack(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A dev pack holding only the RAD-DINO embedding models (needs torch)."""
+    from models import embedding
+
+    return _family_pack(tmp_path_factory, "embed", embedding.build)
+
+
+@pytest.fixture(scope="session")
+def organ_seg_pack(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A dev pack holding only the PSPNet organ-segmentation models (needs torch)."""
+    from models import segmentation
+
+    return _family_pack(tmp_path_factory, "organ-seg", segmentation.build)

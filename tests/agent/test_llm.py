@@ -16,10 +16,7 @@ from llama_cpp import LlamaGrammar
 from engine.config import Settings
 from engine.errors import ErrorCode, MedVisionError
 from engine.inference.llm import LlmRuntime
-from engine.inference.modelpack import ModelPack
 from engine.inference.registry import ModelRegistry
-from models import llm as llm_builder
-from models.pack import build_pack
 from tests.fs import linked_copy
 
 ANSWER_SCHEMA = {
@@ -30,15 +27,6 @@ ANSWER_SCHEMA = {
 }
 PROMPT = 'Chest radiograph facts as JSON.\nText: Large left pleural effusion.\nJSON: {"finding": "pleural effusion", ' \
          '"present": true}\nText: The heart is enlarged.\nJSON: '
-
-
-@pytest.fixture(scope="session")
-def llm_pack(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A pack holding only the language model (shared with tests/models/test_llm_build.py)."""
-    out = tmp_path_factory.getbasetemp() / "pack-llm"
-    if not ((out / "manifest.json").is_file() and all(row["ok"] for row in ModelPack.load(out).verify())):
-        build_pack(out, dev=True, components=[llm_builder.build])
-    return out
 
 
 @pytest.fixture(scope="module")

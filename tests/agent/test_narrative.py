@@ -25,10 +25,7 @@ from engine.agent.narrative import (
 )
 from engine.config import Settings
 from engine.inference.llm import LlmRuntime
-from engine.inference.modelpack import ModelPack
 from engine.inference.registry import ModelRegistry
-from models import llm as llm_builder
-from models.pack import build_pack
 
 LABELS = list(vocabulary()["findings"])
 LOCATIONS = [None, "right lung, upper zone", "left lower zone", "overlapping the left clavicle", "right hilum",
@@ -138,15 +135,6 @@ def test_without_a_language_model_the_template_is_used() -> None:
     assert result["source"] == "template" and result["attempts"] == []
     assert result["guard"]["status"] == "fallback" and result["guard"]["reason"] == "no language model"
     assert result["narrative"] == template_narrative(REPORTS[0])
-
-
-@pytest.fixture(scope="session")
-def llm_pack(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A pack holding only the language model (shared with the other LLM tests)."""
-    out = tmp_path_factory.getbasetemp() / "pack-llm"
-    if not ((out / "manifest.json").is_file() and all(row["ok"] for row in ModelPack.load(out).verify())):
-        build_pack(out, dev=True, components=[llm_builder.build])
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -16,16 +16,6 @@ from engine.errors import ErrorCode, MedVisionError
 from engine.imaging import decode_image
 from engine.inference.registry import ModelRegistry
 from models import embedding
-from models.pack import build_pack, is_fresh
-
-
-@pytest.fixture(scope="session")
-def embed_pack(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A dev pack holding only the embedding models (built once per test session)."""
-    out = tmp_path_factory.getbasetemp() / "pack-embed"
-    if not is_fresh(out, dev=True):
-        build_pack(out, dev=True, components=[embedding.build])
-    return out
 
 
 @pytest.fixture

@@ -25,16 +25,6 @@ from engine.imaging import DecodedImage, decode_image
 from engine.imaging.masks import decode_rle, mask_bbox
 from engine.inference.registry import ModelRegistry
 from models import segmentation
-from models.pack import build_pack, is_fresh
-
-
-@pytest.fixture(scope="session")
-def organ_seg_pack(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A dev pack holding only the organ-segmentation models (built once per test session)."""
-    out = tmp_path_factory.getbasetemp() / "pack-organ-seg"
-    if not is_fresh(out, dev=True):
-        build_pack(out, dev=True, components=[segmentation.build])
-    return out
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ def test_dev_build_is_complete_fresh_and_replaces_atomically(tmp_path: Path) -> 
     assert all(row["ok"] for row in ModelPack.load(out).verify())
     assert manifest["components"] == ["classifier"]
     assert not is_fresh(out, dev=True)  # a subset of the model families is not the default pack
+    assert is_fresh(out, dev=True, components=[classifier.build])  # but it is the pack asked for
     manifest["components"] = [c.__module__.rsplit(".", 1)[-1] for c in COMPONENTS]
     (out / "manifest.json").write_text(json.dumps(manifest))
     assert is_fresh(out, dev=True) and not is_fresh(out, dev=False)

@@ -16,16 +16,6 @@ from engine.analysis.embedding import pixel_values
 from engine.imaging import decode_image
 from engine.inference.modelpack import ModelPack, sha256_file
 from models import embedding
-from models.pack import build_pack, is_fresh
-
-
-@pytest.fixture(scope="session")
-def embed_pack(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A dev pack holding only the embedding models (built once per test session)."""
-    out = tmp_path_factory.getbasetemp() / "pack-embed"
-    if not is_fresh(out, dev=True):
-        build_pack(out, dev=True, components=[embedding.build])
-    return out
 
 
 def _entries(pack: Path) -> dict[str, dict]:

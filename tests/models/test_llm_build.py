@@ -20,16 +20,6 @@ from models.pack import COMPONENTS, build_pack
 from tests.fs import linked_copy
 
 
-@pytest.fixture(scope="session")
-def llm_pack(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A dev pack holding only the language model (built once per test session)."""
-    out = tmp_path_factory.getbasetemp() / "pack-llm"
-    manifest = out / "manifest.json"
-    if not (manifest.is_file() and all(row["ok"] for row in ModelPack.load(out).verify())):
-        build_pack(out, dev=True, components=[llm.build])
-    return out
-
-
 def _entry(pack: Path) -> dict:
     manifest = json.loads((pack / "manifest.json").read_text())
     (entry,) = [e for e in manifest["models"] if e["task"] == "llm"]

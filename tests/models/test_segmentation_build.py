@@ -19,16 +19,6 @@ from engine.imaging import decode_image
 from engine.inference.modelpack import ModelPack, sha256_file
 from models import segmentation
 from models.onnx_tools import export_onnx
-from models.pack import build_pack, is_fresh
-
-
-@pytest.fixture(scope="session")
-def organ_seg_pack(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A dev pack holding only the organ-segmentation models (built once per test session)."""
-    out = tmp_path_factory.getbasetemp() / "pack-organ-seg"
-    if not is_fresh(out, dev=True):
-        build_pack(out, dev=True, components=[segmentation.build])
-    return out
 
 
 def _xrv_pspnet(net: torch.nn.Module) -> torch.nn.Module:

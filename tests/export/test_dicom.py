@@ -6,7 +6,6 @@ import io
 import json
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import highdicom as hd
@@ -171,14 +170,6 @@ def test_secondary_capture_and_pdf_are_valid(bundle, tmp_path: Path) -> None:
     pdf = pydicom.dcmread(path)
     assert pdf.StudyInstanceUID == item.dicom.StudyInstanceUID and pdf.PatientID == item.dicom.PatientID
     assert pdf.EncapsulatedDocument[:pdf.EncapsulatedDocumentLength] == buffer.getvalue()
-
-
-def test_sr_seg_sc_are_fast(bundle) -> None:
-    rendered = {bundle.images[0].image_id: overlay(bundle.images[0])}
-    start = time.perf_counter()
-    dicom_sr(bundle), dicom_seg(bundle), secondary_capture(bundle, rendered)
-    elapsed = time.perf_counter() - start
-    assert elapsed < 5, f"SR + SEG + SC took {elapsed:.2f} s"  # 1 s on an idle core; this box's 2 cores are shared
 
 
 def test_png_source_gets_a_capture_and_a_valid_sr(worked, tmp_path: Path) -> None:

@@ -53,7 +53,6 @@ def default_pdf(worked, tmp_path_factory):
 def test_pdf_renders_pages_with_the_image_and_a_red_banner_on_each(default_pdf, tmp_path, request) -> None:
     bundle, artifact, path, seconds = default_pdf
     request.node.user_properties.append(("pdf_default_s", round(seconds, 3)))
-    assert seconds < 1.5, f"the RG1 PDF took {seconds:.2f} s"
     assert artifact.media_type == "application/pdf" and artifact.name == f"{bundle.session_id}_report.pdf"
     assert artifact.data.startswith(b"%PDF")
     _poppler("pdftoppm", "-r", "50", "-png", str(path), str(tmp_path / "page"))

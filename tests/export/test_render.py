@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 
 import numpy as np
 import pytest
@@ -95,17 +94,10 @@ def test_organ_masks_are_tinted_with_their_palette_colour(bundle) -> None:
     assert np.abs(composed[where] - expected).max() <= 2
 
 
-def test_fast_path_scales_coordinates_and_stays_quick(bundle, request) -> None:
+def test_fast_path_scales_coordinates(bundle) -> None:
     (item,) = bundle.images
-    compose(item, max_side=1024)
-    timings = []
-    for _ in range(3):
-        start = time.perf_counter()
-        image, layers = compose(item, max_side=1024)
-        timings.append(time.perf_counter() - start)
-    request.node.user_properties.append(("compose_max_side_1024_s", round(min(timings), 3)))
+    image, layers = compose(item, max_side=1024)  # its speed: benchmarks/bench_export.py
     assert image.size == (964, 1024)
-    assert min(timings) < 0.3, f"compose took {min(timings):.3f} s"
     scale = 1024 / 1955
     base = np.asarray(base_image(item, 1024)).astype(int)
     changed = (np.asarray(compose(item, include_segmentation=False, include_measurements=False,

@@ -78,8 +78,7 @@ def test_offline_install_then_first_analysis_of_rg1(installed: dict, rg1_path: P
     assert where.startswith(str(prefix))
     record_timing("bundle_first_analysis_s", analysis_s)
     total = installed["unpack_s"] + installed["install_s"] + analysis_s
-    record_timing("bundle_install_plus_first_analysis_s", total)
-    assert total < 180, f"offline install + first analysis took {total:.0f} s (target < 180 s)"
+    record_timing("bundle_install_plus_first_analysis_s", total)  # its target: benchmarks/bench_packaging.py
 
 
 def test_installed_mcp_server_lists_its_tools(installed: dict, tmp_path: Path) -> None:

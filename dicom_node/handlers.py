@@ -45,6 +45,12 @@ TRANSFER_SYNTAXES = sorted((uid for uid in AllTransferSyntaxes if _decodable(uid
                            key=lambda uid: (uid != "1.2.840.10008.1.2.1", uid))
 _STORAGE_UIDS = frozenset(_STORAGE_CLASSES.values())
 
+#: How long an association's DUL thread sleeps when it has nothing to do (pynetdicom:
+#: 1 ms). It sits in every C-STORE round trip (the response waits for the next loop),
+#: so 0.5 ms cuts ~0.5 ms per instance (benchmarks/bench_dicom_node.py), for ~2 points
+#: more of one core per idle open association (7.5% instead of 5.2%).
+DUL_POLL_S = 0.0005
+
 
 #: Private/unknown storage classes registered with pynetdicom so far (bounded: a peer
 #: cannot grow the registry without limit by proposing random UIDs).
@@ -108,6 +114,7 @@ class Handlers:
                 assoc.acse.send_reject(0x01, 0x01, diagnostic)
                 assoc.kill()  # as pynetdicom's own rejections do: lets the DUL send the RJ first
                 return
+            assoc.dul._run_loop_delay = DUL_POLL_S
             proposed = {cx.abstract_syntax for cx in request.presentation_context_definition_list}
             assoc.acceptor.supported_contexts = [
                 build_context(uid, TRANSFER_SYNTAXES) for uid in sorted(proposed)

@@ -2,11 +2,15 @@
 
 Order of a store (nothing is acknowledged before it is durable):
 
-1. the dataset arrived in the encrypted spool (:mod:`dicom_node.spool`);
-2. its header (up to Pixel Data, large values deferred) is parsed from the spool:
+1. the dataset arrived, sealed as it came, in a new encrypted blob's temp file
+   (random id; :mod:`dicom_node.spool`);
+2. its header (up to Pixel Data, large values deferred) is parsed from it:
    unreadable -> 0xC210; SOP Class/Instance UID missing, malformed or unlike the
-   request -> 0xA900. UIDs are checked against the UID grammar and never used in paths;
-3. the spool is streamed into a new encrypted blob (random id): write, fsync, rename;
+   request -> 0xA900 (the temp file is deleted). UIDs are checked against the UID
+   grammar and never used in paths;
+3. the blob is committed: last chunk sealed, fsync, rename, fsync of the directory
+   (for an instance of <= 1 MiB on a helper thread while step 2 runs, so the fsync
+   costs no extra time; a refused one is then deleted);
 4. one database transaction: study session (created or reused; an instance without a
    usable Study Instance UID, which real files have, goes to its association's session), blob + image rows,
    receipt, analysis job, events (:meth:`engine.store.Store.dicom_add_instance`);
@@ -28,7 +32,7 @@ import re
 import struct
 import time
 import traceback
-import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +56,8 @@ CANNOT_UNDERSTAND = 0xC210
 #: Image types that have an automatic analysis pipeline (same rule as add_image_to_session).
 PIPELINE_TYPES = frozenset({"CXR"})
 ANALYZE_JOB = "dicom_node.analyze"
+#: Blob commits (fsync) in flight at once, one per association storing right now.
+COMMIT_THREADS = 8
 #: Blob temp files untouched this long belong to a dead writer (another live process
 #: may be writing its own right now, so younger ones are left alone).
 STALE_TMP_S = 30.0
@@ -60,7 +66,6 @@ STALE_TMP_S = 30.0
 MAX_SEQUENCE_DEPTH = 64
 
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
-_READ = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -89,77 +94,97 @@ class Ingestor:
         self.analyze = analyze
         self.job_max_attempts = job_max_attempts
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dicom-db")
+        self._committer = ThreadPoolExecutor(max_workers=COMMIT_THREADS, thread_name_prefix="dicom-commit")
 
     def db(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """Run one store method on the database thread and wait for it."""
         return self._db.submit(getattr(self.store, method), *args, **kwargs).result()
 
     def close(self) -> None:
+        self._committer.shutdown(wait=True)
         self._db.shutdown(wait=True)
 
     def ingest(self, spool: Any, request_class: str, request_instance: str, *,
                association_id: str | None, calling_ae: str | None) -> Outcome:
-        """Store one spooled dataset; never raises."""
-        reader = spool.reader()
+        """Store one received dataset (a :class:`~dicom_node.spool.SpoolFile`); never raises.
+
+        An instance still wholly in memory (<= 1 MiB, most CT and MR slices) is committed
+        (fsync) on a helper thread while its header is checked here, and deleted again if
+        the header is refused; a larger one is checked first (its header is read back from
+        the temp file, which Windows would not let the commit rename meanwhile).
+        """
         try:
-            try:
-                ds = pydicom.dcmread(reader, stop_before_pixels=True, defer_size="64 KB")
-                problem = _structure_problem(ds, reader)
-                if problem:
-                    return Outcome(CANNOT_UNDERSTAND, "rejected", reason=problem)
-                record, session_name = _record(ds)
-            except (InvalidDicomError, ValueError, TypeError, KeyError, AttributeError, IndexError,
-                    EOFError, OSError, OverflowError, RecursionError, MemoryError, NotImplementedError) as exc:
-                return Outcome(CANNOT_UNDERSTAND, "rejected", reason=f"header unreadable ({type(exc).__name__})")
-            if record["sop_class_uid"] != clean_uid(request_class) \
-                    or record["sop_instance_uid"] != clean_uid(request_instance) or not record["sop_instance_uid"]:
-                return Outcome(DATASET_MISMATCH, "rejected", reason="SOP Class/Instance UID differs from the request")
-            return self._persist(reader, record, session_name, association_id, calling_ae)
+            reader = spool.reader()
+        except OSError as exc:  # the receive itself met a disk error
+            spool.discard()
+            return _storage_failure(exc)
+        durable = self._committer.submit(spool.commit) if spool.in_memory else None
+        try:
+            checked = _checked_header(reader, request_class, request_instance)
         finally:
             reader.close()
-
-    def _persist(self, reader: Any, record: dict, session_name: str | None,
-                 association_id: str | None, calling_ae: str | None) -> Outcome:
-        blob_id, writer, committed = uuid.uuid4().hex, None, False
+        keep = False
         try:
-            writer = self.store.blobs.writer(blob_id)
-            reader.seek(0)
-            while chunk := reader.read(_READ):
-                writer.write(chunk)
-            writer.commit()
-            committed = True
-            job_kind = ANALYZE_JOB if self.analyze and record["type"] in PIPELINE_TYPES else None
-            done = self.db("dicom_add_instance", blob_id=blob_id, size=writer.size, sha256=writer.sha256,
-                           record=record, association_id=association_id, calling_ae=calling_ae,
-                           session_name=session_name, job_kind=job_kind, max_attempts=self.job_max_attempts)
-        except OSError as exc:
-            _discard(writer, self.store, blob_id, committed)
-            full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
-            return Outcome(OUT_OF_RESOURCES if full else OUT_OF_RESOURCES_OTHER, "failed",
-                           reason=f"storage error ({errno.errorcode.get(exc.errno or 0, type(exc).__name__)})")
-        except MedVisionError as exc:
-            _discard(writer, self.store, blob_id, committed)
-            full = exc.code is ErrorCode.DISK_FULL
-            return Outcome(OUT_OF_RESOURCES if full else OUT_OF_RESOURCES_OTHER, "failed", reason=exc.code.value)
+            if isinstance(checked, Outcome):
+                outcome = checked
+            else:
+                if durable is None:
+                    spool.commit()
+                outcome, keep = self._add_instance(spool, *checked, association_id, calling_ae,
+                                                   before_commit=None if durable is None else durable.result)
         except Exception as exc:  # noqa: BLE001 - a handler answers with a status, never raises
-            _discard(writer, self.store, blob_id, committed)
-            log.error("C-STORE failed (%s); traceback without values:\n%s", type(exc).__name__,
-                      "".join(traceback.format_tb(exc.__traceback__)))
-            return Outcome(OUT_OF_RESOURCES_OTHER, "failed", reason=type(exc).__name__)
-        if not done["blob_used"]:
-            self.store.blobs.delete(blob_id)
+            outcome = _storage_failure(exc)
+        if durable is not None:
+            durable.exception()  # the commit has ended (a duplicate's transaction does not wait for it)
+        if not keep:  # refused, failed, or a copy of what is held: whatever was written goes
+            spool.discard()
+            self.store.blobs.delete(spool.blob_id)
+        return outcome
+
+    def _add_instance(self, spool: Any, record: dict, session_name: str | None, association_id: str | None,
+                      calling_ae: str | None, before_commit: Callable[[], object] | None) -> tuple[Outcome, bool]:
+        """The database transaction for the blob (``before_commit`` waits for its fsync);
+        the outcome, and whether a row now points to the blob."""
+        job_kind = ANALYZE_JOB if self.analyze and record["type"] in PIPELINE_TYPES else None
+        done = self.db("dicom_add_instance", blob_id=spool.blob_id, size=spool.size, sha256=spool.sha256,
+                       record=record, association_id=association_id, calling_ae=calling_ae,
+                       session_name=session_name, job_kind=job_kind, max_attempts=self.job_max_attempts,
+                       before_commit=before_commit)
         if done["status"] == "duplicate" and not done["same_content"]:
             log.warning("duplicate SOP instance with different content kept as first received (image %s)",
                         done["image_id"])
-        return Outcome(SUCCESS, done["status"], done["image_id"], done["session_id"])
+        return Outcome(SUCCESS, done["status"], done["image_id"], done["session_id"]), done["blob_used"]
 
 
-def _discard(writer: Any, store: Store, blob_id: str, committed: bool) -> None:
-    """Leave no blob behind (partial temp file, or a committed one no row points to)."""
-    if writer is not None and not committed:
-        writer.abort()
-    elif committed:
-        store.blobs.delete(blob_id)
+def _storage_failure(exc: Exception) -> Outcome:
+    """Disk full -> 0xA700; any other failure -> 0xA701 (logged by type, never by value)."""
+    if isinstance(exc, OSError):
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        reason = f"storage error ({errno.errorcode.get(exc.errno or 0, type(exc).__name__)})"
+    elif isinstance(exc, MedVisionError):
+        full, reason = exc.code is ErrorCode.DISK_FULL, exc.code.value
+    else:
+        full, reason = False, type(exc).__name__
+        log.error("C-STORE failed (%s); traceback without values:\n%s", type(exc).__name__,
+                  "".join(traceback.format_tb(exc.__traceback__)))
+    return Outcome(OUT_OF_RESOURCES if full else OUT_OF_RESOURCES_OTHER, "failed", reason=reason)
+
+
+def _checked_header(reader: Any, request_class: str, request_instance: str) -> Outcome | tuple[dict, str | None]:
+    """The images row and session name from a received header, or the refusal it earns."""
+    try:
+        ds = pydicom.dcmread(reader, stop_before_pixels=True, defer_size="64 KB")
+        problem = _structure_problem(ds, reader)
+        if problem:
+            return Outcome(CANNOT_UNDERSTAND, "rejected", reason=problem)
+        record, session_name = _record(ds)
+    except (InvalidDicomError, ValueError, TypeError, KeyError, AttributeError, IndexError,
+            EOFError, OSError, OverflowError, RecursionError, MemoryError, NotImplementedError) as exc:
+        return Outcome(CANNOT_UNDERSTAND, "rejected", reason=f"header unreadable ({type(exc).__name__})")
+    if record["sop_class_uid"] != clean_uid(request_class) \
+            or record["sop_instance_uid"] != clean_uid(request_instance) or not record["sop_instance_uid"]:
+        return Outcome(DATASET_MISMATCH, "rejected", reason="SOP Class/Instance UID differs from the request")
+    return record, session_name
 
 
 def _structure_problem(ds: pydicom.Dataset, reader: Any) -> str | None:

@@ -80,11 +80,10 @@ class Node:
         return int(self.server.server_address[1])
 
     def start(self) -> Node:
-        home = self.engine.store.home
-        swept = spool.sweep(home) + sweep_stale_blob_temps(self.engine.store)
+        swept = sweep_stale_blob_temps(self.engine.store)
         if swept:
             log.info("removed %d file(s) left by an interrupted receive", swept)
-        spool.install(home)
+        spool.install(self.engine.store.blobs)
         _config.STORE_RECV_CHUNKED_DATASET = True
         ae = AE(ae_title=self.config.ae_title)
         ae.maximum_associations = self.config.max_associations

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import os
 import re
 import struct
@@ -65,6 +66,7 @@ class BlobWriter:
         self._tmp_path = self.final_path.with_suffix(".tmp")
         self._file = open(self._tmp_path, "wb")  # noqa: SIM115 - closed in commit/abort
         self._file.write(_HEADER.pack(MAGIC, self._prefix, CHUNK_SIZE))
+        self.committed = False
 
     @property
     def sha256(self) -> str:
@@ -86,6 +88,18 @@ class BlobWriter:
         self._file.write(sealed)
         self._index += 1
 
+    @property
+    def in_memory(self) -> bool:
+        """Nothing sealed yet: all the plaintext is the unsealed tail."""
+        return self._index == 0
+
+    def reader(self) -> io.RawIOBase:
+        """A seekable plaintext view of what was written so far: sealed chunks are
+        decrypted from the temp file (opened only if one is read), the unsealed tail is
+        a snapshot, so :meth:`commit` may run while the view is read when ``in_memory``."""
+        self._file.flush()
+        return _PartialReader(self)
+
     def commit(self) -> None:
         """Seal the last chunk and make the blob durable under its final name."""
         self._seal(bytes(self._pending), final=True)
@@ -95,9 +109,13 @@ class BlobWriter:
         self._file.close()
         os.replace(self._tmp_path, self.final_path)
         fsync_dir(self.final_path.parent)
+        self.committed = True
 
     def abort(self) -> None:
-        """Drop the partial blob; nothing is left on disk."""
+        """Drop the partial blob; nothing is left on disk. A committed blob is kept
+        (delete it through :meth:`BlobStore.delete`)."""
+        if self.committed:
+            return
         if not self._file.closed:
             try:
                 self._file.close()
@@ -105,6 +123,66 @@ class BlobWriter:
                 pass  # flushing the buffer failed too (disk full): the file is discarded anyway
         for path in (self._tmp_path, self.final_path):
             path.unlink(missing_ok=True)
+
+
+class _PartialReader(io.RawIOBase):
+    """Random-access plaintext of a :class:`BlobWriter` in progress (see ``reader``)."""
+
+    def __init__(self, writer: BlobWriter) -> None:
+        super().__init__()
+        self._writer, self._pos = writer, 0
+        self.size, self._sealed, self._tail = writer.size, writer._index, bytes(writer._pending)
+        self._file: io.BufferedReader | None = None
+        self._chunk_index, self._chunk = -1, b""
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self.size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def read(self, size: int | None = -1) -> bytes:
+        """Never past the written size: a peer's absurd declared length reads short."""
+        end = self.size if size is None or size < 0 else min(self.size, self._pos + size)
+        parts = []
+        while self._pos < end:
+            index, offset = divmod(self._pos, CHUNK_SIZE)
+            part = self._load(index)[offset : offset + end - self._pos]
+            parts.append(part)
+            self._pos += len(part)
+        return b"".join(parts)
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def _load(self, index: int) -> bytes:
+        if index >= self._sealed:
+            return self._tail
+        if index != self._chunk_index:
+            writer = self._writer
+            if self._file is None:
+                self._file = open(writer._tmp_path, "rb")  # noqa: SIM115 - closed in close()
+            self._file.seek(_HEADER.size + index * (CHUNK_SIZE + _TAG_BYTES))
+            nonce = writer._prefix + struct.pack(">I", index)
+            sealed = self._file.read(CHUNK_SIZE + _TAG_BYTES)
+            self._chunk = writer._store._aes.decrypt(nonce, sealed, _aad(writer.blob_id, index, False))
+            self._chunk_index = index
+        return self._chunk
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        super().close()
 
 
 def fsync_dir(path: Path) -> None:

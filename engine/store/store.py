@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -567,10 +568,12 @@ class Store:
     def dicom_add_instance(self, *, blob_id: str, size: int, sha256: str, record: dict,
                            association_id: str | None, calling_ae: str | None,
                            session_name: str | None = None, job_kind: str | None = None,
-                           max_attempts: int = 3) -> dict:
+                           max_attempts: int = 3, before_commit: Callable[[], object] | None = None) -> dict:
         """Record a received instance; returns ``status`` (stored|duplicate), ``image_id``,
         ``session_id``, ``same_content`` (duplicates), ``blob_used`` (False: the caller
-        deletes its blob file) and ``job_id``."""
+        deletes its blob file) and ``job_id``. ``before_commit`` runs last inside the
+        transaction of a stored instance (waiting there for its blob's fsync lets the
+        rows be written meanwhile); if it raises, nothing is committed."""
         stamp, image_id = now_iso(), new_id()
         with self.db.transaction() as tx:
             row = tx.execute("SELECT id, session_id, sha256 FROM images WHERE sop_instance_uid = ? LIMIT 1",
@@ -616,6 +619,8 @@ class Store:
             if job_kind:
                 job_id = self.enqueue_job(job_kind, {"session_id": session_id, "image_id": image_id},
                                           session_id=session_id, image_id=image_id, max_attempts=max_attempts)
+            if before_commit is not None:
+                before_commit()
         return {"status": "stored", "image_id": image_id, "session_id": session_id, "same_content": None,
                 "blob_used": existing is None, "job_id": job_id}
 

@@ -129,7 +129,6 @@ def test_kill_9_mid_transfer_then_resend_keeps_every_acknowledged_instance(home,
             assert same_dataset(path, store.blobs.read_bytes(by_uid[uid]))  # whole and intact
         on_disk = {p.stem for p in store.blobs.root.glob("*/*.mvb")}
         assert set(by_uid.values()) <= on_disk
-        assert not list((home / "dicom-spool").iterdir())
         # At most the one write the kill interrupted: a partial temp file, or a whole blob
         # whose row never committed. Both are swept once stale (30 s; here at once).
         partial = list(store.blobs.root.glob("*/*.tmp"))

@@ -57,7 +57,7 @@ def test_every_transfer_syntax_stored_byte_equivalent_once(node, node_engine, tm
         expected = pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID
         assert pydicom.dcmread(io.BytesIO(stored)).file_meta.TransferSyntaxUID == expected, name
     assert store.db.query("SELECT count(*) AS n FROM images")[0]["n"] == len(REAL_FILES)
-    assert not list((store.home / "dicom-spool").iterdir())  # nothing spooled stays behind
+    assert not list(store.blobs.root.glob("*/*.tmp"))  # no receive left a temp blob
 
 
 def test_duplicates_are_idempotent_and_studies_group_into_sessions(node, node_engine, tmp_path) -> None:

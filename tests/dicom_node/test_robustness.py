@@ -17,7 +17,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 from pynetdicom.dimse_primitives import C_STORE
 
-from tests.dicom_node.conftest import echoscu, make_instance, rss_mb, storescu
+from tests.dicom_node.conftest import echoscu, make_instance, rss_mb, same_dataset, storescu
 
 FAILURES = {0xA700, 0xA701, 0xA900, 0xC210}
 
@@ -53,10 +53,9 @@ def encoded(ds: Dataset) -> bytes:
 
 
 def nothing_left(store) -> None:
-    """No image row, no blob file, no temp file, nothing spooled."""
+    """No image row, no blob file, no temp file of a receive."""
     assert store.db.query("SELECT count(*) AS n FROM images")[0]["n"] == 0
     assert not list(store.blobs.root.glob("*/*")) if store.blobs.root.exists() else True
-    assert not list((store.home / "dicom-spool").iterdir())
 
 
 def test_dataset_that_differs_from_the_request_is_refused(node, node_engine, tmp_path) -> None:
@@ -128,19 +127,46 @@ def test_disk_errors_during_the_write_leave_nothing_and_the_next_association_wor
     assert [r["failed"] for r in failed] == [1, 0]
 
 
-def test_nothing_plaintext_in_the_spool(node, node_engine, tmp_path, monkeypatch) -> None:
-    """The spool is ciphertext: the patient name never reaches the disk in clear."""
+def test_disk_full_while_the_instance_arrives_answers_a700_and_leaves_nothing(
+        node, node_engine, tmp_path, monkeypatch) -> None:
+    """A chunk sealed mid-receive cannot be written: pynetdicom's decoder never sees the
+    error, the association carries on, the peer gets 0xA700, no file stays behind."""
+    import engine.store.blobs as blobs
+
+    real_seal, failures = blobs.BlobWriter._seal, []
+
+    def full_disk(self, chunk: bytes, final: bool) -> None:  # noqa: ANN001
+        if not final:
+            failures.append(len(chunk))
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_seal(self, chunk, final)
+
+    monkeypatch.setattr(blobs.BlobWriter, "_seal", full_disk)
+    big, small = make_instance(tmp_path / "big.dcm", size=1100), make_instance(tmp_path / "small.dcm")
+    result = storescu(node.port, [big, small], "-d", "--no-halt")  # one association: the second one goes in
+    assert failures and "0xa700" in result.stderr.lower(), result.stderr[-600:]
+    (row,) = node_engine.store.db.query("SELECT * FROM images")
+    assert same_dataset(small, node_engine.store.image_bytes(row))
+    assert {p.name for p in node_engine.store.blobs.root.glob("*/*")} == {f"{row['blob_id']}.mvb"}
+
+
+def test_nothing_plaintext_reaches_the_disk(node, node_engine, tmp_path, monkeypatch) -> None:
+    """Received bytes are sealed as they arrive: neither the temp blob, read while the
+    header is checked, nor the committed blob holds the patient name or the DICOM magic."""
     from dicom_node import spool
 
     seen: list[bytes] = []
-    original_close = spool.SpoolFile.close
+    original_reader = spool.SpoolFile.reader
 
-    def snoop(self) -> None:
-        original_close(self)
-        if Path(self.name).exists():
-            seen.append(Path(self.name).read_bytes())
+    def snoop(self):  # noqa: ANN001, ANN202
+        seen.append(Path(self.name).read_bytes())
+        return original_reader(self)
 
-    monkeypatch.setattr(spool.SpoolFile, "close", snoop)
-    assert storescu(node.port, [make_instance(tmp_path / "a.dcm")]).returncode == 0
-    assert seen and all(b"Synthetic" not in data and b"DICM" not in data for data in seen)
-    assert b"Synthetic" in node_engine.store.image_bytes(node_engine.store.db.query("SELECT * FROM images")[0])
+    monkeypatch.setattr(spool.SpoolFile, "reader", snoop)
+    path = make_instance(tmp_path / "a.dcm", size=1100)  # 2.4 MB: two 1 MiB chunks sealed mid-receive
+    assert storescu(node.port, [path]).returncode == 0
+    (row,) = node_engine.store.db.query("SELECT * FROM images")
+    assert len(seen) == 1 and len(seen[0]) > 2 << 20
+    for data in (seen[0], node_engine.store.blobs.path_for(row["blob_id"]).read_bytes()):
+        assert b"Synthetic" not in data and b"DICM" not in data
+    assert same_dataset(path, node_engine.store.image_bytes(row))

@@ -32,6 +32,32 @@ def test_round_trip_across_chunks(blobs: BlobStore) -> None:
     assert blobs.read_bytes("b" * 32) == b""
 
 
+@pytest.mark.parametrize("size", [0, 1000, CHUNK_SIZE, CHUNK_SIZE * 2 + 777])
+def test_a_blob_in_progress_reads_back_at_any_offset(blobs: BlobStore, size: int) -> None:
+    """The view the DICOM node checks a header through: sealed chunks decrypted from the
+    temp file, the tail from memory, never past the end; a commit meanwhile changes nothing."""
+    data = os.urandom(size)
+    writer = blobs.writer("c" * 32)
+    for start in range(0, size, 65536):  # as a network delivers it
+        writer.write(data[start : start + 65536])
+    assert writer.in_memory is (size <= CHUNK_SIZE)
+    view = writer.reader()
+    if writer.in_memory:
+        writer.commit()  # the node commits on another thread while the header is read
+    for offset, length in [(0, 132), (size // 2, 5000), (CHUNK_SIZE - 10, 20), (max(size - 3, 0), 100),
+                           (size + 5, 10)]:
+        view.seek(offset)
+        assert view.read(length) == data[offset : offset + length]
+    view.seek(0)
+    assert view.read() == data and view.tell() == size
+    view.close()
+    if not writer.committed:
+        writer.commit()
+    assert blobs.read_bytes("c" * 32) == data
+    writer.abort()  # after a commit: keeps the blob
+    assert blobs.read_bytes("c" * 32) == data
+
+
 @pytest.mark.parametrize("damage", ["flip", "truncate", "drop_last_chunk"])
 def test_damaged_blobs_are_refused(blobs: BlobStore, damage: str) -> None:
     blob_id = "c" * 32

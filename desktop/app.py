@@ -433,6 +433,8 @@ class MainWindow(QMainWindow):
         self.dicom_node = QProcess(self)
         self.dicom_node.setProcessChannelMode(QProcess.ProcessChannelMode.MergedChannels)
         args = ["-m", "dicom_node", "serve"]
+        if self.engine is not None:  # this window's store and models, whatever the environment says
+            args += ["--home", str(self.engine.settings.home), "--model-pack", str(self.engine.settings.model_pack)]
         if self.settings.value("dicom/port"):
             args += ["--port", str(self.settings.value("dicom/port"))]
         if self.settings.value("dicom/ae_title"):
@@ -463,8 +465,10 @@ class MainWindow(QMainWindow):
             self.node_label.setText("DICOM node: not available")
             return None
 
+        home = [] if self.engine is None else ["--home", str(self.engine.settings.home)]
+
         def work() -> str:
-            run = subprocess.run([sys.executable, "-m", "dicom_node", "status"], capture_output=True, text=True,
+            run = subprocess.run([sys.executable, "-m", "dicom_node", "status", *home], capture_output=True, text=True,
                                  timeout=20, check=False)
             lines = (run.stdout or run.stderr).strip().splitlines()
             return lines[0][:60] if lines else ("running" if run.returncode == 0 else "not running")

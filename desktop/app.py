@@ -432,7 +432,7 @@ class MainWindow(QMainWindow):
         self.stop_dicom_node()
         self.dicom_node = QProcess(self)
         self.dicom_node.setProcessChannelMode(QProcess.ProcessChannelMode.MergedChannels)
-        args = ["-m", "dicom_node", "serve"]
+        args = _node_args("serve")
         if self.engine is not None:  # this window's store and models, whatever the environment says
             args += ["--home", str(self.engine.settings.home), "--model-pack", str(self.engine.settings.model_pack)]
         if self.settings.value("dicom/port"):
@@ -468,7 +468,7 @@ class MainWindow(QMainWindow):
         home = [] if self.engine is None else ["--home", str(self.engine.settings.home)]
 
         def work() -> str:
-            run = subprocess.run([sys.executable, "-m", "dicom_node", "status", *home], capture_output=True, text=True,
+            run = subprocess.run([sys.executable, *_node_args("status", *home)], capture_output=True, text=True,
                                  timeout=20, check=False)
             lines = (run.stdout or run.stderr).strip().splitlines()
             return lines[0][:60] if lines else ("running" if run.returncode == 0 else "not running")
@@ -546,6 +546,12 @@ class MainWindow(QMainWindow):
             timer.stop()
         self.stop_dicom_node()
         super().closeEvent(event)
+
+
+def _node_args(*args: str) -> list[str]:
+    """Arguments to ``sys.executable`` that run the DICOM node: ``-m dicom_node`` from a
+    Python install, the ``dicom-node`` subcommand of the frozen app (packaging/frozen_entry.py)."""
+    return ["dicom-node", *args] if getattr(sys, "frozen", False) else ["-m", "dicom_node", *args]
 
 
 def _answer_text(answer: dict) -> str:

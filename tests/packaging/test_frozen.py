@@ -106,3 +106,17 @@ def test_frozen_dicom_node_answers_c_echo(frozen: Path, model_pack: Path, tmp_pa
         node.terminate()
         _, err = node.communicate(timeout=60)
     assert node.returncode in (0, -15), err[-2000:]
+
+
+def test_frozen_app_understands_the_node_command_the_desktop_gives_it(frozen: Path, tmp_path: Path,
+                                                                      monkeypatch) -> None:  # noqa: ANN001
+    """In the frozen app ``sys.executable`` is ``medvision`` itself: the desktop must call its
+    ``dicom-node`` subcommand, not ``-m dicom_node`` (which the frozen entry would refuse)."""
+    from desktop.app import _node_args
+
+    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    args = _node_args("status", "--json", "--home", str(tmp_path / "home"))
+    run = subprocess.run([str(frozen / "medvision"), *args], env=offline_env(), capture_output=True, text=True,
+                         timeout=120, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert json.loads(run.stdout)["listening"] == []

@@ -515,11 +515,12 @@ class MainWindow(QMainWindow):
         labels = [op.label for op in busy if op.label]
         self.progress.setVisible(bool(labels))
         self.cancel_button.setVisible(bool(labels))
+        status = self.statusBar()
         if labels:
             self.progress.setFormat(labels[-1])
-            self.statusBar().showMessage(labels[-1] + "…")
-        else:
-            self.statusBar().clearMessage()
+            status.showMessage(labels[-1] + "…")
+        elif status.currentMessage().endswith("…"):
+            status.clearMessage()  # only a progress line: an op's result message ("Exported …") stays
 
     def paintEvent(self, event) -> None:  # noqa: ANN001, N802 - Qt override
         super().paintEvent(event)

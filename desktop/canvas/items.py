@@ -10,6 +10,7 @@ from desktop.qt import (
     QGraphicsItem,
     QGraphicsPathItem,
     QGraphicsPixmapItem,
+    QGraphicsRectItem,
     QGraphicsSimpleTextItem,
     QImage,
     QPainterPath,
@@ -75,6 +76,31 @@ def translated(kind: str, coordinates: object, dx: float, dy: float) -> object:
     return coordinates
 
 
+def vertices(kind: str, coordinates: object) -> list[list[float]]:
+    """The points a user can drag one by one: polygon corners, measurement points, the two
+    corners of a box. Freehand outlines (hundreds of points) and the rest have none."""
+    if kind == "polygon":
+        return [list(p) for p in coordinates]
+    if kind == "measurement":
+        return [list(p) for p in coordinates["points"]]
+    if kind == "bbox":
+        x1, y1, x2, y2 = coordinates
+        return [[x1, y1], [x2, y2]]
+    return []
+
+
+def with_vertex(kind: str, coordinates: object, index: int, x: float, y: float) -> object:
+    """Coordinates with vertex ``index`` (see :func:`vertices`) moved to (x, y)."""
+    points = vertices(kind, coordinates)
+    points[index] = [round(x, 2), round(y, 2)]
+    if kind == "measurement":
+        return {**coordinates, "points": points}
+    if kind == "bbox":
+        (x1, y1), (x2, y2) = points
+        return [min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)]
+    return points
+
+
 def shape_path(kind: str, coordinates: object, point_radius: float = 6.0) -> QPainterPath:
     """The outline of an annotation (or of a shape being drawn)."""
     path = QPainterPath()
@@ -137,6 +163,7 @@ class AnnotationItem(QGraphicsPathItem):
         movable = kind != "mask"
         self.setFlag(QGraphicsItem.GraphicsItemFlag.ItemIsSelectable, True)
         self.setFlag(QGraphicsItem.GraphicsItemFlag.ItemIsMovable, movable)
+        self.handles: list[VertexHandle] = []
 
     @property
     def annotation_id(self) -> str:
@@ -153,6 +180,64 @@ class AnnotationItem(QGraphicsPathItem):
         offset = self.pos()
         if offset.manhattanLength() > 0.5 and self.scene() is not None:
             self.setPos(0, 0)  # the store is the truth: the moved copy comes back from it
-            for view in self.scene().views():
-                view.move_annotation(self.annotation_id, offset.x(), offset.y())
-                break
+            self._view().move_annotation(self.annotation_id, offset.x(), offset.y())
+
+    def itemChange(self, change, value):  # noqa: ANN001, ANN201, N802 - Qt override
+        """Selected: one drag handle per vertex (see :func:`vertices`); deselected: none."""
+        if change == QGraphicsItem.GraphicsItemChange.ItemSelectedHasChanged:
+            for handle in self.handles:
+                handle.setParentItem(None)
+                if handle.scene() is not None:
+                    handle.scene().removeItem(handle)
+            self.handles = []
+            if value:
+                coordinates = self.annotation["coordinates"]
+                self.handles = [VertexHandle(self, i, QPointF(x, y))
+                                for i, (x, y) in enumerate(vertices(self.annotation["type"], coordinates))]
+        return super().itemChange(change, value)
+
+    def drag_vertex(self, index: int, point: QPointF) -> None:
+        """Show the shape with one vertex moved (nothing stored yet)."""
+        kind = self.annotation["type"]
+        self.setPath(shape_path(kind, with_vertex(kind, self.annotation["coordinates"], index, point.x(), point.y())))
+
+    def release_vertex(self, index: int, point: QPointF) -> None:
+        """Store the moved vertex through the undo stack; the item comes back from the store."""
+        kind, before = self.annotation["type"], self.annotation["coordinates"]
+        after = with_vertex(kind, before, index, point.x(), point.y())
+        if after != before and self.scene() is not None:
+            self._view().edit_annotation(self.annotation_id, coordinates=after)
+
+    def _view(self):  # noqa: ANN202 - CanvasView
+        return self.scene().views()[0]
+
+
+class VertexHandle(QGraphicsRectItem):
+    """A small square on one vertex of a selected annotation, the same size at any zoom;
+    dragging it reshapes the annotation (not moving it as a whole)."""
+
+    SIZE = 9.0
+
+    def __init__(self, owner: AnnotationItem, index: int, point: QPointF) -> None:
+        half = self.SIZE / 2
+        super().__init__(-half, -half, self.SIZE, self.SIZE, owner)
+        self.owner, self.index = owner, index
+        self.setPos(point)
+        self.setFlag(QGraphicsItem.GraphicsItemFlag.ItemIgnoresTransformations, True)
+        pen = QPen(owner.pen().color(), 1)
+        pen.setCosmetic(True)
+        self.setPen(pen)
+        self.setBrush(QBrush(QColor(255, 255, 255, 220)))
+        self.setCursor(Qt.CursorShape.SizeAllCursor)
+        self.setZValue(1)
+
+    def mousePressEvent(self, event) -> None:  # noqa: ANN001, N802 - Qt override
+        event.accept()  # this drag is the vertex's, not the annotation's
+
+    def mouseMoveEvent(self, event) -> None:  # noqa: ANN001, N802 - Qt override
+        point = self.owner.mapFromScene(event.scenePos())
+        self.setPos(point)
+        self.owner.drag_vertex(self.index, point)
+
+    def mouseReleaseEvent(self, event) -> None:  # noqa: ANN001, N802 - Qt override
+        self.owner.release_vertex(self.index, self.pos())

@@ -185,6 +185,7 @@ class CanvasView(QGraphicsView):
             return
         decoded = self.image.decoded
         fresh = {a["annotation_id"]: a for a in rows}
+        selected = {i for i, item in self.items.items() if item.isSelected()}
         for annotation_id in [i for i in self.items if i not in fresh or fresh[i] != self.items[i].annotation]:
             self.scene().removeItem(self.items.pop(annotation_id))
         for annotation_id, annotation in fresh.items():
@@ -192,6 +193,7 @@ class CanvasView(QGraphicsView):
                 item = AnnotationItem(annotation, decoded.pixel_spacing_mm, decoded.spacing_source,
                                       overlays.get(annotation_id))
                 item.setParentItem(self.layers[layer_for(annotation)].group)
+                item.setSelected(annotation_id in selected)  # an edited shape stays selected, handles and all
                 self.items[annotation_id] = item
         self.annotations_changed.emit(rows)
 

@@ -131,3 +131,46 @@ def test_measure_tool_and_layers(qtbot, window, rg1_path, engine) -> None:
     layer.opacity = 0.4  # the model announces, the panel follows
     assert window.layers.layer_items["measurements"].text(1) == "40%"
     assert "stored" in view.readout(700, 900)
+
+
+def test_dragging_a_vertex_reshapes_a_polygon_and_undo_restores_it(qtbot, window, rg1_path, engine) -> None:
+    open_image(qtbot, window, rg1_path)
+    view = window.canvas
+    view.set_tool("select")
+    square = [[400.0, 400.0], [800.0, 400.0], [800.0, 800.0], [400.0, 800.0]]
+    view.create_annotation("polygon", square)
+    idle(qtbot)
+    qtbot.waitUntil(lambda: len(view.items) == 1)
+    (item,) = view.items.values()
+    assert not item.handles
+    item.setSelected(True)
+    assert [(h.pos().x(), h.pos().y()) for h in item.handles] == [tuple(p) for p in square]
+
+    a, b = view.mapFromScene(QPointF(800, 800)), view.mapFromScene(QPointF(900, 950))
+    qtbot.mousePress(view.viewport(), Qt.MouseButton.LeftButton, pos=a)
+    qtbot.mouseMove(view.viewport(), b)
+    qtbot.mouseRelease(view.viewport(), Qt.MouseButton.LeftButton, pos=b)
+    idle(qtbot)
+    (stored,) = stored_annotations(engine, window)
+    moved = stored["coordinates"]
+    pixel = 2 / view.scale_factor()  # one screen pixel in image pixels, and some
+    assert moved[:2] == square[:2] and moved[3] == square[3]  # only the dragged corner changed
+    assert abs(moved[2][0] - 900) <= pixel and abs(moved[2][1] - 950) <= pixel
+    qtbot.waitUntil(lambda: next(iter(view.items.values())).annotation["coordinates"] == moved)
+    (item,) = view.items.values()
+    assert item.isSelected() and len(item.handles) == 4  # still selected, handles on the new shape
+
+    view.actions_by_name["undo"].trigger()
+    idle(qtbot)
+    assert stored_annotations(engine, window)[0]["coordinates"] == square
+
+
+def test_vertex_edits_of_boxes_and_measurements_keep_their_form() -> None:
+    from desktop.canvas.items import vertices, with_vertex
+
+    assert vertices("bbox", [10, 20, 30, 40]) == [[10, 20], [30, 40]]
+    assert with_vertex("bbox", [10, 20, 30, 40], 1, 5, 50) == [5, 20, 10, 50]  # dragged past: still x1 <= x2
+    distance = {"kind": "distance", "points": [[0, 0], [10, 0]]}
+    assert with_vertex("measurement", distance, 0, 3, 4) == {"kind": "distance", "points": [[3, 4], [10, 0]]}
+    assert distance["points"][0] == [0, 0]  # the stored annotation's copy is left alone
+    assert vertices("freehand", [[0, 0], [1, 1], [2, 0]]) == [] and vertices("point", [1, 2]) == []

@@ -292,7 +292,7 @@ class MainWindow(QMainWindow):
             rows = [r for r in engine.store.list_analyses(session_id, image_id) if r["kind"] in ("analyze_image", "rag")]
             return rows[-1]["result"] if rows else {}
 
-        Op(self, latest, lane="read").success(self.analysis.show_result).run()
+        Op(self, latest, lane="read").success(self.show_analysis).run()
         Op(self, lambda: engine.switch_image(session_id, image_id)).run()
 
     # -- analysis, questions, the agent -------------------------------------------------------
@@ -308,7 +308,7 @@ class MainWindow(QMainWindow):
     def _analysis_done(self, result: dict) -> None:
         self.worklist.job_status.pop(result["session_id"], None)
         if result["image_id"] == self.canvas.image_id:
-            self.analysis.show_result(result)
+            self.show_analysis(result)
         positive = (result.get("classification") or {}).get("positive") or []
         self.chat.add_message("system", f"Analysis ({result.get('preset') or 'custom'}) done: "
                               + (", ".join(positive) if positive else "no finding above threshold")
@@ -320,7 +320,17 @@ class MainWindow(QMainWindow):
             return None
         engine, session_id, image_id = self.engine, self.session_id, self.canvas.image_id
         return Op(self, lambda: engine.analyze_with_rag(session_id, image_id)).progress("Similar cases").success(
-            self.analysis.show_result).run()
+            self.show_analysis).run()
+
+    def show_analysis(self, result: dict) -> Op | None:
+        """Show a result in the analysis panel, then fetch the previews of its similar cases."""
+        self.analysis.show_result(result)
+        missing = [c for c in self.analysis.similar_case_ids() if c not in self.analysis.thumbnails]
+        if not missing or self.engine is None:
+            return None
+        engine, shown = self.engine, result
+        return Op(self, lambda: engine.similar_case_thumbnails(missing), lane="read").success(
+            lambda previews: self.analysis.set_thumbnails(previews) if self.analysis.result is shown else None).run()
 
     def ask(self, text: str, mode: str = "Ask") -> Op | None:
         """Chat question: the agent, the selected region, or the image as a whole."""

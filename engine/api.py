@@ -627,6 +627,11 @@ class Engine:
         found["search_metadata"]["embedding_ms"] = round(sum(embedding["timings_ms"].values()), 2)
         return found | {"status": "ok", "model": embedding["model"], "model_trained": embedding["model_trained"]}
 
+    def similar_case_thumbnails(self, case_ids: list[str]) -> dict[str, bytes]:
+        """PNG previews of reference cases (longest side 160 px) by case id; cases added
+        before previews were kept have none."""
+        return self.library.thumbnails(case_ids)
+
     def search_similar_cases(self, session_id: str, image_id: str | None = None, top_k: int = 5,
                              include_reports: bool = True, min_similarity: float = 0.0) -> dict:
         """The reference cases most similar to an image, with similarity-weighted labels."""

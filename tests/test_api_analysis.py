@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from pydicom.data import get_testdata_file
 
 from engine.api import Engine
@@ -141,6 +143,14 @@ def test_visual_rag_end_to_end(engine: Engine, chest: tuple[str, str], library_c
     assert top["RG1_UNCR.dcm"] == pytest.approx(1.0, abs=1e-4) and top["RG1_J2KI.dcm"] > 0.99
     vote = found["aggregated_labels"]["Cardiomegaly"]
     assert vote["supporting_cases"] >= 2 and found["model_trained"] is False
+    by_file = {r["findings"].split()[-1]: r["case_id"] for r in found["results"]}
+    thumbs = engine.similar_case_thumbnails([*by_file.values(), "no-such-case"])
+    assert set(thumbs) == set(by_file.values())  # an unknown id is left out
+    preview = np.asarray(Image.open(io.BytesIO(thumbs[by_file["RG1_UNCR.dcm"]])).convert("L"), dtype=float)
+    assert preview.shape == (160, 151)  # RG1 is 1955 rows x 1841 columns: longest side 160
+    _, decoded = engine.decoded_image(session, image_id)
+    expected = np.asarray(Image.fromarray(decoded.display()).resize((151, 160), Image.Resampling.BOX), dtype=float)
+    assert np.abs(preview - expected).mean() < 8  # the viewer's rendering (MONOCHROME1 inverted), scaled down
     again = engine.build_rag_index(data_path=library_csv)
     assert again["added"] == 0 and again["skipped_duplicates"] + again.get("already_done", 0) == 5
 

@@ -3,8 +3,21 @@
 from __future__ import annotations
 
 import html
+from urllib.parse import quote
 
-from desktop.qt import QColor, QLabel, QPainter, QTextBrowser, QVBoxLayout, QWidget
+from desktop.qt import (
+    QColor,
+    QImage,
+    QLabel,
+    QPainter,
+    QTextBrowser,
+    QTextDocument,
+    QUrl,
+    QVBoxLayout,
+    QWidget,
+)
+
+THUMBNAIL_HEIGHT = 56  # px in the list; the stored previews are 160 px
 
 
 class FindingBars(QWidget):
@@ -58,6 +71,7 @@ class AnalysisPanel(QWidget):
         layout.addWidget(self.bars)
         layout.addWidget(self.details)
         self.result: dict = {}
+        self.thumbnails: set[str] = set()  # case ids whose preview is loaded into the document
 
     def show_result(self, result: dict) -> None:
         """Render an analyze_image / analyze_with_rag result (sections it lacks are skipped)."""
@@ -66,10 +80,23 @@ class AnalysisPanel(QWidget):
         self.banner.setText(result.get("banner") or "")
         classification = result.get("classification") or {}
         self.bars.set_findings(classification.get("findings", []) if classification.get("status", "ok") == "ok" else [])
-        self.details.setHtml(self._details_html(result))
+        self.details.setHtml(self._details_html(result, self.thumbnails))
+
+    def similar_case_ids(self) -> list[str]:
+        return [str(c["case_id"]) for c in ((self.result.get("similar_cases") or {}).get("results") or [])]
+
+    def set_thumbnails(self, previews: dict[str, bytes]) -> None:
+        """Put reference-case previews (PNG) beside the similar cases shown."""
+        document = self.details.document()
+        for case_id, png in previews.items():
+            image = QImage.fromData(png)
+            if not image.isNull():
+                document.addResource(QTextDocument.ResourceType.ImageResource, QUrl(_thumbnail_url(case_id)), image)
+                self.thumbnails.add(case_id)
+        self.details.setHtml(self._details_html(self.result, self.thumbnails))
 
     @staticmethod
-    def _details_html(result: dict) -> str:
+    def _details_html(result: dict, thumbnails: set[str] = frozenset()) -> str:
         parts: list[str] = []
         segmentation = result.get("segmentation") or {}
         if segmentation.get("status") == "ok":
@@ -92,11 +119,17 @@ class AnalysisPanel(QWidget):
         similar = result.get("similar_cases") or {}
         if similar.get("results"):
             items = "".join(
-                f"<li><b>{html.escape(str(c['case_id']))}</b> ({c['similarity']:.2f}) "
-                f"{html.escape((c.get('findings') or '')[:160])}</li>" for c in similar["results"])
-            parts.append(f"<b>Similar cases</b><ul>{items}</ul>")
+                "<tr><td>" + (f"<img src='{_thumbnail_url(str(c['case_id']))}' height={THUMBNAIL_HEIGHT}>"
+                              if str(c["case_id"]) in thumbnails else "") + "</td>"
+                f"<td><b>{html.escape(str(c['case_id']))}</b> ({c['similarity']:.2f}) "
+                f"{html.escape((c.get('findings') or '')[:160])}</td></tr>" for c in similar["results"])
+            parts.append(f"<b>Similar cases</b><table cellspacing=3>{items}</table>")
         elif similar.get("search_metadata", {}).get("note"):
             parts.append(f"<i>Similar cases: {html.escape(similar['search_metadata']['note'])}</i>")
         if result.get("disclaimer"):
             parts.append(f"<p style='color:#999'>{html.escape(result['disclaimer'])}</p>")
         return "<br>".join(parts) or "<i>No analysis yet.</i>"
+
+
+def _thumbnail_url(case_id: str) -> str:
+    return "case-thumbnail:" + quote(case_id, safe="")

@@ -18,6 +18,7 @@ normal state (fresh install): search returns no results and a note, not an error
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import math
 import numbers
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from engine.errors import ErrorCode, MedVisionError
 from engine.imaging import DecodedImage, decode_image
@@ -70,6 +72,8 @@ DATASET_SOURCES = {
     "eurorad": "EURORAD cases need a download",
 }
 MAX_TOP_K = 100
+#: Longest side of a reference case's stored preview (PNG), in pixels.
+THUMBNAIL_SIDE = 160
 SIMILARITY_DECIMALS = 6
 # Unreferenced index files younger than this may belong to a save in another process.
 ORPHAN_INDEX_AGE_S = 600.0
@@ -506,6 +510,7 @@ class ReferenceLibrary:
             image_type=decoded.image_type,
             annotation=annotation,
             embedding=vector,
+            thumbnail=thumbnail_png(decoded),
         )
         try:
             faiss_id = self._db.insert_case(case, build_id=build_id, embedder_id=self.embedder_id)
@@ -653,6 +658,14 @@ class ReferenceLibrary:
             "search_metadata": metadata,
         }
 
+    def thumbnails(self, case_ids: list[str]) -> dict[str, bytes]:
+        """PNG previews of reference cases by case id (see :func:`thumbnail_png`)."""
+        self._check_open()
+        if not isinstance(case_ids, list | tuple) or not all(isinstance(c, str) for c in case_ids) \
+                or len(case_ids) > MAX_TOP_K:
+            raise MedVisionError(ErrorCode.INVALID_ARGUMENT, f"case_ids must be a list of at most {MAX_TOP_K} ids.")
+        return self._db.thumbnails(list(case_ids))
+
     # -- statistics --------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
         """Size, index type, embedder (and whether it matches), counts per source and label, builds."""
@@ -683,6 +696,16 @@ class ReferenceLibrary:
     def wait_for_index(self, timeout: float | None = None) -> bool:
         """Wait for a background HNSW rebuild (if any); True when none is running."""
         return self._index.wait_for_rebuild(timeout)
+
+
+def thumbnail_png(image: DecodedImage, side: int = THUMBNAIL_SIDE) -> bytes:
+    """The image as the viewer first shows it (its window, MONOCHROME1 inverted), longest
+    side ``side`` px, as PNG: a few kB per case."""
+    preview = Image.fromarray(image.display())
+    preview.thumbnail((side, side), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    preview.save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
 
 
 def _no_vectors(dimension: int) -> tuple[np.ndarray, np.ndarray]:

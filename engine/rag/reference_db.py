@@ -58,6 +58,7 @@ class NewCase:
     image_type: str | None
     annotation: Annotation
     embedding: np.ndarray
+    thumbnail: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -162,11 +163,11 @@ class ReferenceDatabase:
                 )
             tx.execute(
                 "INSERT INTO cases(case_id, source, dedup_key, sop_instance_uid, sha256, image_path,"
-                " modality, image_type, embedding, embedder_id, build_id, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " modality, image_type, embedding, embedder_id, build_id, created_at, thumbnail)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (case.case_id, case.source, case.dedup_key, case.sop_instance_uid, case.sha256,
                  case.image_path, case.modality, case.image_type, vector.tobytes(), embedder_id,
-                 build_id, now_iso()),
+                 build_id, now_iso(), case.thumbnail),
             )
             tx.executemany(
                 "INSERT INTO reports(case_id, section, text) VALUES (?, ?, ?)",
@@ -248,6 +249,17 @@ class ReferenceDatabase:
         vectors = np.frombuffer(joined, dtype="<f4").astype(np.float32, copy=False)
         vectors = vectors.reshape(len(ids), dimension)
         return np.asarray(ids, dtype=np.int64), vectors
+
+    def thumbnails(self, case_ids: list[str]) -> dict[str, bytes]:
+        """PNG previews by case id (cases without one, or unknown ids, are left out)."""
+        if not case_ids:
+            return {}
+        marks = ",".join("?" * len(case_ids))
+        rows = self.db.query(
+            f"SELECT case_id, thumbnail FROM cases WHERE thumbnail IS NOT NULL AND case_id IN ({marks})",
+            tuple(case_ids),
+        )
+        return {row["case_id"]: bytes(row["thumbnail"]) for row in rows}
 
     def fetch_cases(self, faiss_ids: list[int]) -> dict[int, dict[str, Any]]:
         """Case details by FAISS id: case id, source, modality, report sections, diagnoses, labels."""

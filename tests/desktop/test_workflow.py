@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import textwrap
+
+from pydicom.data import get_testdata_file
 
 from desktop.canvas.view import regions_in
 from desktop.qt import QPointF, Qt
@@ -152,3 +155,29 @@ def test_a_pushed_heatmap_is_drawn_over_its_region(qtbot, window, rg1_path, engi
     assert (round(box.left()), round(box.top()), round(box.right()), round(box.bottom())) == (100, 200, 900, 1000)
     image = item.pixmap().toImage()
     assert image.pixelColor(1, 0).red() == 255 and image.pixelColor(0, 0).blue() == 255  # max red, min blue
+
+
+def test_similar_cases_show_their_previews(qtbot, window, rg1_path, engine, tmp_path, artefacts) -> None:
+    from desktop.panels.analysis import _thumbnail_url
+    from desktop.qt import QTextDocument, QUrl
+
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    rows = ["image_path,findings,Cardiomegaly"]
+    for name, label in (("RG1_J2KI.dcm", "1"), ("RG3_UNCR.dcm", "0")):
+        shutil.copy(get_testdata_file(name), cases / name)
+        rows.append(f"{name},findings of {name},{label}")
+    (cases / "cases.csv").write_text("\n".join(rows) + "\n")
+    assert engine.build_rag_index(data_path=cases / "cases.csv")["added"] == 2
+    open_image(qtbot, window, rg1_path)
+    window.run_rag()
+    qtbot.waitUntil(lambda: len(window.analysis.thumbnails) == 2, timeout=60000)
+    idle(qtbot)
+    shown = window.analysis.similar_case_ids()
+    assert set(window.analysis.thumbnails) == set(shown) and len(shown) == 2
+    assert window.analysis.details.toHtml().count("<img") == 2
+    for case_id in shown:
+        image = window.analysis.details.document().resource(QTextDocument.ResourceType.ImageResource,
+                                                            QUrl(_thumbnail_url(case_id)))
+        assert image.height() == 160 or image.width() == 160  # the stored preview, longest side 160
+    artefacts(window, "main-window-similar-cases")

@@ -121,6 +121,8 @@ class Ingestor:
         durable = self._committer.submit(spool.commit) if spool.in_memory else None
         try:
             checked = _checked_header(reader, request_class, request_instance)
+        except Exception as exc:  # noqa: BLE001 - an unforeseen parser failure still cleans up below
+            checked = _storage_failure(exc)
         finally:
             reader.close()
         keep = False

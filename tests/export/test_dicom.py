@@ -20,7 +20,7 @@ from engine.export.bundle import ExportOptions, gather
 from engine.export.dicom_common import codes, concept, source_dataset, term
 from engine.export.dicom_sc import encapsulated_pdf, secondary_capture
 from engine.export.dicom_seg import dicom_seg
-from engine.export.dicom_sr import dicom_sr
+from engine.export.dicom_sr import dicom_sr, finding_site
 from engine.export.render import compose
 from engine.imaging.decode import window_to_uint8
 from engine.imaging.masks import decode_rle
@@ -101,9 +101,14 @@ def test_sr_is_valid_and_reads_back(bundle, tmp_path: Path) -> None:
         (probability,) = group.get_measurements(name=term("probability"))
         assert probability.value == pytest.approx(finding["probability"])
         assert group.source_images[0].referenced_sop_instance_uid == item.dicom.SOPInstanceUID
-    mass = next(g for g in groups if finding_codes[g.finding_type] == "Mass")
-    site = mass.finding_sites[0]
-    assert site.value == concept(codes()["zones"]["upper"]) and site.laterality == concept(codes()["sides"]["bilateral"])
+    for group in groups:  # each site as the report says, whatever the untrained dev pack found
+        finding = findings[finding_codes[group.finding_type]]
+        entry = codes()["findings"][finding["label"].replace("_", " ")]
+        zone, side = finding.get("zone"), finding.get("side")
+        (site,) = group.finding_sites
+        location = codes()["zones"][zone] if zone and entry["site"] == "Lung" else codes()["sites"][entry["site"]]
+        assert site.value == concept(location)
+        assert site.laterality == (concept(codes()["sides"][side]) if side else None)
 
     regions = sr.content.get_planar_roi_measurement_groups(referenced_sop_instance_uid=item.dicom.SOPInstanceUID)
     drawn = [a for a in item.annotations if a["type"] not in ("text", "mask")]
@@ -127,6 +132,14 @@ def test_sr_is_valid_and_reads_back(bundle, tmp_path: Path) -> None:
     comments = [i.TextValue for i in pydicom.dcmread(path).ContentSequence[-1].ContentSequence]
     assert comments == ["For research and education, not for diagnostic use.",
                         "Development models: untrained weights, output not meaningful."]
+
+
+def test_a_lung_finding_site_names_its_zone_and_side() -> None:
+    site = finding_site("Lung", "bilateral", "upper")
+    assert site.value == concept(codes()["zones"]["upper"])
+    assert site.laterality == concept(codes()["sides"]["bilateral"])
+    heart = finding_site("Heart", None, "upper")  # a zone only narrows the lung
+    assert heart.value == concept(codes()["sites"]["Heart"]) and heart.laterality is None
 
 
 def test_seg_is_valid_and_holds_the_masks(bundle, tmp_path: Path) -> None:

@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                             use_keyring=False, export_dir=workdir / "exports")
         with Engine(settings) as engine:
             session = _worked_session(engine, workdir)
-            bundle = gather(engine, session, ExportOptions())
+            bundle = gather(engine.services, session, ExportOptions())
 
             def dicom_writers() -> None:
                 dicom_sr(bundle)
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
                 secondary_capture(bundle, rendered_overlays(bundle))
 
             writers = interleaved_ms({
-                "gather": lambda: gather(engine, session, ExportOptions()),
+                "gather": lambda: gather(engine.services, session, ExportOptions()),
                 "compose overlay, max side 1024": lambda: compose(bundle.images[0], max_side=1024),
                 "pdf writer": lambda: pdf_report(bundle),
                 "sr writer": lambda: dicom_sr(bundle),

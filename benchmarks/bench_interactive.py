@@ -52,13 +52,9 @@ def _has_sam(pack: Path) -> bool:
 def bench(pack: Path, threads: int, repeats: int) -> dict:
     from pydicom.data import get_testdata_file
 
-    from engine.analysis.interactive import (
-        InteractiveSegmenter,
-        decoder_prompt,
-        rgb_display,
-        sam_image_tensor,
-        validate_prompt,
-    )
+    from engine.analysis.interactive.prompt import validate_prompt
+    from engine.analysis.interactive.sam import decoder_prompt, rgb_display, sam_image_tensor
+    from engine.analysis.interactive.segmenter import InteractiveSegmenter
     from engine.config import Settings
     from engine.imaging import decode_image
     from engine.inference.onnx import OnnxModel

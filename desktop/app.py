@@ -10,7 +10,6 @@ import argparse
 import importlib.util
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -45,6 +44,7 @@ from desktop.qt import (
 from desktop.sync import EventFollower
 from desktop.worker import Op, tracker
 from engine.config import Settings
+from engine.events import JOB_KINDS, WORKLIST_KINDS, EventKind
 
 IMAGE_SUFFIXES = {".dcm", ".dicom", ".png", ".jpg", ".jpeg", ""}
 EXPORT_FORMATS = {"pdf": "PDF report (*.pdf)", "html": "HTML report (*.html)", "json": "JSON report + trace (*.json)",
@@ -289,8 +289,7 @@ class MainWindow(QMainWindow):
         engine = self.engine
 
         def latest() -> dict:
-            rows = [r for r in engine.store.list_analyses(session_id, image_id) if r["kind"] in ("analyze_image", "rag")]
-            return rows[-1]["result"] if rows else {}
+            return engine.latest_analysis(session_id, image_id, ("analyze_image", "rag")) or {}
 
         Op(self, latest, lane="read").success(self.show_analysis).run()
         Op(self, lambda: engine.switch_image(session_id, image_id)).run()
@@ -389,25 +388,25 @@ class MainWindow(QMainWindow):
     # -- live sync ------------------------------------------------------------------------------
     def on_store_event(self, event: dict) -> None:
         """Route one store event (this process's or another's) to the panels and canvas."""
-        kind, payload, session_id = event["kind"], event.get("payload") or {}, event.get("session_id")
+        kind, payload, session_id = EventKind(event["kind"]), event.get("payload") or {}, event.get("session_id")
         self.canvas.on_store_event(event)
-        if kind == "session.created" and session_id not in self.own_sessions:
+        if kind is EventKind.SESSION_CREATED and session_id not in self.own_sessions:
             self.worklist.received.add(session_id)
-        if kind.startswith("job."):
+        if kind in JOB_KINDS:
             self.worklist.job_status[session_id] = kind.split(".", 1)[1]
-        if kind in ("session.created", "session.deleted", "image.added", "analysis.created") or kind.startswith("job."):
+        if kind in WORKLIST_KINDS:
             self._schedule("worklist", self.worklist.refresh)
-            if kind == "image.added" and session_id == self.session_id:
+            if kind is EventKind.IMAGE_ADDED and session_id == self.session_id:
                 self._schedule("strip", lambda: self.strip.set_session(self.session_id))
         if session_id != self.session_id:
             return
-        if kind == "canvas.message":
+        if kind is EventKind.CANVAS_MESSAGE:
             self.chat.add_message("agent", str(payload.get("message") or payload.get("text") or payload))
-        elif kind == "agent.input_requested":
+        elif kind is EventKind.AGENT_INPUT_REQUESTED:
             request = self.engine.get_user_input(payload["request_id"])  # one indexed row
             self.chat.show_request(request, self.canvas.selected_region)
             self.docks["chat"].raise_()
-        elif kind in ("agent.input_answered", "agent.input_cancelled"):
+        elif kind in (EventKind.AGENT_INPUT_ANSWERED, EventKind.AGENT_INPUT_CANCELLED):
             self.chat.close_request(payload.get("request_id"))
 
     def _schedule(self, name: str, fn) -> None:  # noqa: ANN001
@@ -492,27 +491,75 @@ class MainWindow(QMainWindow):
                 QMessageBox.StandardButton.Ok, self).open()).run()
 
     def import_model_pack(self) -> None:
-        source = QFileDialog.getExistingDirectory(self, "Model pack folder (with manifest.json)")
-        if source:
-            self.import_pack(Path(source))
+        """Menu: pick a pack archive (``medvision models export-pack`` output) and, unless the
+        site already trusts pack keys (``MEDVISION_TRUSTED_PACK_KEYS`` or the site file, as for
+        ``medvision models import-pack``), the public key of its signer (``--trusted-key``)."""
+        from desktop.errors import show_error
+        from engine.errors import MedVisionError
+        from engine.inference.packtransfer import trusted_keys_from_config
 
-    def import_pack(self, source: Path) -> Op:
-        """Verify a pack (manifest + sha256 of every file) and copy it under the data dir."""
-        home = self.engine.settings.home
+        if self.engine is None:  # still opening: there is no configured pack to replace yet
+            return
+        source, _ = QFileDialog.getOpenFileName(self, "Model pack archive (signed .tar)", "",
+                                                "Model packs (*.tar *.tar.gz *.tgz);;All files (*)")
+        if not source:
+            return
+        try:
+            site_keys = trusted_keys_from_config()
+        except MedVisionError as exc:  # a malformed site key file: nothing can be verified
+            show_error(self, exc, "Importing the model pack")
+            return
+        keys: list[str] | None = None  # None: the site's trusted keys
+        if not site_keys:
+            key, _ = QFileDialog.getOpenFileName(self, "Trusted public key of the pack's signer", "",
+                                                 "Public keys (*.pub *.pem);;All files (*)")
+            keys = [key] if key else []  # no key: refused with the reason (a pack is never taken unsigned)
+        self.import_pack(Path(source), keys)
 
-        def work() -> Path:
-            from engine.inference.modelpack import ModelPack
+    def import_pack(self, source: Path, trusted_keys: list | None = None) -> Op:
+        """Install a pack tar as this window's configured pack, as ``medvision models import-pack``.
 
-            ModelPack.load(source)
-            target = home / "models" / source.name
-            shutil.copytree(source, target, dirs_exist_ok=True)
-            return target
+        :func:`engine.inference.packtransfer.import_signed_pack` checks every sha256 and the
+        Ed25519 signature against ``trusted_keys`` (None: the site's keys; a signature is
+        always required) and renames the pack into place only when all of it verified. A
+        refused pack changes nothing: the current pack keeps serving and the reason is shown
+        in the error dialog. On success the engine is reopened over the new pack.
+        """
+        old, settings = self.engine, self.engine.settings
 
-        def done(target: Path) -> None:
-            self.settings.setValue("model_pack", str(target))
-            self.statusBar().showMessage(f"Model pack imported to {target}; restart to use it", 10000)
+        def work() -> tuple[dict, Any]:
+            from engine.api import Engine
+            from engine.inference.packtransfer import import_signed_pack
+
+            if os.name == "nt":  # Windows cannot rename a folder whose files are open (llama.cpp maps the GGUF)
+                old.models.unload()
+            result = import_signed_pack(source, settings.model_pack, trusted_keys=trusted_keys)
+            return result, Engine(settings)
+
+        def done(outcome: tuple[dict, Any]) -> None:
+            result, engine = outcome
+            self._use_reopened_engine(engine)
+            self.statusBar().showMessage(
+                f"Model pack {result['name']} imported (signed by key {result['key_id']}) and in use", 10000)
 
         return Op(self, work).progress("Importing the model pack").success(done).run()
+
+    def _use_reopened_engine(self, engine) -> None:  # noqa: ANN001
+        """Switch the window to ``engine``; an old engine the window owned closes once its queued ops ran."""
+        from desktop.worker import pool
+
+        old, owned = self.engine, self.owns_engine
+        if self.follower is not None:
+            self.follower.stop()
+            self.follower.deleteLater()
+        self.owns_engine = True
+        self.set_engine(engine)
+        if owned and old is not None:
+            def retire() -> None:  # on the engine lane, after the ops queued with the old engine
+                pool("read").waitForDone(60000)
+                old.close()
+
+            Op(self, retire).run()
 
     def set_deidentify(self, on: bool) -> None:
         self.canvas.deidentify = bool(on)

@@ -106,7 +106,7 @@ class Handlers:
                 reason, diagnostic = "called AE not recognised", 0x07
             association_id = uuid.uuid4().hex[:12]
             self._ids[assoc] = association_id
-            self.ingestor.db("dicom_association", association_id, node=self.node_id, calling_ae=calling,
+            self.ingestor.db(self.ingestor.store.dicom_association, association_id, node=self.node_id, calling_ae=calling,
                              called_ae=called, peer_host=host, state="rejected" if reason else "open",
                              reason=reason)
             if reason:
@@ -150,7 +150,7 @@ class Handlers:
         if association_id is None:
             return
         try:
-            self.ingestor.db("dicom_association", association_id, state=state)
+            self.ingestor.db(self.ingestor.store.dicom_association, association_id, state=state)
         except Exception:  # noqa: BLE001 - bookkeeping only
             log.exception("recording the end of association %s failed", association_id)
 
@@ -176,7 +176,7 @@ class Handlers:
             log.warning("C-STORE refused with 0x%04X in association %s: %s", outcome.status, association_id,
                         outcome.reason)
             try:
-                self.ingestor.db("dicom_association", association_id, failed=1)
+                self.ingestor.db(self.ingestor.store.dicom_association, association_id, failed=1)
             except Exception:  # noqa: BLE001 - bookkeeping only
                 log.exception("counting a failure of association %s failed", association_id)
         return outcome.status

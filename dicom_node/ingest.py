@@ -42,8 +42,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from engine.errors import ErrorCode, MedVisionError
-from engine.imaging.decode import _dicom_fields
-from engine.imaging.image_type import detect_image_type
+from engine.imaging.records import has_auto_analysis, record_from_header
 from engine.store import Store
 
 log = logging.getLogger(__name__)
@@ -53,8 +52,6 @@ OUT_OF_RESOURCES = 0xA700
 OUT_OF_RESOURCES_OTHER = 0xA701
 DATASET_MISMATCH = 0xA900
 CANNOT_UNDERSTAND = 0xC210
-#: Image types that have an automatic analysis pipeline (same rule as add_image_to_session).
-PIPELINE_TYPES = frozenset({"CXR"})
 ANALYZE_JOB = "dicom_node.analyze"
 #: Blob commits (fsync) in flight at once, one per association storing right now.
 COMMIT_THREADS = 8
@@ -96,9 +93,9 @@ class Ingestor:
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dicom-db")
         self._committer = ThreadPoolExecutor(max_workers=COMMIT_THREADS, thread_name_prefix="dicom-commit")
 
-    def db(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """Run one store method on the database thread and wait for it."""
-        return self._db.submit(getattr(self.store, method), *args, **kwargs).result()
+    def db(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run one store method (bound) on the database thread and wait for it."""
+        return self._db.submit(method, *args, **kwargs).result()
 
     def close(self) -> None:
         self._committer.shutdown(wait=True)
@@ -147,8 +144,8 @@ class Ingestor:
                       calling_ae: str | None, before_commit: Callable[[], object] | None) -> tuple[Outcome, bool]:
         """The database transaction for the blob (``before_commit`` waits for its fsync);
         the outcome, and whether a row now points to the blob."""
-        job_kind = ANALYZE_JOB if self.analyze and record["type"] in PIPELINE_TYPES else None
-        done = self.db("dicom_add_instance", blob_id=spool.blob_id, size=spool.size, sha256=spool.sha256,
+        job_kind = ANALYZE_JOB if self.analyze and has_auto_analysis(record["type"]) else None
+        done = self.db(self.store.dicom_add_instance, blob_id=spool.blob_id, size=spool.size, sha256=spool.sha256,
                        record=record, association_id=association_id, calling_ae=calling_ae,
                        session_name=session_name, job_kind=job_kind, max_attempts=self.job_max_attempts,
                        before_commit=before_commit)
@@ -229,32 +226,13 @@ def _depth_ok(ds: pydicom.Dataset, budget: int) -> bool:
 
 
 def _record(ds: pydicom.Dataset) -> tuple[dict, str | None]:
-    """The images row of a received instance, from its header (no pixel decode).
-
-    Same fields as ``Engine.add_image_to_session`` builds (``_dicom_fields`` and the
-    type rules); window and quality are filled when the analysis decodes the pixels.
-    """
-    fields = _dicom_fields(ds)
-    frame_count = int(ds.get("NumberOfFrames") or 1)
-    metadata = fields["metadata"] | {"format": "dicom", "frame_index": 0, "frame_count": frame_count}
-    guess = detect_image_type(metadata)
-    record = {
-        "source_path": None, "source_name": "dicom-node.dcm", "type": guess.image_type,
-        "type_source": "detected", "modality": fields["modality"], "format": "dicom",
-        "rows": _int(ds.get("Rows")), "columns": _int(ds.get("Columns")), "frame_count": frame_count,
-        "sop_class_uid": clean_uid(ds.get("SOPClassUID")), "sop_instance_uid": clean_uid(ds.get("SOPInstanceUID")),
-        "series_instance_uid": clean_uid(ds.get("SeriesInstanceUID")),
-        "study_instance_uid": clean_uid(ds.get("StudyInstanceUID")),
-        "metadata": metadata | {"type_reason": guess.reason, "type_confidence": guess.confidence,
-                                "detected_type": guess.image_type, "received_by": "dicom_node"},
-        "patient": fields["patient"],
-    }
+    """The images row of a received instance (:func:`engine.imaging.records.record_from_header`),
+    its UIDs held to the UID grammar, and the study session's name."""
+    record = record_from_header(ds, source_name="dicom-node.dcm", received_by="dicom_node")
+    for key in ("sop_class_uid", "sop_instance_uid", "series_instance_uid", "study_instance_uid"):
+        record[key] = clean_uid(record[key])
     description = str(ds.get("StudyDescription") or "").strip()[:200]
-    return record, description or f"{fields['modality'] or 'DICOM'} study"
-
-
-def _int(value: Any) -> int | None:
-    return int(value) if value not in (None, "") else None
+    return record, description or f"{record['modality'] or 'DICOM'} study"
 
 
 def sweep_stale_blob_temps(store: Store, min_age_s: float = STALE_TMP_S) -> int:

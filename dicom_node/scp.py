@@ -121,7 +121,7 @@ class Node:
         return False
 
     def _beat_once(self, stopped: bool = False, dead_before: str | None = None) -> None:
-        self.ingestor.db("dicom_node_beat", self.node_id, pid=os.getpid(), ae_title=self.config.ae_title,
+        self.ingestor.db(self.ingestor.store.dicom_node_beat, self.node_id, pid=os.getpid(), ae_title=self.config.ae_title,
                          host=self.config.bind_address, port=self.port, stopped=stopped, dead_before=dead_before)
 
     def _heartbeat(self) -> None:

@@ -37,7 +37,7 @@ class SpoolFile:
         self.blob_id = uuid.uuid4().hex
         self.error: OSError | None = None
         self._writer: BlobWriter = blobs.writer(self.blob_id)
-        self.name = str(self._writer._tmp_path)  # pynetdicom unlinks it after the handler: best effort
+        self.name = str(self._writer.tmp_path)  # pynetdicom unlinks it after the handler: best effort
         self.file = self  # pynetdicom calls ``.file.flush()`` after each fragment
         weakref.finalize(self, self._writer.abort)  # an aborted transfer leaves no file
 

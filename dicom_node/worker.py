@@ -31,16 +31,8 @@ _IDLE_WAIT_S = 0.25
 
 def build_results(engine: Any, session_id: str, image_id: str, config: NodeConfig) -> list[int]:
     """SR + burned-in SC of one image, kept encrypted and queued for the destination."""
-    from engine.export.bundle import ExportOptions, gather
-    from engine.export.service import WRITERS
-
-    bundle = gather(engine, session_id, ExportOptions(include_images=(image_id,)))
-    artifacts = [a for fmt in RESULT_FORMATS for a in WRITERS[fmt](bundle)]
-    kept = engine.store.add_export(session_id, "dicom_node_results",
-                                   [(a.name, a.data, a.media_type) for a in artifacts],
-                                   options={"image_id": image_id, "formats": list(RESULT_FORMATS)})
-    return engine.store.dicom_outbox_add(session_id, kept["id"], [a.name for a in artifacts],
-                                         asdict(config.destination), max_attempts=config.outbox_max_attempts)
+    return engine.send_results_to(session_id, image_id, RESULT_FORMATS, asdict(config.destination),
+                                  config.outbox_max_attempts)
 
 
 class AnalysisWorkers:
@@ -53,7 +45,7 @@ class AnalysisWorkers:
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
-        requeued = self.engine.store.requeue_stale_jobs([WORKER_PREFIX])
+        requeued = self.engine.requeue_stale_jobs([WORKER_PREFIX])
         if requeued:
             log.info("%d interrupted analysis job(s) requeued or failed", requeued)
         for index in range(self.config.workers):
@@ -69,10 +61,9 @@ class AnalysisWorkers:
             thread.join(timeout)
 
     def _run(self, worker: str) -> None:
-        store = self.engine.store
         while not self._stop.is_set():
             try:
-                job = store.claim_job(worker, kinds=[ANALYZE_JOB])
+                job = self.engine.claim_job(worker, kinds=[ANALYZE_JOB])
             except MedVisionError:
                 log.exception("claiming a job failed")
                 job = None
@@ -84,7 +75,7 @@ class AnalysisWorkers:
 
     def run_job(self, job: dict) -> str:
         """Analyse one image (and queue its results); records done / retry / failed."""
-        store, payload = self.engine.store, job["payload"]
+        payload = job["payload"]
         try:
             result = self.engine.analyze_image(payload["session_id"], payload["image_id"], preset="quick")
             summary: dict[str, Any] = {"analysis_id": result["analysis_id"]}
@@ -92,8 +83,8 @@ class AnalysisWorkers:
                 summary["outbox"] = build_results(self.engine, payload["session_id"], payload["image_id"],
                                                   self.config)
         except MedVisionError as exc:
-            return store.finish_job(job["id"], error=f"{exc.code.value}: {exc.message}"[:500])
+            return self.engine.finish_job(job["id"], error=f"{exc.code.value}: {exc.message}"[:500])
         except Exception as exc:  # noqa: BLE001 - a job's failure is recorded, the worker lives on
             log.exception("analysis job %s failed", job["id"])
-            return store.finish_job(job["id"], error=type(exc).__name__)
-        return store.finish_job(job["id"], result=summary)
+            return self.engine.finish_job(job["id"], error=type(exc).__name__)
+        return self.engine.finish_job(job["id"], result=summary)

@@ -29,16 +29,16 @@ from __future__ import annotations
 import json
 import math
 import numbers
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import ErrorCode, MedVisionError
+from engine.events import EventKind
 from engine.imaging.masks import encode_rle
 from engine.imaging.regions import annotation_coordinates, parse_region
-from engine.store import new_id
-from engine.store.store import now_iso
 
 if TYPE_CHECKING:
-    from engine.api import Engine
+    from engine.services import Services
     from engine.store import Store
 
 ACTIONS = ("add_layer", "update_layer", "remove_layer", "highlight", "animate", "add_annotations")
@@ -156,12 +156,10 @@ def _default_state(current_image_id: str | None) -> dict:
 
 
 def _layer(row: dict) -> dict:
-    """The public form of a ``canvas_layers`` row."""
+    """The public form of a layer row (as :meth:`engine.store.canvas.CanvasRepository.layers` reads it)."""
     return {"layer_id": row["id"], "image_id": row["image_id"], "type": row["kind"], "name": row["name"],
-            "data": json.loads(row["data"]) if isinstance(row["data"], str) else row["data"],
-            "style": json.loads(row["style"]) if isinstance(row["style"], str) else row["style"],
-            "visible": bool(row["visible"]), "source": row["source"], "created_at": row["created_at"],
-            "updated_at": row["updated_at"]}
+            "data": row["data"], "style": row["style"], "visible": bool(row["visible"]), "source": row["source"],
+            "created_at": row["created_at"], "updated_at": row["updated_at"]}
 
 
 def _request(row: dict) -> dict:
@@ -171,42 +169,39 @@ def _request(row: dict) -> dict:
             "status": row["status"], "created_at": row["created_at"]}
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-
-
 class Canvas:
-    """The canvas logic over one engine (its store and annotation methods)."""
+    """The canvas logic over the engine's services (its store and annotations)."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.actions: dict[str, Callable[[str, dict], dict]] = {
+            "add_layer": self._add_layer, "update_layer": self._update_layer, "remove_layer": self._remove_layer,
+            "highlight": self._highlight, "animate": self._animate, "add_annotations": self._add_annotations,
+        }
 
     @property
     def store(self) -> Store:
-        return self.engine.store
+        return self.services.store
 
     # -- reading ---------------------------------------------------------------------------
     def _stored_state(self, session_id: str) -> tuple[dict, str | None]:
         """The stored state merged over the defaults, and when it was last synced."""
-        session = self.store.get_session(session_id)
+        session = self.store.sessions.get(session_id)
         state = _default_state(session["current_image_id"])
-        rows = self.store.db.query("SELECT state, updated_at FROM canvas_state WHERE session_id = ?", (session_id,))
-        if not rows:
+        stored, updated_at = self.store.canvas.state(session_id)
+        if stored is None:
             return state, None
-        stored = json.loads(rows[0]["state"])
         if stored.get("current_image_id") is None:  # synced before any image: follow the session
             stored.pop("current_image_id", None)
         state.update(stored)
-        return state, rows[0]["updated_at"]
+        return state, updated_at
 
     def layers(self, session_id: str) -> list[dict]:
         """A session's canvas layers, oldest first."""
-        rows = self.store.db.query("SELECT * FROM canvas_layers WHERE session_id = ? ORDER BY created_at, rowid",
-                                   (session_id,))
-        return [_layer(r) for r in rows]
+        return [_layer(r) for r in self.store.canvas.layers(session_id)]
 
     def _pending_requests(self, session_id: str) -> list[dict]:
-        return [_request(r) for r in self.store.list_input_requests(session_id, "pending")]
+        return [_request(r) for r in self.store.inputs.in_session(session_id, "pending")]
 
     def get_state(self, session_id: str) -> dict:
         """The stored canvas state (defaults when the canvas never synced), with the layers."""
@@ -219,18 +214,15 @@ class Canvas:
         if image_id is None:
             state, _ = self._stored_state(session_id)
             image_id = state.get("current_image_id")
-            if image_id is not None:
-                rows = self.store.db.query("SELECT id FROM images WHERE id = ? AND session_id = ?",
-                                           (image_id, session_id))
-                if not rows:  # the image the canvas showed is gone: fall back to the session's
-                    image_id = None
+            if image_id is not None and not self.store.images.exists(image_id, session_id):
+                image_id = None  # the image the canvas showed is gone: fall back to the session's
             if image_id is None:
-                image_id = self.store.get_session(session_id)["current_image_id"]
+                image_id = self.store.sessions.get(session_id)["current_image_id"]
             if image_id is None:
                 raise MedVisionError(ErrorCode.IMAGE_NOT_FOUND, "the session has no images yet")
         if not isinstance(image_id, str):
             raise _bad("image_id must be a string")
-        return self.store.get_image(image_id, session_id=session_id)
+        return self.store.images.get(image_id, session_id=session_id)
 
     # -- sync_canvas_state ---------------------------------------------------------------------
     def sync_state(self, session_id: str, canvas_state: Any) -> dict:
@@ -240,12 +232,12 @@ class Canvas:
         key given as None goes back to its default. Returns the pending user-input
         requests and the layers, so the canvas learns what waits for the user.
         """
-        self.store.get_session(session_id)
+        self.store.sessions.get(session_id)
         canvas_state = _json_object(canvas_state, "canvas_state")
         _only_keys(canvas_state, STATE_KEYS, "canvas_state")
-        with self.store.db.transaction() as tx:
+        with self.store.db.transaction():
             state, _ = self._stored_state(session_id)
-            defaults = _default_state(self.store.get_session(session_id)["current_image_id"])
+            defaults = _default_state(self.store.sessions.get(session_id)["current_image_id"])
             given = {k: (defaults[k] if v is None else v) for k, v in canvas_state.items()}
             if "viewport" in canvas_state and canvas_state["viewport"] is not None:
                 given["viewport"] = _viewport(given["viewport"], "viewport", partial=False)
@@ -265,15 +257,7 @@ class Canvas:
                     raise MedVisionError(ErrorCode.IMAGE_NOT_FOUND, "the session has no images yet")
                 region = parse_region(selection, target["rows"], target["columns"])
                 state["pending_selection"] = {**region.to_dict(), "image_id": target["id"]}
-            stamp = now_iso()
-            tx.execute(
-                "INSERT INTO canvas_state (session_id, state, updated_at) VALUES (?, ?, ?)"
-                " ON CONFLICT(session_id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
-                (session_id, _dumps(state), stamp),
-            )
-            event_id = self.store._event(tx, session_id, "canvas.state_synced", {
-                "updated_at": stamp, "current_image_id": state["current_image_id"],
-                "active_tool": state["active_tool"], "keys": sorted(canvas_state)})
+            stamp, event_id = self.store.canvas.save_state(session_id, state, keys=list(canvas_state))
         return {"session_id": session_id, "synced": True, "updated_at": stamp, "event_id": event_id,
                 "state": state, "pending_requests": self._pending_requests(session_id),
                 "layers": self.layers(session_id)}
@@ -329,11 +313,11 @@ class Canvas:
     # -- push_to_canvas ----------------------------------------------------------------------
     def push(self, session_id: str, action: Any, payload: Any) -> dict:
         """Run one push action; every result has ``session_id``, ``action`` and ``event_id``."""
-        self.store.get_session(session_id)
+        self.store.sessions.get(session_id)
         if action not in ACTIONS:
             raise _bad(f"unknown canvas action {action!r}; expected one of {', '.join(ACTIONS)}", action=repr(action))
         payload = _json_object({} if payload is None else payload, "payload")
-        result = getattr(self, "_" + action)(session_id, payload)
+        result = self.actions[action](session_id, payload)
         return {"session_id": session_id, "action": action, **result}
 
     def _add_layer(self, session_id: str, payload: dict) -> dict:
@@ -353,16 +337,8 @@ class Canvas:
             raise _bad(f"source must be one of {', '.join(LAYER_SOURCES)}, not {source!r}")
         image = self._image(session_id, payload.get("image_id"))
         data = self._layer_data(session_id, image, kind, payload["data"])
-        layer_id, stamp = new_id(), now_iso()
-        with self.store.db.transaction() as tx:
-            tx.execute(
-                "INSERT INTO canvas_layers (id, session_id, image_id, kind, name, data, style, visible, source,"
-                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (layer_id, session_id, image["id"], kind, name, _dumps(data), _dumps(style), int(visible), source,
-                 stamp, stamp),
-            )
-            event_id = self.store._event(tx, session_id, "canvas.layer_added",
-                                         {"layer_id": layer_id, "image_id": image["id"], "type": kind, "name": name})
+        layer_id, event_id = self.store.canvas.add_layer(session_id, image["id"], kind=kind, name=name, data=data,
+                                                         style=style, visible=visible, source=source)
         return {"layer_id": layer_id, "image_id": image["id"], "event_id": event_id}
 
     def _update_layer(self, session_id: str, payload: dict) -> dict:
@@ -376,42 +352,32 @@ class Canvas:
             changes["style"] = _style(changes["style"])
         if "visible" in changes and not isinstance(changes["visible"], bool):
             raise _bad("visible must be true or false")
-        with self.store.db.transaction() as tx:
+        with self.store.db.transaction():
             row = self._layer_row(session_id, payload.get("layer_id"))
             current = _layer(row)
             if "data" in changes:
-                image = self.store.get_image(row["image_id"], session_id=session_id)
+                image = self.store.images.get(row["image_id"], session_id=session_id)
                 changes["data"] = self._layer_data(session_id, image, row["kind"], changes["data"])
             fields = sorted(k for k, v in changes.items() if current[k] != v)
             event_id = None
             if fields:
-                stamp = now_iso()
-                values = [_dumps(changes[k]) if k in ("data", "style") else
-                          int(changes[k]) if k == "visible" else changes[k] for k in fields]
-                assignments = ", ".join(f"{k} = ?" for k in fields)
-                tx.execute(f"UPDATE canvas_layers SET {assignments}, updated_at = ? WHERE id = ?",
-                           (*values, stamp, row["id"]))
-                event_id = self.store._event(tx, session_id, "canvas.layer_updated",
-                                             {"layer_id": row["id"], "image_id": row["image_id"], "fields": fields})
+                event_id = self.store.canvas.update_layer(session_id, row, {k: changes[k] for k in fields})
         return {"layer_id": row["id"], "image_id": row["image_id"], "fields": fields, "event_id": event_id}
 
     def _remove_layer(self, session_id: str, payload: dict) -> dict:
         _only_keys(payload, ("layer_id",), "remove_layer payload")
-        with self.store.db.transaction() as tx:
+        with self.store.db.transaction():
             row = self._layer_row(session_id, payload.get("layer_id"))
-            tx.execute("DELETE FROM canvas_layers WHERE id = ?", (row["id"],))
-            event_id = self.store._event(tx, session_id, "canvas.layer_removed",
-                                         {"layer_id": row["id"], "image_id": row["image_id"]})
+            event_id = self.store.canvas.remove_layer(session_id, row)
         return {"layer_id": row["id"], "image_id": row["image_id"], "removed": True, "event_id": event_id}
 
     def _layer_row(self, session_id: str, layer_id: Any) -> dict:
         if not isinstance(layer_id, str) or not layer_id:
             raise _bad("the payload needs 'layer_id'")
-        rows = self.store.db.query("SELECT * FROM canvas_layers WHERE id = ? AND session_id = ?",
-                                   (layer_id, session_id))
-        if not rows:
+        row = self.store.canvas.layer(session_id, layer_id)
+        if row is None:
             raise _bad(f"no canvas layer {layer_id!r} in this session", layer_id=layer_id)
-        return rows[0]
+        return row
 
     def _highlight(self, session_id: str, payload: dict) -> dict:
         _only_keys(payload, ("region", "style", "label", "duration_ms", "image_id"), "highlight payload")
@@ -427,7 +393,7 @@ class Canvas:
         region = parse_region(payload["region"], image["rows"], image["columns"]).to_dict()
         event = {"image_id": image["id"], "region": region, "style": style, "label": label,
                  "duration_ms": duration}
-        event_id = self.store.append_event(session_id, "canvas.highlight", event)
+        event_id = self.store.events.append_now(session_id, EventKind.CANVAS_HIGHLIGHT, event)
         return {**event, "event_id": event_id}
 
     def _animate(self, session_id: str, payload: dict) -> dict:
@@ -439,7 +405,7 @@ class Canvas:
         duration = _milliseconds(payload.get("duration", DEFAULT_ANIMATE_MS), "duration", ANIMATE_MS)
         image = self._image(session_id, payload.get("image_id"))
         event = {"image_id": image["id"], "from": start, "to": end, "duration": duration}
-        event_id = self.store.append_event(session_id, "canvas.animate", event)
+        event_id = self.store.events.append_now(session_id, EventKind.CANVAS_ANIMATE, event)
         return {**event, "event_id": event_id}
 
     def _add_annotations(self, session_id: str, payload: dict) -> dict:
@@ -467,7 +433,7 @@ class Canvas:
         ids: dict[str, list[str]] = {"annotations": [], "related_suggestions": []}
         id_map: dict[str, str] = {}
         turn_id = None
-        with self.store.db.transaction() as tx:
+        with self.store.db.transaction():
             for key, items in groups.items():
                 suggestion = key == "related_suggestions"
                 for index, raw in enumerate(items):
@@ -481,7 +447,7 @@ class Canvas:
                     style = checked.get("style")
                     if suggestion:
                         style = {**SUGGESTION_STYLE, **(style or {})}
-                    added = self.engine.add_annotation(
+                    added = self.services.annotations.add(
                         session_id, image["id"], checked["type"], checked["coordinates"],
                         label=checked.get("label") or "",
                         notes=_notes(checked, what), source="ai", confidence=checked.get("confidence"),
@@ -492,8 +458,9 @@ class Canvas:
             if message is not None:
                 turn_id = ConversationMemory(self.store).add(session_id, "agent", TURN_KIND, message,
                                                              image_id=default_image["id"])
-                self.store._event(tx, session_id, "canvas.message", {"turn_id": turn_id, "message": message})
-            event_id = self.store._event(tx, session_id, "canvas.annotations_added", {
+                self.store.events.append_now(session_id, EventKind.CANVAS_MESSAGE,
+                                             {"turn_id": turn_id, "message": message})
+            event_id = self.store.events.append_now(session_id, EventKind.CANVAS_ANNOTATIONS_ADDED, {
                 "image_id": default_image["id"], "annotation_ids": ids["annotations"],
                 "suggestion_ids": ids["related_suggestions"], "turn_id": turn_id})
         return {"image_id": default_image["id"], "annotation_ids": ids["annotations"],
@@ -539,7 +506,7 @@ class Canvas:
         item = _json_object(item, what)
         if "mask_id" in item:
             _only_keys(item, ("mask_id", "label"), what)
-            row = self.store.get_mask(session_id, str(item["mask_id"]))
+            row = self.store.masks.get(session_id, str(item["mask_id"]))
             if row["image_id"] != image["id"]:
                 raise _bad(f"{what}: mask {row['id']!r} belongs to another image")
             return {"mask_id": row["id"], "label": item.get("label") or row["label"], "area_px": row["area_px"]}
@@ -592,19 +559,3 @@ def _notes(item: dict, what: str) -> str | None:
     if finding:
         parts.append(f"finding: {finding}")
     return "\n".join(parts) or None
-
-
-# -- the Engine's canvas methods (engine.api delegates here) ------------------------------------
-def sync_canvas_state(engine: Engine, session_id: str, canvas_state: dict) -> dict:
-    """See :meth:`Canvas.sync_state`."""
-    return Canvas(engine).sync_state(session_id, canvas_state)
-
-
-def push_to_canvas(engine: Engine, session_id: str, action: str, payload: dict) -> dict:
-    """See :meth:`Canvas.push`."""
-    return Canvas(engine).push(session_id, action, payload)
-
-
-def get_canvas_state(engine: Engine, session_id: str) -> dict:
-    """See :meth:`Canvas.get_state`."""
-    return Canvas(engine).get_state(session_id)

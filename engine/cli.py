@@ -260,7 +260,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _disclaimer() -> str:
-    from engine.api import DISCLAIMER
+    from engine.vocabulary import DISCLAIMER
 
     return DISCLAIMER
 

@@ -64,7 +64,7 @@ def _keep_fp32(node) -> bool:  # noqa: ANN001 - an onnx.NodeProto
     return node.name == "/features/conv0/Conv" or "denseblock1" in node.name or node.op_type in ("Gemm", "MatMul")
 
 
-def _recalibrate_batchnorm(model: nn.Module, batch: np.ndarray) -> None:
+def recalibrate_batchnorm(model: nn.Module, batch: np.ndarray) -> None:
     """Replace BatchNorm running statistics by the statistics of ``batch``."""
     for module in model.modules():
         if isinstance(module, nn.BatchNorm2d):
@@ -94,7 +94,7 @@ def load_densenet(weights_dir: Path | None, calibration: CalibrationSet) -> tupl
         return model, info
     torch.manual_seed(0)
     model = xrv.models.DenseNet(weights=None)
-    _recalibrate_batchnorm(model, calibration.calibrate)
+    recalibrate_batchnorm(model, calibration.calibrate)
     info = {
         "trained": False,
         "thresholds": None,

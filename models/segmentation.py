@@ -33,7 +33,7 @@ from torchxrayvision.baseline_models.chestx_det.ptsemseg.pspnet import pspnet
 
 from engine.inference.modelpack import sha256_file
 from models.calibration import CalibrationSet
-from models.classifier import _recalibrate_batchnorm
+from models.classifier import recalibrate_batchnorm
 from models.onnx_tools import cpu_session, export_onnx, quantize_qdq
 
 if TYPE_CHECKING:
@@ -105,7 +105,7 @@ def load_pspnet(weights_dir: Path | None, calibration: CalibrationSet | None) ->
         raise ValueError("the dev initialisation needs calibration tensors")
     torch.manual_seed(SEED)
     net = pspnet(len(labels()))
-    _recalibrate_batchnorm(PSPNetLogits(net), calibration.calibrate[:BATCHNORM_SAMPLES])
+    recalibrate_batchnorm(PSPNetLogits(net), calibration.calibrate[:BATCHNORM_SAMPLES])
     info = {"trained": False, "upstream_sha256": None,
             "init": f"untrained: PyTorch default init (seed {SEED}), BatchNorm statistics from "
                     f"{BATCHNORM_SAMPLES} calibration tensors"}

@@ -7,7 +7,10 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import tomllib
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -16,7 +19,42 @@ BIN = Path(sys.executable).parent
 def test_import_linter_contracts_hold() -> None:
     run = subprocess.run([str(BIN / "lint-imports")], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "Contracts: 3 kept, 0 broken" in run.stdout
+    assert "Contracts: 4 kept, 0 broken" in run.stdout
+
+
+LAYER_BREACHES = {
+    "a lower layer naming a higher one for a type hint": (
+        "engine/imaging/breach.py",
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from engine.services import Services\n"),
+    "the store calling up into a use-case": ("engine/store/breach.py", "import engine.services.images\n"),
+    "two independent layers importing each other": ("engine/inference/breach.py", "import engine.imaging.masks\n"),
+    "a layer the contract does not name": ("engine/newlayer.py", "import engine.errors\n"),
+}
+
+
+@pytest.mark.parametrize("breach", LAYER_BREACHES, ids=list(LAYER_BREACHES))
+def test_the_layers_contract_fails_on_a_breach(breach: str, tmp_path: Path) -> None:
+    """The engine's layers contract, run on a copy of the engine with one bad import added, is broken."""
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]
+    (layers,) = [c for c in config["contracts"] if c["type"] == "layers"]
+    shutil.copytree(REPO / "engine", tmp_path / "engine", ignore=shutil.ignore_patterns("__pycache__"))
+    lines = ["[importlinter]", "root_packages =", "    engine", "", "[importlinter:contract:layers]",
+             f"name = {layers['name']}", "type = layers", "containers =", "    engine", "layers =",
+             *(f"    {layer}" for layer in layers["layers"]), "exhaustive = true", "exhaustive_ignores =",
+             *(f"    {name}" for name in layers["exhaustive_ignores"])]
+    (tmp_path / ".importlinter").write_text("\n".join(lines) + "\n")
+    env = os.environ | {"PYTHONPATH": str(tmp_path)}
+
+    def lint() -> subprocess.CompletedProcess:
+        return subprocess.run([str(BIN / "lint-imports"), "--no-cache"], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=300, env=env)
+
+    clean = lint()
+    assert clean.returncode == 0 and "1 kept, 0 broken" in clean.stdout, clean.stdout + clean.stderr
+    path, source = LAYER_BREACHES[breach]
+    (tmp_path / path).write_text(source)
+    broken = lint()
+    assert broken.returncode != 0 and "1 broken" in broken.stdout, broken.stdout + broken.stderr
 
 
 RUNTIME_WITHOUT_TORCH = textwrap.dedent(
@@ -55,3 +93,44 @@ def test_no_large_files_are_tracked() -> None:
     files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, text=True, check=True).stdout
     big = [f for f in files.split("\0") if f and (REPO / f).is_file() and (REPO / f).stat().st_size > 2_000_000]
     assert big == [], f"large files in git (models and data stay out): {big}"
+
+
+OUR_PACKAGES = ("engine", "models", "dicom_node", "desktop")
+
+
+def _private_names_taken(path: Path) -> list[str]:
+    """``from ours import _name`` and ``ours_module._name`` in one file (dunders are public)."""
+    import ast
+
+    def private(name: str) -> bool:
+        return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+    tree = ast.parse(path.read_text(), filename=str(path))
+    modules: set[str] = set()
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in OUR_PACKAGES:
+            found += [f"{path}:{node.lineno} from {node.module} import {a.name}" for a in node.names if private(a.name)]
+        elif isinstance(node, ast.Import):
+            modules |= {(a.asname or a.name).split(".")[0] for a in node.names if a.name.split(".")[0] in OUR_PACKAGES}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and private(node.attr):
+            chain, inner = [node.attr], node.value
+            while isinstance(inner, ast.Attribute):
+                chain.append(inner.attr)
+                inner = inner.value
+            if isinstance(inner, ast.Name) and inner.id in modules:
+                found.append(f"{path}:{node.lineno} {inner.id}.{'.'.join(reversed(chain))}")
+    return found
+
+
+def test_no_module_takes_another_modules_private_names() -> None:
+    files = [p for package in OUR_PACKAGES for p in (REPO / package).rglob("*.py")]
+    taken = [hit for path in files for hit in _private_names_taken(path)]
+    assert taken == []
+
+
+def test_the_private_name_check_sees_a_breach(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text("from engine.imaging.decode import _uid\nimport engine.api\nengine.api.Engine._lock\n")
+    assert len(_private_names_taken(bad)) == 2

@@ -289,3 +289,30 @@ def test_layers_and_state_go_with_the_session(canvas: tuple[Engine, str, str]) -
     for table in ("canvas_layers", "canvas_state"):
         rows = engine.store.db.query(f"SELECT count(*) AS n FROM {table} WHERE session_id = ?", (session_id,))
         assert rows[0]["n"] == 0
+
+
+def test_each_action_has_one_handler_and_odd_actions_are_refused(canvas: tuple[Engine, str, str]) -> None:
+    from engine.canvas import ACTIONS, Canvas
+
+    engine, session_id, _ = canvas
+    handlers = Canvas(engine.services).actions
+    assert tuple(handlers) == ACTIONS and all(callable(h) for h in handlers.values())
+    for action in (["add_layer"], {"a": 1}, None, "_add_layer", "__init__"):
+        assert _code(lambda action=action: engine.push_to_canvas(session_id, action, {})) \
+            == ErrorCode.INVALID_ARGUMENT
+
+
+def test_canvas_events_are_catalogued_kinds(canvas: tuple[Engine, str, str]) -> None:
+    from engine.events import EventKind
+
+    engine, session_id, _ = canvas
+    since = engine.store.last_event_id()
+    layer_id = engine.push_to_canvas(session_id, "add_layer", {"type": "bbox", "data": [1, 1, 9, 9]})["layer_id"]
+    engine.push_to_canvas(session_id, "update_layer", {"layer_id": layer_id, "visible": False})
+    engine.push_to_canvas(session_id, "remove_layer", {"layer_id": layer_id})
+    engine.sync_canvas_state(session_id, {"active_tool": "pan"})
+    engine.push_to_canvas(session_id, "highlight", {"region": {"type": "point", "coordinates": [5, 5]}})
+    engine.push_to_canvas(session_id, "animate", {"to": {"zoom": 2}})
+    kinds = [EventKind(e["kind"]) for e in _events(engine, session_id, since)]
+    assert kinds == [EventKind.CANVAS_LAYER_ADDED, EventKind.CANVAS_LAYER_UPDATED, EventKind.CANVAS_LAYER_REMOVED,
+                     EventKind.CANVAS_STATE_SYNCED, EventKind.CANVAS_HIGHLIGHT, EventKind.CANVAS_ANIMATE]

@@ -58,6 +58,15 @@ def heatmap_image(data: dict, alpha: int = 120) -> tuple[QImage, list[float]]:
     return image.copy(), [float(v) for v in data["region"]["coordinates"]]
 
 
+def cosmetic_pen(color: QColor, dashed: bool = False, width: int = 2) -> QPen:
+    """A pen of ``width`` screen pixels at any zoom."""
+    pen = QPen(color, width)
+    pen.setCosmetic(True)
+    if dashed:
+        pen.setStyle(Qt.PenStyle.DashLine)
+    return pen
+
+
 def translated(kind: str, coordinates: object, dx: float, dy: float) -> object:
     """Coordinates moved by (dx, dy); masks do not move."""
     def move(point: list) -> list:

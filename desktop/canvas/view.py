@@ -1,8 +1,9 @@
-"""The canvas view: image + layers, tools, window/level, undo, live overlays.
+"""The canvas view: the image and its layers, zoom/pan, window/level and the corner text (HUD).
 
 The store is the truth for annotations: edits go through undo commands that write
 the store on the engine lane; the canvas re-reads the image's annotations when the
-store announces a change (its own or another process's) and diffs its items.
+store announces a change (its own or another process's) and diffs its items. Tool
+input lives in :mod:`desktop.canvas.tools`, what agents push in :mod:`desktop.canvas.overlays`.
 """
 
 from __future__ import annotations
@@ -11,54 +12,34 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from desktop.canvas.commands import CreateAnnotation, DeleteAnnotation, EditAnnotation, Ref
+from desktop.canvas.commands import Ref
 from desktop.canvas.image import CT_PRESETS, ImageItem, WindowedImage
-from desktop.canvas.items import (
-    COLORS,
-    ORGAN_COLORS,
-    AnnotationItem,
-    heatmap_image,
-    mask_overlay,
-    shape_path,
-    translated,
-)
+from desktop.canvas.items import COLORS, ORGAN_COLORS, AnnotationItem, mask_overlay
 from desktop.canvas.layers import LayerModel, layer_for
+from desktop.canvas.overlays import AgentOverlays
+from desktop.canvas.tools import TOOLS, ToolController
 from desktop.qt import (
     QAction,
     QColor,
     QFont,
     QGraphicsItem,
-    QGraphicsPathItem,
     QGraphicsPixmapItem,
     QGraphicsScene,
     QGraphicsView,
-    QInputDialog,
     QKeySequence,
     QPainter,
-    QPen,
     QPixmap,
     QPointF,
     QRectF,
     Qt,
     QTimer,
-    QTransform,
     QUndoStack,
-    QVariantAnimation,
     Signal,
 )
 from desktop.worker import Op
+from engine.events import ANNOTATION_KINDS, EventKind
 
-#: Tools: name -> (shortcut, title). Measure tools create measurement annotations.
 log = logging.getLogger(__name__)
-
-TOOLS = {
-    "select": ("V", "Select / move"), "pan": ("H", "Pan"), "bbox": ("B", "Box"),
-    "polygon": ("P", "Polygon"), "point": ("O", "Point"), "freehand": ("D", "Freehand"),
-    "distance": ("M", "Measure distance"), "angle": ("N", "Measure angle"), "area": ("K", "Measure area"),
-    "text": ("T", "Text"), "segment": ("S", "Click-to-segment"),
-}
-_DRAG_KINDS = {"bbox", "freehand", "distance"}
-_CLICK_KINDS = {"polygon": 3, "area": 3, "angle": 3}  # fewest points; angle finishes at 3
 
 
 class CanvasView(QGraphicsView):
@@ -90,28 +71,17 @@ class CanvasView(QGraphicsView):
             self.scene().addItem(layer.group)
         self.undo_stack = QUndoStack(self)
         self.items: dict[str, AnnotationItem] = {}
-        self.refs: list[Ref] = []
-        self.tool = "select"
         self.deidentify = True
-        self.selection: dict | None = None  # the last drawn region, for analyze_selected_region
-        self._drawing: list[QPointF] = []
-        self._preview = QGraphicsPathItem()
-        self._preview.setPen(_cosmetic(QColor(255, 255, 255), dashed=True))
-        self._preview.setZValue(100)
-        self.scene().addItem(self._preview)
         self._wl_drag: tuple[QPointF, float, float] | None = None
         self._pending_window: tuple[float, float] | None = None
-        self._press_pos: QPointF | None = None
-        self.segment_state: dict[str, Any] = {"points": [], "labels": [], "box": None, "result": None}
-        self._seg_item: QGraphicsPixmapItem | None = None
         self._organ_items: list[QGraphicsItem] = []
-        self._pushed: dict[str, list[QGraphicsItem]] = {}
+        self.tools = ToolController(self)
+        self.overlays = AgentOverlays(self)
         self._refresh_timer = QTimer(self, singleShot=True, interval=0)
         self._refresh_timer.timeout.connect(self.refresh_annotations)
         # The engine learns the viewport and tool (sync_canvas_state) once they settle.
         self._sync_timer = QTimer(self, singleShot=True, interval=400)
         self._sync_timer.timeout.connect(self.sync_state)
-        self.ask_text: Callable[[], str | None] = self._ask_text
         self.actions_by_name = self._make_actions()
 
     # -- engine plumbing ---------------------------------------------------------------
@@ -119,14 +89,15 @@ class CanvasView(QGraphicsView):
         """Run a store edit on the engine lane, then re-read the annotations."""
         engine = self.engine
         Op(self, lambda: fn(engine)).progress("Saving annotation").success(
-            lambda _result: self._refresh_timer.start()).run()
+            lambda _result: self.schedule_refresh()).run()
 
-    def ref_for(self, annotation_id: str) -> Ref:
-        for ref in self.refs:
-            if ref.id == annotation_id:
-                return ref
-        self.refs.append(Ref(annotation_id))
-        return self.refs[-1]
+    def schedule_refresh(self) -> None:
+        """Re-read the annotations once the event loop is free (coalesces bursts of edits)."""
+        self._refresh_timer.start()
+
+    def schedule_sync(self) -> None:
+        """Tell the engine the canvas state once the viewport and tool settle."""
+        self._sync_timer.start()
 
     # -- images ------------------------------------------------------------------------
     def load_image(self, session_id: str, image_id: str) -> Op:
@@ -144,11 +115,11 @@ class CanvasView(QGraphicsView):
     def show_image(self, session_id: str, row: dict, image: WindowedImage, first_frame: Any = None) -> None:
         if self.image_item is not None:
             self.scene().removeItem(self.image_item)
-        for item in list(self.items.values()) + self._organ_items + [i for v in self._pushed.values() for i in v]:
+        for item in list(self.items.values()) + self._organ_items:
             self.scene().removeItem(item)
-        self.items, self._organ_items, self._pushed = {}, [], {}
-        self._animation: QVariantAnimation | None = None
-        self.clear_segmentation()
+        self.items, self._organ_items = {}, []
+        self.overlays.clear()
+        self.tools.clear_segmentation()
         self.undo_stack.clear()
         self.session_id, self.image_row, self.image = session_id, row, image
         self.image_item = ImageItem(image, first_frame)
@@ -236,7 +207,7 @@ class CanvasView(QGraphicsView):
         scale = self.transform().m11() * factor
         if 0.02 <= scale <= 40:
             self.scale(factor, factor)
-            self._sync_timer.start()
+            self.schedule_sync()
 
     def wheelEvent(self, event) -> None:  # noqa: ANN001, N802 - Qt override
         self.zoom_by(1.25 if event.angleDelta().y() > 0 else 0.8)
@@ -259,7 +230,7 @@ class CanvasView(QGraphicsView):
         self._pending_window = None
         self.image_item.set_window(center, width)
         self.window_changed.emit(*self.image_item.effective_window())
-        self._sync_timer.start()
+        self.schedule_sync()
         self.viewport().update()
 
     def presets(self) -> dict[str, tuple[float | None, float | None]]:
@@ -275,306 +246,8 @@ class CanvasView(QGraphicsView):
     def apply_preset(self, name: str) -> None:
         self.apply_window_now(*self.presets()[name])
 
-    # -- tools -------------------------------------------------------------------------
-    def set_tool(self, name: str) -> None:
-        if name not in TOOLS:
-            raise ValueError(f"unknown tool {name!r}")
-        self.tool = name
-        self._sync_timer.start()
-        self._drawing = []
-        self._preview.setPath(shape_path("polygon", []))
-        self.setDragMode(QGraphicsView.DragMode.ScrollHandDrag if name == "pan" else
-                         QGraphicsView.DragMode.RubberBandDrag if name == "select" else
-                         QGraphicsView.DragMode.NoDrag)
-        self.setCursor(Qt.CursorShape.OpenHandCursor if name == "pan" else
-                       Qt.CursorShape.ArrowCursor if name == "select" else Qt.CursorShape.CrossCursor)
-        action = self.actions_by_name.get(f"tool:{name}")
-        if action is not None:
-            action.setChecked(True)
-        self.tool_changed.emit(name)
-
-    def _image_point(self, event) -> QPointF:  # noqa: ANN001
-        point = self.mapToScene(event.position().toPoint())
-        if self.image is None:
-            return point
-        d = self.image.decoded
-        return QPointF(min(max(point.x(), 0.0), d.columns - 1.0), min(max(point.y(), 0.0), d.rows - 1.0))
-
-    def mousePressEvent(self, event) -> None:  # noqa: ANN001, N802 - Qt override
-        if self.image is None:
-            return super().mousePressEvent(event)
-        point = self._image_point(event)
-        self._press_pos = point
-        if event.button() == Qt.MouseButton.RightButton:
-            center, width = self.image_item.effective_window()
-            self._wl_drag = (event.position(), center, width)
-            return None
-        if event.button() != Qt.MouseButton.LeftButton or self.tool in ("select", "pan"):
-            return super().mousePressEvent(event)
-        if self.tool in _DRAG_KINDS or self.tool == "segment":
-            self._drawing = [point]
-        elif self.tool in _CLICK_KINDS:
-            self._drawing.append(point)
-            if self.tool == "angle" and len(self._drawing) == 3:
-                self.finish_drawing()
-        elif self.tool == "point":
-            self.create_annotation("point", [point.x(), point.y()])
-        elif self.tool == "text":
-            text = self.ask_text()
-            if text:
-                self.create_annotation("text", {"position": [point.x(), point.y()], "text": text})
-        self._update_preview(point)
-        return None
-
-    def mouseMoveEvent(self, event) -> None:  # noqa: ANN001, N802 - Qt override
-        if self.image is not None:
-            point = self._image_point(event)
-            self.cursor_moved.emit(self.readout(int(point.x()), int(point.y())))
-            if self._wl_drag is not None:
-                start, center, width = self._wl_drag
-                delta = event.position() - start
-                step = max(self.image.full_window()[1] / 1000.0, 0.5)
-                self.set_window(center + delta.y() * step, max(1.0, width + delta.x() * step))
-                return None
-            if self._drawing and event.buttons() & Qt.MouseButton.LeftButton and self.tool == "freehand":
-                self._drawing.append(point)
-            self._update_preview(point)
-        return super().mouseMoveEvent(event)
-
-    def mouseReleaseEvent(self, event) -> None:  # noqa: ANN001, N802 - Qt override
-        if self.image is None:
-            return super().mouseReleaseEvent(event)
-        point = self._image_point(event)
-        moved = self._press_pos is not None and (point - self._press_pos).manhattanLength() > 4 / self.scale_factor()
-        if event.button() == Qt.MouseButton.RightButton:
-            self._wl_drag = None
-            if self.tool == "segment" and not moved:
-                self.segment_click(point.x(), point.y(), 0)
-            return None
-        if event.button() == Qt.MouseButton.LeftButton and self.tool == "segment":
-            if moved:
-                self.segment_box([self._press_pos.x(), self._press_pos.y(), point.x(), point.y()])
-            else:
-                self.segment_click(point.x(), point.y(), 1)
-            self._drawing = []
-            self._update_preview(point)
-            return None
-        if event.button() == Qt.MouseButton.LeftButton and self.tool in _DRAG_KINDS and self._drawing:
-            if self.tool != "freehand":
-                self._drawing.append(point)
-            if moved:
-                self.finish_drawing()
-            else:
-                self._drawing = []
-            return None
-        return super().mouseReleaseEvent(event)
-
-    def mouseDoubleClickEvent(self, event) -> None:  # noqa: ANN001, N802 - Qt override
-        if self.tool in ("polygon", "area"):
-            self.finish_drawing()
-            return None
-        return super().mouseDoubleClickEvent(event)
-
     def scale_factor(self) -> float:
         return self.transform().m11() or 1.0
-
-    def _update_preview(self, cursor: QPointF) -> None:
-        points = [*self._drawing, cursor] if self.tool in _CLICK_KINDS and self._drawing else list(self._drawing)
-        if self.tool in ("bbox", "segment") and len(points) >= 1 and self._drawing:
-            points = [self._drawing[0], cursor]
-            x1, y1, x2, y2 = points[0].x(), points[0].y(), points[1].x(), points[1].y()
-            self._preview.setPath(shape_path("bbox", [x1, y1, x2, y2]))
-        elif self.tool == "distance" and self._drawing:
-            self._preview.setPath(shape_path("measurement", {"kind": "distance", "points": [
-                [p.x(), p.y()] for p in (self._drawing[0], cursor)]}))
-        else:
-            self._preview.setPath(shape_path("measurement", {"kind": "polyline",
-                                                             "points": [[p.x(), p.y()] for p in points]}))
-
-    def finish_drawing(self) -> None:
-        """Turn the points drawn so far into an annotation of the current tool."""
-        points = [[round(p.x(), 2), round(p.y(), 2)] for p in self._drawing]
-        self._drawing = []
-        self._preview.setPath(shape_path("polygon", []))
-        kind = self.tool
-        if kind == "bbox" and len(points) >= 2:
-            (x1, y1), (x2, y2) = points[0], points[-1]
-            self.create_annotation("bbox", [min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)])
-        elif kind in ("polygon", "freehand") and len(points) >= 3:
-            self.create_annotation(kind, points)
-        elif kind == "distance" and len(points) >= 2:
-            self.create_annotation("measurement", {"kind": "distance", "points": [points[0], points[-1]]})
-        elif kind in ("angle", "area") and len(points) >= 3:
-            self.create_annotation("measurement", {"kind": kind, "points": points[:3] if kind == "angle" else points})
-
-    def keyPressEvent(self, event) -> None:  # noqa: ANN001, N802 - Qt override
-        if event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter):
-            if self.tool == "segment":
-                self.accept_segmentation()
-            else:
-                self.finish_drawing()
-        elif event.key() == Qt.Key.Key_Escape:
-            self._drawing = []
-            self._preview.setPath(shape_path("polygon", []))
-            self.clear_segmentation()
-        else:
-            super().keyPressEvent(event)
-
-    # -- annotations (undoable) ------------------------------------------------------------
-    def create_annotation(self, kind: str, coordinates: Any, label: str = "") -> Ref:
-        """Draw -> a user annotation in the store, through the undo stack."""
-        ref = Ref()
-        self.refs.append(ref)
-        annotation = {"image_id": self.image_id, "type": kind, "coordinates": coordinates, "label": label,
-                      "source": "user"}
-        self.undo_stack.push(CreateAnnotation(self, ref, annotation))
-        if kind in ("bbox", "polygon", "freehand", "point"):
-            self.selection = {"type": kind, "coordinates": coordinates}
-            self.region_drawn.emit(self.selection)
-        return ref
-
-    def move_annotation(self, annotation_id: str, dx: float, dy: float) -> None:
-        annotation = self.items[annotation_id].annotation
-        moved = translated(annotation["type"], annotation["coordinates"], dx, dy)
-        self.undo_stack.push(EditAnnotation(self, self.ref_for(annotation_id), {"coordinates": annotation["coordinates"]},
-                                            {"coordinates": moved}, "Move annotation"))
-
-    def edit_annotation(self, annotation_id: str, **after: Any) -> None:
-        annotation = self.items[annotation_id].annotation
-        before = {k: annotation.get(k) for k in after}
-        self.undo_stack.push(EditAnnotation(self, self.ref_for(annotation_id), before, after))
-
-    def delete_selected(self) -> None:
-        chosen = [item for item in self.scene().selectedItems() if isinstance(item, AnnotationItem)]
-        if len(chosen) > 1:
-            self.undo_stack.beginMacro("Delete annotations")
-        for item in chosen:
-            self.undo_stack.push(DeleteAnnotation(self, self.ref_for(item.annotation_id), dict(item.annotation)))
-        if len(chosen) > 1:
-            self.undo_stack.endMacro()
-
-    def selected_region(self) -> dict | None:
-        """The selected annotation as a region, else the last drawn region."""
-        for item in self.scene().selectedItems():
-            if isinstance(item, AnnotationItem) and item.annotation["type"] in ("bbox", "polygon", "freehand",
-                                                                               "point", "mask"):
-                return {"type": item.annotation["type"], "coordinates": item.annotation["coordinates"]}
-        return self.selection
-
-    # -- click-to-segment ------------------------------------------------------------------
-    def segment_click(self, x: float, y: float, label: int) -> Op:
-        self.segment_state["points"].append([round(x, 1), round(y, 1)])
-        self.segment_state["labels"].append(int(label))
-        return self._segment()
-
-    def segment_box(self, box: list[float]) -> Op:
-        self.segment_state["box"] = [round(min(box[0], box[2]), 1), round(min(box[1], box[3]), 1),
-                                     round(max(box[0], box[2]), 1), round(max(box[1], box[3]), 1)]
-        return self._segment()
-
-    def _segment(self) -> Op:
-        engine, session_id, image_id = self.engine, self.session_id, self.image_id
-        state = {k: (list(v) if isinstance(v, list) else v) for k, v in self.segment_state.items()}
-
-        def work() -> dict:
-            result = engine.segment_interactive(session_id, image_id, points=state["points"] or None,
-                                                labels=state["labels"] or None, box=state["box"])
-            best = result["masks"][result["best"]]
-            result["overlay"] = mask_overlay(best["rle"], COLORS["interactive"], 120)
-            return result
-
-        return Op(self, work).progress("Segmenting").success(self._show_segmentation).run()
-
-    def _show_segmentation(self, result: dict) -> None:
-        if result["image_id"] != self.image_id:
-            return
-        self.segment_state["result"] = result
-        if self._seg_item is not None:
-            self.scene().removeItem(self._seg_item)
-            self._seg_item = None
-        if result["overlay"] is not None:
-            image, x0, y0 = result["overlay"]
-            self._seg_item = QGraphicsPixmapItem(QPixmap.fromImage(image), self.layers["user"].group)
-            self._seg_item.setOffset(x0, y0)
-        self.mask_updated.emit(result)
-
-    def accept_segmentation(self, label: str = "segmented region") -> Op | None:
-        """Keep the current candidate mask as a user annotation."""
-        result = self.segment_state["result"]
-        if result is None:
-            return None
-        engine, session_id, mask_id = self.engine, self.session_id, result["mask_id"]
-        self.clear_segmentation()
-        return Op(self, lambda: engine.accept_mask(session_id, mask_id, label)).progress("Accepting mask").success(
-            lambda _r: self._refresh_timer.start()).run()
-
-    def clear_segmentation(self) -> None:
-        self.segment_state = {"points": [], "labels": [], "box": None, "result": None}
-        if self._seg_item is not None:
-            self.scene().removeItem(self._seg_item)
-            self._seg_item = None
-
-    # -- pushed by agents (live sync) --------------------------------------------------------
-    def on_store_event(self, event: dict) -> None:
-        """React to a store event of the shown session (see desktop.sync)."""
-        kind, payload = event["kind"], event.get("payload") or {}
-        if event.get("session_id") != self.session_id or self.image_row is None:
-            return
-        if payload.get("image_id") not in (None, self.image_id):
-            return
-        if kind.startswith("annotation."):
-            self._refresh_timer.start()
-        elif kind == "masks.created" and payload.get("source") == "organ_seg":
-            self.refresh_ai_masks()
-        elif kind == "canvas.highlight":
-            self.highlight(payload)
-        elif kind == "canvas.animate":
-            self.animate(payload)
-        elif kind in ("canvas.layer_added", "canvas.layer_updated"):
-            engine, session_id, layer_id = self.engine, self.session_id, payload.get("layer_id")
-            Op(self, lambda: [la for la in engine.get_canvas_state(session_id).get("layers", [])
-                              if la["layer_id"] == layer_id], lane="read").success(
-                lambda found: found and self.show_pushed_layer(found[0])).run()
-        elif kind == "canvas.layer_removed":
-            for item in self._pushed.pop(str(payload.get("layer_id") or payload.get("id")), []):
-                self.scene().removeItem(item)
-
-    def show_pushed_layer(self, payload: dict) -> None:
-        layer_id = str(payload.get("layer_id") or payload.get("id") or payload.get("name") or "agent")
-        for item in self._pushed.pop(layer_id, []):
-            self.scene().removeItem(item)
-        items = []
-        if payload.get("visible") is False or payload.get("image_id") not in (None, self.image_id):
-            return
-        if payload.get("type") == "heatmap":
-            image, (x1, y1, x2, y2) = heatmap_image(payload["data"])
-            item = QGraphicsPixmapItem(QPixmap.fromImage(image))
-            item.setTransformationMode(Qt.TransformationMode.SmoothTransformation)
-            item.setTransform(QTransform.fromScale((x2 - x1) / image.width(), (y2 - y1) / image.height()))
-            item.setPos(x1, y1)
-            item.setParentItem(self.layers["ai_masks"].group)
-            self._pushed[layer_id] = [item]
-            return
-        dashed = bool((payload.get("style") or {}).get("lineDash"))
-        for region in regions_in(payload):
-            item = self._region_item(region, COLORS["ai"], dashed=dashed)
-            if item is not None:
-                item.setParentItem(self.layers["ai_masks" if region["type"] == "mask" else "ai_boxes"].group)
-                items.append(item)
-        self._pushed[layer_id] = items
-
-    def highlight(self, payload: dict) -> None:
-        """A pulsing outline around the pushed region(s) for three seconds."""
-        for region in regions_in(payload):
-            item = self._region_item(region, QColor(255, 60, 60), dashed=False, width=3)
-            if item is None:
-                continue
-            item.setParentItem(self.layers["ai_boxes"].group)
-            pulse = QVariantAnimation(self, startValue=1.0, endValue=0.2, duration=500, loopCount=6)
-            pulse.valueChanged.connect(item.setOpacity)
-            pulse.finished.connect(lambda item=item: item.scene() and item.scene().removeItem(item))
-            pulse.start(QVariantAnimation.DeletionPolicy.DeleteWhenStopped)
-            self._pushed.setdefault("highlight", []).append(item)
 
     def viewport_state(self) -> dict:
         """``{"zoom", "pan": {"x", "y"}, "window"}``: pan is the image point at the view's centre."""
@@ -588,7 +261,7 @@ class CanvasView(QGraphicsView):
         engine, session_id, image_id = self.engine, self.session_id, self.image_id
         if engine is None or session_id is None or image_id is None or self.image_item is None:
             return
-        tool = {"distance": "measure", "angle": "measure", "area": "measure"}.get(self.tool, self.tool)
+        tool = {"distance": "measure", "angle": "measure", "area": "measure"}.get(self.tools.tool, self.tools.tool)
         state = {"viewport": self.viewport_state(), "active_tool": tool, "current_image_id": image_id}
         Op(self, lambda: engine.sync_canvas_state(session_id, state), lane="read").failure(
             lambda exc: log.warning("canvas state not synced: %s", exc)).run()
@@ -602,44 +275,115 @@ class CanvasView(QGraphicsView):
         if state.get("window"):
             self.set_window(state["window"].get("center"), state["window"].get("width"))
 
-    def animate(self, payload: dict) -> None:
-        """An agent's ``canvas.animate``: glide from ``from`` (default: now) to ``to`` in ``duration`` ms."""
-        start, end = {**self.viewport_state(), **(payload.get("from") or {})}, payload.get("to") or {}
+    # -- input: right-drag is window/level, the rest goes to the current tool --------------
+    def _image_point(self, event) -> QPointF:  # noqa: ANN001
+        point = self.mapToScene(event.position().toPoint())
+        if self.image is None:
+            return point
+        d = self.image.decoded
+        return QPointF(min(max(point.x(), 0.0), d.columns - 1.0), min(max(point.y(), 0.0), d.rows - 1.0))
 
-        def mix(a: float, b: float, t: float) -> float:
-            return a + (b - a) * t
-
-        def step(t: float) -> None:
-            state: dict = {}
-            if "zoom" in end:
-                state["zoom"] = mix(start["zoom"], end["zoom"], t)
-            if "pan" in end:
-                state["pan"] = {k: mix(start["pan"][k], end["pan"].get(k, start["pan"][k]), t) for k in ("x", "y")}
-            if "window" in end:
-                state["window"] = {k: mix(start["window"][k], end["window"].get(k, start["window"][k]), t)
-                                   for k in ("center", "width")}
-            self.set_viewport(state)
-
-        glide = QVariantAnimation(self, startValue=0.0, endValue=1.0, duration=int(payload.get("duration") or 500))
-        glide.valueChanged.connect(step)
-        glide.start(QVariantAnimation.DeletionPolicy.DeleteWhenStopped)
-        self._animation = glide
-
-    def _region_item(self, region: dict, color: QColor, dashed: bool, width: int = 2) -> QGraphicsItem | None:
-        kind, coords = region.get("type"), region.get("coordinates")
-        try:
-            if kind == "mask":
-                overlay = mask_overlay(coords, color)
-                if overlay is None:
-                    return None
-                item = QGraphicsPixmapItem(QPixmap.fromImage(overlay[0]))
-                item.setOffset(overlay[1], overlay[2])
-                return item
-            item = QGraphicsPathItem(shape_path(kind, coords))
-        except (KeyError, TypeError, ValueError, IndexError):
+    def mousePressEvent(self, event) -> None:  # noqa: ANN001, N802 - Qt override
+        if self.image is None:
+            return super().mousePressEvent(event)
+        point = self._image_point(event)
+        self.tools.press_pos = point
+        if event.button() == Qt.MouseButton.RightButton:
+            center, width = self.image_item.effective_window()
+            self._wl_drag = (event.position(), center, width)
             return None
-        item.setPen(_cosmetic(color, dashed=dashed, width=width))
-        return item
+        if self.tools.press(event.button(), point):
+            return None
+        return super().mousePressEvent(event)
+
+    def mouseMoveEvent(self, event) -> None:  # noqa: ANN001, N802 - Qt override
+        if self.image is not None:
+            point = self._image_point(event)
+            self.cursor_moved.emit(self.readout(int(point.x()), int(point.y())))
+            if self._wl_drag is not None:
+                start, center, width = self._wl_drag
+                delta = event.position() - start
+                step = max(self.image.full_window()[1] / 1000.0, 0.5)
+                self.set_window(center + delta.y() * step, max(1.0, width + delta.x() * step))
+                return None
+            self.tools.move(event.buttons(), point)
+        return super().mouseMoveEvent(event)
+
+    def mouseReleaseEvent(self, event) -> None:  # noqa: ANN001, N802 - Qt override
+        if self.image is None:
+            return super().mouseReleaseEvent(event)
+        if event.button() == Qt.MouseButton.RightButton:
+            self._wl_drag = None
+        if self.tools.release(event.button(), self._image_point(event)):
+            return None
+        return super().mouseReleaseEvent(event)
+
+    def mouseDoubleClickEvent(self, event) -> None:  # noqa: ANN001, N802 - Qt override
+        if self.tools.double_click():
+            return None
+        return super().mouseDoubleClickEvent(event)
+
+    def keyPressEvent(self, event) -> None:  # noqa: ANN001, N802 - Qt override
+        if not self.tools.key_press(event.key()):
+            super().keyPressEvent(event)
+
+    # -- the tool controller's API, as the window and panels use it ----------------------
+    @property
+    def tool(self) -> str:
+        return self.tools.tool
+
+    def set_tool(self, name: str) -> None:
+        self.tools.set_tool(name)
+
+    @property
+    def selection(self) -> dict | None:
+        """The last drawn region, for analyze_selected_region."""
+        return self.tools.selection
+
+    @selection.setter
+    def selection(self, region: dict | None) -> None:
+        self.tools.selection = region
+
+    @property
+    def segment_state(self) -> dict[str, Any]:
+        return self.tools.segment_state
+
+    def create_annotation(self, kind: str, coordinates: Any, label: str = "") -> Ref:
+        return self.tools.create_annotation(kind, coordinates, label)
+
+    def move_annotation(self, annotation_id: str, dx: float, dy: float) -> None:
+        self.tools.move_annotation(annotation_id, dx, dy)
+
+    def edit_annotation(self, annotation_id: str, **after: Any) -> None:
+        self.tools.edit_annotation(annotation_id, **after)
+
+    def selected_region(self) -> dict | None:
+        return self.tools.selected_region()
+
+    def segment_click(self, x: float, y: float, label: int) -> Op:
+        return self.tools.segment_click(x, y, label)
+
+    def accept_segmentation(self, label: str = "segmented region") -> Op | None:
+        return self.tools.accept_segmentation(label)
+
+    def clear_segmentation(self) -> None:
+        self.tools.clear_segmentation()
+
+    # -- store events (live sync) ------------------------------------------------------------
+    def on_store_event(self, event: dict) -> None:
+        """React to a store event of the shown session (see desktop.sync)."""
+        kind, payload = event["kind"], event.get("payload") or {}
+        if event.get("session_id") != self.session_id or self.image_row is None:
+            return
+        if payload.get("image_id") not in (None, self.image_id):
+            return
+        if kind in ANNOTATION_KINDS:
+            self.schedule_refresh()
+        elif kind == EventKind.MASKS_CREATED and payload.get("source") == "organ_seg":
+            self.refresh_ai_masks()
+        else:
+            self.overlays.on_canvas_event(kind, payload)
+
 
     # -- readout and overlay -----------------------------------------------------------------
     def readout(self, x: int, y: int) -> str:
@@ -708,46 +452,11 @@ class CanvasView(QGraphicsView):
         add("zoom_out", "Zoom out", "-", lambda: self.zoom_by(0.8))
         add("wl_reset", "Reset window", "R", lambda: self.apply_preset("Default"))
         add("wl_auto", "Auto window", "A", lambda: self.apply_preset("Auto"))
-        add("delete", "Delete selected", [QKeySequence.StandardKey.Delete, "Backspace"], self.delete_selected)
-        add("accept_mask", "Accept mask", "Ctrl+Return", lambda: self.accept_segmentation())
+        add("delete", "Delete selected", [QKeySequence.StandardKey.Delete, "Backspace"], self.tools.delete_selected)
+        add("accept_mask", "Accept mask", "Ctrl+Return", lambda: self.tools.accept_segmentation())
         for name, (key, title) in TOOLS.items():
-            add(f"tool:{name}", title, key, lambda _=False, n=name: self.set_tool(n), checkable=True)
+            add(f"tool:{name}", title, key, lambda _=False, n=name: self.tools.set_tool(n), checkable=True)
         return actions
 
-    def _ask_text(self) -> str | None:
-        text, ok = QInputDialog.getText(self, "Text annotation", "Text:")
-        return text if ok else None
 
-
-def _cosmetic(color: QColor, dashed: bool = False, width: int = 2) -> QPen:
-    pen = QPen(color, width)
-    pen.setCosmetic(True)
-    if dashed:
-        pen.setStyle(Qt.PenStyle.DashLine)
-    return pen
-
-
-def regions_in(payload: Any) -> list[dict]:
-    """Every region dict ({"type", "coordinates"}) inside a pushed payload, however nested."""
-    found: list[dict] = []
-    if isinstance(payload, dict):
-        if payload.get("type") in ("bbox", "polygon", "point", "freehand", "mask") and "coordinates" in payload:
-            return [payload]
-        if "counts" in payload and "size" in payload:
-            return [{"type": "mask", "coordinates": payload}]
-        if isinstance(payload.get("rle"), dict):
-            return [{"type": "mask", "coordinates": payload["rle"]}]
-        if isinstance(payload.get("coordinates"), list) and len(payload["coordinates"]) == 4:
-            return [{"type": "bbox", "coordinates": payload["coordinates"]}]
-        for key in ("region", "regions", "data", "annotations", "boxes", "masks", "items", "to"):
-            if key in payload:
-                found += regions_in(payload[key])
-    elif isinstance(payload, list):
-        if len(payload) == 4 and all(isinstance(v, int | float) for v in payload):
-            return [{"type": "bbox", "coordinates": payload}]
-        for entry in payload:
-            found += regions_in(entry)
-    return found
-
-
-__all__ = ["TOOLS", "CanvasView", "regions_in"]
+__all__ = ["TOOLS", "CanvasView"]

@@ -23,12 +23,13 @@ from typing import TYPE_CHECKING, Any
 
 from engine.agent.guard import check_narrative, display_name, named_labels
 from engine.agent.memory import ConversationMemory
-from engine.agent.report import DISCLAIMER, build_report
+from engine.agent.report import build_report
 from engine.errors import ErrorCode, MedVisionError
 from engine.store import now_iso
+from engine.vocabulary import DISCLAIMER
 
 if TYPE_CHECKING:
-    from engine.api import Engine
+    from engine.services import Services
 
 QUESTION_MAX_CHARS = 1000
 #: The answer's length under the grammar; with the cited ids it fits ANSWER_MAX_TOKENS,
@@ -45,24 +46,24 @@ _TOPICS = {
 }
 
 
-def gather_context(engine: Engine, session_id: str, image_id: str) -> dict[str, Any]:
+def gather_context(services: Services, session_id: str, image_id: str) -> dict[str, Any]:
     """The report a question is answered from, where it came from, and its numbered sources."""
-    runs = [r for r in engine.store.list_agent_runs(session_id, status="completed") if r["image_id"] == image_id]
+    runs = [r for r in services.store.list_agent_runs(session_id, status="completed") if r["image_id"] == image_id]
     report, origin = None, None
     for run in reversed(runs):
-        row = engine.store.get_agent_run(run["id"], session_id=session_id)
+        row = services.store.get_agent_run(run["id"], session_id=session_id)
         if row["report"]:
             report, origin = row["report"], {"kind": "agent_run", "run_id": run["id"]}
             break
     if report is None:
-        report, origin = _report_from_analyses(engine, session_id, image_id)
+        report, origin = _report_from_analyses(services, session_id, image_id)
     return {"report": report, "origin": origin, "sources": _sources(report, origin) if report else []}
 
 
-def _report_from_analyses(engine: Engine, session_id: str, image_id: str) -> tuple[dict | None, dict | None]:
+def _report_from_analyses(services: Services, session_id: str, image_id: str) -> tuple[dict | None, dict | None]:
     classification = segmentation = None
     classify_id = segment_id = None
-    for row in reversed(engine.store.list_analyses(session_id, image_id)):
+    for row in reversed(services.store.list_analyses(session_id, image_id)):
         result = row["result"] or {}
         if classification is None and (result.get("classification") or {}).get("status") == "ok" \
                 and row["kind"] == "analyze_image":
@@ -71,7 +72,7 @@ def _report_from_analyses(engine: Engine, session_id: str, image_id: str) -> tup
             segmentation, segment_id = result["segmentation"], row["id"]
     if classification is None and segmentation is None:
         return None, None
-    image = engine.store.get_image(image_id, session_id=session_id)
+    image = services.store.get_image(image_id, session_id=session_id)
     outputs: dict[str, Any] = {"image_info": {"image_id": image_id, "type": image["type"],
                                               "modality": image.get("modality"),
                                               "view": (image.get("metadata") or {}).get("ViewPosition"),
@@ -231,7 +232,7 @@ def _llm_answer(llm: Any, question: str, context: dict[str, Any], memory: dict[s
     return parsed, record
 
 
-def ask_about_image(engine: Engine, session_id: str, question: str, image_id: str | None = None,
+def ask_about_image(services: Services, session_id: str, question: str, image_id: str | None = None,
                     include_context: bool = True, *, seed: int | None = 0) -> dict[str, Any]:
     """Answer a question about an image from its structured context, citing sources.
 
@@ -248,15 +249,15 @@ def ask_about_image(engine: Engine, session_id: str, question: str, image_id: st
         raise MedVisionError(ErrorCode.INVALID_ARGUMENT, "question must be a non-empty string")
     if len(question) > QUESTION_MAX_CHARS:
         raise MedVisionError(ErrorCode.INVALID_ARGUMENT, f"question longer than {QUESTION_MAX_CHARS} characters")
-    session = engine.store.get_session(session_id)
+    session = services.store.get_session(session_id)
     image_id = image_id or session["current_image_id"]
     if image_id is None:
         raise MedVisionError(ErrorCode.IMAGE_NOT_FOUND, "the session has no images yet")
-    engine.store.get_image(image_id, session_id=session_id)
+    services.store.get_image(image_id, session_id=session_id)
     started = time.perf_counter()
-    memory = ConversationMemory(engine.store)
+    memory = ConversationMemory(services.store)
     if include_context:
-        context = gather_context(engine, session_id, image_id)
+        context = gather_context(services, session_id, image_id)
     else:
         context = {"report": None, "origin": None, "sources": []}
     answer = facts_answer(question, context)
@@ -264,7 +265,7 @@ def ask_about_image(engine: Engine, session_id: str, question: str, image_id: st
         answer["answer"] = ("Without the analysis context there is nothing to answer from: the language model of "
                             "this pack reads text, not pixels. Ask again with include_context, or analyse the image.")
     source, guard, attempt = "facts", None, None
-    llm, llm_error = _language_model(engine) if include_context and context["report"] is not None else (None, None)
+    llm, llm_error = _language_model(services) if include_context and context["report"] is not None else (None, None)
     if llm_error is not None:
         guard = {"status": "fallback", "violations": [], "reason": f"language model unavailable: {llm_error}"}
     if llm is not None:
@@ -287,19 +288,19 @@ def ask_about_image(engine: Engine, session_id: str, question: str, image_id: st
         "model_trained": report.get("model_trained") if report else None, "disclaimer": DISCLAIMER,
         "latency_ms": round((time.perf_counter() - started) * 1000, 1),
     }
-    with engine.store.db.transaction():
+    with services.store.db.transaction():
         memory.add(session_id, "user", "question", question, image_id=image_id)
         memory.add(session_id, "agent", "answer", result["answer"], sources=result["sources"], image_id=image_id,
                    run_id=(context["origin"] or {}).get("run_id"))
-        engine.store.add_interaction(session_id, "query", {"question": question, "source": source,
+        services.store.add_interaction(session_id, "query", {"question": question, "source": source,
                                                            "sources": [s["id"] for s in result["sources"]]}, image_id)
     return result
 
 
-def _language_model(engine: Engine) -> tuple[Any, str | None]:
+def _language_model(services: Services) -> tuple[Any, str | None]:
     """``(model, None)``; ``(None, None)`` when the pack has none; ``(None, why)`` when it cannot load."""
     try:
-        llm = engine.models.llm()
+        llm = services.models.llm()
         if llm is not None:
             llm.load()
         return llm, None

@@ -22,10 +22,9 @@ from typing import Any
 import jsonschema
 
 from engine.errors import ErrorCode, MedVisionError
+from engine.vocabulary import DISCLAIMER, UNTRAINED_BANNER
 
 SCHEMA_VERSION = "1.0.0"
-DISCLAIMER = "For research and education, not for diagnostic use."
-UNTRAINED_NOTE = "Development models: untrained weights, output not meaningful."
 NO_MODEL_NOTE = "No image analysis model ran: no finding was assessed."
 
 
@@ -141,7 +140,7 @@ def build_report(facts: dict[str, Any], outputs: dict[str, Any], *, session_id: 
         "reasoning": "",
         "narrative": None,
         "model_trained": bool(trained) if trained is not None else False,
-        "disclaimer": DISCLAIMER if trained else f"{DISCLAIMER} {UNTRAINED_NOTE if trained is False else NO_MODEL_NOTE}",
+        "disclaimer": DISCLAIMER if trained else f"{DISCLAIMER} {UNTRAINED_BANNER if trained is False else NO_MODEL_NOTE}",
     }
     report["reasoning"] = _reasoning(report, info, classification, segmentation, regions, management_out)
     return report

@@ -26,7 +26,7 @@ from engine.agent.workflow import MODES, AgentRun
 from engine.errors import ErrorCode, MedVisionError
 
 if TYPE_CHECKING:
-    from engine.api import Engine
+    from engine.services import Services
 
 TASK_MAX_CHARS = 2000
 #: What a caller may ask for; every task runs the image type's pipeline, these say which parts matter.
@@ -45,14 +45,41 @@ INPUT_TYPES = ("select_region", "confirm", "choose", "draw")
 class MedicalAgent:
     """The agent over one Engine."""
 
-    def __init__(self, engine: Engine, registry: ToolRegistry | None = None) -> None:
-        self.engine = engine
+    def __init__(self, services: Services, registry: ToolRegistry | None = None) -> None:
+        self.services = services
         self.registry = registry or default_registry()
 
     # -- runs ------------------------------------------------------------------------------------
     def invoke(self, session_id: str, task: str, context: dict[str, Any] | None = None, mode: str = "auto",
                handoff: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Start or resume a run; see :meth:`engine.api.Engine.invoke_medical_agent`."""
+        """Delegate an analysis task to the built-in medical agent (A2A).
+
+        Parameters
+        ----------
+        task:
+            What to do, in words (recorded in the conversation memory and the trace).
+        context:
+            ``user_selection`` (a region dict), ``clinical_history`` (free text, names and
+            ids scrubbed), ``image_id`` (default: the session's current image),
+            ``pipeline`` (a pipeline id), ``run_id`` (resume that run), ``seed``,
+            ``auto_suggest`` (bool, or ``{"min_confidence", "max_suggestions"}``).
+        mode:
+            ``auto`` (the whole pipeline; the language model may order a step's tools),
+            ``interactive`` (pauses with ``need_input`` and a user-input request where the
+            pipeline asks), ``step_by_step`` (returns ``in_progress`` after each step; the
+            next call resumes).
+        handoff:
+            ``{"return_on": ["user_confirmation", "analysis_complete"], "max_turns": n,
+            "preserve_context": bool}``.
+
+        Returns
+        -------
+        dict
+            ``status`` (completed / need_input / in_progress / failed), ``run_id``,
+            ``result`` (``summary``, ``findings``, ``annotations``, ``report``),
+            ``actions_taken``, ``follow_up_suggestions``, ``trace_summary``, ``flags``
+            and, by status, ``request``, ``next_step`` or ``error``.
+        """
         if not isinstance(task, str) or not task.strip():
             raise MedVisionError(ErrorCode.INVALID_ARGUMENT, "task must be a non-empty string")
         if len(task) > TASK_MAX_CHARS:
@@ -64,26 +91,26 @@ class MedicalAgent:
         if handoff is not None and not isinstance(handoff, dict):
             raise MedVisionError(ErrorCode.INVALID_ARGUMENT, "handoff must be an object")
         context = dict(context or {})
-        self.engine.store.get_session(session_id)
+        self.services.store.get_session(session_id)
         run_id = context.get("run_id") or self._paused_run(session_id, mode)
-        memory = ConversationMemory(self.engine.store)
+        memory = ConversationMemory(self.services.store)
         if run_id is not None:
-            run = AgentRun.load(self.engine, run_id, session_id, self.registry)
+            run = AgentRun.load(self.services, run_id, session_id, self.registry)
             if run.state["mode"] != mode and context.get("run_id") is None:
                 raise MedVisionError(ErrorCode.INVALID_ARGUMENT, f"run {run_id} runs in {run.state['mode']} mode")
-            status = self.engine.store.get_agent_run(run_id)["status"]
+            status = self.services.store.get_agent_run(run_id)["status"]
             if status not in ("in_progress", "need_input"):
                 raise MedVisionError(ErrorCode.INVALID_ARGUMENT, f"run {run_id} is {status}: it cannot be resumed",
                                      run_id=run_id)
             pending = run.state.get("pending_request")
             if status == "need_input" and pending and \
-                    self.engine.store.get_input_request(pending["request_id"])["status"] == "pending":
+                    self.services.store.get_input_request(pending["request_id"])["status"] == "pending":
                 return run.response("need_input")
             memory.add(session_id, "user", "task", task, run_id=run_id, image_id=run.state["image"]["image_id"])
-            self.engine.store.update_agent_run(run_id, status="running")
+            self.services.store.update_agent_run(run_id, status="running")
             return self._advance(run, resumed=True)
         image_id = context.get("image_id")
-        run = AgentRun.create(self.engine, session_id, task, mode=mode, context=context, handoff=handoff,
+        run = AgentRun.create(self.services, session_id, task, mode=mode, context=context, handoff=handoff,
                               image_id=image_id, registry=self.registry)
         memory.add(session_id, "user", "task", task, run_id=run.run_id, image_id=run.state["image"]["image_id"])
         return self._advance(run, resumed=False)
@@ -94,19 +121,19 @@ class MedicalAgent:
         except MedVisionError as exc:
             # Outside any tool (the store, a pipeline that changed): close the run as failed.
             error = {"type": exc.code.value, "message": exc.message, "step_id": None, "tool_id": None, "seq": None}
-            self.engine.store.update_agent_run(run.run_id, status="failed", error=error)
+            self.services.store.update_agent_run(run.run_id, status="failed", error=error)
             raise
 
     def _paused_run(self, session_id: str, mode: str) -> str | None:
         if mode == "auto":
             return None
-        paused = [r for r in self.engine.store.list_agent_runs(session_id)
+        paused = [r for r in self.services.store.list_agent_runs(session_id)
                   if r["status"] in ("in_progress", "need_input") and r["mode"] == mode]
         return paused[-1]["id"] if paused else None
 
     def get_run(self, session_id: str, run_id: str) -> dict[str, Any]:
         """A run's status, result and report."""
-        run = self.engine.store.get_agent_run(run_id, session_id=session_id)
+        run = self.services.store.get_agent_run(run_id, session_id=session_id)
         return {"run_id": run_id, "session_id": session_id, "status": run["status"], "mode": run["mode"],
                 "task": run["task"], "pipeline": run["pipeline"], "result": run["result"], "report": run["report"],
                 "error": run["error"], "created_at": run["created_at"], "updated_at": run["updated_at"]}
@@ -114,7 +141,7 @@ class MedicalAgent:
     # -- trace -----------------------------------------------------------------------------------
     def export_trace(self, run_id: str, path: str | Path | None = None, session_id: str | None = None) -> dict:
         """The run's trace (``trace.schema.json``); also written to ``path`` when given."""
-        trace = export_trace(self.engine.store, run_id, session_id)
+        trace = export_trace(self.services.store, run_id, session_id)
         if path is not None:
             target = Path(path)
             try:
@@ -132,16 +159,16 @@ class MedicalAgent:
     def request_user_input(self, session_id: str, input_type: str, prompt: str,
                            options: list[dict] | None = None) -> dict[str, Any]:
         """A pending request the canvas shows (an external agent's, not tied to a run)."""
-        request = self.engine.store.create_input_request(session_id, input_type, prompt, options=options)
+        request = self.services.store.create_input_request(session_id, input_type, prompt, options=options)
         return _request(request)
 
     def get_user_input(self, request_id: str) -> dict[str, Any]:
         """A request and, once answered, its ``user_input``."""
-        return _request(self.engine.store.get_input_request(request_id))
+        return _request(self.services.store.get_input_request(request_id))
 
     def answer_user_input(self, request_id: str, answer: Any) -> dict[str, Any]:
         """Answer a pending request; a run waiting on it resumes at its next invoke."""
-        request = self.engine.store.get_input_request(request_id)
+        request = self.services.store.get_input_request(request_id)
         if request["input_type"] == "choose" and request["options"]:
             values = {str(o.get("value")).casefold() for o in request["options"] if isinstance(o, dict)}
             picked = answer if isinstance(answer, list) else [answer]
@@ -154,7 +181,7 @@ class MedicalAgent:
             json.dumps(answer)
         except (TypeError, ValueError) as exc:
             raise MedVisionError(ErrorCode.INVALID_ARGUMENT, f"the answer must be plain JSON ({exc})") from exc
-        answered = self.engine.store.answer_input_request(request_id, answer)
+        answered = self.services.store.answer_input_request(request_id, answer)
         out = _request(answered)
         if answered["run_id"]:
             out["resume"] = {"run_id": answered["run_id"],
@@ -165,26 +192,32 @@ class MedicalAgent:
     def ask(self, session_id: str, question: str, image_id: str | None = None,
             include_context: bool = True) -> dict[str, Any]:
         """See :func:`engine.agent.conversation.ask_about_image`."""
-        return ask_about_image(self.engine, session_id, question, image_id, include_context)
+        return ask_about_image(self.services, session_id, question, image_id, include_context)
 
     def memory(self, session_id: str) -> dict[str, Any]:
         """The session's conversation memory (summary + newest turns)."""
-        self.engine.store.get_session(session_id)
-        return ConversationMemory(self.engine.store).context(session_id)
+        self.services.store.get_session(session_id)
+        return ConversationMemory(self.services.store).context(session_id)
+
+    def messages(self, session_id: str, last: int = 20) -> dict[str, Any]:
+        """The newest conversation turns and the pending user-input requests of a session."""
+        self.services.store.get_session(session_id)
+        return {"session_id": session_id, "turns": self.services.store.list_agent_turns(session_id)[-last:],
+                "pending_input_requests": self.services.store.list_input_requests(session_id, status="pending")}
 
     # -- capabilities --------------------------------------------------------------------------------
     def capabilities(self) -> dict[str, Any]:
         """Tasks, image types, tools (with versions), pipelines and models."""
         pipelines = load_pipelines(self.registry)
         image_types = sorted({t for p in pipelines for t in p.image_types if t != "*"})
-        pack = self.engine.models.pack
+        pack = self.services.models.pack
         models = [e.describe() for e in pack.entries]
-        llm_entry = self.engine.models.entry("llm")
+        llm_entry = self.services.models.entry("llm")
         agent_model = None
         if llm_entry is not None:
-            agent_model = llm_entry.describe() | {"loaded": llm_entry.id in self.engine.models.loaded(),
+            agent_model = llm_entry.describe() | {"loaded": llm_entry.id in self.services.models.loaded(),
                                                   "use": "tool choice in auto mode, narrative, answers"}
-        from engine.api import IMAGE_TYPES
+        from engine.vocabulary import IMAGE_TYPES
 
         return {
             "capabilities": list(TASKS),
@@ -198,7 +231,7 @@ class MedicalAgent:
                                                     for s in p.steps]} for p in pipelines],
             "agent_model": agent_model,
             "models": models,
-            "loaded_models": self.engine.models.loaded(),
+            "loaded_models": self.services.models.loaded(),
             "model_trained": pack.trained,
             "input_types": list(INPUT_TYPES),
         }

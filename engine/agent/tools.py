@@ -27,10 +27,11 @@ import jsonschema
 from engine.agent import management, zones
 from engine.analysis.classify import classify as run_classifier
 from engine.errors import ErrorCode, MedVisionError
+from engine.imaging.crops import crop, square_box
 
 if TYPE_CHECKING:
     from engine.agent.pipeline import Pipeline
-    from engine.api import Engine
+    from engine.services import Services
 
 #: Style of "also check here" annotations (the spec's suggestion style: dashed yellow).
 SUGGESTION_STYLE = {"color": "#FFE66D", "opacity": 0.6, "strokeWidth": 2, "fill": False, "lineDash": [5, 5],
@@ -45,9 +46,9 @@ FINDING_LAYER = "ai_agent"
 
 @dataclass
 class ToolCall:
-    """What a tool sees: the engine, the run's ids, earlier outputs, the foreach item."""
+    """What a tool sees: the services, the run's ids, earlier outputs, the foreach item."""
 
-    engine: Engine
+    services: Services
     session_id: str
     image_id: str
     run_id: str
@@ -224,7 +225,7 @@ def _scrub(history: str | None, patient: dict[str, Any]) -> str | None:
 # -- orchestrator ------------------------------------------------------------------------
 def image_info(call: ToolCall, args: dict[str, Any]) -> ToolResult:
     """Image type, modality, view and laterality from the stored header facts."""
-    image = call.engine.store.get_image(call.image_id, session_id=call.session_id)
+    image = call.services.store.get_image(call.image_id, session_id=call.session_id)
     metadata = image.get("metadata") or {}
     view = metadata.get("ViewPosition") or None
     laterality = metadata.get("ImageLaterality") or metadata.get("Laterality") or None
@@ -249,7 +250,7 @@ def image_info(call: ToolCall, args: dict[str, Any]) -> ToolResult:
 # -- image analysis ------------------------------------------------------------------------
 def quality_check(call: ToolCall, args: dict[str, Any]) -> ToolResult:
     """Ingest quality warnings (inversion, contrast, clipping, view) of the image."""
-    image = call.engine.store.get_image(call.image_id, session_id=call.session_id)
+    image = call.services.store.get_image(call.image_id, session_id=call.session_id)
     quality = (image.get("metadata") or {}).get("quality") or {}
     warnings = [{"code": w["code"], "message": w["message"], "method": w.get("method")}
                 for w in quality.get("warnings", [])]
@@ -262,7 +263,7 @@ def quality_check(call: ToolCall, args: dict[str, Any]) -> ToolResult:
 def classify(call: ToolCall, args: dict[str, Any]) -> ToolResult:
     """Whole-image multi-label classification (Engine.analyze_image, classify only)."""
     threshold = float(args.get("threshold", 0.5))
-    result = call.engine.analyze_image(call.session_id, call.image_id, classify=True, detect=False, segment=False,
+    result = call.services.analysis.analyze_image(call.session_id, call.image_id, classify=True, detect=False, segment=False,
                                        generate_report=False, classification_threshold=threshold,
                                        force=bool(args.get("force", False)))
     classification = result["classification"]
@@ -282,14 +283,14 @@ def classify(call: ToolCall, args: dict[str, Any]) -> ToolResult:
 
 def _stored_segmentation(call: ToolCall) -> dict[str, Any] | None:
     """The latest stored organ segmentation of the image by the pack's current model."""
-    entry = call.engine.models.entry("organ_seg")
+    entry = call.services.models.entry("organ_seg")
     if entry is None:
         return None
-    for row in reversed(call.engine.store.list_analyses(call.session_id, call.image_id)):
+    for row in reversed(call.services.store.list_analyses(call.session_id, call.image_id)):
         segmentation = (row["result"] or {}).get("segmentation") or {}
         if segmentation.get("status") == "ok" and (segmentation.get("model") or {}).get("id") == entry.id \
                 and len(segmentation.get("organs") or []) == len(entry.labels):
-            if call.engine.store.list_masks(call.session_id, call.image_id, source="organ_seg", analysis_id=row["id"]):
+            if call.services.store.list_masks(call.session_id, call.image_id, source="organ_seg", analysis_id=row["id"]):
                 return {"analysis_id": row["id"], "segmentation": segmentation}
     return None
 
@@ -300,7 +301,7 @@ def segment_organs(call: ToolCall, args: dict[str, Any]) -> ToolResult:
     if reused is not None:
         analysis_id, segmentation = reused["analysis_id"], reused["segmentation"]
     else:
-        result = call.engine.analyze_image(call.session_id, call.image_id, classify=False, detect=False, segment=True,
+        result = call.services.analysis.analyze_image(call.session_id, call.image_id, classify=False, detect=False, segment=True,
                                            generate_report=False, segment_organs=args.get("organs"),
                                            force=bool(args.get("force", False)))
         analysis_id, segmentation = result["analysis_id"], result["segmentation"]
@@ -330,11 +331,11 @@ def segment_organs(call: ToolCall, args: dict[str, Any]) -> ToolResult:
 
 def similar_cases(call: ToolCall, args: dict[str, Any]) -> ToolResult:
     """Similar reference cases (visual RAG); skipped when the library is empty."""
-    stats = call.engine.library.stats()
+    stats = call.services.similar.library.stats()
     if not stats["cases"]:
         return ToolResult({"cases": 0, "skipped": "the reference library is empty"}, skipped=True,
                           reasoning="reference library is empty: no similar-case search")
-    found = call.engine.search_similar_cases(call.session_id, call.image_id, top_k=int(args.get("top_k", 5)),
+    found = call.services.similar.search_similar_cases(call.session_id, call.image_id, top_k=int(args.get("top_k", 5)),
                                              include_reports=False)
     results = [{"case_id": r.get("case_id"), "similarity": _round(r.get("similarity")), "labels": r.get("labels")}
                for r in found["results"]]
@@ -349,15 +350,15 @@ def similar_cases(call: ToolCall, args: dict[str, Any]) -> ToolResult:
 # -- specialist ------------------------------------------------------------------------------
 def zone_scan(call: ToolCall, args: dict[str, Any]) -> ToolResult:
     """Classify each lung zone's crop, so findings can be placed on a side and zone."""
-    engine = call.engine
-    image, decoded = engine.decoded_image(call.session_id, call.image_id)
-    masks = None if args.get("geometric") else engine.organ_masks(call.session_id, call.image_id, run=False)
+    services = call.services
+    image, decoded = services.images.decoded_image(call.session_id, call.image_id)
+    masks = None if args.get("geometric") else services.analysis.organ_masks(call.session_id, call.image_id, run=False)
     boxes, method = zones.lung_zone_boxes(masks, decoded.rows, decoded.columns)
     wanted = {c["label"] for c in (call.facts.get("candidates") or {}).get("items", [])}
     scanned, model = [], None
     for entry in boxes:
-        box = zones.square_box(entry["box"], decoded.rows, decoded.columns)
-        result = run_classifier(zones.crop(decoded, box, max_side=ZONE_SCAN_SIDE), engine.models, force=True)
+        box = square_box(entry["box"], decoded.rows, decoded.columns)
+        result = run_classifier(crop(decoded, box, max_side=ZONE_SCAN_SIDE), services.models, force=True)
         model = result["model"]
         probabilities = {f["label"]: _round(f["probability"]) for f in result["findings"]
                          if not wanted or f["label"] in wanted}
@@ -370,17 +371,17 @@ def zone_scan(call: ToolCall, args: dict[str, Any]) -> ToolResult:
 
 def _locate(call: ToolCall, item: dict[str, Any], geometric: bool, threshold: float) -> dict[str, Any]:
     """Side, zone and box for one candidate finding."""
-    engine = call.engine
-    _, decoded = engine.decoded_image(call.session_id, call.image_id)
+    services = call.services
+    _, decoded = services.images.decoded_image(call.session_id, call.image_id)
     target, label = item["target"], item["label"]
     if target in zones.TARGET_MASKS:
-        masks = None if geometric else engine.organ_masks(call.session_id, call.image_id, run=False)
+        masks = None if geometric else services.analysis.organ_masks(call.session_id, call.image_id, run=False)
         box, method = zones.target_box(target, masks, decoded.rows, decoded.columns)
         return {"box": box, "method": method, "side": None, "zone": None, "probability": None}
     scan = call.outputs.get("zone_scan") or {}
     scanned = [z for z in scan.get("zones", []) if z["zone"] in item["zones"] and label in z["probabilities"]]
     if geometric or not scanned:
-        masks = None if geometric else engine.organ_masks(call.session_id, call.image_id, run=False)
+        masks = None if geometric else services.analysis.organ_masks(call.session_id, call.image_id, run=False)
         boxes, method = zones.lung_zone_boxes(masks, decoded.rows, decoded.columns)
         chosen = [b for b in boxes if b["zone"] in item["zones"]]
         return {"box": zones.union_box([b["box"] for b in chosen]), "method": method, "side": None,
@@ -406,7 +407,7 @@ def region_analysis(call: ToolCall, args: dict[str, Any]) -> ToolResult:
     threshold = float((call.outputs.get("classify") or {}).get("threshold", 0.5))
     where = _locate(call, item, bool(args.get("geometric")), threshold)
     actions = list(args.get("actions") or ["describe"])
-    region = call.engine.analyze_selected_region(call.session_id, {"type": "bbox", "coordinates": where["box"]},
+    region = call.services.regions.analyze_selected_region(call.session_id, {"type": "bbox", "coordinates": where["box"]},
                                                  question=item["label"], actions=actions, image_id=call.image_id)
     anatomy = region["region_info"]["anatomy"]
     area = region["region_info"]["area"]
@@ -438,7 +439,7 @@ def _pack_model(call: ToolCall, model_id: str | None) -> list[dict[str, Any]]:
     if not model_id:
         return []
     try:
-        return _model(call.engine.models.pack.get(model_id).describe())
+        return _model(call.services.models.pack.get(model_id).describe())
     except MedVisionError:
         return []
 
@@ -449,7 +450,7 @@ def user_region(call: ToolCall, args: dict[str, Any]) -> ToolResult:
     if not isinstance(selection, dict):
         return ToolResult({"skipped": "no user selection"}, skipped=True, reasoning="no user selection")
     question = call.context.get("question") or call.facts.get("task") or "user selection"
-    region = call.engine.analyze_selected_region(call.session_id, selection, question=str(question)[:200],
+    region = call.services.regions.analyze_selected_region(call.session_id, selection, question=str(question)[:200],
                                                  actions=list(args.get("actions") or ["describe", "classify"]),
                                                  image_id=call.image_id)
     classification = region.get("classification") or {}
@@ -602,7 +603,7 @@ def suggest_regions(call: ToolCall, args: dict[str, Any]) -> ToolResult:
     suggestions = []
     for probability, label, entry in options[:limit]:
         note = f"Also check here: {label.replace('_', ' ').lower()} possible ({entry['side']} {entry['zone']} zone)"
-        added = call.engine.add_annotation(call.session_id, call.image_id, "bbox", entry["box"],
+        added = call.services.annotations.add(call.session_id, call.image_id, "bbox", entry["box"],
                                            label=f"also check: {label}", notes=note, source="ai",
                                            confidence=float(probability), layer=SUGGESTION_LAYER,
                                            style=SUGGESTION_STYLE)

@@ -37,14 +37,15 @@ from engine.agent.conditions import Condition
 from engine.agent.management import region_for
 from engine.agent.memory import ConversationMemory
 from engine.agent.pipeline import Pipeline, Step, ToolUse, select_pipeline
-from engine.agent.report import DISCLAIMER, validate_report
+from engine.agent.report import validate_report
 from engine.agent.tools import Tool, ToolCall, ToolRegistry, ToolResult, default_registry
 from engine.agent.trace import AGENTS, TraceRecorder, step_summaries, summarize, totals
 from engine.errors import ErrorCode, MedVisionError
 from engine.store import new_id, now_iso
+from engine.vocabulary import DISCLAIMER
 
 if TYPE_CHECKING:
-    from engine.api import Engine
+    from engine.services import Services
 
 MODES = ("auto", "interactive", "step_by_step")
 STATE_VERSION = 1
@@ -125,10 +126,10 @@ def _call_label(tool_id: str, args: dict[str, Any], item: str | None) -> str:
 class AgentRun:
     """Executes (or resumes) one run of a pipeline over one image."""
 
-    def __init__(self, engine: Engine, run: dict[str, Any], pipeline: Pipeline,
+    def __init__(self, services: Services, run: dict[str, Any], pipeline: Pipeline,
                  registry: ToolRegistry | None = None) -> None:
-        self.engine = engine
-        self.store = engine.store
+        self.services = services
+        self.store = services.store
         self.registry = registry or default_registry()
         self.pipeline = pipeline
         self.run_id = run["id"]
@@ -140,18 +141,18 @@ class AgentRun:
 
     # -- creation ---------------------------------------------------------------------------
     @classmethod
-    def create(cls, engine: Engine, session_id: str, task: str, *, mode: str, context: dict[str, Any],
+    def create(cls, services: Services, session_id: str, task: str, *, mode: str, context: dict[str, Any],
                handoff: dict[str, Any] | None, image_id: str | None, registry: ToolRegistry | None = None,
                pipeline_dirs: list | None = None) -> AgentRun:
         """A new run row (status running) for the session's image, with its pipeline chosen."""
         if mode not in MODES:
             raise MedVisionError(ErrorCode.INVALID_ARGUMENT, f"mode must be one of {', '.join(MODES)}, not {mode!r}")
         registry = registry or default_registry()
-        session = engine.store.get_session(session_id)
+        session = services.store.get_session(session_id)
         image_id = image_id or session["current_image_id"]
         if image_id is None:
             raise MedVisionError(ErrorCode.IMAGE_NOT_FOUND, "the session has no images yet")
-        image = engine.store.get_image(image_id, session_id=session_id)
+        image = services.store.get_image(image_id, session_id=session_id)
         pipeline = select_pipeline(registry, image["type"], context.get("pipeline"), pipeline_dirs)
         run_id = new_id()
         seed = context.get("seed", 0)
@@ -164,23 +165,23 @@ class AgentRun:
             "pending_request": None, "tool_calls": 0, "llm_choices": 0, "llm_available": False,
             "llm_disabled": None, "invocations": 0, "next_seq": 1, "actions": [], "started_at": now_iso(),
         }
-        run = engine.store.create_agent_run(session_id, run_id=run_id, task=task, mode=mode, pipeline=pipeline.id,
+        run = services.store.create_agent_run(session_id, run_id=run_id, task=task, mode=mode, pipeline=pipeline.id,
                                             image_id=image_id, state=state, owner=_owner())
-        return cls(engine, run, pipeline, registry)
+        return cls(services, run, pipeline, registry)
 
     @classmethod
-    def load(cls, engine: Engine, run_id: str, session_id: str, registry: ToolRegistry | None = None,
+    def load(cls, services: Services, run_id: str, session_id: str, registry: ToolRegistry | None = None,
              pipeline_dirs: list | None = None) -> AgentRun:
         """A paused run, with the pipeline it started with (refused if that pipeline changed)."""
         registry = registry or default_registry()
-        run = engine.store.get_agent_run(run_id, session_id=session_id)
+        run = services.store.get_agent_run(run_id, session_id=session_id)
         recorded = run["state"]["pipeline"]
         pipeline = select_pipeline(registry, run["state"]["image"]["type"], recorded["id"], pipeline_dirs)
         if pipeline.sha256 != recorded.get("sha256"):
             raise MedVisionError(ErrorCode.INVALID_ARGUMENT,
                                  f"pipeline {recorded['id']} changed since run {run_id} started; start a new run",
                                  run_id=run_id)
-        return cls(engine, run, pipeline, registry)
+        return cls(services, run, pipeline, registry)
 
     # -- driving ------------------------------------------------------------------------------
     def advance(self, *, resumed: bool = False) -> dict[str, Any]:
@@ -227,7 +228,7 @@ class AgentRun:
                                            "and template narrative")
             return
         try:
-            llm = self.engine.models.llm()
+            llm = self.services.models.llm()
             if llm is not None:
                 llm.load()
         except MedVisionError as exc:
@@ -479,7 +480,7 @@ class AgentRun:
         base = {"step_id": step.id, "role": step.role, "tool_id": tool.id, "tool_version": tool.version,
                 "mcp_tools": list(tool.mcp_tools), "arguments": dict(args), "attempt": attempt,
                 "item": item["label"] if item else None, "uses": uses}
-        call = ToolCall(self.engine, self.session_id, self.state["image"]["image_id"], self.run_id,
+        call = ToolCall(self.services, self.session_id, self.state["image"]["image_id"], self.run_id,
                         self.state["outputs"], build_facts(self.state), self.state.get("context") or {},
                         self.pipeline, item=item, llm=self.llm, seed=self.state["seed"])
         self.state["actions"].append(_call_label(tool.id, args, base["item"]))
@@ -493,7 +494,7 @@ class AgentRun:
         except Exception as exc:  # noqa: BLE001
             self.recorder.rewind(mark)
             error_type = exc.code.value if isinstance(exc, MedVisionError) else type(exc).__name__
-            message = exc.message if isinstance(exc, MedVisionError) else _safe_message(exc, self.engine.settings.home)
+            message = exc.message if isinstance(exc, MedVisionError) else _safe_message(exc, self.services.settings.home)
             return self.recorder.record("tool_call", status="failed", error_type=error_type, error=message[:1000],
                                         latency_ms=_ms(started),
                                         reasoning=f"{tool.id} raised {error_type}", **base)

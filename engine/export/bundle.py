@@ -19,12 +19,12 @@ import pydicom
 from engine.errors import ErrorCode, MedVisionError
 from engine.imaging import DecodedImage
 from engine.imaging.masks import decode_rle
+from engine.services.annotations import annotation_view
+from engine.vocabulary import UNTRAINED_BANNER
 
 if TYPE_CHECKING:
-    from engine.api import Engine
+    from engine.services import Services
 
-DISCLAIMER = "For research and education, not for diagnostic use."
-UNTRAINED_BANNER = "Development models: untrained weights, output not meaningful."
 TEMPLATES = ("default", "clinical", "research")
 
 
@@ -182,11 +182,11 @@ def _dicom_header(data: bytes) -> pydicom.Dataset | None:
         return None
 
 
-def gather(engine: Engine, session_id: str, options: ExportOptions) -> ExportBundle:
+def gather(services: Services, session_id: str, options: ExportOptions) -> ExportBundle:
     """Collect what the session holds for an export; ``missing`` names what it lacks."""
     if options.template not in TEMPLATES:
         raise MedVisionError(ErrorCode.INVALID_ARGUMENT, f"template must be one of {', '.join(TEMPLATES)}")
-    store = engine.store
+    store = services.store
     session = store.get_session(session_id)
     rows = store.list_images(session_id)
     known = {r["id"] for r in rows}
@@ -201,16 +201,14 @@ def gather(engine: Engine, session_id: str, options: ExportOptions) -> ExportBun
         missing.append("the session has no images")
     images = []
     for row in rows:
-        image, decoded = engine.decoded_image(session_id, row["id"])
+        image, decoded = services.images.decoded_image(session_id, row["id"])
         mine = [a for a in analyses if a["image_id"] == row["id"]]
         item = ImageExport(image=image, decoded=decoded,
                            analyses=[a["result"] | {"analysis_id": a["id"], "kind": a["kind"]} for a in mine])
         if image["format"] == "dicom":
             item.dicom = _dicom_header(store.image_bytes(image))
         if options.include_annotations:
-            from engine.api import _annotation
-
-            item.annotations = [_annotation(a) for a in store.list_annotations(session_id, row["id"])]
+            item.annotations = [annotation_view(a) for a in store.list_annotations(session_id, row["id"])]
             latest_organs: str | None = None
             stored = store.list_masks(session_id, row["id"])
             organ_runs = [m["analysis_id"] for m in stored if m["source"] == "organ_seg"]

@@ -19,7 +19,7 @@ import pydicom
 
 from engine.errors import ErrorCode, MedVisionError
 from engine.export.artifact import Artifact
-from engine.export.bundle import DISCLAIMER, ExportBundle, ImageExport
+from engine.export.bundle import ExportBundle, ImageExport
 from engine.export.dicom_common import (
     MANUFACTURER,
     artifact,
@@ -36,6 +36,7 @@ from engine.export.dicom_common import (
     term,
 )
 from engine.imaging.masks import decode_rle
+from engine.vocabulary import DISCLAIMER
 
 Group = hd.sr.MeasurementsAndQualitativeEvaluations | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
 UCUM = {"1": "no units", "%": "percent", "mm": "millimeter", "mm2": "square millimeter", "cm2": "square centimeter",

@@ -15,7 +15,7 @@ from typing import Any
 from PIL import Image
 
 from engine.export.artifact import Artifact
-from engine.export.bundle import DISCLAIMER, ExportBundle, ImageExport
+from engine.export.bundle import ExportBundle, ImageExport
 from engine.export.render import base_image, layer_images
 from engine.export.tables import (
     finding_rows,
@@ -25,6 +25,7 @@ from engine.export.tables import (
     similar_rows,
     trace_summary,
 )
+from engine.vocabulary import DISCLAIMER
 
 MAX_SIDE = 1024
 

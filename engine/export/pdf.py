@@ -27,7 +27,7 @@ from reportlab.platypus import (
 )
 
 from engine.export.artifact import Artifact
-from engine.export.bundle import DISCLAIMER, ExportBundle, ImageExport
+from engine.export.bundle import ExportBundle, ImageExport
 from engine.export.render import compose, legend
 from engine.export.tables import (
     finding_rows,
@@ -37,6 +37,7 @@ from engine.export.tables import (
     similar_rows,
     trace_summary,
 )
+from engine.vocabulary import DISCLAIMER
 
 IMAGE_MAX_SIDE = 1200
 MARGIN = 15 * mm

@@ -18,8 +18,9 @@ from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
 from engine.export.artifact import Artifact
-from engine.export.bundle import DISCLAIMER, ExportBundle, ImageExport
+from engine.export.bundle import ExportBundle, ImageExport
 from engine.imaging.masks import decode_rle
+from engine.vocabulary import DISCLAIMER
 
 Color = tuple[int, int, int]
 

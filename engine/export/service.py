@@ -26,12 +26,13 @@ import numpy as np
 
 from engine.errors import ErrorCode, MedVisionError
 from engine.export.artifact import Artifact
-from engine.export.bundle import DISCLAIMER, ExportBundle, ExportOptions, gather
+from engine.export.bundle import ExportBundle, ExportOptions, gather
 from engine.export.render import compose
-from engine.store.blobs import fsync_dir
+from engine.files import fsync_dir
+from engine.vocabulary import DISCLAIMER
 
 if TYPE_CHECKING:
-    from engine.api import Engine
+    from engine.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -208,11 +209,32 @@ def _target(output_path: str | Path | None, default_root: Path, session_id: str,
     return path, None
 
 
-def export_study(engine: Engine, session_id: str, format: str = "pdf", include_images: list[str] | None = None,  # noqa: A002
+def export_study(services: Services, session_id: str, format: str = "pdf", include_images: list[str] | None = None,  # noqa: A002
                  include_report: bool = True, include_annotations: bool = True, include_measurements: bool = True,
                  template: str | None = None, output_path: str | Path | None = None,
                  include_identifiers: bool = False, institution: str = "") -> dict[str, Any]:
-    """Export a session; see :meth:`engine.api.Engine.export_study`."""
+    """Export a session's results as a file (or a folder of files) people and PACS use.
+
+    Parameters
+    ----------
+    format:
+        ``pdf``, ``dicom_sr`` (TID 1500), ``dicom_seg``, ``dicom_sc`` (overlay burned
+        in), ``dicom_pdf`` (encapsulated PDF), ``dicom`` (all four), ``json`` (report +
+        trace), ``png_annotated`` or ``html`` (one self-contained file).
+    include_images:
+        Image ids to export; empty means all.
+    template:
+        PDF/HTML template: ``default``, ``clinical`` or ``research``.
+    output_path:
+        A file (one-file formats) or folder; default: a new folder under
+        ``Settings.export_root``. Nothing is left there when the export fails.
+    include_identifiers:
+        Print the patient's identifiers in PDF/HTML/JSON (de-identified by default;
+        DICOM objects always carry the source study's patient module).
+
+    Returns ``export_path``, ``format``, ``size``, ``sha256``, ``files`` and what the
+    session lacked (``missing``). Errors: ``EXPORT_FAILED`` with the reason.
+    """
     if format not in WRITERS:
         raise MedVisionError(ErrorCode.INVALID_ARGUMENT, f"format must be one of {', '.join(FORMATS)}")
     started = time.perf_counter()
@@ -221,7 +243,7 @@ def export_study(engine: Engine, session_id: str, format: str = "pdf", include_i
                             include_identifiers=include_identifiers, template=template or "default",
                             institution=institution)
     try:
-        bundle = gather(engine, session_id, options)
+        bundle = gather(services, session_id, options)
     except MedVisionError as exc:
         if exc.code is ErrorCode.INVALID_ARGUMENT:
             raise
@@ -238,10 +260,10 @@ def export_study(engine: Engine, session_id: str, format: str = "pdf", include_i
         log.exception("%s export of session %s failed", format, session_id)
         raise _fail(f"{format} export failed: {type(exc).__name__}: {str(exc)[:300]}") from exc
     built = time.perf_counter()
-    folder, single = _target(output_path, engine.settings.export_root, session_id, format, artifacts)
+    folder, single = _target(output_path, services.settings.export_root, session_id, format, artifacts)
     paths = write_atomically(folder, artifacts, single)
     try:
-        kept = engine.store.add_export(session_id, format, [(a.name, a.data, a.media_type) for a in artifacts],
+        kept = services.store.add_export(session_id, format, [(a.name, a.data, a.media_type) for a in artifacts],
                                        options=asdict(options) | {"include_images": list(options.include_images)},
                                        missing=bundle.missing)
     except MedVisionError as exc:  # no kept copy, no file: the export did not happen
@@ -262,16 +284,16 @@ def export_study(engine: Engine, session_id: str, format: str = "pdf", include_i
     }
 
 
-def get_visualization(engine: Engine, session_id: str, image_id: str | None = None,
+def get_visualization(services: Services, session_id: str, image_id: str | None = None,
                       include_annotations: bool = True, include_segmentation: bool = True,
                       include_measurements: bool = True, output_path: str | Path | None = None,
                       max_side: int | None = None) -> dict[str, Any]:
     """The composited view of one image as a PNG file, with its list of layers."""
-    session = engine.store.get_session(session_id)
+    session = services.store.get_session(session_id)
     image_id = image_id or session["current_image_id"]
     if image_id is None:
         raise MedVisionError(ErrorCode.IMAGE_NOT_FOUND, "the session has no images yet")
-    bundle = gather(engine, session_id, ExportOptions(include_images=(image_id,), include_report=False))
+    bundle = gather(services, session_id, ExportOptions(include_images=(image_id,), include_report=False))
     picture, layers = compose(bundle.images[0], include_annotations=include_annotations,
                               include_segmentation=include_segmentation, include_measurements=include_measurements,
                               max_side=max_side)
@@ -283,7 +305,7 @@ def get_visualization(engine: Engine, session_id: str, image_id: str | None = No
         target = Path(output_path).expanduser()
         folder, single = (target.parent, target) if target.suffix else (target, None)
     else:
-        folder, single = engine.settings.export_root / session_id / "views", None
+        folder, single = services.settings.export_root / session_id / "views", None
     (path,) = write_atomically(folder, [artifact], single)
     return {"session_id": session_id, "image_id": image_id, "image_path": str(path), "image_url": path.as_uri(),
             "width": picture.width, "height": picture.height, "layers": layers,
@@ -291,3 +313,16 @@ def get_visualization(engine: Engine, session_id: str, image_id: str | None = No
             "banner": bundle.banner, "disclaimer": DISCLAIMER}
 
 
+
+
+def queue_for_destination(services: Services, session_id: str, image_id: str, formats: tuple[str, ...],
+                          destination: dict[str, Any], max_attempts: int) -> list[int]:
+    """Results of one image (e.g. SR + burned-in SC) built in memory, kept encrypted as an
+    export and queued in the DICOM outbox for ``destination``; returns the outbox item ids."""
+    bundle = gather(services, session_id, ExportOptions(include_images=(image_id,)))
+    artifacts = [a for fmt in formats for a in WRITERS[fmt](bundle)]
+    kept = services.store.add_export(session_id, "dicom_node_results",
+                                     [(a.name, a.data, a.media_type) for a in artifacts],
+                                     options={"image_id": image_id, "formats": list(formats)})
+    return services.store.dicom_outbox_add(session_id, kept["id"], [a.name for a in artifacts], destination,
+                                           max_attempts=max_attempts)

@@ -5,7 +5,8 @@ Public API: :func:`decode_image` returns a :class:`DecodedImage`;
 """
 
 from engine.imaging.decode import DecodedImage, decode_image, window_to_uint8
-from engine.imaging.image_type import IMAGE_TYPES, ImageTypeGuess, detect_image_type
+from engine.imaging.image_type import ImageTypeGuess, detect_image_type
+from engine.vocabulary import IMAGE_TYPES
 
 __all__ = [
     "IMAGE_TYPES",

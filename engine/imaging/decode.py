@@ -389,7 +389,7 @@ def _dicom_image(ds: Dataset, frame: int, name: str) -> DecodedImage:
         bits_stored=bits_stored, max_value=max_value, frame_index=frame,
         frame_count=frame_count, window_center=window_center, window_width=window_width,
         window_source=window_source, voi_function=voi_function, voi_lut=voi_lut,
-        pixel_spacing_mm=spacing, spacing_source=spacing_source, **_dicom_fields(ds),
+        pixel_spacing_mm=spacing, spacing_source=spacing_source, **dicom_fields(ds),
     )
 
 
@@ -398,7 +398,7 @@ def _dicom_waveform(ds: Dataset, frame: int, name: str) -> DecodedImage:
     frame_count = len(ds.WaveformSequence)
     _check_frame(frame, frame_count, name)
     image, waveform_info = render_ecg(ds, frame)
-    fields = _dicom_fields(ds)
+    fields = dicom_fields(ds)
     fields["metadata"]["waveform"] = waveform_info
     return _build(
         image, image.astype(np.float32), photometric="MONOCHROME2", is_color=False,
@@ -407,7 +407,7 @@ def _dicom_waveform(ds: Dataset, frame: int, name: str) -> DecodedImage:
     )
 
 
-def _dicom_fields(ds: Dataset) -> dict[str, Any]:
+def dicom_fields(ds: Dataset) -> dict[str, Any]:
     """The identity fields of a DICOM image: UIDs, modality, metadata, patient tags."""
     metadata = _tag_values(ds, METADATA_KEYWORDS)
     sop_class_uid = metadata.get("SOPClassUID")

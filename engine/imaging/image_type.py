@@ -1,6 +1,6 @@
 """Guess what kind of study an image is, so the right analysis pipeline is picked.
 
-The result is one of :data:`IMAGE_TYPES`, a short reason (never PHI: only tag values
+The result is one of :data:`engine.vocabulary.IMAGE_TYPES`, a short reason (never PHI: only tag values
 such as the modality or a matched keyword are quoted) and a confidence in 0..1.
 
 Rules for DICOM, first match wins (keyword tables in ``image_type_rules.json``):
@@ -40,8 +40,6 @@ from importlib import resources
 from typing import Any, NamedTuple
 
 import numpy as np
-
-IMAGE_TYPES = ("CXR", "KUB", "CT", "MRI", "US", "EKG", "Other")
 
 
 class ImageTypeGuess(NamedTuple):

@@ -49,8 +49,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from engine.errors import ErrorCode, MedVisionError
+from engine.files import fsync_dir
 from engine.inference.modelpack import MANIFEST_NAME, ModelPack, sha256_file
-from engine.store.blobs import fsync_dir
 
 SUMS_NAME = "SHA256SUMS"
 SIG_NAME = "SHA256SUMS.sig"
@@ -495,6 +495,27 @@ def import_pack(
         "trained": pack.trained,
         "replaced": replaced,
     }
+
+
+def import_signed_pack(
+    tar_path: str | os.PathLike,
+    dest_dir: str | os.PathLike,
+    trusted_keys: Iterable[Ed25519PublicKey | str | bytes | os.PathLike] | None = None,
+) -> dict[str, Any]:
+    """:func:`import_pack` that always requires a signature by a trusted key.
+
+    For interactive front ends (the desktop): keys as in :func:`import_pack`
+    (``None``: the site configuration), but where no trusted key is known at all the
+    pack is refused (``MODEL_LOAD_ERROR``) instead of being accepted unsigned, and
+    ``dest_dir`` is left exactly as it was.
+    """
+    keys = trusted_keys_from_config() if trusted_keys is None else _as_public_keys(trusted_keys)
+    if not keys:
+        raise _load_error(
+            "model pack refused: no trusted pack key is configured, so its signature cannot be checked "
+            f"(choose the signer's public key, or configure {TRUSTED_KEYS_ENV} or {site_keys_path()})"
+        )
+    return import_pack(tar_path, dest_dir, trusted_keys=keys)
 
 
 # --------------------------------------------------------------------------- CLI

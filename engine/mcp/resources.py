@@ -21,29 +21,30 @@ from mcp.server.session import ServerSession
 from pydantic import AnyUrl
 
 from engine.api import Engine
+from engine.events import ANNOTATION_KINDS, EventKind
 
 log = logging.getLogger("engine.mcp")
 
 URI = "medvision://session/{session_id}/{part}"
 PARTS = ("image", "annotations", "segmentation", "analysis", "agent_message")
-#: Which resources of the event's session each event kind (by prefix) changes.
-EVENT_PARTS: dict[str, tuple[str, ...]] = {
-    "annotation.": ("annotations",),
-    "image.": ("image",),
-    "session.current_image": ("image",),
-    "session.deleted": PARTS,
-    "masks.": ("segmentation",),
-    "analysis.": ("analysis",),
-    "agent.turn": ("agent_message",),
-    "agent.input_": ("agent_message",),
-    "agent.run_": ("agent_message",),
-    "canvas.": ("agent_message",),
+#: Which resources of the event's session each event kind changes (none for e.g. agent.trace or job.*).
+EVENT_PARTS: dict[EventKind, tuple[str, ...]] = {
+    **dict.fromkeys(ANNOTATION_KINDS, ("annotations",)),
+    EventKind.IMAGE_ADDED: ("image",),
+    EventKind.SESSION_CURRENT_IMAGE: ("image",),
+    EventKind.SESSION_DELETED: PARTS,
+    EventKind.MASKS_CREATED: ("segmentation",),
+    EventKind.ANALYSIS_CREATED: ("analysis",),
+    **dict.fromkeys((EventKind.AGENT_TURN, EventKind.AGENT_INPUT_REQUESTED, EventKind.AGENT_INPUT_ANSWERED,
+                     EventKind.AGENT_INPUT_CANCELLED, EventKind.AGENT_RUN_CREATED, EventKind.AGENT_RUN_UPDATED),
+                    ("agent_message",)),
+    **dict.fromkeys((k for k in EventKind if k.aggregate == "canvas"), ("agent_message",)),
 }
 
 
-def parts_for(kind: str) -> tuple[str, ...]:
-    """The resource parts an event kind updates (none for e.g. ``agent.trace`` or ``job.*``)."""
-    return next((parts for prefix, parts in EVENT_PARTS.items() if kind.startswith(prefix)), ())
+def parts_for(kind: EventKind) -> tuple[str, ...]:
+    """The resource parts an event kind updates."""
+    return EVENT_PARTS.get(kind, ())
 
 
 class Subscriptions:
@@ -69,18 +70,18 @@ class Subscriptions:
 
 async def follow_events(engine: Engine, subscriptions: Subscriptions, poll_interval_s: float) -> None:
     """Forever: turn new events of the store into resource-updated notifications."""
-    last_id = await anyio.to_thread.run_sync(engine.store.last_event_id)
+    last_id = await anyio.to_thread.run_sync(engine.last_event_id)
     while True:
         await anyio.sleep(poll_interval_s)
         if not any(subscriptions.by_uri.values()):
-            last_id = await anyio.to_thread.run_sync(engine.store.last_event_id)
+            last_id = await anyio.to_thread.run_sync(engine.last_event_id)
             continue
-        events = await anyio.to_thread.run_sync(engine.store.events_since, last_id)
+        events = await anyio.to_thread.run_sync(engine.events_since, last_id)
         changed: dict[str, None] = {}  # ordered set: one notification per URI per poll
         for event in events:
-            last_id = event["id"]
-            for part in parts_for(event["kind"]) if event["session_id"] else ():
-                changed[URI.format(session_id=event["session_id"], part=part)] = None
+            last_id = event.id
+            for part in parts_for(event.kind) if event.session_id else ():
+                changed[URI.format(session_id=event.session_id, part=part)] = None
         for uri in changed:
             await subscriptions.notify(uri)
 
@@ -88,11 +89,11 @@ async def follow_events(engine: Engine, subscriptions: Subscriptions, poll_inter
 def _latest_segmentation(engine: Engine, session_id: str) -> dict[str, Any]:
     session = engine.get_session_status(session_id)
     image_id = session["current_image"]
-    for row in reversed(engine.store.list_analyses(session_id, image_id) if image_id else []):
-        segmentation = row["result"].get("segmentation")
-        if segmentation and segmentation.get("status") == "ok":
-            return {"session_id": session_id, "image_id": image_id, "analysis_id": row["id"],
-                    "segmentation": segmentation}
+    latest = engine.latest_analysis(session_id, image_id, ("analyze_image", "rag")) if image_id else None
+    segmentation = (latest or {}).get("segmentation")
+    if latest and segmentation and segmentation.get("status") == "ok":
+        return {"session_id": session_id, "image_id": image_id, "analysis_id": latest["analysis_id"],
+                "segmentation": segmentation}
     return {"session_id": session_id, "image_id": image_id, "segmentation": None}
 
 
@@ -103,11 +104,7 @@ def _image(engine: Engine, session_id: str) -> dict[str, Any]:
 
 
 def _agent_messages(engine: Engine, session_id: str) -> dict[str, Any]:
-    engine.get_session_status(session_id)  # SESSION_NOT_FOUND for an unknown id
-    turns = engine.store.list_agent_turns(session_id)[-20:]
-    pending = engine.store.list_input_requests(session_id, status="pending")
-    return {"session_id": session_id, "turns": turns, "pending_input_requests": pending,
-            "canvas": engine.get_canvas_state(session_id)}
+    return engine.agent_messages(session_id) | {"canvas": engine.get_canvas_state(session_id)}
 
 
 READERS = {

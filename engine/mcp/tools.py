@@ -6,6 +6,7 @@ first. Errors surface as ``isError`` results (see :func:`engine.mcp.server.error
 """
 
 import base64
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -13,6 +14,7 @@ from mcp import types
 from mcp.server.fastmcp import Context, FastMCP
 from pydantic import Field
 
+from engine.api import Engine
 from engine.mcp import paths
 from engine.mcp.models import (
     AgentMode,
@@ -55,11 +57,12 @@ Text = Annotated[str, Field(min_length=1, max_length=4000)]
 MAX_SIDE = 1024
 
 
-async def _call(ctx: Context, model: type[R], key: str | None, method: str, *args: Any,
+async def _call(ctx: Context, model: type[R], key: str | None, method: Callable[..., Any], *args: Any,
                 announce: bool = False, **kwargs: Any) -> R:
-    """``Engine.<method>(*args, **kwargs)`` through the app's runner, validated as ``model``."""
+    """``method`` (an ``Engine`` method) bound to the app's engine, run through the app's runner,
+    validated as ``model``."""
     app = app_context(ctx)
-    result = await app.call(ctx, key, getattr(app.engine, method), *args, announce=announce, **kwargs)
+    result = await app.call(ctx, key, method.__get__(app.engine), *args, announce=announce, **kwargs)
     return model.model_validate(result)
 
 
@@ -75,7 +78,7 @@ def register(app: FastMCP) -> None:
         metadata: Annotated[dict[str, Any] | None, Field(description="Free JSON metadata.")] = None,
     ) -> SessionCreated:
         """Create a new study session; returns its id and the URIs of its resources."""
-        return await _call(ctx, SessionCreated, None, "create_study_session", name, metadata)
+        return await _call(ctx, SessionCreated, None, Engine.create_study_session, name, metadata)
 
     @tool()
     async def add_image_to_session(
@@ -91,19 +94,19 @@ def register(app: FastMCP) -> None:
         """Add an image file to a session (stored encrypted); it becomes the current image."""
         path = paths.image_file(image_path, await app_context(ctx).allowed_roots(ctx))
         config = analysis_config.model_dump(exclude_none=True) if analysis_config else None
-        return await _call(ctx, ImageAdded, session_id, "add_image_to_session", session_id, str(path), image_type,
+        return await _call(ctx, ImageAdded, session_id, Engine.add_image_to_session, session_id, str(path), image_type,
                            auto_analyze, config, frame, announce=True)
 
     @tool()
     async def get_session_status(ctx: Context, session_id: SessionId) -> SessionStatus:
         """A session's images, current image and annotation/analysis counts."""
-        return await _call(ctx, SessionStatus, session_id, "get_session_status", session_id)
+        return await _call(ctx, SessionStatus, session_id, Engine.get_session_status, session_id)
 
     @tool()
     async def switch_image(ctx: Context, session_id: SessionId,
                            image_id: Annotated[Id, Field(description="The image to focus.")]) -> ImageSwitched:
         """Make another image of the session the current one."""
-        return await _call(ctx, ImageSwitched, session_id, "switch_image", session_id, image_id)
+        return await _call(ctx, ImageSwitched, session_id, Engine.switch_image, session_id, image_id)
 
     # -- analysis ----------------------------------------------------------------------
     @tool()
@@ -120,7 +123,7 @@ def register(app: FastMCP) -> None:
         force: Annotated[bool, Field(description="Run on image types the models were not made for.")] = False,
     ) -> Analysis:
         """Analyse an image (classification, detection, segmentation, report) and store the result."""
-        return await _call(ctx, Analysis, session_id, "analyze_image", session_id, image_id, classify=classify,
+        return await _call(ctx, Analysis, session_id, Engine.analyze_image, session_id, image_id, classify=classify,
                            detect=detect, segment=segment, generate_report=generate_report,
                            classification_threshold=classification_threshold, segment_organs=segment_organs,
                            preset=preset, force=force, announce=True)
@@ -132,7 +135,7 @@ def register(app: FastMCP) -> None:
         include_context: Annotated[bool, Field(description="Use the stored analyses as context.")] = True,
     ) -> Answer:
         """Answer a question about an image from its analyses, citing the tool outputs used."""
-        return await _call(ctx, Answer, session_id, "ask_about_image", session_id, question, image_id,
+        return await _call(ctx, Answer, session_id, Engine.ask_about_image, session_id, question, image_id,
                            include_context, announce=True)
 
     @tool()
@@ -144,7 +147,7 @@ def register(app: FastMCP) -> None:
         image_id: ImageId = None, top_k: TopK = 5,
     ) -> RegionAnalysis:
         """Analyse a selected region (describe, segment, measure, classify, rag_search, compare); keeps it as an AI annotation."""
-        return await _call(ctx, RegionAnalysis, session_id, "analyze_selected_region", session_id,
+        return await _call(ctx, RegionAnalysis, session_id, Engine.analyze_selected_region, session_id,
                            region.model_dump(exclude_none=True), question, list(actions), image_id, top_k,
                            announce=True)
 
@@ -163,7 +166,7 @@ def register(app: FastMCP) -> None:
         layer: Annotated[str | None, Field(max_length=100, description="Canvas layer name.")] = None,
     ) -> AnnotationResult:
         """Add an annotation to an image (validated against the image bounds)."""
-        return await _call(ctx, AnnotationResult, session_id, "add_annotation", session_id, image_id, annotation_type,
+        return await _call(ctx, AnnotationResult, session_id, Engine.add_annotation, session_id, image_id, annotation_type,
                            coordinates, label=label, notes=notes, source=source, confidence=confidence, layer=layer)
 
     @tool()
@@ -174,14 +177,14 @@ def register(app: FastMCP) -> None:
         coordinates: Annotated[Any, Field(description="New coordinates (same shape as the type).")] = None,
     ) -> AnnotationResult:
         """Change an annotation's label, notes or coordinates."""
-        return await _call(ctx, AnnotationResult, session_id, "update_annotation", session_id, annotation_id,
+        return await _call(ctx, AnnotationResult, session_id, Engine.update_annotation, session_id, annotation_id,
                            label, notes, coordinates)
 
     @tool()
     async def delete_annotation(ctx: Context, session_id: SessionId,
                                 annotation_id: Annotated[Id, Field(description="The annotation.")]) -> AnnotationResult:
         """Delete an annotation."""
-        return await _call(ctx, AnnotationResult, session_id, "delete_annotation", session_id, annotation_id)
+        return await _call(ctx, AnnotationResult, session_id, Engine.delete_annotation, session_id, annotation_id)
 
     @tool()
     async def get_annotations(
@@ -189,12 +192,12 @@ def register(app: FastMCP) -> None:
         source: Annotated[str, Field(pattern="^(all|ai|user|system)$", description="all, ai, user or system.")] = "all",
     ) -> Annotations:
         """The annotations of a session or of one image (also the resource medvision://session/{id}/annotations)."""
-        return await _call(ctx, Annotations, session_id, "get_annotations", session_id, image_id, source)
+        return await _call(ctx, Annotations, session_id, Engine.get_annotations, session_id, image_id, source)
 
     @tool()
     async def get_analysis_summary(ctx: Context, session_id: SessionId, image_id: ImageId = None) -> AnalysisSummary:
         """The latest analysis of each image in short form."""
-        return await _call(ctx, AnalysisSummary, session_id, "get_analysis_summary", session_id, image_id)
+        return await _call(ctx, AnalysisSummary, session_id, Engine.get_analysis_summary, session_id, image_id)
 
     # -- export and views --------------------------------------------------------------
     @tool()
@@ -217,7 +220,7 @@ def register(app: FastMCP) -> None:
         if output_path is not None:
             allowed = [*await app.allowed_roots(ctx), app.engine.settings.export_root]
             output_path = str(paths.confine(output_path, allowed, must_exist=False))
-        return await _call(ctx, Export, session_id, "export_study", session_id, format, include_images,
+        return await _call(ctx, Export, session_id, Engine.export_study, session_id, format, include_images,
                            include_report, include_annotations, include_measurements, template, output_path,
                            announce=True)
 
@@ -230,7 +233,7 @@ def register(app: FastMCP) -> None:
         max_side: Annotated[int, Field(ge=64, le=MAX_SIDE, description="Longest side of the PNG.")] = 512,
     ) -> Visualization:
         """The image with its overlays as a PNG file, also returned as MCP image content."""
-        view = await _call(ctx, Visualization, session_id, "get_visualization", session_id, image_id,
+        view = await _call(ctx, Visualization, session_id, Engine.get_visualization, session_id, image_id,
                            include_annotations, include_segmentation, include_measurements, None, max_side)
         png = base64.b64encode(Path(view.image_path).read_bytes()).decode()
         content: list[types.ContentBlock] = [types.TextContent(type="text", text=view.model_dump_json()),
@@ -249,13 +252,13 @@ def register(app: FastMCP) -> None:
         handoff: Annotated[dict[str, Any] | None, Field(description="return_on, max_turns, preserve_context.")] = None,
     ) -> AgentResult:
         """Delegate the analysis to the built-in medical agent; returns its findings, report and trace summary."""
-        return await _call(ctx, AgentResult, session_id, "invoke_medical_agent", session_id, task, context, mode,
+        return await _call(ctx, AgentResult, session_id, Engine.invoke_medical_agent, session_id, task, context, mode,
                            handoff, announce=True)
 
     @tool()
     async def get_agent_capabilities(ctx: Context) -> EngineResult:
         """What the agent can do: tasks, modes, image types, tools with versions, pipelines, models."""
-        return await _call(ctx, EngineResult, None, "get_agent_capabilities")
+        return await _call(ctx, EngineResult, None, Engine.get_agent_capabilities)
 
     @tool()
     async def request_user_input(
@@ -265,14 +268,14 @@ def register(app: FastMCP) -> None:
     ) -> UserInputRequest:
         """Ask the desktop user something; returns a pending request_id (poll get_user_input or subscribe
         to medvision://session/{session_id}/agent_message)."""
-        return await _call(ctx, UserInputRequest, session_id, "request_user_input", session_id, input_type, prompt,
+        return await _call(ctx, UserInputRequest, session_id, Engine.request_user_input, session_id, input_type, prompt,
                            options)
 
     @tool()
     async def get_user_input(ctx: Context,
                              request_id: Annotated[Id, Field(description="From request_user_input.")]) -> UserInputRequest:
         """A user-input request and, once the user answered, the answer."""
-        return await _call(ctx, UserInputRequest, None, "get_user_input", request_id)
+        return await _call(ctx, UserInputRequest, None, Engine.get_user_input, request_id)
 
     # -- the canvas --------------------------------------------------------------------
     @tool()
@@ -283,7 +286,7 @@ def register(app: FastMCP) -> None:
             "pending_selection."))],
     ) -> EngineResult:
         """Exchange canvas state with the desktop; returns the desktop's current state."""
-        return await _call(ctx, EngineResult, session_id, "sync_canvas_state", session_id, canvas_state)
+        return await _call(ctx, EngineResult, session_id, Engine.sync_canvas_state, session_id, canvas_state)
 
     @tool()
     async def push_to_canvas(
@@ -294,7 +297,7 @@ def register(app: FastMCP) -> None:
             "The action's data, e.g. {layer, ...}; add_annotations: {annotations, related_suggestions, message}."))],
     ) -> EngineResult:
         """Show something on the radiologist's canvas, live."""
-        return await _call(ctx, EngineResult, session_id, "push_to_canvas", session_id, action, payload)
+        return await _call(ctx, EngineResult, session_id, Engine.push_to_canvas, session_id, action, payload)
 
     # -- visual RAG --------------------------------------------------------------------
     @tool()
@@ -304,7 +307,7 @@ def register(app: FastMCP) -> None:
         min_similarity: Annotated[float, Field(ge=-1, le=1, description="Cosine similarity floor.")] = 0.0,
     ) -> EngineResult:
         """The reference cases most similar to an image, with similarity-weighted labels."""
-        return await _call(ctx, EngineResult, session_id, "search_similar_cases", session_id, image_id, top_k,
+        return await _call(ctx, EngineResult, session_id, Engine.search_similar_cases, session_id, image_id, top_k,
                            include_reports, min_similarity, announce=True)
 
     @tool()
@@ -314,7 +317,7 @@ def register(app: FastMCP) -> None:
         top_k: TopK = 5,
     ) -> EngineResult:
         """Classifier and similar cases merged into one label list, with a suggested prompt."""
-        return await _call(ctx, EngineResult, session_id, "analyze_with_rag", session_id, image_id, mode, top_k,
+        return await _call(ctx, EngineResult, session_id, Engine.analyze_with_rag, session_id, image_id, mode, top_k,
                            announce=True)
 
     @tool()
@@ -331,5 +334,5 @@ def register(app: FastMCP) -> None:
         roots = await app.allowed_roots(ctx)
         data = paths.confine(data_path, roots)
         reports = paths.confine(reports_csv, roots) if reports_csv else None
-        return await _call(ctx, EngineResult, "rag-library", "build_rag_index", source, data, reports, rebuild,
+        return await _call(ctx, EngineResult, "rag-library", Engine.build_rag_index, source, data, reports, rebuild,
                            progress=app.progress_callback(ctx))

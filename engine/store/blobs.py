@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from engine.errors import ErrorCode, MedVisionError
+from engine.files import fsync_dir
 
 MAGIC = b"MVB1"
 CHUNK_SIZE = 1 << 20
@@ -63,8 +64,8 @@ class BlobWriter:
         self._prefix = os.urandom(8)
         self.final_path = store.path_for(blob_id)
         self.final_path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp_path = self.final_path.with_suffix(".tmp")
-        self._file = open(self._tmp_path, "wb")  # noqa: SIM115 - closed in commit/abort
+        self.tmp_path = self.final_path.with_suffix(".tmp")
+        self._file = open(self.tmp_path, "wb")  # noqa: SIM115 - closed in commit/abort
         self._file.write(_HEADER.pack(MAGIC, self._prefix, CHUNK_SIZE))
         self.committed = False
 
@@ -107,7 +108,7 @@ class BlobWriter:
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
-        os.replace(self._tmp_path, self.final_path)
+        os.replace(self.tmp_path, self.final_path)
         fsync_dir(self.final_path.parent)
         self.committed = True
 
@@ -121,7 +122,7 @@ class BlobWriter:
                 self._file.close()
             except OSError:
                 pass  # flushing the buffer failed too (disk full): the file is discarded anyway
-        for path in (self._tmp_path, self.final_path):
+        for path in (self.tmp_path, self.final_path):
             path.unlink(missing_ok=True)
 
 
@@ -171,7 +172,7 @@ class _PartialReader(io.RawIOBase):
         if index != self._chunk_index:
             writer = self._writer
             if self._file is None:
-                self._file = open(writer._tmp_path, "rb")  # noqa: SIM115 - closed in close()
+                self._file = open(writer.tmp_path, "rb")  # noqa: SIM115 - closed in close()
             self._file.seek(_HEADER.size + index * (CHUNK_SIZE + _TAG_BYTES))
             nonce = writer._prefix + struct.pack(">I", index)
             sealed = self._file.read(CHUNK_SIZE + _TAG_BYTES)
@@ -183,18 +184,6 @@ class _PartialReader(io.RawIOBase):
         if self._file is not None:
             self._file.close()
         super().close()
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename in ``path`` durable (the directory entry itself is fsynced; POSIX only:
-    Windows cannot open a directory, and NTFS journals the rename)."""
-    if os.name != "posix":
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class BlobStore:

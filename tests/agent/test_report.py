@@ -50,11 +50,17 @@ def test_the_report_has_exactly_the_agreed_shape_and_follows_the_schema(run: dic
         if not finding["present"]:
             assert finding["side"] is None and finding["zone"] is None
     present = [f["label"] for f in report["findings"] if f["present"]]
-    assert [d["disease"] for d in report["diagnoses"]] == sorted(
-        present, key=lambda label: -next(f["probability"] for f in report["findings"] if f["label"] == label))
+    probability = {f["label"]: f["probability"] for f in report["findings"]}
+    # Most probable first; equal (rounded) probabilities by name, as near-ties of the untrained model occur.
+    assert [d["disease"] for d in report["diagnoses"]] == sorted(present, key=lambda label: (-probability[label], label))
     for lesion in report["lesions"]:
         assert lesion["annotation_id"] and lesion["label"] in present
-    assert any(m["name"] == "cardiothoracic_ratio" and m["unit"] == "ratio" for m in report["measurements"])
+    # Measured in the specialist step (it runs when something is present) from the untrained organ
+    # masks, which on some machines give no ratio (an empty heart or lung mask): as the run found.
+    ctr = run["stored"]["state"]["outputs"]["segment_organs"]["ctr"]
+    measured = any(f["present"] for f in report["findings"]) and ctr["status"] == "ok"
+    ratios = [(m["value"], m["unit"]) for m in report["measurements"] if m["name"] == "cardiothoracic_ratio"]
+    assert ratios == ([(pytest.approx(ctr["ratio"]), "ratio")] if measured else [])
     assert report["management"]["source"] and report["management"]["suggestion"]
     assert report["narrative"]["source"] == "template" and report["narrative"]["guard"]["status"] == "fallback"
     assert report["reasoning"].startswith("Image CXR") and report["model_trained"] is False

@@ -94,9 +94,10 @@ def test_attribution_flags_low_confidence_use_and_a_contradiction_in_a_real_run(
     assert used["seq"] > used["source_seq"]
     classify = next(e for e in run["trace"]["events"] if e["tool_id"] == "classify" and e["kind"] == "tool_call")
     measured = next(e for e in run["trace"]["events"] if e["tool_id"] == "measurements" and e["kind"] == "tool_call")
-    ctr = next(m["value"] for m in measured["output"]["measurements"] if m["name"] == "cardiothoracic_ratio")
+    # The untrained organ masks give no ratio on some machines (an empty heart or lung mask): then nothing to contradict.
+    ctr = next((m["value"] for m in measured["output"]["measurements"] if m["name"] == "cardiothoracic_ratio"), None)
     contradictions = [i for i in issues if i["kind"] == "contradiction" and "cardiothoracic" in i["message"]]
-    assert bool(contradictions) == (("Cardiomegaly" in classify["output"]["positive"]) != (ctr >= 0.5))
+    assert bool(contradictions) == (ctr is not None and ("Cardiomegaly" in classify["output"]["positive"]) != (ctr >= 0.5))
 
 
 def test_attribution_flags_a_constructed_plan_mismatch(run: dict) -> None:

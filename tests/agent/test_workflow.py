@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from engine.agent.conditions import parse_condition
+from engine.agent.management import region_for
 from engine.agent.pipeline import load_pipelines, parse_pipeline, select_pipeline
 from engine.agent.tools import default_registry
 from engine.api import Engine
@@ -140,8 +141,13 @@ def test_a_full_run_calls_the_pipeline_in_order_and_per_finding(engine: Engine, 
     assert calls[-4:] == ["management_rules", "build_report", "write_narrative", "suggest_regions"]
     findings = [a for a in completed["actions_taken"] if a.startswith("region_analysis")]
     report = completed["result"]["report"]
-    assert 1 <= len(findings) <= 3  # bounded: limits.max_candidates
-    assert len(report["lesions"]) >= 1
+    # Which findings the untrained classifier calls present differs from machine to machine:
+    # one region analysis per present finding, most probable first, bounded by limits.max_candidates.
+    present = sorted((f for f in report["findings"] if f["present"]), key=lambda f: (-f["probability"], f["label"]))
+    candidates = [f["label"] for f in present][:3]
+    assert findings == [f"region_analysis(finding={label!r})" for label in candidates]
+    placed = [label for label in candidates if region_for(label)["target"] != "none"]
+    assert [lesion["label"] for lesion in report["lesions"]] == placed
     lesion_ids = {a["annotation_id"] for a in completed["result"]["annotations"] if a["kind"] == "finding"}
     stored = {a["annotation_id"] for a in engine.get_annotations(completed["session_id"], source="ai")["annotations"]}
     assert lesion_ids <= stored
@@ -244,10 +250,13 @@ def test_step_by_step_returns_after_each_step_and_resumes(engine: Engine, chest:
         result = engine.invoke_medical_agent(session, "next", mode="step_by_step")
         assert result["run_id"] == first["run_id"]
         statuses.append(result["status"])
-    assert statuses == ["in_progress"] * 4 + ["completed"]
+    # The specialist step runs only when the (untrained, machine-dependent) classifier found something.
+    ran = 5 if any(f["present"] for f in result["result"]["report"]["findings"]) else 4
+    assert statuses == ["in_progress"] * (ran - 1) + ["completed"]
     assert result["result"]["report"]["schema_version"] == "1.0.0"
     kinds = [e["kind"] for e in engine.export_trace(first["run_id"])["events"]]
-    assert kinds.count("run_resumed") == 4 and kinds.count("step_finished") == 5
+    assert kinds.count("run_resumed") == ran - 1 and kinds.count("step_finished") == ran
+    assert kinds.count("step_skipped") == 5 - ran
     with pytest.raises(MedVisionError):  # a completed run does not resume
         engine.invoke_medical_agent(session, "again", context={"run_id": first["run_id"]}, mode="step_by_step")
 

@@ -11,12 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from engine.analysis.interactive import (
-    BACKEND_ENV,
-    InteractiveSegmenter,
-    polygon_to_prompt,
-    validate_prompt,
-)
+from engine.analysis.interactive.prompt import polygon_to_prompt, validate_prompt
+from engine.analysis.interactive.segmenter import BACKEND_ENV, InteractiveSegmenter
 from engine.config import Settings
 from engine.errors import ErrorCode, MedVisionError
 from engine.imaging import DecodedImage, decode_image

@@ -9,7 +9,7 @@ import textwrap
 
 from pydicom.data import get_testdata_file
 
-from desktop.canvas.view import regions_in
+from desktop.canvas.overlays import regions_in
 from desktop.qt import QPointF, Qt
 from tests.desktop.conftest import idle, open_image
 
@@ -75,7 +75,7 @@ def test_push_from_another_process_appears_live(qtbot, window, rg1_path, engine,
     assert run.returncode == 0, run.stderr
     # Live: the follower polls every 150 ms (its latency is measured in benchmarks/bench_desktop.py).
     assert window.follower.timer.interval() <= 250
-    qtbot.waitUntil(lambda: len(view.items) == 2 and any(view._pushed.values()), timeout=5000)
+    qtbot.waitUntil(lambda: len(view.items) == 2 and any(view.overlays.pushed.values()), timeout=5000)
     qtbot.waitUntil(lambda: any("right upper zone" in text for _, text in window.chat.messages), timeout=1000)
     dashed = [i for i in view.items.values() if i.pen().style() == Qt.PenStyle.DashLine]
     assert len(dashed) == 1 and dashed[0].annotation["label"] == "compare the other side"
@@ -149,8 +149,8 @@ def test_a_pushed_heatmap_is_drawn_over_its_region(qtbot, window, rg1_path, engi
         "type": "heatmap", "name": "attention",
         "data": {"values": [[0.0, 1.0], [0.5, 0.25]], "region": {"type": "bbox", "coordinates": [100, 200, 900, 1000]}}})
     layer_id = pushed["layer_id"]
-    qtbot.waitUntil(lambda: bool(view._pushed.get(layer_id)), timeout=5000)
-    (item,) = view._pushed[layer_id]
+    qtbot.waitUntil(lambda: bool(view.overlays.pushed.get(layer_id)), timeout=5000)
+    (item,) = view.overlays.pushed[layer_id]
     box = item.sceneBoundingRect()
     assert (round(box.left()), round(box.top()), round(box.right()), round(box.bottom())) == (100, 200, 900, 1000)
     image = item.pixmap().toImage()

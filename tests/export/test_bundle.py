@@ -11,7 +11,7 @@ from engine.export.bundle import ExportOptions, gather
 
 
 def test_gather_collects_every_layer_of_a_worked_session(worked) -> None:
-    bundle = gather(worked.engine, worked.session_id, ExportOptions())
+    bundle = gather(worked.engine.services, worked.session_id, ExportOptions())
     assert bundle.missing == []
     (item,) = bundle.images
     assert item.classification["findings"] and item.segmentation["organs"]
@@ -31,10 +31,10 @@ def test_gather_collects_every_layer_of_a_worked_session(worked) -> None:
 
 def test_gather_says_what_a_bare_session_lacks(engine, rg1_path: Path) -> None:
     session = engine.create_study_session("bare")["session_id"]
-    empty = gather(engine, session, ExportOptions())
+    empty = gather(engine.services, session, ExportOptions())
     assert empty.images == [] and "the session has no images" in empty.missing
     image = engine.add_image_to_session(session, rg1_path, auto_analyze=False)["image_id"]
-    bare = gather(engine, session, ExportOptions())
+    bare = gather(engine.services, session, ExportOptions())
     assert f"image {image} has not been analysed" in bare.missing
     assert any("no completed agent run" in m for m in bare.missing) and bare.report is None
     assert bare.model_trained is None and bare.banner is None
@@ -42,12 +42,12 @@ def test_gather_says_what_a_bare_session_lacks(engine, rg1_path: Path) -> None:
 
 def test_gather_rejects_unknown_sessions_images_and_templates(engine, rg1_path: Path) -> None:
     with pytest.raises(MedVisionError) as err:
-        gather(engine, "nope", ExportOptions())
+        gather(engine.services, "nope", ExportOptions())
     assert err.value.code is ErrorCode.SESSION_NOT_FOUND
     session = engine.create_study_session("x")["session_id"]
     with pytest.raises(MedVisionError) as err:
-        gather(engine, session, ExportOptions(include_images=("missing",)))
+        gather(engine.services, session, ExportOptions(include_images=("missing",)))
     assert err.value.code is ErrorCode.IMAGE_NOT_FOUND
     with pytest.raises(MedVisionError) as err:
-        gather(engine, session, ExportOptions(template="fancy"))
+        gather(engine.services, session, ExportOptions(template="fancy"))
     assert err.value.code is ErrorCode.INVALID_ARGUMENT

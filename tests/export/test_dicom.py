@@ -62,7 +62,7 @@ def drawn_mask_area(annotation) -> int:
 
 @pytest.fixture(scope="module")
 def bundle(worked):
-    return gather(worked.engine, worked.session_id, ExportOptions())
+    return gather(worked.engine.services, worked.session_id, ExportOptions())
 
 
 def test_every_pack_label_has_a_code(model_pack: Path) -> None:
@@ -186,13 +186,13 @@ def test_secondary_capture_and_pdf_are_valid(bundle, tmp_path: Path) -> None:
 
 
 def test_png_source_gets_a_capture_and_a_valid_sr(worked, tmp_path: Path) -> None:
-    item = gather(worked.engine, worked.session_id, ExportOptions()).images[0]
+    item = gather(worked.engine.services, worked.session_id, ExportOptions()).images[0]
     png = tmp_path / "chest.png"
     Image.fromarray(windowed(item)).save(png)
     session = worked.engine.create_study_session("png export")["session_id"]
     image = worked.engine.add_image_to_session(session, png, auto_analyze=False)["image_id"]
     worked.engine.add_annotation(session, image, "bbox", [100, 200, 300, 400], label="opacity")
-    bundle = gather(worked.engine, session, ExportOptions())
+    bundle = gather(worked.engine.services, session, ExportOptions())
     report, capture = dicom_sr(bundle)
     dciodvfy(written(tmp_path, report))
     dciodvfy(written(tmp_path, capture))
@@ -208,7 +208,7 @@ def test_png_source_gets_a_capture_and_a_valid_sr(worked, tmp_path: Path) -> Non
 def test_sr_of_a_session_with_nothing_to_report_fails_with_the_reason(worked, rg1_path: Path) -> None:
     session = worked.engine.create_study_session("empty export")["session_id"]
     worked.engine.add_image_to_session(session, rg1_path, auto_analyze=False)
-    bundle = gather(worked.engine, session, ExportOptions())
+    bundle = gather(worked.engine.services, session, ExportOptions())
     with pytest.raises(MedVisionError) as raised:
         dicom_sr(bundle)
     assert raised.value.code == ErrorCode.EXPORT_FAILED and "has not been analysed" in raised.value.message

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.export.bundle import DISCLAIMER, ExportOptions, gather
+from engine.export.bundle import ExportOptions, gather
 from engine.export.html import MAX_SIDE, html_report
-from engine.export.render import compose
+from engine.export.render import compose, layer_images
+from engine.vocabulary import DISCLAIMER
 
 
 class _Page(HTMLParser):
@@ -45,7 +46,7 @@ def _parse(data: bytes) -> tuple[str, _Page]:
 
 @pytest.fixture(scope="module")
 def report(worked):
-    bundle = gather(worked.engine, worked.session_id, ExportOptions(institution="<script>alert(1)</script>"))
+    bundle = gather(worked.engine.services, worked.session_id, ExportOptions(institution="<script>alert(1)</script>"))
     (artifact,) = html_report(bundle)
     return bundle, artifact
 
@@ -72,13 +73,18 @@ def test_html_has_one_image_per_layer_and_a_checkbox_per_overlay(report) -> None
     assert len(overlays) == len(layers) - 1
     assert sorted(b["data-layer"] for b in page.boxes) == sorted(overlays)
     assert all(b.get("type") == "checkbox" and "checked" in b for b in page.boxes)
+    # An organ mask of the untrained dev pack may be empty (or vanish at this scale) on some
+    # machines: its layer is then blank. Every other overlay draws something.
+    blank = {f"layer-{item.image_id}-{layer['id']}" for layer, image in layer_images(item, max_side=MAX_SIDE)
+             if not np.asarray(image)[..., 3].any()}
+    assert all("-organ-" in name for name in blank), blank
     sizes = set()
     for image in page.images:
         decoded = Image.open(io.BytesIO(base64.b64decode(image["src"].split(",", 1)[1])))
         sizes.add(decoded.size)
         if image.get("id"):  # an overlay: transparent but for what it draws
             alpha = np.asarray(decoded.convert("RGBA"))[..., 3]
-            assert 0 < (alpha > 0).mean() < 1, image["id"]
+            assert (alpha > 0).mean() < 1 and bool((alpha > 0).any()) == (image["id"] not in blank), image["id"]
     assert sizes == {(964, 1024)}
     user = overlays[f"layer-{item.image_id}-annotations-user"]
     assert user["alt"] == "User drawings"
@@ -101,13 +107,15 @@ def test_html_shows_findings_report_trace_and_warnings(report) -> None:
     assert "width (distance)" in shown and "700.29 px" in shown and "pixel spacing unknown" in shown
     for step in bundle.trace["steps"]:
         assert step["agent"] in shown
-    assert "Cardiothoracic ratio" in shown
+    # Only when the untrained organ masks gave one (an empty heart or lung mask gives none).
+    ctr = ((item.segmentation or {}).get("ctr") or {}).get("ratio")
+    assert ("Cardiothoracic ratio" in shown) == (ctr is not None)
 
 
 def test_html_prints_identifiers_only_when_asked(worked) -> None:
     name = worked.engine.store.get_image(worked.image_id)["patient"]["PatientName"]
-    hidden = html_report(gather(worked.engine, worked.session_id, ExportOptions(include_report=False)))[0]
-    shown = html_report(gather(worked.engine, worked.session_id,
+    hidden = html_report(gather(worked.engine.services, worked.session_id, ExportOptions(include_report=False)))[0]
+    shown = html_report(gather(worked.engine.services, worked.session_id,
                                ExportOptions(include_identifiers=True, include_annotations=False)))[0]
     assert name.encode() not in hidden.data and name.encode() in shown.data
     _, page = _parse(hidden.data)

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.export.bundle import DISCLAIMER, ExportOptions, gather
+from engine.export.bundle import ExportOptions, gather
 from engine.export.pdf import pdf_report
+from engine.vocabulary import DISCLAIMER
 
 
 def _poppler(tool: str, *args: str) -> str:
@@ -42,7 +43,7 @@ def _red(rgb: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def default_pdf(worked, tmp_path_factory):
-    bundle = gather(worked.engine, worked.session_id, ExportOptions(institution="St Elsewhere Hospital"))
+    bundle = gather(worked.engine.services, worked.session_id, ExportOptions(institution="St Elsewhere Hospital"))
     pdf_report(bundle)  # warm-up: reportlab's first build loads its fonts and caches
     start = time.perf_counter()
     (artifact,) = pdf_report(bundle)
@@ -64,7 +65,9 @@ def test_pdf_renders_pages_with_the_image_and_a_red_banner_on_each(default_pdf, 
     first = np.asarray(Image.open(pages[0]).convert("RGB")).astype(int)
     assert first.std() > 30  # not blank: the radiograph and its overlays are on page 1
     coloured = (first.max(axis=-1) - first.min(axis=-1)) > 60
-    assert coloured[first.shape[0] // 12:].mean() > 0.1  # overlay colours below the banner
+    # Overlay colours below the banner: the drawings and the click-to-segment mask alone give about
+    # 0.06; the untrained organ masks add a machine-dependent share on top (0.07 on one machine).
+    assert coloured[first.shape[0] // 12:].mean() > 0.04
 
 
 def test_pdf_text_has_findings_guard_models_and_disclaimer(default_pdf) -> None:
@@ -78,7 +81,10 @@ def test_pdf_text_has_findings_guard_models_and_disclaimer(default_pdf) -> None:
         assert model["id"] in text and model["version"] in text
     assert "St Elsewhere Hospital" in text and "template default" in text
     assert "Agent trace" in text and "OrchestratorAgent" in text
-    assert "700.29 px" in text and "pixel spacing unknown" in text and "Cardiothoracic ratio" in text
+    assert "700.29 px" in text and "pixel spacing unknown" in text
+    # Only when the untrained organ masks gave one (an empty heart or lung mask gives none).
+    ctr = ((bundle.images[0].segmentation or {}).get("ctr") or {}).get("ratio")
+    assert ("Cardiothoracic ratio" in text) == (ctr is not None)
     assert "Findings of RG1_J2KI.dcm" in text  # a similar case's report excerpt
     assert "Left Lung" in text and "User drawings" in text  # the legend
     info = _poppler("pdfinfo", str(path))
@@ -88,7 +94,7 @@ def test_pdf_text_has_findings_guard_models_and_disclaimer(default_pdf) -> None:
 def test_templates_differ_in_length_and_detail(worked, tmp_path) -> None:
     texts, pages = {}, {}
     for template in ("clinical", "research"):
-        bundle = gather(worked.engine, worked.session_id, ExportOptions(template=template))
+        bundle = gather(worked.engine.services, worked.session_id, ExportOptions(template=template))
         path = _write(tmp_path, pdf_report(bundle)[0].data, f"{template}.pdf")
         texts[template], pages[template] = _text(path), _pages(path)
     assert pages["clinical"] < pages["research"]
@@ -100,9 +106,9 @@ def test_templates_differ_in_length_and_detail(worked, tmp_path) -> None:
 
 def test_identifiers_and_sections_follow_the_options(worked, tmp_path) -> None:
     name = worked.engine.store.get_image(worked.image_id)["patient"]["PatientName"]
-    hidden = _text(_write(tmp_path, pdf_report(gather(worked.engine, worked.session_id, ExportOptions()))[0].data))
+    hidden = _text(_write(tmp_path, pdf_report(gather(worked.engine.services, worked.session_id, ExportOptions()))[0].data))
     shown = _text(_write(tmp_path, pdf_report(gather(
-        worked.engine, worked.session_id,
+        worked.engine.services, worked.session_id,
         ExportOptions(include_identifiers=True, include_report=False, include_measurements=False)))[0].data))
     assert name not in hidden and "(de-identified)" in hidden
     assert name in shown and "(de-identified)" not in shown
@@ -113,7 +119,7 @@ def test_identifiers_and_sections_follow_the_options(worked, tmp_path) -> None:
 def test_missing_parts_are_listed(engine, rg1_path, tmp_path) -> None:
     session = engine.create_study_session("bare")["session_id"]
     image = engine.add_image_to_session(session, rg1_path, auto_analyze=False)["image_id"]
-    bundle = gather(engine, session, ExportOptions())
+    bundle = gather(engine.services, session, ExportOptions())
     text = _text(_write(tmp_path, pdf_report(bundle)[0].data))
     assert "Not included" in text and f"image {image} has not been analysed" in text
     assert "not for diagnostic use" in text and "Development models" not in text

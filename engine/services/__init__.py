@@ -1,0 +1,62 @@
+"""Use-cases below the facade: each service takes the narrow dependencies it uses.
+
+:class:`Services` composes them over one store and one model registry; the agent,
+export and canvas receive it (never the ``Engine``), and ``engine.api.Engine``
+delegates to it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine.config import Settings
+from engine.inference.registry import ModelRegistry
+from engine.services.analysis import AnalysisService
+from engine.services.annotations import AnnotationService
+from engine.services.images import ImageService
+from engine.services.intake import ImageIntake
+from engine.services.interactive import InteractiveService
+from engine.services.regions import RegionService
+from engine.services.sessions import SessionService
+from engine.services.similar import SimilarCaseService
+from engine.store import BlobStore, Store
+
+
+@dataclass
+class Services:
+    """Every use-case service of one engine, over one store and one model registry."""
+
+    settings: Settings
+    store: Store
+    models: ModelRegistry
+    images: ImageService
+    intake: ImageIntake
+    annotations: AnnotationService
+    analysis: AnalysisService
+    interactive: InteractiveService
+    similar: SimilarCaseService
+    regions: RegionService
+    sessions: SessionService
+
+    @classmethod
+    def open(cls, settings: Settings) -> Services:
+        """Open the store and wire the services together."""
+        store = Store.open(settings.home, use_keyring=settings.use_keyring)
+        models = ModelRegistry(settings)
+        images = ImageService(store)
+        annotations = AnnotationService(store)
+        analysis = AnalysisService(store, models, images)
+        interactive = InteractiveService(store, models, images, annotations,
+                                         BlobStore(settings.home / "cache" / "embeddings", store.key))
+        similar = SimilarCaseService(settings, store, models, images, analysis)
+        return cls(settings=settings, store=store, models=models, images=images,
+                   intake=ImageIntake(images, analysis), annotations=annotations, analysis=analysis,
+                   interactive=interactive, similar=similar,
+                   regions=RegionService(store, models, images, analysis, interactive, similar),
+                   sessions=SessionService(store, images, interactive))
+
+    def close(self) -> None:
+        """Release the reference library, models and database connections."""
+        self.similar.close()
+        self.models.unload()
+        self.store.close()

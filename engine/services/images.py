@@ -1,0 +1,126 @@
+"""Images: files into the store, and decoded pixels back out through one bounded cache."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+from engine.analysis.quality import check_quality
+from engine.errors import ErrorCode, MedVisionError
+from engine.imaging import DecodedImage, decode_image
+from engine.imaging.records import record_from_decoded
+from engine.store import Store
+from engine.vocabulary import IMAGE_TYPES
+
+#: Decoded frames kept per process: enough for the images a radiologist flips between.
+DECODE_CACHE_ENTRIES = 4
+
+
+class DecodeCache:
+    """The last few decoded frames, keyed by (image id, frame); thread-safe."""
+
+    def __init__(self, entries: int = DECODE_CACHE_ENTRIES) -> None:
+        self.entries = entries
+        self._items: OrderedDict[tuple[str, int], DecodedImage] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, image_id: str, frame: int) -> DecodedImage | None:
+        with self._lock:
+            found = self._items.get((image_id, frame))
+            if found is not None:
+                self._items.move_to_end((image_id, frame))
+            return found
+
+    def put(self, image_id: str, frame: int, decoded: DecodedImage) -> None:
+        with self._lock:
+            self._items[(image_id, frame)] = decoded
+            self._items.move_to_end((image_id, frame))
+            while len(self._items) > self.entries:
+                self._items.popitem(last=False)
+
+    def forget(self, image_ids: set[str] | list[str]) -> None:
+        with self._lock:
+            for key in [k for k in self._items if k[0] in image_ids]:
+                del self._items[key]
+
+
+def image_summary(image: dict) -> dict:
+    """The public summary of an ``images`` row."""
+    spacing = image["metadata"].get("pixel_spacing") or {}
+    return {
+        "image_id": image["id"],
+        "type": image["type"],
+        "type_source": image["type_source"],
+        "modality": image["modality"],
+        "format": image["format"],
+        "source_name": image["source_name"],
+        "rows": image["rows"],
+        "columns": image["columns"],
+        "frame_count": image["frame_count"],
+        "pixel_spacing_mm": spacing.get("pixel_spacing_mm"),
+        "spacing_source": spacing.get("source", "none"),
+        "created_at": image["created_at"],
+    }
+
+
+def read_image_file(path: Path) -> bytes:
+    """A file's bytes, or a coded error naming only the file."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError as exc:
+        raise MedVisionError(ErrorCode.FILE_NOT_FOUND, f"no such file: {path.name}") from exc
+    except IsADirectoryError as exc:
+        raise MedVisionError(ErrorCode.INVALID_ARGUMENT, f"{path.name} is a directory, not an image") from exc
+    except PermissionError as exc:
+        raise MedVisionError(ErrorCode.FILE_NOT_FOUND, f"cannot read {path.name}: permission denied") from exc
+
+
+class ImageService:
+    """Adds image files to sessions and serves their decoded pixels."""
+
+    def __init__(self, store: Store, cache: DecodeCache | None = None) -> None:
+        self.store = store
+        self.cache = cache or DecodeCache()
+
+    def add_file(self, session_id: str, image_path: str | Path, image_type: str | None = None,
+                 frame: int = 0) -> dict[str, Any]:
+        """Decode a file, store it encrypted in the session; returns the row, decoded frame, quality and timings."""
+        started = time.perf_counter()
+        self.store.get_session(session_id)
+        if image_type is not None and image_type not in IMAGE_TYPES:
+            raise MedVisionError(ErrorCode.INVALID_ARGUMENT, f"image_type must be one of {', '.join(IMAGE_TYPES)}")
+        path = Path(image_path)
+        data = read_image_file(path)
+        decoded = decode_image(data, frame=frame, filename=path.name)
+        quality = check_quality(decoded, image_type=image_type)
+        decoded_at = time.perf_counter()
+        record = record_from_decoded(decoded, source_name=path.name, source_path=str(path.resolve()),
+                                     image_type=image_type, quality=quality)
+        image = self.store.add_image(session_id, blob_data=data, record=record)
+        self.store.add_interaction(session_id, "upload", {"image_id": image["id"], "source_name": path.name},
+                                   image["id"])
+        self.cache.put(image["id"], frame, decoded)
+        stored_at = time.perf_counter()
+        return {"image": image, "decoded": decoded, "quality": quality,
+                "timings_ms": {"decode": round((decoded_at - started) * 1000, 2),
+                               "store": round((stored_at - decoded_at) * 1000, 2)}}
+
+    def decoded_image(self, session_id: str, image_id: str) -> tuple[dict, DecodedImage]:
+        """The image row and its decoded pixels (from the per-process cache when possible)."""
+        image = self.store.get_image(image_id, session_id=session_id)
+        frame = int(image["metadata"].get("frame_index", 0))
+        cached = self.cache.get(image_id, frame)
+        if cached is None:
+            cached = decode_image(self.store.image_bytes(image), frame=frame, filename=image["source_name"])
+            self.cache.put(image_id, frame, cached)
+        return image, cached
+
+    def current_image_id(self, session_id: str) -> str:
+        """The session's current image, or IMAGE_NOT_FOUND when it has none."""
+        image_id = self.store.get_session(session_id)["current_image_id"]
+        if image_id is None:
+            raise MedVisionError(ErrorCode.IMAGE_NOT_FOUND, "the session has no images yet")
+        return image_id

@@ -1,0 +1,62 @@
+"""Study sessions: create, list, summarise, switch the current image, delete with what derives from them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine.errors import ErrorCode, MedVisionError
+from engine.services.images import ImageService, image_summary
+from engine.services.interactive import InteractiveService
+from engine.store import Store
+
+
+class SessionService:
+    """Sessions and their lifetime; a deleted session's caches and embeddings go with it."""
+
+    def __init__(self, store: Store, images: ImageService, interactive: InteractiveService) -> None:
+        self.store, self.images, self.interactive = store, images, interactive
+
+    def create(self, name: str | None = None, metadata: dict[str, Any] | None = None) -> dict:
+        """Create a new analysis session."""
+        if metadata is not None and not isinstance(metadata, dict):
+            raise MedVisionError(ErrorCode.INVALID_ARGUMENT, "metadata must be an object")
+        session = self.store.create_session(name, metadata)
+        return {"session_id": session["id"], "name": session["name"], "created_at": session["created_at"]}
+
+    def list(self, limit: int = 100) -> list[dict]:
+        """Sessions, newest first."""
+        return [
+            {"session_id": s["id"], "name": s["name"], "images": s["image_count"],
+             "created_at": s["created_at"], "updated_at": s["updated_at"]}
+            for s in self.store.list_sessions(limit)
+        ]
+
+    def status(self, session_id: str) -> dict:
+        """Summary of a session: its images, the current one, annotation and analysis counts."""
+        session = self.store.get_session(session_id)
+        analysed = {a["image_id"] for a in self.store.list_analyses(session_id)}
+        images = [image_summary(i) | {"analyzed": i["id"] in analysed} for i in self.store.list_images(session_id)]
+        return {
+            "session_id": session_id,
+            "name": session["name"],
+            "created_at": session["created_at"],
+            "updated_at": session["updated_at"],
+            "images": images,
+            "current_image": session["current_image_id"],
+            "total_annotations": self.store.count("annotations", session_id),
+            "total_analyses": self.store.count("analyses", session_id),
+        }
+
+    def delete(self, session_id: str) -> dict:
+        """Delete a session with its images, analyses and annotations (blobs no longer used go too)."""
+        removed = self.store.delete_session(session_id)
+        self.images.cache.forget(removed["image_ids"])
+        self.interactive.forget(removed["image_ids"])
+        return {"session_id": session_id, "deleted": True, "images": len(removed["image_ids"])}
+
+    def switch_image(self, session_id: str, image_id: str) -> dict:
+        """Move the session's focus to another of its images."""
+        self.store.get_session(session_id)
+        self.store.set_current_image(session_id, image_id)
+        return {"session_id": session_id, "current_image": image_id,
+                "image": image_summary(self.store.get_image(image_id))}

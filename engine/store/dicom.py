@@ -1,0 +1,166 @@
+"""The DICOM node's tables: received instances, associations, node heartbeats, the C-STORE outbox.
+
+The node commits each received instance's blob (fsync + rename) first, then calls
+:meth:`DicomRepository.add_instance`: one transaction adds the study's session
+(created or reused), the blob row, the image row, the receipt, the analysis job and
+their events. An instance whose SOP Instance UID is already stored is a duplicate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from engine.events import EventKind
+from engine.store.common import new_id, now_iso
+from engine.store.database import Database
+from engine.store.events import EventLog
+from engine.store.jobs import JobRepository
+from engine.store.sessions import ImageRepository, SessionRepository
+
+
+class DicomRepository:
+    """Instances received, associations, nodes and the outbox of results to send."""
+
+    def __init__(self, db: Database, events: EventLog, sessions: SessionRepository, images: ImageRepository,
+                 jobs: JobRepository) -> None:
+        self.db, self.events, self.sessions, self.images, self.jobs = db, events, sessions, images, jobs
+
+    def add_instance(self, *, blob_id: str, size: int, sha256: str, record: dict,
+                     association_id: str | None, calling_ae: str | None,
+                     session_name: str | None = None, job_kind: str | None = None,
+                     max_attempts: int = 3, before_commit: Callable[[], object] | None = None) -> dict:
+        """Record a received instance; returns ``status`` (stored|duplicate), ``image_id``,
+        ``session_id``, ``same_content`` (duplicates), ``blob_used`` (False: the caller
+        deletes its blob file) and ``job_id``. ``before_commit`` runs last inside the
+        transaction of a stored instance; if it raises, nothing is committed."""
+        stamp, image_id = now_iso(), new_id()
+        with self.db.transaction() as tx:
+            row = tx.execute("SELECT id, session_id, sha256 FROM images WHERE sop_instance_uid = ? LIMIT 1",
+                             (record["sop_instance_uid"],)).fetchone()
+            if row is not None:
+                tx.execute("UPDATE dicom_associations SET duplicates = duplicates + 1 WHERE id = ?",
+                           (association_id,))
+                return {"status": "duplicate", "image_id": row[0], "session_id": row[1],
+                        "same_content": row[2] == sha256, "blob_used": False, "job_id": None}
+            study = record["study_instance_uid"]  # None: no usable Study UID, one session per association
+            found = tx.execute("SELECT id FROM sessions WHERE study_instance_uid = ?", (study,)).fetchone() \
+                if study else tx.execute("SELECT id FROM sessions WHERE study_instance_uid IS NULL"
+                                         " AND json_extract(metadata, '$.association_id') = ?",
+                                         (association_id,)).fetchone()
+            if found is None:
+                session_id = self.sessions.insert(
+                    tx, name=session_name, study_instance_uid=study, stamp=stamp, source="dicom",
+                    metadata={"source": "dicom", "calling_ae": calling_ae, "association_id": association_id})
+            else:
+                session_id = found[0]
+            existing = self.images.find_blob(sha256, size)
+            if existing is None:
+                self.images.insert_blob(tx, blob_id, size, sha256, stamp)
+            self.images.insert(tx, session_id, record, image_id=image_id, blob_id=existing or blob_id,
+                               sha256=sha256, stamp=stamp, source="dicom")
+            tx.execute("INSERT INTO dicom_received (image_id, association_id, calling_ae, received_at)"
+                       " VALUES (?, ?, ?, ?)", (image_id, association_id, calling_ae, stamp))
+            tx.execute("UPDATE dicom_associations SET received = received + 1 WHERE id = ?", (association_id,))
+            job_id = None
+            if job_kind:
+                job_id = self.jobs.enqueue(job_kind, {"session_id": session_id, "image_id": image_id},
+                                           session_id=session_id, image_id=image_id, max_attempts=max_attempts)
+            if before_commit is not None:
+                before_commit()
+        return {"status": "stored", "image_id": image_id, "session_id": session_id, "same_content": None,
+                "blob_used": existing is None, "job_id": job_id}
+
+    def association(self, association_id: str, *, node: str | None = None, calling_ae: str | None = None,
+                    called_ae: str | None = None, peer_host: str | None = None, state: str = "open",
+                    reason: str | None = None, failed: int = 0) -> None:
+        """Insert (with ``node``) or update an association's row (``dicom.association`` once it ends)."""
+        stamp = now_iso()
+        with self.db.transaction() as tx:
+            if node is not None:
+                tx.execute("INSERT INTO dicom_associations (id, node, calling_ae, called_ae, peer_host, state, reason,"
+                           " started_at, ended_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                           (association_id, node, calling_ae, called_ae, peer_host, state, reason, stamp,
+                            None if state == "open" else stamp))
+            else:
+                tx.execute("UPDATE dicom_associations SET state = ?, reason = coalesce(?, reason),"
+                           " failed = failed + ?, ended_at = CASE WHEN ? = 'open' THEN NULL ELSE ? END WHERE id = ?",
+                           (state, reason, failed, state, stamp, association_id))
+            if state != "open":
+                self.events.append(tx, None, EventKind.DICOM_ASSOCIATION,
+                                   {"association_id": association_id, "state": state, "reason": reason})
+
+    def node_beat(self, node: str, *, pid: int, ae_title: str, host: str, port: int,
+                  stopped: bool = False, dead_before: str | None = None) -> None:
+        """Register a listening node or refresh its heartbeat (``stopped``: it shut down).
+
+        ``dead_before`` (at start-up): associations left open by nodes whose last beat is
+        older are closed as aborted (their process died)."""
+        stamp = now_iso()
+        with self.db.transaction() as tx:
+            if dead_before is not None:
+                tx.execute("UPDATE dicom_associations SET state = 'aborted', reason = 'node died', ended_at = ?"
+                           " WHERE state = 'open' AND node IN (SELECT node FROM dicom_nodes WHERE"
+                           " heartbeat_at < ? OR stopped_at IS NOT NULL)", (stamp, dead_before))
+            tx.execute("INSERT INTO dicom_nodes (node, pid, ae_title, host, port, started_at, heartbeat_at, stopped_at)"
+                       " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(node) DO UPDATE SET"
+                       " heartbeat_at = excluded.heartbeat_at, stopped_at = excluded.stopped_at",
+                       (node, pid, ae_title, host, port, stamp, stamp, stamp if stopped else None))
+
+    def status(self, since: str, alive_after: str = "") -> dict:
+        """Counters for ``dicom-node status``: nodes, associations, receipts and queues since
+        ``since``; open associations count only for nodes that beat after ``alive_after``."""
+        def one(sql: str, params: tuple = ()) -> int:
+            return int(self.db.query(sql, params)[0]["n"])
+        return {
+            "nodes": self.db.query("SELECT * FROM dicom_nodes ORDER BY started_at DESC"),
+            "open_associations": one("SELECT count(*) AS n FROM dicom_associations WHERE state = 'open' AND node IN"
+                                     " (SELECT node FROM dicom_nodes WHERE stopped_at IS NULL AND heartbeat_at >= ?)",
+                                     (alive_after,)),
+            "associations_today": one("SELECT count(*) AS n FROM dicom_associations WHERE started_at >= ?", (since,)),
+            "rejected_today": one("SELECT count(*) AS n FROM dicom_associations WHERE state = 'rejected'"
+                                  " AND started_at >= ?", (since,)),
+            "received_today": one("SELECT count(*) AS n FROM dicom_received WHERE received_at >= ?", (since,)),
+            "store_failures_today": one("SELECT coalesce(sum(failed), 0) AS n FROM dicom_associations"
+                                        " WHERE started_at >= ?", (since,)),
+            "queue_depth": one("SELECT count(*) AS n FROM jobs WHERE status IN ('queued', 'running')"
+                               " AND kind LIKE 'dicom_node.%'"),
+            "jobs_failed": one("SELECT count(*) AS n FROM jobs WHERE status = 'failed' AND kind LIKE 'dicom_node.%'"),
+            "outbox_pending": one("SELECT count(*) AS n FROM dicom_outbox WHERE status = 'pending'"),
+            "outbox_failed": one("SELECT count(*) AS n FROM dicom_outbox WHERE status = 'failed'"),
+        }
+
+    def outbox_add(self, session_id: str, export_id: str, file_names: list[str], destination: dict,
+                   max_attempts: int = 8) -> list[int]:
+        """Queue an export's files for C-STORE to ``destination`` (ae_title, host, port)."""
+        stamp = now_iso()
+        with self.db.transaction() as tx:
+            ids = [int(tx.execute(
+                "INSERT INTO dicom_outbox (session_id, export_id, file_name, ae_title, host, port, max_attempts,"
+                " next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (session_id, export_id, name, destination["ae_title"], destination["host"], int(destination["port"]),
+                 max_attempts, stamp, stamp, stamp)).lastrowid) for name in file_names]
+            self.events.append(tx, session_id, EventKind.outbox("queued"), {"export_id": export_id, "items": ids})
+        return ids
+
+    def outbox_due(self, limit: int = 20) -> list[dict]:
+        """Pending outbox items whose next attempt is due, oldest first."""
+        return self.db.query("SELECT * FROM dicom_outbox WHERE status = 'pending' AND next_attempt_at <= ?"
+                             " ORDER BY id LIMIT ?", (now_iso(), limit))
+
+    def outbox_result(self, item_id: int, *, status_code: int | None, error: str | None,
+                      retry_in_s: float) -> str:
+        """Record one send attempt: ``sent``, ``pending`` (retry after ``retry_in_s``) or ``failed``."""
+        with self.db.transaction() as tx:
+            row = tx.execute("SELECT session_id, attempts, max_attempts FROM dicom_outbox WHERE id = ?",
+                             (item_id,)).fetchone()
+            attempts = row[1] + 1
+            state = "sent" if error is None else ("pending" if attempts < row[2] else "failed")
+            due = datetime.fromtimestamp(datetime.now(UTC).timestamp() + retry_in_s, UTC)
+            tx.execute("UPDATE dicom_outbox SET status = ?, attempts = ?, last_status = ?, error = ?,"
+                       " next_attempt_at = ?, updated_at = ? WHERE id = ?",
+                       (state, attempts, status_code, error, due.isoformat(timespec="milliseconds"), now_iso(),
+                        item_id))
+            self.events.append(tx, row[0], EventKind.outbox(state),
+                               {"item_id": item_id, "status": status_code, "error": error})
+        return state

@@ -1,0 +1,184 @@
+"""Sessions and their images (the aggregate root and its members), plus interactions and counts."""
+
+from __future__ import annotations
+
+import hashlib
+
+from engine.errors import ErrorCode, MedVisionError
+from engine.events import EventKind
+from engine.store.blobs import BlobStore
+from engine.store.common import decode_row, dumps, loads, new_blob_id, new_id, now_iso
+from engine.store.database import Connection, Database
+from engine.store.events import EventLog
+
+#: Tables whose rows :meth:`SessionRepository.count` counts per session.
+COUNTED_TABLES = frozenset({"images", "analyses", "annotations", "interactions"})
+
+
+class SessionRepository:
+    """The ``sessions`` table (and deleting a session with everything in it)."""
+
+    def __init__(self, db: Database, blobs: BlobStore, events: EventLog) -> None:
+        self.db, self.blobs, self.events = db, blobs, events
+
+    def insert(self, tx: Connection, *, name: str | None, metadata: dict, study_instance_uid: str | None,
+               stamp: str, source: str | None = None) -> str:
+        """Insert a session row and its ``session.created`` event inside ``tx``; returns the id."""
+        session_id = new_id()
+        tx.execute(
+            "INSERT INTO sessions (id, name, study_instance_uid, metadata, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (session_id, name, study_instance_uid, dumps(metadata), stamp, stamp),
+        )
+        payload = {"session_id": session_id, **({"source": source} if source else {})}
+        self.events.append(tx, session_id, EventKind.SESSION_CREATED, payload)
+        return session_id
+
+    def create(self, name: str | None = None, metadata: dict | None = None,
+               study_instance_uid: str | None = None) -> dict:
+        """Create a study session and announce it (``session.created``)."""
+        with self.db.transaction() as tx:
+            session_id = self.insert(tx, name=name, metadata=metadata or {}, study_instance_uid=study_instance_uid,
+                                     stamp=now_iso())
+        return self.get(session_id)
+
+    def get(self, session_id: str) -> dict:
+        """One session row; ``SESSION_NOT_FOUND`` if there is none."""
+        rows = self.db.query("SELECT * FROM sessions WHERE id = ?", (session_id,))
+        if not rows:
+            raise MedVisionError(
+                ErrorCode.SESSION_NOT_FOUND, f"no session with id {session_id!r}", session_id=session_id
+            )
+        return decode_row(rows[0])
+
+    def recent(self, limit: int = 100) -> list[dict]:
+        """Sessions, newest first, with their image counts."""
+        rows = self.db.query(
+            "SELECT s.*, (SELECT count(*) FROM images i WHERE i.session_id = s.id) AS image_count"
+            " FROM sessions s ORDER BY s.created_at DESC, s.rowid DESC LIMIT ?",
+            (limit,),
+        )
+        return [decode_row(r) for r in rows]
+
+    def delete(self, session_id: str) -> dict:
+        """Delete a session and everything in it; blob files no other image uses are removed."""
+        self.get(session_id)
+        with self.db.transaction() as tx:
+            image_ids = [r[0] for r in tx.execute("SELECT id FROM images WHERE session_id = ?", (session_id,))]
+            blob_ids = [r[0] for r in tx.execute(
+                "SELECT DISTINCT blob_id FROM images WHERE session_id = ? AND blob_id IS NOT NULL", (session_id,))]
+            export_blobs = [f["blob_id"] for r in tx.execute("SELECT files FROM exports WHERE session_id = ?",
+                                                             (session_id,)) for f in loads(r[0])]
+            tx.execute("DELETE FROM sessions WHERE id = ?", (session_id,))  # cascades to its rows
+            orphans = [b for b in blob_ids
+                       if tx.execute("SELECT 1 FROM images WHERE blob_id = ? LIMIT 1", (b,)).fetchone() is None]
+            orphans += export_blobs
+            tx.executemany("DELETE FROM blobs WHERE id = ?", [(b,) for b in orphans])
+            self.events.append(tx, session_id, EventKind.SESSION_DELETED, {"session_id": session_id})
+        for blob_id in orphans:  # after the commit: a crash here leaves a file no row points to
+            self.blobs.delete(blob_id)
+        return {"image_ids": image_ids, "blob_ids": orphans}
+
+    def add_interaction(self, session_id: str, kind: str, data: dict, image_id: str | None = None) -> str:
+        """Record a user/agent interaction (upload, region_select, annotation, query, export)."""
+        interaction_id = new_id()
+        with self.db.transaction() as tx:
+            tx.execute(
+                "INSERT INTO interactions (id, session_id, image_id, type, data, timestamp) VALUES (?, ?, ?, ?, ?, ?)",
+                (interaction_id, session_id, image_id, kind, dumps(data), now_iso()),
+            )
+        return interaction_id
+
+    def count(self, table: str, session_id: str) -> int:
+        """Rows of ``table`` belonging to a session."""
+        if table not in COUNTED_TABLES:
+            raise MedVisionError(ErrorCode.INVALID_ARGUMENT, f"unknown table {table!r}")
+        return int(self.db.query(f"SELECT count(*) AS n FROM {table} WHERE session_id = ?", (session_id,))[0]["n"])
+
+
+class ImageRepository:
+    """The ``images`` table, its ``blobs`` rows and encrypted files, and the session's current image."""
+
+    def __init__(self, db: Database, blobs: BlobStore, events: EventLog, sessions: SessionRepository) -> None:
+        self.db, self.blobs, self.events, self.sessions = db, blobs, events, sessions
+
+    def find_blob(self, sha256: str, size: int) -> str | None:
+        """The id of a stored blob with this content, if any (read inside an open transaction too)."""
+        rows = self.db.query("SELECT id FROM blobs WHERE sha256 = ? AND size = ?", (sha256, size))
+        return rows[0]["id"] if rows else None
+
+    @staticmethod
+    def insert_blob(tx: Connection, blob_id: str, size: int, sha256: str, stamp: str) -> None:
+        """Record an image blob file (already durable) inside ``tx``."""
+        tx.execute("INSERT INTO blobs (id, kind, size, sha256, created_at) VALUES (?, 'image', ?, ?, ?)",
+                   (blob_id, size, sha256, stamp))
+
+    def insert(self, tx: Connection, session_id: str, record: dict, *, image_id: str, blob_id: str, sha256: str,
+               stamp: str, source: str | None = None) -> None:
+        """Insert an image row, make it the session's current image, announce it (``image.added``)."""
+        columns = dict(record, id=image_id, session_id=session_id, blob_id=blob_id, sha256=sha256, created_at=stamp)
+        for key in ("metadata", "patient"):
+            columns[key] = dumps(columns.get(key) or {})
+        tx.execute(f"INSERT INTO images ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})",
+                   tuple(columns.values()))
+        tx.execute("UPDATE sessions SET current_image_id = ?, updated_at = ? WHERE id = ?",
+                   (image_id, stamp, session_id))
+        payload = {"image_id": image_id, "type": record.get("type"), **({"source": source} if source else {})}
+        self.events.append(tx, session_id, EventKind.IMAGE_ADDED, payload)
+
+    def add(self, session_id: str, *, blob_data: bytes, record: dict) -> dict:
+        """Store an image's bytes encrypted and its row, in that order (blob durable first).
+
+        ``record`` holds the ``images`` columns (type, format, modality, metadata, patient,
+        source_path, source_name, rows, columns, frame_count, UIDs...). An identical file
+        already stored as a blob is not written twice.
+        """
+        self.sessions.get(session_id)
+        sha256 = hashlib.sha256(blob_data).hexdigest()
+        existing = self.find_blob(sha256, len(blob_data))
+        blob_id = existing or new_blob_id()
+        if not existing:
+            self.blobs.write_bytes(blob_id, blob_data)
+        image_id, stamp = new_id(), now_iso()
+        try:
+            with self.db.transaction() as tx:
+                if not existing:
+                    self.insert_blob(tx, blob_id, len(blob_data), sha256, stamp)
+                self.insert(tx, session_id, record, image_id=image_id, blob_id=blob_id, sha256=sha256, stamp=stamp)
+        except BaseException:
+            if not existing:
+                self.blobs.delete(blob_id)
+            raise
+        return self.get(image_id)
+
+    def get(self, image_id: str, session_id: str | None = None) -> dict:
+        """One image row; ``IMAGE_NOT_FOUND`` if absent (or not in ``session_id``)."""
+        rows = self.db.query("SELECT * FROM images WHERE id = ?", (image_id,))
+        if not rows or (session_id is not None and rows[0]["session_id"] != session_id):
+            raise MedVisionError(
+                ErrorCode.IMAGE_NOT_FOUND, f"no image with id {image_id!r} in this session", image_id=image_id
+            )
+        return decode_row(rows[0])
+
+    def exists(self, image_id: str, session_id: str) -> bool:
+        """Whether the session holds this image."""
+        return bool(self.db.query("SELECT 1 FROM images WHERE id = ? AND session_id = ?", (image_id, session_id)))
+
+    def in_session(self, session_id: str) -> list[dict]:
+        """A session's images in the order they were added."""
+        rows = self.db.query("SELECT * FROM images WHERE session_id = ? ORDER BY created_at, rowid", (session_id,))
+        return [decode_row(r) for r in rows]
+
+    def data(self, image: dict) -> bytes:
+        """Decrypt an image's original file."""
+        return self.blobs.read_bytes(image["blob_id"])
+
+    def set_current(self, session_id: str, image_id: str) -> None:
+        """Point the session's focus at one of its images (``session.current_image``)."""
+        self.get(image_id, session_id=session_id)
+        with self.db.transaction() as tx:
+            tx.execute(
+                "UPDATE sessions SET current_image_id = ?, updated_at = ? WHERE id = ?",
+                (image_id, now_iso(), session_id),
+            )
+            self.events.append(tx, session_id, EventKind.SESSION_CURRENT_IMAGE, {"image_id": image_id})

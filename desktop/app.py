@@ -394,6 +394,8 @@ class MainWindow(QMainWindow):
             self.worklist.received.add(session_id)
         if kind in JOB_KINDS:
             self.worklist.job_status[session_id] = kind.split(".", 1)[1]
+        if kind is EventKind.DICOM_DUPLICATE:
+            self.statusBar().showMessage(_duplicate_text(payload), 15000)
         if kind in WORKLIST_KINDS:
             self._schedule("worklist", self.worklist.refresh)
             if kind is EventKind.IMAGE_ADDED and session_id == self.session_id:
@@ -610,6 +612,14 @@ def _node_args(*args: str) -> list[str]:
     """Arguments to ``sys.executable`` that run the DICOM node: ``-m dicom_node`` from a
     Python install, the ``dicom-node`` subcommand of the frozen app (packaging/frozen_entry.py)."""
     return ["dicom-node", *args] if getattr(sys, "frozen", False) else ["-m", "dicom_node", *args]
+
+
+def _duplicate_text(payload: dict) -> str:
+    """The status-bar line for a ``dicom.duplicate`` event (the node's duplicate policy at work)."""
+    done = {"kept_first": "the copy held was kept, the new one dropped",
+            "stored_as_version": "the new one was stored as a new version of the image",
+            "refused": "the new one was refused"}.get(payload.get("outcome"), payload.get("outcome"))
+    return f"DICOM node: an instance was resent with different content; {done}."
 
 
 def _answer_text(answer: dict) -> str:

@@ -8,6 +8,7 @@ Example ``dicom-node.toml``::
     allowed_callers = ["CT01", "PACS@10.0.0.5"]   # AE, or AE@host to pin the peer address
     require_called_ae = true
     max_associations = 8
+    duplicate_policy = "keep_first"                  # or "keep_newest", "refuse"
     [tls]
     certificate = "node.pem"
     key = "node.key"
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import ErrorCode, MedVisionError
+from engine.store.dicom import DUPLICATE_POLICIES, KEEP_FIRST
 
 #: Our AE title (up to 16 characters of the DICOM AE repertoire).
 AE_TITLE = "MEDVISION"
@@ -35,7 +37,8 @@ AE_TITLE = "MEDVISION"
 PORT = 11112
 #: Listen on loopback only unless told otherwise: a node must be opened deliberately.
 BIND_ADDRESS = "127.0.0.1"
-#: Simultaneous associations; the next one gets a transient A-ASSOCIATE-RJ.
+#: Simultaneous accepted associations; the next one gets a transient A-ASSOCIATE-RJ
+#: ("local limit exceeded"). Peers still negotiating or being refused take no slot.
 MAX_ASSOCIATIONS = 8
 #: Seconds to wait for an A-ASSOCIATE-RQ / any PDU / a DIMSE message before aborting.
 ACSE_TIMEOUT_S = 30.0
@@ -49,6 +52,23 @@ JOB_MAX_ATTEMPTS = 3
 #: Outbox C-STORE attempts and the first retry delay (doubles each time, capped at 1 h).
 OUTBOX_MAX_ATTEMPTS = 8
 OUTBOX_BACKOFF_S = 5.0
+
+#: A resend of a stored SOP Instance UID with *other content* (a corrected image, or a
+#: modality reusing UIDs) is recorded as a ``dicom.duplicate`` event (shown by the desktop
+#: and ``dicom-node status``) and settled by the policy; an identical resend (a lost
+#: response, a retried batch) is always answered 0x0000 and stored nothing new.
+#:
+#: - ``keep_first`` (default): the copy held stays, the new one is dropped, 0x0000 (the
+#:   peer's data is safely held, so it must not retry forever).
+#: - ``keep_newest``: the new one is stored as a new image in the same session, its
+#:   metadata ``{"supersedes": <image id>}`` naming the one it replaces, which is kept
+#:   (analysed again when its type is analysed on arrival), 0x0000.
+#: - ``refuse``: nothing stored, answered 0x0111 "Duplicate SOP Instance" (a Failure,
+#:   PS3.7 Annex C general status, which every DIMSE response may carry): PS3.4's C-STORE
+#:   specific codes do not fit (A7xx is out of resources, A9xx a data set unlike its SOP
+#:   class, Cxxx an unreadable one), and a Warning (B000, B006, B007) would tell the peer
+#:   the instance was stored, which it was not.
+DUPLICATE_POLICY = KEEP_FIRST
 
 _AE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # no backslash, no control characters
 
@@ -82,6 +102,7 @@ class NodeConfig:
     workers: int = WORKERS
     job_max_attempts: int = JOB_MAX_ATTEMPTS
     analyze: bool = True
+    duplicate_policy: str = DUPLICATE_POLICY
     destination: Destination | None = None
     outbox_max_attempts: int = OUTBOX_MAX_ATTEMPTS
     outbox_backoff_s: float = OUTBOX_BACKOFF_S
@@ -99,6 +120,8 @@ class NodeConfig:
             _bad("port", "must be 0..65535")
         if self.max_associations < 1 or self.workers < 1:
             _bad("max_associations/workers", "must be at least 1")
+        if self.duplicate_policy not in DUPLICATE_POLICIES:
+            _bad("duplicate_policy", f"must be one of {', '.join(DUPLICATE_POLICIES)}")
         if (self.tls_certificate is None) != (self.tls_key is None):
             _bad("tls", "certificate and key go together")
 
@@ -133,6 +156,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--tls-client-ca", dest="tls_client_ca", type=Path, help="require client certificates signed by it")
     add("--workers", type=int)
     add("--no-analyze", dest="analyze", action="store_false", default=None)
+    add("--duplicate-policy", choices=DUPLICATE_POLICIES,
+        help="a resend of a stored instance with other content: keep_first (default), keep_newest, refuse")
     add("--destination", help="send results to AE@host:port")
 
 

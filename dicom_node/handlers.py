@@ -7,7 +7,15 @@ presentation contexts are negotiated, so it is where a caller is refused
 and where the acceptor's contexts are set to exactly the abstract syntaxes the peer
 proposed (any storage SOP class, private or future ones included) crossed with the
 transfer syntaxes our imaging layer decodes: no 120-context table to outgrow.
-The limit on simultaneous associations is pynetdicom's own transient reject.
+
+The limit on simultaneous associations is ours, not pynetdicom's (which counts every
+association thread, a peer still negotiating or one being refused included, so a burst
+got only part of the slots): ``EVT_REQUESTED`` takes one of ``max_associations`` slots
+or answers a transient A-ASSOCIATE-RJ ("local limit exceeded"); the slot is given back
+when the association ends (released, aborted, refused later in negotiation, or its
+connection closed). An association's row is written as ``open`` once it is accepted
+(``EVT_ACCEPTED``) and every refusal as ``rejected`` with its reason (and a
+``dicom.association`` event), so ``dicom-node status`` counts only accepted ones as open.
 """
 
 from __future__ import annotations
@@ -84,34 +92,52 @@ class Handlers:
 
     def __init__(self, config: NodeConfig, ingestor: Ingestor, node_id: str) -> None:
         self.config, self.ingestor, self.node_id = config, ingestor, node_id
-        self._ids: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+        self._ids: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()  # accepted ones
+        self._slots: set[Any] = set()  # associations holding one of max_associations slots
+        self._slots_lock = threading.Lock()
 
     def bindings(self) -> list[tuple[Any, Any]]:
-        return [(evt.EVT_REQUESTED, self.on_requested), (evt.EVT_C_ECHO, self.on_echo),
+        return [(evt.EVT_REQUESTED, self.on_requested), (evt.EVT_ACCEPTED, self.on_accepted),
+                (evt.EVT_REJECTED, self.on_rejected), (evt.EVT_C_ECHO, self.on_echo),
                 (evt.EVT_C_STORE, self.on_store), (evt.EVT_RELEASED, self.on_released),
                 (evt.EVT_ABORTED, self.on_aborted), (evt.EVT_CONN_CLOSE, self.on_closed)]
 
+    def _live_slots(self) -> set[Any]:
+        """The slots held, less those of threads that ended on a path firing no end event."""
+        self._slots = {assoc for assoc in self._slots if assoc.is_alive()}
+        return self._slots
+
+    def _take_slot(self, assoc: Any) -> bool:
+        with self._slots_lock:
+            if len(self._live_slots()) >= self.config.max_associations:
+                return False
+            self._slots.add(assoc)
+            return True
+
+    def _free_slot(self, assoc: Any) -> None:
+        with self._slots_lock:
+            self._slots.discard(assoc)
+
     # -- notifications -----------------------------------------------------------------
     def on_requested(self, event: Any) -> None:
-        """Refuse callers off the allow list (or the wrong called AE); set the contexts."""
+        """Refuse callers off the allow list (or the wrong called AE) and any past the
+        association limit; set the contexts of the one admitted."""
         assoc = event.assoc
         try:
             request = assoc.requestor.primitive
             calling, called = request.calling_ae_title.strip(), request.called_ae_title.strip()
             host = assoc.requestor.address
-            reason = None
+            rejection = None
             if not self.config.caller_allowed(calling, host):
-                reason, diagnostic = "calling AE not allowed", 0x03
+                rejection = "calling AE not allowed", (0x01, 0x01, 0x03)
             elif self.config.require_called_ae and called != self.config.ae_title:
-                reason, diagnostic = "called AE not recognised", 0x07
-            association_id = uuid.uuid4().hex[:12]
-            self._ids[assoc] = association_id
-            self.ingestor.db(self.ingestor.store.dicom_association, association_id, node=self.node_id, calling_ae=calling,
-                             called_ae=called, peer_host=host, state="rejected" if reason else "open",
-                             reason=reason)
-            if reason:
-                log.info("association %s rejected: %s", association_id, reason)
-                assoc.acse.send_reject(0x01, 0x01, diagnostic)
+                rejection = "called AE not recognised", (0x01, 0x01, 0x07)
+            elif not self._take_slot(assoc):  # transient, service provider (presentation): local limit
+                rejection = f"association limit ({self.config.max_associations}) reached", (0x02, 0x03, 0x02)
+            if rejection:
+                reason, (result, source, diagnostic) = rejection
+                self._record_rejection(assoc, reason)  # first: once the peer knows, status does too
+                assoc.acse.send_reject(result, source, diagnostic)
                 assoc.kill()  # as pynetdicom's own rejections do: lets the DUL send the RJ first
                 return
             assoc.dul._run_loop_delay = DUL_POLL_S
@@ -121,7 +147,43 @@ class Handlers:
                 if uid == Verification or (_is_storage(uid) and _ensure_storage_service(uid))]
         except Exception:  # noqa: BLE001 - a failing handler must not take the node down
             log.exception("association request handling failed; aborting it")
+            self._free_slot(assoc)
             assoc.abort()
+
+    def _record_rejection(self, assoc: Any, reason: str) -> None:
+        """A refused association's row (``rejected``, with the reason) and its event."""
+        association_id = uuid.uuid4().hex[:12]
+        log.info("association %s from %s rejected: %s", association_id, assoc.requestor.address, reason)
+        request = assoc.requestor.primitive
+        try:
+            self.ingestor.db(self.ingestor.store.dicom_association, association_id, node=self.node_id,
+                             calling_ae=request.calling_ae_title.strip(), called_ae=request.called_ae_title.strip(),
+                             peer_host=assoc.requestor.address, state="rejected", reason=reason)
+        except Exception:  # noqa: BLE001 - bookkeeping only: the peer has its answer
+            log.exception("recording the rejection of association %s failed", association_id)
+
+    def on_accepted(self, event: Any) -> None:
+        """The association is accepted: now it is recorded as open."""
+        assoc = event.assoc
+        association_id = uuid.uuid4().hex[:12]
+        self._ids[assoc] = association_id
+        request = assoc.requestor.primitive
+        log.info("association %s accepted from %s@%s", association_id, request.calling_ae_title.strip(),
+                 assoc.requestor.address)
+        try:
+            self.ingestor.db(self.ingestor.store.dicom_association, association_id, node=self.node_id,
+                             calling_ae=request.calling_ae_title.strip(), called_ae=request.called_ae_title.strip(),
+                             peer_host=assoc.requestor.address, state="open")
+        except Exception:  # noqa: BLE001 - a failing handler must not take the node down
+            log.exception("recording association %s failed; aborting it", association_id)
+            self._ids.pop(assoc, None)
+            assoc.abort()
+
+    def on_rejected(self, event: Any) -> None:
+        """pynetdicom refused it after ``on_requested`` admitted it (e.g. a user identity
+        it could not verify): the slot goes back, the rejection is recorded."""
+        self._free_slot(event.assoc)
+        self._record_rejection(event.assoc, "refused in negotiation")
 
     def on_released(self, event: Any) -> None:
         self._ended(event, "released")
@@ -138,6 +200,7 @@ class Handlers:
         same ``None`` a timeout gives, so a connect/close flood does not pile up threads.
         """
         assoc = event.assoc
+        self._free_slot(assoc)
         message = getattr(getattr(assoc, "dimse", None), "message", None)
         pending = getattr(message, "_data_set_file", None)
         if isinstance(pending, SpoolFile):
@@ -146,6 +209,7 @@ class Handlers:
             assoc.dul.to_user_queue.put(None)
 
     def _ended(self, event: Any, state: str) -> None:
+        self._free_slot(event.assoc)
         association_id = self._ids.pop(event.assoc, None)
         if association_id is None:
             return
@@ -168,7 +232,8 @@ class Handlers:
                 return CANNOT_UNDERSTAND
             outcome = self.ingestor.ingest(
                 spool, request.AffectedSOPClassUID, request.AffectedSOPInstanceUID,
-                association_id=association_id, calling_ae=event.assoc.requestor.ae_title.strip())
+                association_id=association_id, calling_ae=event.assoc.requestor.ae_title.strip(),
+                duplicate_policy=self.config.duplicate_policy)
         except Exception:  # noqa: BLE001 - answer with a status, never raise
             log.exception("C-STORE handling failed in association %s", association_id)
             return OUT_OF_RESOURCES_OTHER

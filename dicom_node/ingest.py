@@ -16,12 +16,17 @@ Order of a store (nothing is acknowledged before it is durable):
    receipt, analysis job, events (:meth:`engine.store.Store.dicom_add_instance`);
 5. only then 0x0000.
 
-Duplicate policy (same SOP Instance UID already stored): **keep the first**. The new
-copy's blob is deleted, no row is added, and the peer gets 0x0000 (the instance is
-safely held, so a resend after a lost response is not an error); a duplicate whose
-content differs is logged (ids only). Disk full -> 0xA700 and any other failure ->
-0xA701, with no blob left behind (a blob committed before a failed transaction is
-deleted) and nothing in the database. Logs carry ids and exception types, never values.
+Duplicate policy (same SOP Instance UID already stored): an identical resend is
+answered 0x0000 and its blob deleted (the instance is safely held, so a resend after a
+lost response is not an error). One whose content differs is recorded as a
+``dicom.duplicate`` event and logged (ids only), then settled by the node's
+``duplicate_policy``: ``keep_first`` (default: dropped, 0x0000), ``keep_newest`` (stored
+as a new image superseding the held one, which stays; 0x0000) or ``refuse`` (dropped,
+0x0111 Duplicate SOP Instance); see :mod:`dicom_node.config`.
+
+Disk full -> 0xA700 and any other failure -> 0xA701, with no blob left behind (a blob
+committed before a failed transaction is deleted) and nothing in the database. Logs
+carry ids and exception types, never values.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from pydicom.errors import InvalidDicomError
 from engine.errors import ErrorCode, MedVisionError
 from engine.imaging.records import has_auto_analysis, record_from_header
 from engine.store import Store
+from engine.store.dicom import KEEP_FIRST
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +58,9 @@ OUT_OF_RESOURCES = 0xA700
 OUT_OF_RESOURCES_OTHER = 0xA701
 DATASET_MISMATCH = 0xA900
 CANNOT_UNDERSTAND = 0xC210
+#: A resend with other content under ``duplicate_policy = "refuse"``: PS3.7 Annex C
+#: "Duplicate SOP Instance", a Failure (see :data:`dicom_node.config.DUPLICATE_POLICY`).
+DUPLICATE_REFUSED = 0x0111
 ANALYZE_JOB = "dicom_node.analyze"
 #: Blob commits (fsync) in flight at once, one per association storing right now.
 COMMIT_THREADS = 8
@@ -70,7 +79,7 @@ class Outcome:
     """What happened to one C-STORE request."""
 
     status: int
-    result: str  # stored | duplicate | rejected | failed
+    result: str  # stored | version (of a held instance) | duplicate | rejected | failed
     image_id: str | None = None
     session_id: str | None = None
     reason: str | None = None
@@ -102,7 +111,7 @@ class Ingestor:
         self._db.shutdown(wait=True)
 
     def ingest(self, spool: Any, request_class: str, request_instance: str, *,
-               association_id: str | None, calling_ae: str | None) -> Outcome:
+               association_id: str | None, calling_ae: str | None, duplicate_policy: str = KEEP_FIRST) -> Outcome:
         """Store one received dataset (a :class:`~dicom_node.spool.SpoolFile`); never raises.
 
         An instance still wholly in memory (<= 1 MiB, most CT and MR slices) is committed
@@ -130,7 +139,8 @@ class Ingestor:
                 if durable is None:
                     spool.commit()
                 outcome, keep = self._add_instance(spool, *checked, association_id, calling_ae,
-                                                   before_commit=None if durable is None else durable.result)
+                                                   before_commit=None if durable is None else durable.result,
+                                                   duplicate_policy=duplicate_policy)
         except Exception as exc:  # noqa: BLE001 - a handler answers with a status, never raises
             outcome = _storage_failure(exc)
         if durable is not None:
@@ -141,18 +151,36 @@ class Ingestor:
         return outcome
 
     def _add_instance(self, spool: Any, record: dict, session_name: str | None, association_id: str | None,
-                      calling_ae: str | None, before_commit: Callable[[], object] | None) -> tuple[Outcome, bool]:
+                      calling_ae: str | None, before_commit: Callable[[], object] | None,
+                      duplicate_policy: str = KEEP_FIRST) -> tuple[Outcome, bool]:
         """The database transaction for the blob (``before_commit`` waits for its fsync);
-        the outcome, and whether a row now points to the blob."""
+        the outcome, and whether a row now points to the blob. A resend with other content
+        is settled by ``duplicate_policy`` (:mod:`dicom_node.config`) in that transaction."""
         job_kind = ANALYZE_JOB if self.analyze and has_auto_analysis(record["type"]) else None
         done = self.db(self.store.dicom_add_instance, blob_id=spool.blob_id, size=spool.size, sha256=spool.sha256,
                        record=record, association_id=association_id, calling_ae=calling_ae,
                        session_name=session_name, job_kind=job_kind, max_attempts=self.job_max_attempts,
-                       before_commit=before_commit)
-        if done["status"] == "duplicate" and not done["same_content"]:
-            log.warning("duplicate SOP instance with different content kept as first received (image %s)",
-                        done["image_id"])
-        return Outcome(SUCCESS, done["status"], done["image_id"], done["session_id"]), done["blob_used"]
+                       before_commit=before_commit, duplicate_policy=duplicate_policy)
+        return _duplicate_outcome(done, association_id), done["blob_used"]
+
+
+def _duplicate_outcome(done: dict, association_id: str | None) -> Outcome:
+    """The C-STORE status of what the store did, logging a resend with other content (ids only)."""
+    status, image_id = done["status"], done["image_id"]
+    if status in ("stored", "duplicate") and done["same_content"] is not False:
+        return Outcome(SUCCESS, status, image_id, done["session_id"])
+    if status == "refused":
+        log.warning("duplicate SOP instance with different content refused (0x%04X): image %s kept,"
+                    " association %s", DUPLICATE_REFUSED, image_id, association_id)
+        return Outcome(DUPLICATE_REFUSED, "rejected", image_id, done["session_id"],
+                       reason="duplicate SOP instance with different content")
+    if status == "version":
+        log.warning("duplicate SOP instance with different content stored as a new version: image %s,"
+                    " association %s", image_id, association_id)
+    else:
+        log.warning("duplicate SOP instance with different content dropped, first received kept: image %s,"
+                    " association %s", image_id, association_id)
+    return Outcome(SUCCESS, status, image_id, done["session_id"])
 
 
 def _storage_failure(exc: Exception) -> Outcome:

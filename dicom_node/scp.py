@@ -31,10 +31,12 @@ from dicom_node.worker import AnalysisWorkers
 
 log = logging.getLogger(__name__)
 
-#: Connections allowed beyond ``max_associations`` for peers still negotiating (each
-#: holds a thread until its A-ASSOCIATE-RQ arrives or the ACSE timeout passes).
+#: Connections allowed beyond ``max_associations`` for peers still negotiating or being
+#: refused (each holds a thread until its A-ASSOCIATE-RQ arrives or the ACSE timeout
+#: passes); they take no association slot (:class:`dicom_node.handlers.Handlers`).
 PENDING_CONNECTIONS = 16
 LISTEN_BACKLOG = 256
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class _DeferredHandshake(ssl.SSLContext):
@@ -86,7 +88,10 @@ class Node:
         spool.install(self.engine.store.blobs)
         _config.STORE_RECV_CHUNKED_DATASET = True
         ae = AE(ae_title=self.config.ae_title)
-        ae.maximum_associations = self.config.max_associations
+        # The limit is the handlers' (accepted associations only); pynetdicom's own check,
+        # which counts every connection's thread, is kept out of the way: _admit holds
+        # connections to this many.
+        ae.maximum_associations = self.config.max_associations + PENDING_CONNECTIONS
         ae.acse_timeout = self.config.acse_timeout_s
         ae.network_timeout = self.config.network_timeout_s
         ae.dimse_timeout = self.config.dimse_timeout_s
@@ -155,7 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--home", help="data directory (default: MEDVISION_HOME)")
     common.add_argument("--model-pack", help="model pack directory (default: MEDVISION_MODEL_PACK)")
-    common.add_argument("--log-level", default="INFO")
+    common.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS,
+                        help="the node's logging on stderr (serve: INFO, status: WARNING); "
+                             "pynetdicom's own lines only at DEBUG")
+    common.add_argument("-v", "--verbose", action="count", default=0,
+                        help="INFO, or DEBUG when repeated (an explicit --log-level wins)")
     parser = argparse.ArgumentParser(prog="medvision dicom-node", description="DICOM C-ECHO/C-STORE node")
     sub = parser.add_subparsers(dest="command", required=True)
     add_arguments(sub.add_parser("serve", parents=[common], help="run the node (default)"))
@@ -201,5 +210,16 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] not in ("serve", "status", "-h", "--help"):
         argv = ["serve", *argv]
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    verbose = {0: None, 1: "INFO"}.get(args.verbose, "DEBUG")
+    configure_logging(args.log_level or verbose or ("WARNING" if args.command == "status" else "INFO"))
     return status(args) if args.command == "status" else serve(args)
+
+
+def configure_logging(level: str) -> None:
+    """The node's loggers at ``level`` on stderr, whatever the process configured before
+    (``medvision``'s CLI quiets everything else to ERROR); pynetdicom's per-association
+    and per-message lines only at DEBUG."""
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    numeric = logging.getLevelName(level)
+    logging.getLogger("dicom_node").setLevel(numeric)
+    logging.getLogger("pynetdicom").setLevel(numeric if numeric <= logging.DEBUG else max(numeric, logging.WARNING))

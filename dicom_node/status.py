@@ -16,7 +16,9 @@ HEARTBEAT_STALE_S = 3 * HEARTBEAT_S
 
 
 def node_status(store: Store) -> dict[str, Any]:
-    """Listening nodes, associations, instances received today, queue depth, failures."""
+    """Listening nodes, associations (open: accepted and not yet ended; rejected today),
+    instances received today, resends with other content today (``duplicates_today``,
+    the latest in ``latest_duplicates``), queue depth, failures."""
     now = datetime.now(UTC)
     midnight = now.replace(hour=0, minute=0, second=0, microsecond=0).isoformat(timespec="milliseconds")
     fresh = (now - timedelta(seconds=HEARTBEAT_STALE_S)).isoformat(timespec="milliseconds")
@@ -32,5 +34,11 @@ def format_status(status: dict[str, Any]) -> str:
     """Human-readable lines for the terminal."""
     nodes = [f"{n['ae_title']}@{n['host']}:{n['port']} (pid {n['pid']})" for n in status["listening"]]
     lines = [f"listening: {', '.join(nodes) or 'no'}"]
-    lines += [f"{key.replace('_', ' ')}: {value}" for key, value in status.items() if key != "listening"]
+    for key, value in status.items():
+        if key == "latest_duplicates":
+            lines += [f"  {d['at']} {d['outcome'].replace('_', ' ')} ({d['policy']}): image {d['image_id']}"
+                      + (f" supersedes {d['supersedes']}" if d.get("supersedes") else "")
+                      + f", association {d['association_id']}" for d in value]
+        elif key != "listening":
+            lines.append(f"{key.replace('_', ' ')}: {value}")
     return "\n".join(lines)

@@ -628,6 +628,8 @@ def cmd_dicom_node(args: argparse.Namespace) -> int:
     if not argv or argv[0] not in ("serve", "status", "-h", "--help"):
         argv = ["serve", *argv]
     argv += [f"--home={args.home}"] * bool(args.home) + [f"--model-pack={args.pack}"] * bool(args.pack)
+    if argv[0] in ("serve", "status"):
+        argv += ["-v"] * args.verbose  # `medvision -v dicom-node ...`: the node sets its own logging
     return node_main(argv)
 
 
@@ -657,8 +659,9 @@ def main(argv: list[str] | None = None) -> int:
         build_parser().parse_args(argv)  # the usual error for unknown arguments
     if extra:
         args.desktop_args = [*args.desktop_args, *extra]
-    level = {0: logging.ERROR, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if args.func is not cmd_dicom_node:  # the node sets its own (--log-level, or -v passed on)
+        level = {0: logging.ERROR, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
+        logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         return args.func(args)
     except MedVisionError as exc:

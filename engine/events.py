@@ -33,6 +33,7 @@ class EventKind(StrEnum):
     JOB_DONE = "job.done"
     JOB_FAILED = "job.failed"
     DICOM_ASSOCIATION = "dicom.association"
+    DICOM_DUPLICATE = "dicom.duplicate"
     DICOM_OUTBOX_QUEUED = "dicom.outbox_queued"
     DICOM_OUTBOX_SENT = "dicom.outbox_sent"
     DICOM_OUTBOX_PENDING = "dicom.outbox_pending"
@@ -120,6 +121,29 @@ class JobPayload(TypedDict):
     kind: NotRequired[str]
     image_id: NotRequired[str | None]
     error: NotRequired[str | None]
+
+
+class DicomAssociationPayload(TypedDict):
+    """An association ended (released, aborted) or was refused (rejected, with the reason)."""
+
+    association_id: str
+    state: str
+    reason: str | None
+
+
+class DicomDuplicatePayload(TypedDict):
+    """A resend of a stored SOP Instance UID with other content, and what the node's
+    ``duplicate_policy`` made of it. Ids and the outcome only (no UIDs, no PHI).
+
+    ``image_id`` is the image the instance now stands for: the one kept (``kept_first``,
+    ``refused``) or the new version (``stored_as_version``, with ``supersedes`` the one
+    it replaces, which is kept)."""
+
+    image_id: str
+    association_id: str | None
+    policy: str  # keep_first | keep_newest | refuse
+    outcome: str  # kept_first | stored_as_version | refused
+    supersedes: NotRequired[str]
 
 
 class CanvasLayerPayload(TypedDict):

@@ -3,7 +3,8 @@
 The node commits each received instance's blob (fsync + rename) first, then calls
 :meth:`DicomRepository.add_instance`: one transaction adds the study's session
 (created or reused), the blob row, the image row, the receipt, the analysis job and
-their events. An instance whose SOP Instance UID is already stored is a duplicate.
+their events. An instance whose SOP Instance UID is already stored is a duplicate,
+settled by the node's duplicate policy (:data:`DUPLICATE_POLICIES`).
 """
 
 from __future__ import annotations
@@ -12,11 +13,19 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from engine.events import EventKind
-from engine.store.common import new_id, now_iso
-from engine.store.database import Database
+from engine.store.common import loads, new_id, now_iso
+from engine.store.database import Connection, Database
 from engine.store.events import EventLog
 from engine.store.jobs import JobRepository
 from engine.store.sessions import ImageRepository, SessionRepository
+
+#: What to do with a resend of a stored SOP Instance UID whose content differs (an
+#: identical resend is always a harmless duplicate): keep the first copy, store it as a
+#: new version of the image, or refuse it. ``dicom_node.config`` documents the choice.
+KEEP_FIRST, KEEP_NEWEST, REFUSE = "keep_first", "keep_newest", "refuse"
+DUPLICATE_POLICIES = (KEEP_FIRST, KEEP_NEWEST, REFUSE)
+#: ``dicom-node status`` lists this many of today's duplicates, newest first.
+LATEST_DUPLICATES = 5
 
 
 class DicomRepository:
@@ -29,31 +38,47 @@ class DicomRepository:
     def add_instance(self, *, blob_id: str, size: int, sha256: str, record: dict,
                      association_id: str | None, calling_ae: str | None,
                      session_name: str | None = None, job_kind: str | None = None,
-                     max_attempts: int = 3, before_commit: Callable[[], object] | None = None) -> dict:
-        """Record a received instance; returns ``status`` (stored|duplicate), ``image_id``,
-        ``session_id``, ``same_content`` (duplicates), ``blob_used`` (False: the caller
-        deletes its blob file) and ``job_id``. ``before_commit`` runs last inside the
-        transaction of a stored instance; if it raises, nothing is committed."""
+                     max_attempts: int = 3, before_commit: Callable[[], object] | None = None,
+                     duplicate_policy: str = KEEP_FIRST) -> dict:
+        """Record a received instance; returns ``status`` (stored|duplicate|version|refused),
+        ``image_id``, ``session_id``, ``same_content`` (a resend of a stored SOP Instance
+        UID), ``blob_used`` (False: the caller deletes its blob file) and ``job_id``.
+        ``before_commit`` runs last inside the transaction of a stored instance; if it
+        raises, nothing is committed.
+
+        A resend identical to the newest stored copy is a ``duplicate`` whatever the
+        policy. One with other content is settled by ``duplicate_policy``
+        (:data:`DUPLICATE_POLICIES`) and announced by a ``dicom.duplicate`` event:
+        ``keep_first`` keeps what is held (``duplicate``); ``keep_newest`` adds it as a new
+        image row in the same session whose metadata ``supersedes`` the newest one held,
+        which stays (``version``); ``refuse`` keeps what is held (``refused``).
+        """
+        if duplicate_policy not in DUPLICATE_POLICIES:
+            raise ValueError(f"unknown duplicate policy {duplicate_policy!r}")
         stamp, image_id = now_iso(), new_id()
         with self.db.transaction() as tx:
-            row = tx.execute("SELECT id, session_id, sha256 FROM images WHERE sop_instance_uid = ? LIMIT 1",
-                             (record["sop_instance_uid"],)).fetchone()
+            row = tx.execute("SELECT id, session_id, sha256 FROM images WHERE sop_instance_uid = ?"
+                             " ORDER BY rowid DESC LIMIT 1", (record["sop_instance_uid"],)).fetchone()
             if row is not None:
                 tx.execute("UPDATE dicom_associations SET duplicates = duplicates + 1 WHERE id = ?",
                            (association_id,))
-                return {"status": "duplicate", "image_id": row[0], "session_id": row[1],
-                        "same_content": row[2] == sha256, "blob_used": False, "job_id": None}
-            study = record["study_instance_uid"]  # None: no usable Study UID, one session per association
-            found = tx.execute("SELECT id FROM sessions WHERE study_instance_uid = ?", (study,)).fetchone() \
-                if study else tx.execute("SELECT id FROM sessions WHERE study_instance_uid IS NULL"
-                                         " AND json_extract(metadata, '$.association_id') = ?",
-                                         (association_id,)).fetchone()
-            if found is None:
-                session_id = self.sessions.insert(
-                    tx, name=session_name, study_instance_uid=study, stamp=stamp, source="dicom",
-                    metadata={"source": "dicom", "calling_ae": calling_ae, "association_id": association_id})
+                same = row[2] == sha256
+                if same or duplicate_policy != KEEP_NEWEST:
+                    if not same:
+                        outcome = "refused" if duplicate_policy == REFUSE else "kept_first"
+                        self.events.append(tx, row[1], EventKind.DICOM_DUPLICATE, {
+                            "image_id": row[0], "association_id": association_id, "policy": duplicate_policy,
+                            "outcome": outcome})
+                    return {"status": "duplicate" if same or duplicate_policy == KEEP_FIRST else "refused",
+                            "image_id": row[0], "session_id": row[1], "same_content": same, "blob_used": False,
+                            "job_id": None}
+                session_id = row[1]
+                record = dict(record, metadata={**(record.get("metadata") or {}), "supersedes": row[0]})
+                self.events.append(tx, session_id, EventKind.DICOM_DUPLICATE, {
+                    "image_id": image_id, "association_id": association_id, "policy": duplicate_policy,
+                    "outcome": "stored_as_version", "supersedes": row[0]})
             else:
-                session_id = found[0]
+                session_id = self._study_session(tx, record, session_name, association_id, calling_ae, stamp)
             existing = self.images.find_blob(sha256, size)
             if existing is None:
                 self.images.insert_blob(tx, blob_id, size, sha256, stamp)
@@ -68,8 +93,22 @@ class DicomRepository:
                                            session_id=session_id, image_id=image_id, max_attempts=max_attempts)
             if before_commit is not None:
                 before_commit()
-        return {"status": "stored", "image_id": image_id, "session_id": session_id, "same_content": None,
-                "blob_used": existing is None, "job_id": job_id}
+        return {"status": "stored" if row is None else "version", "image_id": image_id, "session_id": session_id,
+                "same_content": None if row is None else False, "blob_used": existing is None, "job_id": job_id}
+
+    def _study_session(self, tx: Connection, record: dict, session_name: str | None, association_id: str | None,
+                       calling_ae: str | None, stamp: str) -> str:
+        """The study's session, created if new (no usable Study UID: one per association)."""
+        study = record["study_instance_uid"]
+        found = tx.execute("SELECT id FROM sessions WHERE study_instance_uid = ?", (study,)).fetchone() \
+            if study else tx.execute("SELECT id FROM sessions WHERE study_instance_uid IS NULL"
+                                     " AND json_extract(metadata, '$.association_id') = ?",
+                                     (association_id,)).fetchone()
+        if found is not None:
+            return str(found[0])
+        return self.sessions.insert(
+            tx, name=session_name, study_instance_uid=study, stamp=stamp, source="dicom",
+            metadata={"source": "dicom", "calling_ae": calling_ae, "association_id": association_id})
 
     def association(self, association_id: str, *, node: str | None = None, calling_ae: str | None = None,
                     called_ae: str | None = None, peer_host: str | None = None, state: str = "open",
@@ -112,6 +151,7 @@ class DicomRepository:
         ``since``; open associations count only for nodes that beat after ``alive_after``."""
         def one(sql: str, params: tuple = ()) -> int:
             return int(self.db.query(sql, params)[0]["n"])
+        first_today = self._first_event_at(since)
         return {
             "nodes": self.db.query("SELECT * FROM dicom_nodes ORDER BY started_at DESC"),
             "open_associations": one("SELECT count(*) AS n FROM dicom_associations WHERE state = 'open' AND node IN"
@@ -120,6 +160,12 @@ class DicomRepository:
             "associations_today": one("SELECT count(*) AS n FROM dicom_associations WHERE started_at >= ?", (since,)),
             "rejected_today": one("SELECT count(*) AS n FROM dicom_associations WHERE state = 'rejected'"
                                   " AND started_at >= ?", (since,)),
+            "duplicates_today": one("SELECT count(*) AS n FROM events WHERE id >= ? AND kind = ?",
+                                    (first_today, EventKind.DICOM_DUPLICATE.value)),
+            "latest_duplicates": [
+                {"at": r["created_at"], **loads(r["payload"])} for r in self.db.query(
+                    "SELECT created_at, payload FROM events WHERE id >= ? AND kind = ? ORDER BY id DESC LIMIT ?",
+                    (first_today, EventKind.DICOM_DUPLICATE.value, LATEST_DUPLICATES))],
             "received_today": one("SELECT count(*) AS n FROM dicom_received WHERE received_at >= ?", (since,)),
             "store_failures_today": one("SELECT coalesce(sum(failed), 0) AS n FROM dicom_associations"
                                         " WHERE started_at >= ?", (since,)),
@@ -129,6 +175,21 @@ class DicomRepository:
             "outbox_pending": one("SELECT count(*) AS n FROM dicom_outbox WHERE status = 'pending'"),
             "outbox_failed": one("SELECT count(*) AS n FROM dicom_outbox WHERE status = 'failed'"),
         }
+
+    def _first_event_at(self, since: str) -> int:
+        """The id of the first event stamped at or after ``since`` (one past the last if
+        none): a binary search over the primary key, as ids grow with time, so counting
+        today's events of a kind reads today's rows only, not the whole log."""
+        bounds = self.db.query("SELECT coalesce(min(id), 1) AS lo, coalesce(max(id), 0) + 1 AS hi FROM events")[0]
+        lo, hi = int(bounds["lo"]), int(bounds["hi"])
+        while lo < hi:
+            mid = (lo + hi) // 2
+            rows = self.db.query("SELECT id, created_at FROM events WHERE id >= ? ORDER BY id LIMIT 1", (mid,))
+            if rows and rows[0]["created_at"] < since:
+                lo = int(rows[0]["id"]) + 1
+            else:
+                hi = mid
+        return lo
 
     def outbox_add(self, session_id: str, export_id: str, file_names: list[str], destination: dict,
                    max_attempts: int = 8) -> list[int]:

@@ -233,12 +233,13 @@ class Store:
     def dicom_add_instance(self, *, blob_id: str, size: int, sha256: str, record: dict,
                            association_id: str | None, calling_ae: str | None,
                            session_name: str | None = None, job_kind: str | None = None,
-                           max_attempts: int = 3, before_commit: Callable[[], object] | None = None) -> dict:
+                           max_attempts: int = 3, before_commit: Callable[[], object] | None = None,
+                           duplicate_policy: str = "keep_first") -> dict:
         """See :meth:`DicomRepository.add_instance`."""
         return self.dicom.add_instance(blob_id=blob_id, size=size, sha256=sha256, record=record,
                                        association_id=association_id, calling_ae=calling_ae,
                                        session_name=session_name, job_kind=job_kind, max_attempts=max_attempts,
-                                       before_commit=before_commit)
+                                       before_commit=before_commit, duplicate_policy=duplicate_policy)
 
     def dicom_association(self, association_id: str, *, node: str | None = None, calling_ae: str | None = None,
                           called_ae: str | None = None, peer_host: str | None = None, state: str = "open",

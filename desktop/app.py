@@ -428,12 +428,12 @@ class MainWindow(QMainWindow):
             target = QFileDialog.getExistingDirectory(self, "Export DICOM objects to")
         else:
             target, _ = QFileDialog.getSaveFileName(self, "Export", f"medvision-{self.session_id}", EXPORT_FORMATS[fmt])
-        if target:
-            self.export(fmt, target)
+        if target:  # the save dialog has asked before replacing a file; a folder's files were not asked about
+            self.export(fmt, target, overwrite=fmt != "dicom")
 
-    def export(self, fmt: str, target: str | Path) -> Op:
+    def export(self, fmt: str, target: str | Path, overwrite: bool = False) -> Op:
         engine, session_id = self.engine, self.session_id
-        return Op(self, lambda: engine.export_study(session_id, fmt, output_path=target)).progress(
+        return Op(self, lambda: engine.export_study(session_id, fmt, output_path=target, overwrite=overwrite)).progress(
             f"Exporting {fmt}").success(lambda r: self.statusBar().showMessage(f"Exported {r['export_path']}", 8000)).run()
 
     def start_dicom_node(self) -> None:

@@ -247,7 +247,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     with _engine(args) as engine:
         result = engine.export_study(args.session_id, args.format, include_images=args.image or None,
                                      template=args.template, output_path=args.out,
-                                     include_identifiers=args.identifiers, institution=args.institution)
+                                     include_identifiers=args.identifiers, institution=args.institution,
+                                     overwrite=args.overwrite)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -464,6 +465,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--image", action="append", help="an image id to export (repeatable; default: all)")
     export.add_argument("--template", choices=["default", "clinical", "research"])
     export.add_argument("--out", metavar="PATH", help="file or folder (default: the export folder)")
+    export.add_argument("--overwrite", action="store_true",
+                        help="replace files that already exist at --out (never an imported image)")
     export.add_argument("--identifiers", action="store_true", help="print patient identifiers (PDF/HTML/JSON)")
     export.add_argument("--institution", default="")
     export.add_argument("--json", action="store_true")

@@ -31,6 +31,8 @@ class ErrorCode(StrEnum):
     INFERENCE_ERROR = "INFERENCE_ERROR"
     GPU_OOM = "GPU_OOM"
     EXPORT_FAILED = "EXPORT_FAILED"
+    #: An export's target file already exists and the caller did not ask to overwrite it.
+    TARGET_EXISTS = "TARGET_EXISTS"
     DATABASE_ERROR = "DATABASE_ERROR"
     DISK_FULL = "DISK_FULL"
 

@@ -105,3 +105,40 @@ def test_dicom_node_subcommand_reports_status_from_the_store(home: Path, capsys)
     assert main(["--home", str(home), "dicom-node", "status"]) == 0
     out = capsys.readouterr().out
     assert "listening: no" in out and "queue depth: 0" in out
+
+
+def test_export_refuses_to_overwrite_an_existing_file_unless_asked(
+        home: Path, model_pack: Path, rg1_path: Path, tmp_path: Path) -> None:
+    source = tmp_path / "films" / "rg1.dcm"
+    source.parent.mkdir()
+    shutil.copy(rg1_path, source)
+    result = tmp_path / "result.json"
+    assert medvision("analyze", str(source), "--json", str(result), home=home, pack=model_pack).returncode == 0
+    session = json.loads(result.read_text())["session_id"]
+    victim = tmp_path / "victim.dcm"
+    shutil.copy(rg1_path, victim)
+    report = tmp_path / "reports" / f"{session}_report.pdf"  # an earlier report in the --out folder
+    report.parent.mkdir()
+    report.write_bytes(b"%PDF-1.4 signed off yesterday")
+    originals = {path: path.read_bytes() for path in (source, victim, report)}
+
+    def refused(*args: str, code: str) -> str:
+        run = medvision("export", session, *args, home=home, pack=model_pack)
+        lines = run.stderr.strip().splitlines()
+        assert run.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"{code}: "), run.stderr
+        assert "Traceback" not in run.stderr and str(tmp_path) not in run.stderr
+        assert all(path.read_bytes() == data for path, data in originals.items())
+        return lines[0]
+
+    refused("--format", "json", "--out", str(victim), code="TARGET_EXISTS")
+    refused("--format", "dicom_sr", "--out", str(victim), code="TARGET_EXISTS")
+    refused("--format", "pdf", "--out", str(report.parent), code="TARGET_EXISTS")
+    for extra in ((), ("--overwrite",)):  # the imported film: never, even when asked
+        assert "imported" in refused("--format", "json", "--out", str(source), *extra, code="EXPORT_FAILED")
+        line = refused("--format", "json", "--out", "/dev/full", *extra, code="EXPORT_FAILED")
+        assert "character device, not a regular file" in line and "File exists" not in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["films", "home", "reports", "result.json", "victim.dcm"]
+    run = medvision("export", session, "--format", "json", "--out", str(victim), "--overwrite", home=home,
+                    pack=model_pack)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(victim.read_text())["session_id"] == session

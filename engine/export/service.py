@@ -4,16 +4,22 @@ Each format is a writer ``bundle -> list[Artifact]``. The files go to the caller
 ``output_path`` (or the export folder, ``Settings.export_root``) through a temporary
 name, fsync and rename, so a failure leaves nothing at the target; the app keeps its own
 copy encrypted in the store (blobs of kind ``export`` + an ``exports`` row). Any error on
-the way is ``EXPORT_FAILED`` with the reason.
+the way is ``EXPORT_FAILED`` with the reason. Every target is checked before anything is
+written (:func:`check_targets`): an existing file is ``TARGET_EXISTS`` unless the caller asks
+to overwrite, and an imported image, the data directory's files and non-regular files are
+never replaced. ``get_visualization`` writes its PNG only where the caller names a path.
 """
 
 from __future__ import annotations
 
+import base64
+import errno
 import hashlib
 import io
 import json
 import logging
 import os
+import stat
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -164,18 +170,103 @@ WRITERS: dict[str, Callable[[ExportBundle], list[Artifact]]] = {
 FORMATS = tuple(WRITERS)
 
 
-def _fail(reason: str, **fields: Any) -> MedVisionError:
-    return MedVisionError(ErrorCode.EXPORT_FAILED, reason, **fields)
+def _fail(message: str, /, **fields: Any) -> MedVisionError:
+    return MedVisionError(ErrorCode.EXPORT_FAILED, message, **fields)
 
 
-def write_atomically(folder: Path, artifacts: list[Artifact], single_target: Path | None) -> list[Path]:
+#: What a path that is not a regular file is, for the refusal's message.
+_NOT_REGULAR = ((stat.S_ISDIR, "folder"), (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+                (stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"))
+
+
+def _kind(mode: int) -> str | None:
+    """None for a regular file, else what the thing at the path is."""
+    return next((kind for test, kind in _NOT_REGULAR if test(mode)), None if stat.S_ISREG(mode) else "special file")
+
+
+def _mode(path: Path) -> int | None:
+    """``st_mode`` of what is at ``path`` (links followed), None where nothing can be seen."""
+    try:
+        return path.stat().st_mode
+    except (OSError, ValueError):
+        return None
+
+
+def _protected(services: Services, resolved: Path) -> str | None:
+    """Why an existing file may never be replaced by an export, even with ``overwrite``."""
+    if str(resolved) in services.store.imported_among([str(resolved)]):
+        return "a file imported into a session"
+    home = services.settings.home.expanduser().resolve()
+    exports = services.settings.export_root.expanduser().resolve()
+    if resolved.is_relative_to(home) and not resolved.is_relative_to(exports):
+        return "a file of the app's data directory"
+    return None
+
+
+def check_targets(services: Services, targets: list[Path], *, overwrite: bool) -> None:
+    """Refuse, before anything is written, a target that an export must not replace.
+
+    Never replaced: a file some session imported (an ``images`` row's ``source_path``) or
+    one of the data directory's own files, and anything that is not a regular file (a
+    device, FIFO, socket or folder): ``EXPORT_FAILED`` with ``details.reason``
+    ``protected`` or ``not_a_regular_file``. An existing regular file is replaced only
+    when the caller asked (``overwrite``); else ``TARGET_EXISTS`` naming every such file.
+    A target that cannot be looked at (its folder is a file, say) is left to the write,
+    which reports why.
+    """
+    existing: list[str] = []
+    for target in targets:
+        try:
+            mode = target.stat().st_mode
+        except FileNotFoundError:
+            if target.is_symlink():  # a dangling link: replacing it is still replacing something
+                existing.append(target.name)
+            continue
+        except (OSError, ValueError):
+            continue
+        why = _protected(services, target.resolve())
+        if why is not None:
+            raise _fail(f"{target.name} is {why}; an export never replaces it", reason="protected", name=target.name)
+        kind = _kind(mode)
+        if kind is not None:
+            raise _fail(f"{target.name} is a {kind}, not a regular file; an export writes regular files only",
+                        reason="not_a_regular_file", kind=kind, name=target.name)
+        existing.append(target.name)
+    if existing and not overwrite:
+        shown = ", ".join(existing[:5]) + (f" and {len(existing) - 5} more" if len(existing) > 5 else "")
+        raise MedVisionError(ErrorCode.TARGET_EXISTS, f"{shown} already exists; nothing was written (ask to "
+                             "overwrite to replace it)", names=existing)
+
+
+def _place(temporary: Path, target: Path, overwrite: bool) -> None:
+    """Rename ``temporary`` to ``target``; without ``overwrite``, never over a file that
+    appeared since the check (a hard link fails if the name exists, a rename would not)."""
+    if overwrite:
+        temporary.replace(target)
+        return
+    try:
+        os.link(temporary, target)
+    except FileExistsError:
+        raise
+    except OSError:  # no hard links on this file system (FAT, some shares): the check stands
+        temporary.replace(target)
+        return
+    temporary.unlink()
+
+
+def write_atomically(folder: Path, artifacts: list[Artifact], single_target: Path | None, *,
+                     overwrite: bool = False) -> list[Path]:
     """Write artifacts into ``folder`` (or the one to ``single_target``): tmp -> fsync -> rename.
 
-    All files are written under temporary names first and renamed only when every one is
-    durable; on any failure the temporaries (and nothing else) are removed.
+    All files are written under temporary names first and put in place only when every one
+    is durable; on any failure the temporaries and the files this call placed are removed.
+    The caller checks the targets first (:func:`check_targets`); without ``overwrite`` a
+    target that appears meanwhile is ``TARGET_EXISTS``, not replaced.
     """
     targets = [single_target] if single_target is not None else [folder / a.name for a in artifacts]
     temporaries: list[Path] = []
+    placed: list[Path] = []
+    placing: Path | None = None
     try:
         folder.mkdir(parents=True, exist_ok=True)
         for artifact, target in zip(artifacts, targets, strict=True):
@@ -185,34 +276,63 @@ def write_atomically(folder: Path, artifacts: list[Artifact], single_target: Pat
                 handle.write(artifact.data)
                 handle.flush()
                 os.fsync(handle.fileno())
-        for temporary, target in zip(temporaries, targets, strict=True):
-            temporary.replace(target)
+        for temporary, placing in zip(temporaries, targets, strict=True):
+            _place(temporary, placing, overwrite)
+            placed.append(placing)
         fsync_dir(folder)
     except OSError as exc:
         for temporary in temporaries:
             temporary.unlink(missing_ok=True)
-        reason = "the disk is full" if exc.errno == 28 else exc.strerror or type(exc).__name__
-        raise _fail(f"cannot write the export to the target folder: {reason}") from exc
+        if not overwrite:  # what this call created; with overwrite the old files are gone anyway
+            for target in placed:
+                target.unlink(missing_ok=True)
+        if isinstance(exc, FileExistsError) and placing is not None and placing not in placed:
+            raise MedVisionError(ErrorCode.TARGET_EXISTS, f"{placing.name} appeared while the export was written; "
+                                 "nothing was written", names=[placing.name]) from exc
+        code = errno.errorcode.get(exc.errno or 0)
+        if exc.errno == errno.ENOSPC:
+            reason = "no space left on the device (ENOSPC)"
+        else:
+            reason = exc.strerror or type(exc).__name__
+        raise _fail(f"cannot write the export to the target folder: {reason}",
+                    **({"errno": code} if code else {})) from exc
     return targets
 
 
 def _target(output_path: str | Path | None, default_root: Path, session_id: str, fmt: str,
             artifacts: list[Artifact]) -> tuple[Path, Path | None]:
-    """(folder, single-file target or None). One artifact + a path with a suffix -> that file."""
+    """(folder, single-file target or None). One artifact + a path with a suffix, or an
+    existing path that is not a folder -> that file; no path -> a new folder under the
+    export root (never an existing one)."""
     if output_path is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        folder = default_root / session_id / f"{stamp}-{fmt}"
+        base = default_root / session_id / f"{stamp}-{fmt}"
+        folder, n = base, 1
+        while folder.exists() or folder.is_symlink():
+            n += 1
+            folder = base.with_name(f"{base.name}-{n}")
         return folder, None
     path = Path(output_path).expanduser()
-    if len(artifacts) == 1 and path.suffix and not path.is_dir():
+    mode = _mode(path)
+    if mode is not None and not stat.S_ISDIR(mode):
+        if len(artifacts) == 1:
+            return path.parent, path
+        kind = _kind(mode) or "file"
+        raise _fail(f"{path.name} is a {kind}, not a folder; {fmt} writes {len(artifacts)} files",
+                    reason="not_a_folder", kind=kind, name=path.name)
+    if len(artifacts) == 1 and path.suffix and mode is None:
         return path.parent, path
     return path, None
+
+
+def _targets(folder: Path, artifacts: list[Artifact], single: Path | None) -> list[Path]:
+    return [single] if single is not None else [folder / a.name for a in artifacts]
 
 
 def export_study(services: Services, session_id: str, format: str = "pdf", include_images: list[str] | None = None,  # noqa: A002
                  include_report: bool = True, include_annotations: bool = True, include_measurements: bool = True,
                  template: str | None = None, output_path: str | Path | None = None,
-                 include_identifiers: bool = False, institution: str = "") -> dict[str, Any]:
+                 include_identifiers: bool = False, institution: str = "", overwrite: bool = False) -> dict[str, Any]:
     """Export a session's results as a file (or a folder of files) people and PACS use.
 
     Parameters
@@ -231,12 +351,23 @@ def export_study(services: Services, session_id: str, format: str = "pdf", inclu
     include_identifiers:
         Print the patient's identifiers in PDF/HTML/JSON (de-identified by default;
         DICOM objects always carry the source study's patient module).
+    overwrite:
+        Replace files that already exist at the target. Without it an existing file is
+        ``TARGET_EXISTS`` and nothing is written; every target is checked before any is
+        written. A file a session imported, the data directory's files and anything that
+        is not a regular file are never replaced (``EXPORT_FAILED``, ``details.reason``).
 
     Returns ``export_path``, ``format``, ``size``, ``sha256``, ``files`` and what the
-    session lacked (``missing``). Errors: ``EXPORT_FAILED`` with the reason.
+    session lacked (``missing``). Errors: ``EXPORT_FAILED`` with the reason,
+    ``TARGET_EXISTS``.
     """
     if format not in WRITERS:
         raise MedVisionError(ErrorCode.INVALID_ARGUMENT, f"format must be one of {', '.join(FORMATS)}")
+    if output_path is not None:  # an existing file named as the target: refused before the work
+        early = Path(output_path).expanduser()
+        mode = _mode(early)
+        if mode is not None and not stat.S_ISDIR(mode):
+            check_targets(services, [early], overwrite=overwrite)
     started = time.perf_counter()
     options = ExportOptions(include_images=tuple(include_images or ()), include_report=include_report,
                             include_annotations=include_annotations, include_measurements=include_measurements,
@@ -261,7 +392,8 @@ def export_study(services: Services, session_id: str, format: str = "pdf", inclu
         raise _fail(f"{format} export failed: {type(exc).__name__}: {str(exc)[:300]}") from exc
     built = time.perf_counter()
     folder, single = _target(output_path, services.settings.export_root, session_id, format, artifacts)
-    paths = write_atomically(folder, artifacts, single)
+    check_targets(services, _targets(folder, artifacts, single), overwrite=overwrite)
+    paths = write_atomically(folder, artifacts, single, overwrite=overwrite)
     try:
         kept = services.store.add_export(session_id, format, [(a.name, a.data, a.media_type) for a in artifacts],
                                        options=asdict(options) | {"include_images": list(options.include_images)},
@@ -287,8 +419,14 @@ def export_study(services: Services, session_id: str, format: str = "pdf", inclu
 def get_visualization(services: Services, session_id: str, image_id: str | None = None,
                       include_annotations: bool = True, include_segmentation: bool = True,
                       include_measurements: bool = True, output_path: str | Path | None = None,
-                      max_side: int | None = None) -> dict[str, Any]:
-    """The composited view of one image as a PNG file, with its list of layers."""
+                      max_side: int | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """The composited view of one image as a PNG, with its list of layers.
+
+    The PNG comes back as ``png_base64``; it is written (in plaintext) only where the caller
+    names an ``output_path`` (a ``.png`` file, or a folder for ``view-<image>.png``), with
+    :func:`export_study`'s rules for an existing file. Without one, ``image_path`` and
+    ``image_url`` are None and nothing is written.
+    """
     session = services.store.get_session(session_id)
     image_id = image_id or session["current_image_id"]
     if image_id is None:
@@ -299,20 +437,20 @@ def get_visualization(services: Services, session_id: str, image_id: str | None 
                               max_side=max_side)
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
-    name = f"view-{image_id}.png"
-    artifact = Artifact(name, buffer.getvalue(), "image/png")
+    data = buffer.getvalue()
+    path: Path | None = None
     if output_path is not None:
-        target = Path(output_path).expanduser()
-        folder, single = (target.parent, target) if target.suffix else (target, None)
-    else:
-        folder, single = services.settings.export_root / session_id / "views", None
-    (path,) = write_atomically(folder, [artifact], single)
-    return {"session_id": session_id, "image_id": image_id, "image_path": str(path), "image_url": path.as_uri(),
+        artifact = Artifact(f"view-{image_id}.png", data, "image/png")
+        folder, single = _target(output_path, services.settings.export_root, session_id, "view", [artifact])
+        check_targets(services, _targets(folder, [artifact], single), overwrite=overwrite)
+        (path,) = write_atomically(folder, [artifact], single, overwrite=overwrite)
+    return {"session_id": session_id, "image_id": image_id,
+            "image_path": str(path) if path is not None else None,
+            "image_url": path.as_uri() if path is not None else None,
+            "png_base64": base64.b64encode(data).decode("ascii"),
             "width": picture.width, "height": picture.height, "layers": layers,
-            "sha256": hashlib.sha256(artifact.data).hexdigest(), "model_trained": bundle.model_trained,
+            "sha256": hashlib.sha256(data).hexdigest(), "model_trained": bundle.model_trained,
             "banner": bundle.banner, "disclaimer": DISCLAIMER}
-
-
 
 
 def queue_for_destination(services: Services, session_id: str, image_id: str, formats: tuple[str, ...],

@@ -131,7 +131,8 @@ class Export(Result):
 class Visualization(Result):
     session_id: str = Field(description="The session's id.")
     image_id: str = Field(description="The image shown.")
-    image_path: str = Field(description="The PNG written under the export folder.")
+    image_path: str | None = Field(None, description="The PNG file, only where one was asked for; the "
+                                   "PNG itself comes back as image content.")
     width: int = Field(description="PNG width in pixels.")
     height: int = Field(description="PNG height in pixels.")
     layers: list[Any] = Field(description="The layers drawn.")

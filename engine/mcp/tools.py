@@ -5,9 +5,7 @@ worker thread, time limit). Paths an agent passes are checked by :mod:`engine.mc
 first. Errors surface as ``isError`` results (see :func:`engine.mcp.server.error_result`).
 """
 
-import base64
 from collections.abc import Callable
-from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 from mcp import types
@@ -214,6 +212,9 @@ def register(app: FastMCP) -> None:
         output_path: Annotated[str | None, Field(max_length=4096, description=(
             "Absolute file or folder under an allowed root or the export folder; default: a new "
             "folder under the export folder."))] = None,
+        overwrite: Annotated[bool, Field(description=(
+            "Replace files that already exist at output_path (else TARGET_EXISTS and nothing is "
+            "written). An image a session imported is never replaced."))] = False,
     ) -> Export:
         """Export the study (report, annotations, measurements) as PDF, DICOM SR/SEG/SC, JSON, PNG or HTML."""
         app = app_context(ctx)
@@ -222,7 +223,7 @@ def register(app: FastMCP) -> None:
             output_path = str(paths.confine(output_path, allowed, must_exist=False))
         return await _call(ctx, Export, session_id, Engine.export_study, session_id, format, include_images,
                            include_report, include_annotations, include_measurements, template, output_path,
-                           announce=True)
+                           overwrite=overwrite, announce=True)
 
     @tool()
     async def get_visualization(
@@ -232,10 +233,12 @@ def register(app: FastMCP) -> None:
         include_measurements: Annotated[bool, Field(description="Draw measurements.")] = True,
         max_side: Annotated[int, Field(ge=64, le=MAX_SIDE, description="Longest side of the PNG.")] = 512,
     ) -> Visualization:
-        """The image with its overlays as a PNG file, also returned as MCP image content."""
-        view = await _call(ctx, Visualization, session_id, Engine.get_visualization, session_id, image_id,
-                           include_annotations, include_segmentation, include_measurements, None, max_side)
-        png = base64.b64encode(Path(view.image_path).read_bytes()).decode()
+        """The image with its overlays as a PNG, returned as MCP image content (no file is written)."""
+        app = app_context(ctx)
+        result = await app.call(ctx, session_id, app.engine.get_visualization, session_id, image_id, include_annotations,
+                                include_segmentation, include_measurements, None, max_side)
+        png = result.pop("png_base64")
+        view = Visualization.model_validate(result)
         content: list[types.ContentBlock] = [types.TextContent(type="text", text=view.model_dump_json()),
                                              types.ImageContent(type="image", data=png, mimeType="image/png")]
         return types.CallToolResult(content=content, structuredContent=view.model_dump(mode="json"))  # type: ignore[return-value]

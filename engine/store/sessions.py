@@ -169,6 +169,15 @@ class ImageRepository:
         rows = self.db.query("SELECT * FROM images WHERE session_id = ? ORDER BY created_at, rowid", (session_id,))
         return [decode_row(r) for r in rows]
 
+    def imported_among(self, paths: list[str]) -> set[str]:
+        """Which of ``paths`` (resolved, absolute) some session imported: an ``images`` row's
+        ``source_path``, in any session. Exports never replace such a file."""
+        if not paths:
+            return set()
+        marks = ", ".join("?" for _ in paths)
+        rows = self.db.query(f"SELECT DISTINCT source_path FROM images WHERE source_path IN ({marks})", tuple(paths))
+        return {r["source_path"] for r in rows}
+
     def data(self, image: dict) -> bytes:
         """Decrypt an image's original file."""
         return self.blobs.read_bytes(image["blob_id"])

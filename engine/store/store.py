@@ -139,6 +139,10 @@ class Store:
         """See :meth:`ImageRepository.in_session`."""
         return self.images.in_session(session_id)
 
+    def imported_among(self, paths: list[str]) -> set[str]:
+        """See :meth:`ImageRepository.imported_among`."""
+        return self.images.imported_among(paths)
+
     def image_bytes(self, image: dict) -> bytes:
         """See :meth:`ImageRepository.data`."""
         return self.images.data(image)

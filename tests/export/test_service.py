@@ -3,8 +3,13 @@ encrypted copy the app keeps, and the failures (unknown session, bad target, no 
 
 from __future__ import annotations
 
+import base64
+import errno
 import hashlib
+import io
 import json
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -173,3 +178,114 @@ except MedVisionError as exc:
     assert child.stdout.startswith("EXPORT_FAILED cannot write the export") and "too large" in child.stdout
     assert not target.exists() or list(target.iterdir()) == []
     assert len(worked.engine.store.list_exports(worked.session_id)) == before
+
+
+def test_an_existing_file_is_refused_unless_the_caller_asks_to_overwrite(worked, tmp_path: Path) -> None:
+    engine, session = worked.engine, worked.session_id
+    victim = tmp_path / "victim.dcm"
+    victim.write_bytes(b"DICM a study someone else keeps" * 100)
+    original = victim.read_bytes()
+    before = len(engine.store.list_exports(session))
+    for fmt in ("json", "pdf", "dicom_sr"):
+        with pytest.raises(MedVisionError) as err:
+            engine.export_study(session, fmt, output_path=victim)
+        assert err.value.code is ErrorCode.TARGET_EXISTS and err.value.details["names"] == ["victim.dcm"]
+        assert str(tmp_path) not in err.value.message
+    assert victim.read_bytes() == original and sorted(p.name for p in tmp_path.iterdir()) == ["victim.dcm"]
+    assert len(engine.store.list_exports(session)) == before
+    result = engine.export_study(session, "json", output_path=victim, overwrite=True)
+    assert result["export_path"] == str(victim) and json.loads(victim.read_text())["session_id"] == session
+    # The default target is a new folder each time, never an earlier export's.
+    first, second = (Path(engine.export_study(session, "json")["export_path"]) for _ in range(2))
+    assert first != second and first.is_file() and second.is_file()
+
+
+def test_an_existing_file_in_the_out_folder_is_refused_before_anything_is_written(
+        engine, rg1_path: Path, tmp_path: Path) -> None:
+    session = engine.create_study_session("two films")["session_id"]
+    first, second = (engine.add_image_to_session(session, rg1_path, auto_analyze=False)["image_id"] for _ in range(2))
+    folder = tmp_path / "out"
+    folder.mkdir()
+    mine = folder / f"{second}_annotated.png"
+    mine.write_bytes(b"the radiologist's own file")
+    with pytest.raises(MedVisionError) as err:
+        engine.export_study(session, "png_annotated", output_path=folder)
+    assert err.value.code is ErrorCode.TARGET_EXISTS and err.value.details["names"] == [mine.name]
+    # No partial write: the other image's file was not written either, and no temporaries.
+    assert [p.name for p in folder.iterdir()] == [mine.name]
+    assert mine.read_bytes() == b"the radiologist's own file"
+    result = engine.export_study(session, "png_annotated", output_path=folder, overwrite=True)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(f"{i}_annotated.png" for i in (first, second))
+    assert mine.read_bytes().startswith(b"\x89PNG") and len(result["files"]) == 2
+
+
+def test_an_imported_file_is_never_overwritten_even_when_asked(engine, rg1_path: Path, tmp_path: Path) -> None:
+    source = tmp_path / "films" / "rg1.dcm"
+    source.parent.mkdir()
+    source.write_bytes(rg1_path.read_bytes())
+    session = engine.create_study_session("victim")["session_id"]
+    engine.add_image_to_session(session, source, auto_analyze=False)
+    other = engine.create_study_session("other")["session_id"]  # another session's export, same file
+    link = tmp_path / "link.dcm"
+    link.symlink_to(source)
+    for sid, target in ((session, source), (other, source), (session, link)):
+        for overwrite in (False, True):
+            with pytest.raises(MedVisionError) as err:
+                engine.export_study(sid, "json", output_path=target, overwrite=overwrite)
+            assert err.value.code is ErrorCode.EXPORT_FAILED and err.value.details["reason"] == "protected"
+            assert "imported" in err.value.message and str(tmp_path) not in err.value.message
+    assert source.read_bytes() == rg1_path.read_bytes() and link.is_symlink()
+    # Nor a file of the data directory.
+    database = next(p for p in engine.settings.home.rglob("*") if p.is_file())
+    with pytest.raises(MedVisionError) as err:
+        engine.export_study(session, "json", output_path=database, overwrite=True)
+    assert err.value.details["reason"] == "protected"
+
+
+def test_a_device_or_fifo_target_gets_a_truthful_error(worked, tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe.json"
+    os.mkfifo(fifo)
+    device = Path("/dev/full")
+    for fmt, target, kind in (("json", device, "character device"), ("pdf", device, "character device"),
+                              ("json", fifo, "FIFO")):
+        for overwrite in (False, True):
+            with pytest.raises(MedVisionError) as err:
+                worked.engine.export_study(worked.session_id, fmt, output_path=target, overwrite=overwrite)
+            assert err.value.code is ErrorCode.EXPORT_FAILED and "File exists" not in err.value.message
+            assert err.value.details == {"reason": "not_a_regular_file", "kind": kind, "name": target.name}
+            assert f"is a {kind}, not a regular file" in err.value.message
+    with pytest.raises(MedVisionError) as err:  # several files into a device
+        worked.engine.export_study(worked.session_id, "dicom", output_path="/dev/full")
+    assert err.value.code is ErrorCode.EXPORT_FAILED and err.value.details["kind"] == "character device"
+    assert stat.S_ISFIFO(fifo.lstat().st_mode) and sorted(p.name for p in tmp_path.iterdir()) == ["pipe.json"]
+
+
+def test_a_full_device_is_reported_as_enospc(worked, tmp_path: Path, monkeypatch) -> None:
+    import engine.export.service as service
+
+    def full(_fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(service.os, "fsync", full)
+    with pytest.raises(MedVisionError) as err:
+        worked.engine.export_study(worked.session_id, "json", output_path=tmp_path / "out" / "r.json")
+    monkeypatch.undo()
+    assert err.value.code is ErrorCode.EXPORT_FAILED and err.value.details["errno"] == "ENOSPC"
+    assert "no space left on the device (ENOSPC)" in err.value.message
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_visualization_without_a_path_writes_nothing(worked, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("MEDVISION_EXPORT_DIR", str(tmp_path / "root"))
+    view = worked.engine.get_visualization(worked.session_id, worked.image_id, max_side=256)
+    assert view["image_path"] is None and view["image_url"] is None
+    data = base64.b64decode(view["png_base64"])
+    assert hashlib.sha256(data).hexdigest() == view["sha256"]
+    assert Image.open(io.BytesIO(data)).size == (view["width"], view["height"])
+    assert not (tmp_path / "root").exists() and list(tmp_path.iterdir()) == []
+    # A named file is written, and then not replaced unless asked.
+    target = tmp_path / "view.png"
+    assert worked.engine.get_visualization(worked.session_id, output_path=target, max_side=256)["image_path"] == str(target)
+    with pytest.raises(MedVisionError) as err:
+        worked.engine.get_visualization(worked.session_id, output_path=target, max_side=128)
+    assert err.value.code is ErrorCode.TARGET_EXISTS and Image.open(target).size == (view["width"], view["height"])

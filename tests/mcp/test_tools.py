@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -194,6 +195,56 @@ def test_paths_outside_the_roots_are_refused_without_revealing_them(
             assert len((await ok(client, "get_session_status", session_id=session_id))["images"]) == 1
 
     anyio.run(scenario)
+
+
+def test_export_never_replaces_the_study_and_an_existing_file_only_when_asked(
+        home: Path, model_pack: Path, root: Path, rg1_path: Path) -> None:
+    source = root / "rg1.dcm"
+    report = root / "report.json"
+    report.write_text('{"kept": true}')
+    original = source.read_bytes()
+
+    async def scenario() -> None:
+        async with connect(home, model_pack, [root]) as client:
+            session_id = (await ok(client, "create_study_session"))["session_id"]
+            await ok(client, "add_image_to_session", session_id=session_id, image_path=str(source), auto_analyze=False)
+            for export_format in ("json", "pdf", "dicom_sr"):
+                for overwrite in (False, True):
+                    error = await failed(client, "export_study", session_id=session_id, format=export_format,
+                                         output_path=str(source), overwrite=overwrite)
+                    assert error["code"] == "EXPORT_FAILED" and error["details"]["reason"] == "protected", error
+            error = await failed(client, "export_study", session_id=session_id, format="json",
+                                 output_path=str(report))
+            assert error["code"] == "TARGET_EXISTS" and error["details"]["names"] == ["report.json"]
+            assert str(root) not in json.dumps(error)
+            assert source.read_bytes() == original and report.read_text() == '{"kept": true}'
+            replaced = await ok(client, "export_study", session_id=session_id, format="json",
+                                output_path=str(report), overwrite=True)
+            assert Path(replaced["export_path"]) == report and json.loads(report.read_text())["images"]
+            assert sorted(p.name for p in root.iterdir()) == ["report.json", "rg1.dcm"]
+
+    anyio.run(scenario)
+
+
+def test_get_visualization_returns_the_png_and_writes_no_file(
+        home: Path, model_pack: Path, root: Path, tmp_path: Path) -> None:
+    export_root = Path(os.environ["MEDVISION_EXPORT_DIR"])
+
+    async def scenario() -> None:
+        async with connect(home, model_pack, [root]) as client:
+            session_id = (await ok(client, "create_study_session"))["session_id"]
+            await ok(client, "add_image_to_session", session_id=session_id, image_path=str(root / "rg1.dcm"),
+                     auto_analyze=False)
+            view = await client.call_tool("get_visualization", {"session_id": session_id, "max_side": 128})
+            assert not view.isError, view.content
+            image = next(c for c in view.content if isinstance(c, types.ImageContent))
+            assert base64.b64decode(image.data).startswith(b"\x89PNG")
+            assert view.structuredContent["image_path"] is None
+            assert "png_base64" not in view.structuredContent
+
+    anyio.run(scenario)
+    assert not export_root.exists() or [p for p in export_root.rglob("*") if p.is_file()] == []
+    assert [p for p in tmp_path.rglob("*.png")] == []
 
 
 def test_client_roots_extend_the_allowed_roots(home: Path, model_pack: Path, root: Path, tmp_path: Path) -> None:

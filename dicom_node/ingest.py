@@ -6,8 +6,13 @@ Order of a store (nothing is acknowledged before it is durable):
    (random id; :mod:`dicom_node.spool`);
 2. its header (up to Pixel Data, large values deferred) is parsed from it:
    unreadable -> 0xC210; SOP Class/Instance UID missing, malformed or unlike the
-   request -> 0xA900 (the temp file is deleted). UIDs are checked against the UID
-   grammar and never used in paths;
+   request -> 0xA900; an image over the engine's decode limits
+   (:class:`engine.config.DecodeLimits`: rows x columns, the whole Pixel Data, the
+   inflated size of a Deflated dataset, which also bounds a native header: everything
+   but Pixel Data) -> 0xA700, since the node could never decode it
+   (the temp file is deleted). A Deflated dataset is inflated in bounded steps, its
+   large values dropped as they pass, never whole in memory. UIDs are checked against
+   the UID grammar and never used in paths;
 3. the blob is committed: last chunk sealed, fsync, rename, fsync of the directory
    (for an instance of <= 1 MiB on a helper thread while step 2 runs, so the fsync
    costs no extra time; a refused one is then deleted);
@@ -37,6 +42,7 @@ import re
 import struct
 import time
 import traceback
+import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -44,9 +50,12 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
 
+from engine.config import DecodeLimits
 from engine.errors import ErrorCode, MedVisionError
+from engine.imaging.limits import image_too_large, read_dicom
 from engine.imaging.records import has_auto_analysis, record_from_header
 from engine.store import Store
 from engine.store.dicom import KEEP_FIRST
@@ -95,10 +104,12 @@ class Ingestor:
     """Stores instances for all associations; database writes go through one thread so
     a node holds one connection however many associations come and go."""
 
-    def __init__(self, store: Store, *, analyze: bool = True, job_max_attempts: int = 3) -> None:
+    def __init__(self, store: Store, *, analyze: bool = True, job_max_attempts: int = 3,
+                 limits: DecodeLimits | None = None) -> None:
         self.store = store
         self.analyze = analyze
         self.job_max_attempts = job_max_attempts
+        self.limits = limits or DecodeLimits.from_env()
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dicom-db")
         self._committer = ThreadPoolExecutor(max_workers=COMMIT_THREADS, thread_name_prefix="dicom-commit")
 
@@ -126,7 +137,7 @@ class Ingestor:
             return _storage_failure(exc)
         durable = self._committer.submit(spool.commit) if spool.in_memory else None
         try:
-            checked = _checked_header(reader, request_class, request_instance)
+            checked = _checked_header(reader, request_class, request_instance, self.limits)
         except Exception as exc:  # noqa: BLE001 - an unforeseen parser failure still cleans up below
             checked = _storage_failure(exc)
         finally:
@@ -197,16 +208,28 @@ def _storage_failure(exc: Exception) -> Outcome:
     return Outcome(OUT_OF_RESOURCES if full else OUT_OF_RESOURCES_OTHER, "failed", reason=reason)
 
 
-def _checked_header(reader: Any, request_class: str, request_instance: str) -> Outcome | tuple[dict, str | None]:
+def _checked_header(reader: Any, request_class: str, request_instance: str,
+                    limits: DecodeLimits) -> Outcome | tuple[dict, str | None]:
     """The images row and session name from a received header, or the refusal it earns."""
     try:
-        ds = pydicom.dcmread(reader, stop_before_pixels=True, defer_size="64 KB")
-        problem = _structure_problem(ds, reader)
+        ds, inflated = read_dicom(reader, limits, name="dicom-node.dcm", stop_before_pixels=True,
+                                  defer_size="64 KB")
+        if inflated is not None:
+            inflated.drain()  # the whole stream, within the limit, chunk by chunk, nothing kept
+        elif reader.tell() > limits.max_inflated_bytes:  # a native header as large as a bomb inflates to
+            raise image_too_large("dicom-node.dcm", "the header (all but Pixel Data) of", reader.tell(),
+                                  limits.max_inflated_bytes, "MEDVISION_MAX_INFLATED_BYTES")
+        problem = _structure_problem(ds, inflated or reader)
         if problem:
             return Outcome(CANNOT_UNDERSTAND, "rejected", reason=problem)
         record, session_name = _record(ds)
+    except MedVisionError as exc:
+        if exc.code is not ErrorCode.IMAGE_TOO_LARGE:
+            raise
+        return Outcome(OUT_OF_RESOURCES, "rejected", reason=exc.code.value)
     except (InvalidDicomError, ValueError, TypeError, KeyError, AttributeError, IndexError,
-            EOFError, OSError, OverflowError, RecursionError, MemoryError, NotImplementedError) as exc:
+            EOFError, OSError, OverflowError, RecursionError, MemoryError, NotImplementedError,
+            zlib.error) as exc:
         return Outcome(CANNOT_UNDERSTAND, "rejected", reason=f"header unreadable ({type(exc).__name__})")
     if record["sop_class_uid"] != clean_uid(request_class) \
             or record["sop_instance_uid"] != clean_uid(request_instance) or not record["sop_instance_uid"]:
@@ -245,8 +268,13 @@ def _structure_problem(ds: pydicom.Dataset, reader: Any) -> str | None:
 
 
 def _depth_ok(ds: pydicom.Dataset, budget: int) -> bool:
-    """Every sequence nested at most ``budget`` deep (parses the non-pixel header)."""
-    for element in ds:
+    """Every sequence nested at most ``budget`` deep (parses the non-pixel header; a
+    deferred value, never a sequence, is not read back)."""
+    for tag in ds.keys():
+        raw = ds.get_item(tag, keep_deferred=True)
+        if isinstance(raw, RawDataElement) and raw.value is None and raw.length:
+            continue  # deferred: left unparsed, as everything else will leave it
+        element = ds[tag]
         if element.VR == "SQ":
             if budget == 0 or not all(_depth_ok(item, budget - 1) for item in element.value):
                 return False

@@ -68,7 +68,8 @@ class Node:
     def __init__(self, config: NodeConfig, engine: Any) -> None:
         self.config, self.engine = config, engine
         self.node_id = uuid.uuid4().hex[:12]
-        self.ingestor = Ingestor(engine.store, analyze=config.analyze, job_max_attempts=config.job_max_attempts)
+        self.ingestor = Ingestor(engine.store, analyze=config.analyze, job_max_attempts=config.job_max_attempts,
+                                 limits=engine.settings.limits)
         self.handlers = Handlers(config, self.ingestor, self.node_id)
         self.workers = AnalysisWorkers(engine, config, self.node_id)
         self.outbox = OutboxSender(engine.store, config)

@@ -88,28 +88,30 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     with _engine(args) as engine:
         session = engine.create_study_session(args.session_name or "cli analyze")
         results = []
-        print(f"MedVision - {_disclaimer()}")
-        print(f"Session {session['session_id']}")
-        for name in args.files:
-            try:
-                result = engine.add_image_to_session(session["session_id"], name, image_type=args.type,
-                                                     auto_analyze=False)
-                result["auto_analysis"] = engine.analyze_image(
-                    session["session_id"], result["image_id"], classify=True, detect=False,
-                    segment=args.segment, generate_report=False,
-                    classification_threshold=args.threshold, force=args.force,
-                )
-                if args.rag:
-                    result["rag"] = engine.analyze_with_rag(session["session_id"], result["image_id"],
-                                                            mode="full" if args.segment else "quick")
-            except MedVisionError as exc:
-                failures += 1
-                print(str(exc), file=sys.stderr)
-                continue
-            results.append(result)
-            print(format_summary(result))
-        if not results:
-            engine.delete_session(session["session_id"])
+        try:
+            print(f"MedVision - {_disclaimer()}")
+            print(f"Session {session['session_id']}")
+            for name in args.files:
+                try:
+                    result = engine.add_image_to_session(session["session_id"], name, image_type=args.type,
+                                                         auto_analyze=False)
+                    result["auto_analysis"] = engine.analyze_image(
+                        session["session_id"], result["image_id"], classify=True, detect=False,
+                        segment=args.segment, generate_report=False,
+                        classification_threshold=args.threshold, force=args.force,
+                    )
+                    if args.rag:
+                        result["rag"] = engine.analyze_with_rag(session["session_id"], result["image_id"],
+                                                                mode="full" if args.segment else "quick")
+                except MedVisionError as exc:
+                    failures += 1
+                    print(str(exc), file=sys.stderr)
+                    continue
+                results.append(result)
+                print(format_summary(result))
+        finally:  # also when something unforeseen escapes: no empty session stays behind
+            if not results:
+                engine.delete_session(session["session_id"])
     _write_json(args.json, {"session_id": session["session_id"], "results": results})
     return EXIT_BAD_INPUT if failures else 0
 
@@ -118,7 +120,7 @@ def _load(engine, path: str, image_type: str | None):  # noqa: ANN001, ANN202
     session = engine.create_study_session(f"cli {Path(path).name}")["session_id"]
     try:
         image = engine.add_image_to_session(session, path, image_type=image_type, auto_analyze=False)
-    except MedVisionError:
+    except BaseException:  # a coded refusal or anything unforeseen: no empty session stays behind
         engine.delete_session(session)
         raise
     return session, image["image_id"]

@@ -9,6 +9,15 @@ Environment variables (all optional):
 ``MEDVISION_THREADS``      intra-op threads for ONNX Runtime (default: min(4, cores))
 ``MEDVISION_PROVIDERS``    comma list of ONNX Runtime providers to allow (default: CUDA, CPU)
 ``MEDVISION_PRECISION``    ``int8`` / ``fp32``: override the pack's default precision
+
+Decoding limits (positive integers; see :class:`DecodeLimits` for why these defaults):
+
+``MEDVISION_MAX_IMAGE_PIXELS``      rows x columns of one frame (default 67,108,864 = 8192 x 8192)
+``MEDVISION_MAX_PIXEL_DATA_BYTES``  rows x columns x samples x frames x bytes per sample of the
+                                    whole Pixel Data, as declared (default 2 GiB)
+``MEDVISION_MAX_INFLATED_BYTES``    inflated size of a Deflated Explicit VR Little Endian dataset
+                                    (default 512 MiB)
+``MEDVISION_DECODE_CACHE_BYTES``    bytes of decoded frames kept per process (default 512 MiB)
 """
 
 from __future__ import annotations
@@ -22,8 +31,68 @@ import platformdirs
 DEFAULT_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 
 
+MiB = 1024 * 1024
+
+#: Decoded frames (``raw`` + ``pixels``) one process keeps for the images being flipped between.
+DEFAULT_DECODE_CACHE_BYTES = 512 * MiB
+
+
 def _default_threads() -> int:
     return max(1, min(4, os.cpu_count() or 1))
+
+
+def env_int(name: str, default: int) -> int:
+    """A positive integer from the environment (``_`` separators allowed), else ``default``."""
+    text = os.environ.get(name, "").strip().replace("_", "")
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{name} must be a positive integer, not {text[:40]!r}") from None
+    if value <= 0:
+        raise ValueError(f"{name} must be a positive integer, not {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """How big an image may be before it is decoded; checked before anything is allocated.
+
+    ``max_image_pixels`` (rows x columns of one frame, DICOM, PNG and JPEG alike):
+    8192 x 8192. The largest real radiographs stay far below it (a 43 x 43 cm CR at
+    0.1 mm is 4300 x 4300, a full-field mammogram at 50 um 4728 x 5928, about 28 M),
+    and so does a 48 MP photograph (8000 x 6000); the largest frame in pydicom's and
+    pydicom-data's test files is 1955 x 1841. A 16-bit frame at the limit needs about
+    0.4 GB decoded (stored values plus float32 values). It is also below Pillow's own
+    warning threshold (89.5 M), so a 9400 x 9400 PNG (88 M) is refused too.
+
+    ``max_pixel_data_bytes`` (rows x columns x samples x frames x bytes per sample, the
+    whole Pixel Data as the header declares it): 2 GiB. A 2000-slice enhanced CT
+    (512 x 512 x 2 bytes) is 1 GiB and a 60-slice breast tomosynthesis volume at
+    3328 x 4096 about 1.6 GB; frames are decoded one at a time, so this is a sanity
+    bound on what a header may promise.
+
+    ``max_inflated_bytes`` (a Deflated Explicit VR Little Endian dataset, inflated):
+    512 MiB. Deflate carries small objects in practice (SR, ECG, small US/SC; pydicom's
+    only sample inflates to 262 kB) and the largest frame allowed above is 128 MiB of
+    16-bit pixels. Inflation is streamed and stops at the limit, so a bomb costs at most
+    this much memory in the decoder and a few chunks in the DICOM node.
+    """
+
+    max_image_pixels: int = 8192 * 8192
+    max_pixel_data_bytes: int = 2 * 1024 * MiB
+    max_inflated_bytes: int = 512 * MiB
+
+    @classmethod
+    def from_env(cls) -> DecodeLimits:
+        """The limits from ``MEDVISION_MAX_*``, each defaulting as above."""
+        defaults = cls()
+        return cls(
+            max_image_pixels=env_int("MEDVISION_MAX_IMAGE_PIXELS", defaults.max_image_pixels),
+            max_pixel_data_bytes=env_int("MEDVISION_MAX_PIXEL_DATA_BYTES", defaults.max_pixel_data_bytes),
+            max_inflated_bytes=env_int("MEDVISION_MAX_INFLATED_BYTES", defaults.max_inflated_bytes),
+        )
 
 
 @dataclass(frozen=True)
@@ -37,6 +106,8 @@ class Settings:
     precision: str | None = None
     use_keyring: bool = True
     export_dir: Path | None = None
+    limits: DecodeLimits = field(default_factory=DecodeLimits)
+    decode_cache_bytes: int = DEFAULT_DECODE_CACHE_BYTES
 
     @property
     def export_root(self) -> Path:
@@ -72,4 +143,6 @@ class Settings:
             providers=providers,
             precision=env.get("MEDVISION_PRECISION") or None,
             use_keyring=env.get("MEDVISION_KEYRING", "1") != "0",
+            limits=DecodeLimits.from_env(),
+            decode_cache_bytes=env_int("MEDVISION_DECODE_CACHE_BYTES", DEFAULT_DECODE_CACHE_BYTES),
         )

@@ -5,6 +5,12 @@ the PNG or JPEG signature, or a DICOM dataset without preamble (its first tag in
 0002 or 0008, read with ``force=True`` and accepted only if it holds a SOP Class UID,
 Pixel Data or a Waveform Sequence).
 
+Sizes are checked before anything big is allocated (:mod:`engine.imaging.limits`,
+limits from :class:`engine.config.DecodeLimits`): a DICOM header's rows x columns and
+whole Pixel Data size, a Deflated dataset's inflated size (inflated in bounded steps,
+never whole), a PNG's or JPEG's pixel count from its header. Pillow's
+``DecompressionBombWarning`` is an error. A refusal is ``IMAGE_TOO_LARGE``.
+
 DICOM pixel data is decoded by pydicom (uncompressed, deflate, RLE, JPEG, JPEG-LS and
 JPEG 2000 through the pylibjpeg plugins), one frame at a time. ECG waveforms are
 rendered to an image (:mod:`engine.imaging.waveform`); the frame index then selects the
@@ -21,15 +27,16 @@ import io
 import logging
 import math
 import os
+import re
 import struct
 import time
+import warnings
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pydicom
 from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
@@ -38,11 +45,17 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, pixel
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pydicom.valuerep import PersonName
 
+from engine.config import DecodeLimits
 from engine.errors import ErrorCode, MedVisionError
 from engine.imaging.image_type import detect_image_type
+from engine.imaging.limits import check_image_pixels, image_too_large, read_dicom
 from engine.imaging.waveform import render_ecg
 
 logger = logging.getLogger(__name__)
+
+# Pillow only warns between MAX_IMAGE_PIXELS and twice that; here it is an error (the
+# explicit check in _decode_raster refuses the same sizes without relying on filters).
+warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
 
 # What pydicom, its plugins, Pillow and numpy raise on bad input; anything else is a bug.
 DECODE_ERRORS: tuple[type[BaseException], ...] = (
@@ -184,7 +197,8 @@ def window_to_uint8(
 
 
 def decode_image(
-    source: bytes | str | Path, *, frame: int = 0, filename: str | None = None
+    source: bytes | str | Path, *, frame: int = 0, filename: str | None = None,
+    limits: DecodeLimits | None = None,
 ) -> DecodedImage:
     """Decode a DICOM, PNG or JPEG image (path or bytes) into a :class:`DecodedImage`.
 
@@ -197,6 +211,8 @@ def decode_image(
     filename:
         Name used in error messages for byte input; defaults to the path's base name
         (only a base name is ever shown, never a directory).
+    limits:
+        Size limits checked before decoding; default :meth:`DecodeLimits.from_env`.
 
     Returns
     -------
@@ -210,27 +226,35 @@ def decode_image(
     ------
     MedVisionError
         FILE_NOT_FOUND, INVALID_ARGUMENT (bad frame), UNSUPPORTED_FORMAT (unknown
-        format, DICOM without image) or IMAGE_DECODE_ERROR (corrupt data).
+        format, DICOM without image), IMAGE_DECODE_ERROR (corrupt data) or
+        IMAGE_TOO_LARGE (over a limit, or out of memory while decoding).
     """
     if isinstance(frame, bool) or not isinstance(frame, int) or frame < 0:
         raise MedVisionError(
             ErrorCode.INVALID_ARGUMENT, "Frame must be a non-negative integer.", frame=repr(frame)
         )
+    limits = limits or DecodeLimits.from_env()
     started = time.perf_counter()
     data, name = _read_source(source, filename)
-    if data[128:132] == b"DICM":
-        decoded = _decode_dicom(data, frame, name, preamble=True)
-    elif data.startswith(PNG_SIGNATURE):
-        decoded = _decode_raster(data, frame, name, "png")
-    elif data.startswith(JPEG_SIGNATURE):
-        decoded = _decode_raster(data, frame, name, "jpeg")
-    elif len(data) >= 8 and _looks_like_raw_dicom(data):
-        decoded = _decode_dicom(data, frame, name, preamble=False)
-    else:
+    try:
+        if data[128:132] == b"DICM":
+            decoded = _decode_dicom(data, frame, name, limits, preamble=True)
+        elif data.startswith(PNG_SIGNATURE):
+            decoded = _decode_raster(data, frame, name, "png", limits)
+        elif data.startswith(JPEG_SIGNATURE):
+            decoded = _decode_raster(data, frame, name, "jpeg", limits)
+        elif len(data) >= 8 and _looks_like_raw_dicom(data):
+            decoded = _decode_dicom(data, frame, name, limits, preamble=False)
+        else:
+            raise MedVisionError(
+                ErrorCode.UNSUPPORTED_FORMAT,
+                f"'{name}' is not a DICOM, PNG or JPEG file.", file=name,
+            )
+    except MemoryError as exc:  # what the limits let through still did not fit
         raise MedVisionError(
-            ErrorCode.UNSUPPORTED_FORMAT,
-            f"'{name}' is not a DICOM, PNG or JPEG file.", file=name,
-        )
+            ErrorCode.IMAGE_TOO_LARGE, f"'{name}' is too large to decode in the memory available.",
+            file=name, cause=type(exc).__name__,
+        ) from None
     logger.debug(
         "decoded %s %dx%d frame %d/%d in %.1f ms", decoded.format, decoded.columns,
         decoded.rows, frame, decoded.frame_count, (time.perf_counter() - started) * 1000,
@@ -274,10 +298,11 @@ def _looks_like_raw_dicom(data: bytes) -> bool:
 # --------------------------------------------------------------------------- DICOM
 
 
-def _decode_dicom(data: bytes, frame: int, name: str, *, preamble: bool) -> DecodedImage:
-    """Read a DICOM dataset and decode one frame (or render its ECG)."""
+def _decode_dicom(data: bytes, frame: int, name: str, limits: DecodeLimits, *,
+                  preamble: bool) -> DecodedImage:
+    """Read a DICOM dataset within the limits and decode one frame (or render its ECG)."""
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), force=not preamble)
+        ds, _ = read_dicom(io.BytesIO(data), limits, name=name, force=not preamble)
         has_pixels = any(keyword in ds for keyword in PIXEL_DATA_KEYWORDS)
         has_waveform = "WaveformSequence" in ds
         plausible = has_pixels or has_waveform or "SOPClassUID" in ds
@@ -578,11 +603,19 @@ def _tag_values(ds: Dataset, keywords: tuple[str, ...]) -> dict[str, Any]:
 # ---------------------------------------------------------------------- PNG / JPEG
 
 
-def _decode_raster(data: bytes, frame: int, name: str, image_format: str) -> DecodedImage:
-    """Decode a PNG or JPEG with Pillow: 8/16-bit grayscale, or RGB (alpha, palette dropped)."""
+def _decode_raster(data: bytes, frame: int, name: str, image_format: str,
+                   limits: DecodeLimits) -> DecodedImage:
+    """Decode a PNG or JPEG with Pillow: 8/16-bit grayscale, or RGB (alpha, palette dropped).
+
+    The size in the header is checked before ``load()`` against ``max_image_pixels``
+    and Pillow's ``MAX_IMAGE_PIXELS`` (its warning threshold), whichever is lower.
+    """
     _check_frame(frame, 1, name)
     try:
         with Image.open(io.BytesIO(data), formats=[image_format.upper()]) as image:
+            pillow_limit = Image.MAX_IMAGE_PIXELS or limits.max_image_pixels
+            check_image_pixels(image.height, image.width,
+                               replace(limits, max_image_pixels=min(limits.max_image_pixels, pillow_limit)), name)
             image.load()
             mode = image.mode
             if mode in ("I;16", "I;16B", "I;16L", "I"):
@@ -594,6 +627,12 @@ def _decode_raster(data: bytes, frame: int, name: str, image_format: str) -> Dec
                 raw = np.asarray(image.convert("L"))
             else:
                 raw = np.asarray(image.convert("RGB"))
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        found = re.search(r"\((\d+) pixels\)", str(exc))  # Pillow names the size, nothing else
+        raise image_too_large(name, "its pixel count (Pillow's decompression-bomb check)",
+                              int(found.group(1)) if found else 0,
+                              min(limits.max_image_pixels, Image.MAX_IMAGE_PIXELS or limits.max_image_pixels),
+                              "MEDVISION_MAX_IMAGE_PIXELS") from None
     except DECODE_ERRORS as exc:
         what = f"the {image_format.upper()} image cannot be decoded"
         raise _decode_error(name, what, exc) from exc

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import os
 import stat
+import zlib
 from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-import pydicom
 from pydicom.errors import InvalidDicomError
 
+from engine.config import DecodeLimits
 from engine.errors import ErrorCode, MedVisionError
+from engine.imaging.limits import read_dicom
 
 ROOTS_ENV = "MEDVISION_MCP_ROOTS"
 IMAGE_MAGIC = (
@@ -83,11 +85,14 @@ def image_file(raw: str, roots: Iterable[Path]) -> Path:
 
 
 def _dicom_without_preamble(path: Path, head: bytes) -> bool:
-    """A raw DICOM data set (no 128-byte preamble) that pydicom can read."""
+    """A raw DICOM data set (no 128-byte preamble) that pydicom can read (a Deflated one
+    inflated within the decode limits, large values dropped as they pass)."""
     if head[:2] not in (b"\x02\x00", b"\x08\x00"):  # group 0002 or 0008, little endian
         return False
     try:
-        dataset = pydicom.dcmread(path, stop_before_pixels=True, force=True)
-    except (InvalidDicomError, ValueError, OSError, EOFError):
+        with path.open("rb") as handle:
+            dataset, _ = read_dicom(handle, DecodeLimits.from_env(), name=path.name, force=True,
+                                    stop_before_pixels=True, defer_size="64 KB")
+    except (InvalidDicomError, ValueError, OSError, EOFError, zlib.error):
         return False
     return "SOPClassUID" in dataset or "Modality" in dataset

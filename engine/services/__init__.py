@@ -13,7 +13,7 @@ from engine.config import Settings
 from engine.inference.registry import ModelRegistry
 from engine.services.analysis import AnalysisService
 from engine.services.annotations import AnnotationService
-from engine.services.images import ImageService
+from engine.services.images import DecodeCache, ImageService
 from engine.services.intake import ImageIntake
 from engine.services.interactive import InteractiveService
 from engine.services.regions import RegionService
@@ -43,7 +43,7 @@ class Services:
         """Open the store and wire the services together."""
         store = Store.open(settings.home, use_keyring=settings.use_keyring)
         models = ModelRegistry(settings)
-        images = ImageService(store)
+        images = ImageService(store, DecodeCache(max_bytes=settings.decode_cache_bytes), limits=settings.limits)
         annotations = AnnotationService(store)
         analysis = AnalysisService(store, models, images)
         interactive = InteractiveService(store, models, images, annotations,

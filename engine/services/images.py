@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.analysis.quality import check_quality
+from engine.config import DEFAULT_DECODE_CACHE_BYTES, DecodeLimits
 from engine.errors import ErrorCode, MedVisionError
 from engine.imaging import DecodedImage, decode_image
 from engine.imaging.records import record_from_decoded
@@ -19,13 +20,31 @@ from engine.vocabulary import IMAGE_TYPES
 DECODE_CACHE_ENTRIES = 4
 
 
-class DecodeCache:
-    """The last few decoded frames, keyed by (image id, frame); thread-safe."""
+def decoded_nbytes(decoded: DecodedImage) -> int:
+    """What a decoded frame holds in memory: its stored values and its float values."""
+    return int(decoded.raw.nbytes) + int(decoded.pixels.nbytes)
 
-    def __init__(self, entries: int = DECODE_CACHE_ENTRIES) -> None:
+
+class DecodeCache:
+    """The last few decoded frames, keyed by (image id, frame); thread-safe.
+
+    Bounded twice: at most ``entries`` frames and at most ``max_bytes`` of them
+    (:func:`decoded_nbytes`), the least recently used going first. A frame larger than
+    the whole budget is not kept at all.
+    """
+
+    def __init__(self, entries: int = DECODE_CACHE_ENTRIES, max_bytes: int = DEFAULT_DECODE_CACHE_BYTES) -> None:
         self.entries = entries
+        self.max_bytes = max_bytes
         self._items: OrderedDict[tuple[str, int], DecodedImage] = OrderedDict()
+        self._sizes: dict[tuple[str, int], int] = {}
         self._lock = threading.Lock()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the cached frames now."""
+        with self._lock:
+            return sum(self._sizes.values())
 
     def get(self, image_id: str, frame: int) -> DecodedImage | None:
         with self._lock:
@@ -35,16 +54,23 @@ class DecodeCache:
             return found
 
     def put(self, image_id: str, frame: int, decoded: DecodedImage) -> None:
+        key, size = (image_id, frame), decoded_nbytes(decoded)
         with self._lock:
-            self._items[(image_id, frame)] = decoded
-            self._items.move_to_end((image_id, frame))
-            while len(self._items) > self.entries:
-                self._items.popitem(last=False)
+            self._items.pop(key, None)
+            self._sizes.pop(key, None)
+            if size > self.max_bytes:
+                return
+            self._items[key], self._sizes[key] = decoded, size
+            total = sum(self._sizes.values())
+            while len(self._items) > self.entries or total > self.max_bytes:
+                oldest, _ = self._items.popitem(last=False)
+                total -= self._sizes.pop(oldest)
 
     def forget(self, image_ids: set[str] | list[str]) -> None:
         with self._lock:
             for key in [k for k in self._items if k[0] in image_ids]:
                 del self._items[key]
+                del self._sizes[key]
 
 
 def image_summary(image: dict) -> dict:
@@ -81,9 +107,10 @@ def read_image_file(path: Path) -> bytes:
 class ImageService:
     """Adds image files to sessions and serves their decoded pixels."""
 
-    def __init__(self, store: Store, cache: DecodeCache | None = None) -> None:
+    def __init__(self, store: Store, cache: DecodeCache | None = None, limits: DecodeLimits | None = None) -> None:
         self.store = store
         self.cache = cache or DecodeCache()
+        self.limits = limits or DecodeLimits.from_env()
 
     def add_file(self, session_id: str, image_path: str | Path, image_type: str | None = None,
                  frame: int = 0) -> dict[str, Any]:
@@ -94,7 +121,7 @@ class ImageService:
             raise MedVisionError(ErrorCode.INVALID_ARGUMENT, f"image_type must be one of {', '.join(IMAGE_TYPES)}")
         path = Path(image_path)
         data = read_image_file(path)
-        decoded = decode_image(data, frame=frame, filename=path.name)
+        decoded = decode_image(data, frame=frame, filename=path.name, limits=self.limits)
         quality = check_quality(decoded, image_type=image_type)
         decoded_at = time.perf_counter()
         record = record_from_decoded(decoded, source_name=path.name, source_path=str(path.resolve()),
@@ -114,7 +141,8 @@ class ImageService:
         frame = int(image["metadata"].get("frame_index", 0))
         cached = self.cache.get(image_id, frame)
         if cached is None:
-            cached = decode_image(self.store.image_bytes(image), frame=frame, filename=image["source_name"])
+            cached = decode_image(self.store.image_bytes(image), frame=frame, filename=image["source_name"],
+                                  limits=self.limits)
             self.cache.put(image_id, frame, cached)
         return image, cached
 

@@ -20,6 +20,9 @@ from pathlib import Path
 import platformdirs
 
 DEFAULT_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+#: The largest image file the engine reads (2 GiB): above any real radiograph or CT series
+#: file a workstation is handed, below what would exhaust memory when read whole.
+DEFAULT_MAX_IMAGE_FILE_BYTES = 2 * 1024**3
 
 
 def _default_threads() -> int:
@@ -37,6 +40,7 @@ class Settings:
     precision: str | None = None
     use_keyring: bool = True
     export_dir: Path | None = None
+    max_image_file_bytes: int = DEFAULT_MAX_IMAGE_FILE_BYTES
 
     @property
     def export_root(self) -> Path:

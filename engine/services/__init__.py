@@ -42,6 +42,7 @@ class Services:
     def open(cls, settings: Settings) -> Services:
         """Open the store and wire the services together."""
         store = Store.open(settings.home, use_keyring=settings.use_keyring)
+        store.interrupt_stale_agent_runs()  # runs a dead process left "running" (like requeue_stale_jobs)
         models = ModelRegistry(settings)
         images = ImageService(store)
         annotations = AnnotationService(store)
@@ -49,6 +50,7 @@ class Services:
         interactive = InteractiveService(store, models, images, annotations,
                                          BlobStore(settings.home / "cache" / "embeddings", store.key))
         similar = SimilarCaseService(settings, store, models, images, analysis)
+        images.max_file_bytes = settings.max_image_file_bytes
         return cls(settings=settings, store=store, models=models, images=images,
                    intake=ImageIntake(images, analysis), annotations=annotations, analysis=analysis,
                    interactive=interactive, similar=similar,

@@ -141,6 +141,10 @@ class Engine:
         return self.services.intake.add_image_to_session(session_id, image_path, image_type, auto_analyze,
                                                          analysis_config, frame)
 
+    def check_image_file(self, image_path: str | Path) -> dict:
+        """Whether a file could be added: a readable regular file within the size limit (nothing read or stored)."""
+        return self.services.images.check_file(image_path)
+
     def decoded_image(self, session_id: str, image_id: str) -> tuple[dict, DecodedImage]:
         """The image row and its decoded pixels (from the per-process cache when possible)."""
         return self.services.images.decoded_image(session_id, image_id)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -82,45 +83,73 @@ def format_summary(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _outcome_line(outcome: dict[str, Any]) -> str:
+    """One line saying what became of a file: analysed, stored but not analysed (why), or not stored (why)."""
+    if outcome["analysed"]:
+        return f"  {outcome['file']}: stored as image {outcome['image_id']} and analysed"
+    error = outcome["error"] or {}
+    why = f"{error.get('code')}: {error.get('message')}"
+    if outcome["stored"]:
+        return f"  {outcome['file']}: stored as image {outcome['image_id']}, not analysed ({why})"
+    return f"  {outcome['file']}: not stored ({why})"
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
-    """Analyse one or more image files in a new session."""
+    """Analyse one or more image files in a new session; say what became of each file."""
     failures = 0
+    outcomes: list[dict[str, Any]] = []
+    results: list[dict[str, Any]] = []
+    session_id: str | None = None
     with _engine(args) as engine:
-        session = engine.create_study_session(args.session_name or "cli analyze")
-        results = []
+        print(f"MedVision - {_disclaimer()}")
         try:
-            print(f"MedVision - {_disclaimer()}")
-            print(f"Session {session['session_id']}")
             for name in args.files:
+                outcome: dict[str, Any] = {"file": Path(name).name, "stored": False, "analysed": False,
+                                           "image_id": None, "error": None}
+                outcomes.append(outcome)
                 try:
-                    result = engine.add_image_to_session(session["session_id"], name, image_type=args.type,
-                                                         auto_analyze=False)
+                    engine.check_image_file(name)  # a file that cannot be read makes no session
+                    if session_id is None:
+                        session_id = engine.create_study_session(args.session_name or "cli analyze")["session_id"]
+                        print(f"Session {session_id}")
+                    result = engine.add_image_to_session(session_id, name, image_type=args.type, auto_analyze=False)
+                    outcome.update(stored=True, image_id=result["image_id"])
                     result["auto_analysis"] = engine.analyze_image(
-                        session["session_id"], result["image_id"], classify=True, detect=False,
+                        session_id, result["image_id"], classify=True, detect=False,
                         segment=args.segment, generate_report=False,
                         classification_threshold=args.threshold, force=args.force,
                     )
                     if args.rag:
-                        result["rag"] = engine.analyze_with_rag(session["session_id"], result["image_id"],
+                        result["rag"] = engine.analyze_with_rag(session_id, result["image_id"],
                                                                 mode="full" if args.segment else "quick")
+                    outcome["analysed"] = True
                 except MedVisionError as exc:
                     failures += 1
+                    outcome["error"] = exc.to_dict()
                     print(str(exc), file=sys.stderr)
                     continue
                 results.append(result)
                 print(format_summary(result))
-        finally:  # also when something unforeseen escapes: no empty session stays behind
-            if not results:
-                engine.delete_session(session["session_id"])
-    _write_json(args.json, {"session_id": session["session_id"], "results": results})
+        finally:
+            if session_id is not None and not results:  # nothing analysed (or interrupted): keep nothing
+                engine.delete_session(session_id)
+                for outcome in outcomes:
+                    outcome["stored"], outcome["image_id"] = False, None
+                session_id = None
+    if len(outcomes) > 1 or failures:
+        print("Files:" + (f" (session {session_id})" if session_id else " (no session kept)"))
+        for outcome in outcomes:
+            print(_outcome_line(outcome))
+    _write_json(args.json, {"session_id": session_id, "results": results, "files": outcomes})
     return EXIT_BAD_INPUT if failures else 0
 
 
 def _load(engine, path: str, image_type: str | None):  # noqa: ANN001, ANN202
+    engine.check_image_file(path)  # a file that cannot be read makes no session
     session = engine.create_study_session(f"cli {Path(path).name}")["session_id"]
     try:
         image = engine.add_image_to_session(session, path, image_type=image_type, auto_analyze=False)
-    except BaseException:  # a coded refusal or anything unforeseen: no empty session stays behind
+    except BaseException:  # a coded refusal, an unexpected error or Ctrl-C: no empty session left behind
         engine.delete_session(session)
         raise
     return session, image["image_id"]
@@ -169,10 +198,26 @@ def cmd_region(args: argparse.Namespace) -> int:
     return 0
 
 
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN or infinity replaced by None, so that any JSON parser reads it."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _json(payload: object) -> str:
+    """Strict JSON text (RFC 8259: no NaN or Infinity) of a result."""
+    return json.dumps(_finite(payload), indent=2, allow_nan=False)
+
+
 def _write_json(target: str | None, payload: object) -> None:
     if target:
         Path(target).parent.mkdir(parents=True, exist_ok=True)
-        Path(target).write_text(json.dumps(payload, indent=2) + "\n")
+        Path(target).write_text(_json(payload) + "\n")
         print(f"JSON written to {target}")
 
 
@@ -237,7 +282,7 @@ def cmd_annotations(args: argparse.Namespace) -> int:
     with _engine(args) as engine:
         result = engine.get_annotations(args.session_id, args.image, args.source)
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(_json(result))
         return 0
     for a in result["annotations"]:
         print(f"{a['annotation_id']}  {a['type']:<11} {a['source']:<6} {a['label'] or ''}")
@@ -369,7 +414,7 @@ def cmd_sessions_list(args: argparse.Namespace) -> int:
     with _engine(args) as engine:
         sessions = engine.list_sessions(args.limit)
     if args.json:
-        print(json.dumps(sessions, indent=2))
+        print(_json(sessions))
         return 0
     for s in sessions:
         print(f"{s['session_id']}  {s['created_at']}  images={s['images']:<3} {s['name'] or ''}")
@@ -382,7 +427,7 @@ def cmd_sessions_show(args: argparse.Namespace) -> int:
         status = engine.get_session_status(args.session_id)
         summary = engine.get_analysis_summary(args.session_id)
     if args.json:
-        print(json.dumps({"status": status, "summary": summary}, indent=2))
+        print(_json({"status": status, "summary": summary}))
         return 0
     print(f"Session {status['session_id']}  {status['name'] or ''}  created {status['created_at']}")
     by_image = {i["image_id"]: i for i in summary["images"]}
@@ -667,6 +712,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.func is not cmd_dicom_node:  # the node sets its own (--log-level, or -v passed on)
         level = {0: logging.ERROR, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
         logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+        logging.captureWarnings(True)  # library RuntimeWarnings are log records (shown with -v), not stray stderr lines
     try:
         return args.func(args)
     except MedVisionError as exc:

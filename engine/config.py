@@ -29,6 +29,9 @@ from pathlib import Path
 import platformdirs
 
 DEFAULT_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+#: The largest image file the engine reads (2 GiB): above any real radiograph or CT series
+#: file a workstation is handed, below what would exhaust memory when read whole.
+DEFAULT_MAX_IMAGE_FILE_BYTES = 2 * 1024**3
 
 
 MiB = 1024 * 1024
@@ -108,6 +111,7 @@ class Settings:
     export_dir: Path | None = None
     limits: DecodeLimits = field(default_factory=DecodeLimits)
     decode_cache_bytes: int = DEFAULT_DECODE_CACHE_BYTES
+    max_image_file_bytes: int = DEFAULT_MAX_IMAGE_FILE_BYTES
 
     @property
     def export_root(self) -> Path:

@@ -21,6 +21,8 @@ class ErrorCode(StrEnum):
     ANNOTATION_NOT_FOUND = "ANNOTATION_NOT_FOUND"
     INVALID_REGION = "INVALID_REGION"
     INVALID_IMAGE_TYPE = "INVALID_IMAGE_TYPE"
+    #: A decodable image no model can use: smaller than the model's minimum, or non-finite values.
+    INVALID_IMAGE = "INVALID_IMAGE"
     INVALID_ARGUMENT = "INVALID_ARGUMENT"
     FILE_NOT_FOUND = "FILE_NOT_FOUND"
     IMAGE_DECODE_ERROR = "IMAGE_DECODE_ERROR"

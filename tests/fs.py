@@ -39,4 +39,11 @@ def linked_copy(src: Path, dst: Path, *, writable: Collection[str | Path] = ()) 
         else:
             link_or_copy(source, target)
 
-    return Path(shutil.copytree(src, dst, copy_function=copy, symlinks=True))
+    copied = Path(shutil.copytree(src, dst, copy_function=copy, symlinks=True))
+    for name in writable:  # a symlink in `src` is copied as a link: make a writable file a real file
+        target = copied / name
+        if target.is_symlink():
+            data = target.read_bytes()
+            target.unlink()
+            target.write_bytes(data)
+    return copied

@@ -16,10 +16,11 @@ from tests.fs import linked_copy
 REPO = Path(__file__).resolve().parents[1]
 
 
-def medvision(*args: str, home: Path, pack: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+def medvision(*args: str, home: Path, pack: Path, env: dict | None = None,
+              timeout: float = 300) -> subprocess.CompletedProcess:
     exe = shutil.which("medvision", path=str(Path(os.sys.executable).parent))
     environment = os.environ | {"MEDVISION_HOME": str(home), "MEDVISION_MODEL_PACK": str(pack)} | (env or {})
-    return subprocess.run([exe, *args], capture_output=True, text=True, env=environment, timeout=300)
+    return subprocess.run([exe, *args], capture_output=True, text=True, env=environment, timeout=timeout)
 
 
 def test_analyze_prints_a_summary_and_writes_json(home: Path, model_pack: Path, rg1_path: Path, tmp_path: Path) -> None:
@@ -142,3 +143,136 @@ def test_export_refuses_to_overwrite_an_existing_file_unless_asked(
                     pack=model_pack)
     assert run.returncode == 0, run.stderr
     assert json.loads(victim.read_text())["session_id"] == session
+
+
+def _special_file(kind: str, tmp_path: Path) -> str:
+    """A path that is not a regular image file, built on demand (issue 14, item 3)."""
+    if kind == "fifo":
+        os.mkfifo(tmp_path / "pipe.dcm")
+        return str(tmp_path / "pipe.dcm")
+    if kind == "symlink loop":
+        (tmp_path / "a.dcm").symlink_to(tmp_path / "b.dcm")
+        (tmp_path / "b.dcm").symlink_to(tmp_path / "a.dcm")
+        return str(tmp_path / "a.dcm")
+    if kind == "300-character name":
+        return str(tmp_path / ("x" * 296 + ".dcm"))
+    if kind == "directory":
+        (tmp_path / "folder.dcm").mkdir()
+        return str(tmp_path / "folder.dcm")
+    assert kind == "unreadable"
+    (tmp_path / "locked.dcm").write_bytes(b"\x00" * 200)
+    (tmp_path / "locked.dcm").chmod(0)
+    return str(tmp_path / "locked.dcm")
+
+
+@pytest.mark.parametrize(("kind", "code"), [
+    ("fifo", "INVALID_ARGUMENT"), ("symlink loop", "FILE_NOT_FOUND"), ("300-character name", "FILE_NOT_FOUND"),
+    ("directory", "INVALID_ARGUMENT"), ("unreadable", "FILE_NOT_FOUND"),
+])
+@pytest.mark.parametrize("command", ["analyze", "region", "segment"])
+def test_a_file_that_is_not_a_readable_regular_file_is_one_coded_line_and_no_session(
+        command: str, kind: str, code: str, home: Path, model_pack: Path, tmp_path: Path) -> None:
+    """A FIFO used to hang forever; a symlink loop or a long name gave a traceback (exit 1), and left a session."""
+    if kind == "unreadable" and os.geteuid() == 0:
+        pytest.skip("root reads any file")
+    path = _special_file(kind, tmp_path)
+    extra = {"analyze": [], "region": ["--bbox", "0", "0", "10", "10"], "segment": ["--point", "5", "5"]}[command]
+    run = medvision(command, path, *extra, home=home, pack=model_pack, timeout=60)
+    assert run.returncode == 2, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{code}: "), run.stderr
+    assert str(tmp_path) not in run.stderr
+    assert json.loads(medvision("sessions", "list", "--json", home=home, pack=model_pack).stdout) == []
+
+
+def _capped(*args: str, home: Path, pack: Path, limit: int = 1 << 30) -> subprocess.CompletedProcess:
+    """``medvision ARGS`` with at most ``limit`` bytes of address space: reading a device whole fails."""
+    import resource
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    exe = shutil.which("medvision", path=str(Path(os.sys.executable).parent))
+    environment = os.environ | {"MEDVISION_HOME": str(home), "MEDVISION_MODEL_PACK": str(pack)}
+    return subprocess.run([exe, *args], capture_output=True, text=True, env=environment, timeout=120,
+                          preexec_fn=cap)
+
+
+def test_dev_zero_and_a_file_over_the_size_limit_are_refused_before_reading(
+        home: Path, model_pack: Path, tmp_path: Path) -> None:
+    """``/dev/zero`` used to be read (3.5 GB) until a traceback; in 1 GiB of address space both fail at once."""
+    sparse = tmp_path / "huge.dcm"
+    with sparse.open("wb") as handle:
+        handle.truncate(3 * 1024**3)  # sparse: no disk used, over the 2 GiB default limit
+    for path, message in (("/dev/zero", "zero is a device"), (str(sparse), "huge.dcm is larger than")):
+        run = _capped("analyze", path, home=home, pack=model_pack)
+        assert run.returncode == 2, run.stderr[-2000:]
+        lines = run.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("INVALID_ARGUMENT: ") and message in lines[0], run.stderr
+    assert json.loads(medvision("sessions", "list", "--json", home=home, pack=model_pack).stdout) == []
+
+
+def test_analyze_of_several_files_says_what_became_of_each(home: Path, model_pack: Path, rg1_path: Path,
+                                                          tmp_path: Path) -> None:
+    """RG1 + a CT: the CT is stored but refused by the classifier; the output and JSON say so (issue 14, item 7)."""
+    out = tmp_path / "result.json"
+    missing = tmp_path / "missing.dcm"
+    run = medvision("analyze", str(rg1_path), get_testdata_file("CT_small.dcm"), str(missing), "--json", str(out),
+                    home=home, pack=model_pack)
+    assert run.returncode == 2
+    assert [line.split(":")[0] for line in run.stderr.strip().splitlines()] == ["INVALID_IMAGE_TYPE", "FILE_NOT_FOUND"]
+    payload = json.loads(out.read_text())
+    files = {f["file"]: f for f in payload["files"]}
+    assert files["RG1_UNCR.dcm"]["stored"] and files["RG1_UNCR.dcm"]["analysed"]
+    assert files["CT_small.dcm"]["stored"] and not files["CT_small.dcm"]["analysed"]
+    assert files["CT_small.dcm"]["error"]["code"] == "INVALID_IMAGE_TYPE"
+    assert not files["missing.dcm"]["stored"] and files["missing.dcm"]["error"]["code"] == "FILE_NOT_FOUND"
+    assert len(payload["results"]) == 1
+    shown = json.loads(medvision("sessions", "show", payload["session_id"], "--json", home=home, pack=model_pack).stdout)
+    stored = {i["image_id"] for i in shown["status"]["images"]}
+    assert stored == {files["RG1_UNCR.dcm"]["image_id"], files["CT_small.dcm"]["image_id"]}
+    ct_image = files["CT_small.dcm"]["image_id"]
+    assert f"CT_small.dcm: stored as image {ct_image}, not analysed (INVALID_IMAGE_TYPE: " in run.stdout
+    assert "missing.dcm: not stored (FILE_NOT_FOUND: " in run.stdout
+    assert "RG1_UNCR.dcm: stored as image" in run.stdout and "and analysed" in run.stdout
+
+
+def _degenerate(kind: str, tmp_path: Path, rg1_path: Path) -> list[str]:
+    """Images no model can read (issue 14, item 6): the arguments of ``medvision analyze``."""
+    import numpy as np
+    import pydicom
+    from PIL import Image
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    if kind in ("1x1 png", "20x20 png"):
+        side = 1 if kind == "1x1 png" else 20
+        Image.fromarray(np.full((side, side), 128, dtype=np.uint8)).save(tmp_path / "tiny.png")
+        return [str(tmp_path / "tiny.png"), "--type", "CXR", "--segment"]
+    dataset = pydicom.dcmread(rg1_path)
+    if kind == "RescaleSlope 1e39":
+        dataset.RescaleSlope, dataset.RescaleIntercept = "1e39", "0"
+    else:  # all-NaN float pixel data
+        dataset = pydicom.dcmread(rg1_path, stop_before_pixels=True)
+        for keyword in ("BitsStored", "HighBit", "PixelRepresentation", "RescaleSlope", "RescaleIntercept"):
+            if keyword in dataset:
+                delattr(dataset, keyword)
+        dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        dataset.Rows = dataset.Columns = 64
+        dataset.BitsAllocated, dataset.SamplesPerPixel, dataset.PhotometricInterpretation = 32, 1, "MONOCHROME2"
+        dataset.FloatPixelData = np.full((64, 64), np.nan, dtype=np.float32).tobytes()
+    dataset.save_as(tmp_path / "odd.dcm")
+    return [str(tmp_path / "odd.dcm"), "--type", "CXR"]
+
+
+@pytest.mark.parametrize("kind", ["1x1 png", "20x20 png", "RescaleSlope 1e39", "all-NaN float pixels"])
+def test_degenerate_images_are_refused_with_a_code_and_the_json_is_strict(
+        kind: str, home: Path, model_pack: Path, rg1_path: Path, tmp_path: Path) -> None:
+    """They used to exit 0 with findings POSITIVE, numpy warnings, "nan grey levels" and NaN in the JSON."""
+    out = tmp_path / "result.json"
+    run = medvision("analyze", *_degenerate(kind, tmp_path, rg1_path), "--json", str(out), home=home, pack=model_pack)
+    assert run.returncode == 2, run.stdout
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("INVALID_IMAGE: "), run.stderr
+    assert "nan grey levels" not in run.stdout and "Traceback" not in run.stderr
+    json.loads(out.read_text(), parse_constant=lambda name: pytest.fail(f"{name} in the JSON"))
+    assert json.loads(medvision("sessions", "list", "--json", home=home, pack=model_pack).stdout) == []

@@ -17,6 +17,10 @@ if TYPE_CHECKING:
 
 #: Image types the chest classifier accepts without ``force``.
 CXR_TYPES = frozenset({"CXR"})
+#: The shortest image side a model is given unless its manifest entry says otherwise
+#: (``input.min_side``): below 32 px the centre crop resized to 224 (or 512) is a few grey
+#: blocks blown up, not a radiograph, and the model's output means nothing.
+MIN_IMAGE_SIDE = 32
 
 
 def _sigmoid(logits: np.ndarray) -> np.ndarray:
@@ -47,6 +51,22 @@ def check_image_type(decoded: DecodedImage, accepted: frozenset[str], model: str
     )
 
 
+def check_model_input(decoded: DecodedImage, entry: ModelEntry) -> None:
+    """Refuse (``INVALID_IMAGE``) an image smaller than the model's minimum side, or holding values that
+    are not finite numbers, whatever its type (``force`` does not apply)."""
+    min_side = int(entry.spec.get("input", {}).get("min_side", MIN_IMAGE_SIDE))
+    if min(decoded.rows, decoded.columns) < min_side:
+        raise MedVisionError(
+            ErrorCode.INVALID_IMAGE,
+            f"{entry.id} needs images of at least {min_side}x{min_side} px; this one is "
+            f"{decoded.columns}x{decoded.rows}", reason="too_small", min_side=min_side,
+            rows=decoded.rows, columns=decoded.columns)
+    values = decoded.pixels if decoded.is_color else decoded.raw
+    if np.issubdtype(values.dtype, np.inexact) and not np.isfinite(values).all():
+        raise MedVisionError(ErrorCode.INVALID_IMAGE, f"{entry.id} cannot read this image: its pixel values are "
+                             "not finite numbers (NaN or infinity)", reason="non_finite_pixels")
+
+
 def classify(
     decoded: DecodedImage,
     registry: ModelRegistry,
@@ -64,6 +84,7 @@ def classify(
         raise MedVisionError(ErrorCode.INVALID_ARGUMENT, "classification_threshold must be in (0, 1)")
     entry: ModelEntry = registry.require("classify")
     check_image_type(decoded, CXR_TYPES, entry.id, force)
+    check_model_input(decoded, entry)
     model = registry.onnx(entry)
     resolution = int(entry.spec.get("input", {}).get("resolution", 224))
 

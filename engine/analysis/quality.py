@@ -203,18 +203,28 @@ def _inversion(gray: np.ndarray, masks: dict[str, np.ndarray], metrics: dict[str
     lungs = [masks[k] for k in ("Right Lung", "Left Lung") if k in masks]
     central = [masks[k] for k in ("Mediastinum", "Heart", "Spine") if k in masks]
     if lungs and central:
-        lung_mean = float(gray[np.logical_or.reduce(lungs)].mean())
-        central_mean = float(gray[np.logical_or.reduce(central)].mean())
+        lung_pixels, central_pixels = gray[np.logical_or.reduce(lungs)], gray[np.logical_or.reduce(central)]
+        if not lung_pixels.size or not central_pixels.size:  # empty masks: nothing to compare
+            metrics["inversion_method"] = "not_assessed"
+            return None
+        lung_mean, central_mean = float(lung_pixels.mean()), float(central_pixels.mean())
         method = "organ_masks"
     else:
         rows, columns = gray.shape
         band = gray[int(rows * PROFILE_ROWS[0]):int(rows * PROFILE_ROWS[1])]
         strips = [band[:, int(columns * a):int(columns * b)] for a, b in PROFILE_LUNG_STRIPS]
-        lung_mean = float(np.mean([s.mean() for s in strips]))
         a, b = PROFILE_CENTRAL_STRIP
-        central_mean = float(band[:, int(columns * a):int(columns * b)].mean())
+        centre = band[:, int(columns * a):int(columns * b)]
+        if not centre.size or not all(s.size for s in strips):  # too small an image for the profile
+            metrics["inversion_method"] = "not_assessed"
+            return None
+        lung_mean = float(np.mean([s.mean() for s in strips]))
+        central_mean = float(centre.mean())
         method = "central_profile"
     margin = lung_mean - central_mean
+    if not math.isfinite(margin):
+        metrics["inversion_method"] = "not_assessed"
+        return None
     metrics.update(lung_mean=round(lung_mean, 2), mediastinum_mean=round(central_mean, 2),
                    lung_minus_mediastinum=round(margin, 2), inversion_method=method)
     if margin <= INVERTED_MARGIN:
@@ -234,7 +244,7 @@ def _view(decoded: DecodedImage, masks: dict[str, np.ndarray], metrics: dict[str
         metrics["view"] = {"view_position": view, "frontal": True, "method": "ViewPosition"}
         return []
     right, left = masks.get("Right Lung"), masks.get("Left Lung")
-    if right is None or left is None:
+    if right is None or left is None or not (right.any() and left.any()):
         metrics["view"] = {"view_position": view or None, "frontal": None, "method": "unknown"}
         return []
     r_cols, l_cols = np.flatnonzero(right.any(axis=0)), np.flatnonzero(left.any(axis=0))
@@ -270,7 +280,7 @@ def rotation_metrics(organ_masks: dict[str, Any] | None) -> dict[str, Any] | Non
         return None
     masks = boolean_masks(organ_masks, next(iter(shapes)))
     spine, right, left = (masks.get(k) for k in ("Spine", "Right Clavicle", "Left Clavicle"))
-    if spine is None or right is None or left is None:
+    if spine is None or right is None or left is None or not (spine.any() and right.any() and left.any()):
         return None
     right_y, right_x = np.nonzero(right)
     left_y, left_x = np.nonzero(left)

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from engine.analysis.classify import CXR_TYPES, check_image_type
+from engine.analysis.classify import CXR_TYPES, check_image_type, check_model_input
 from engine.analysis.preprocess import crop_box, xrv_tensor
 from engine.errors import ErrorCode, MedVisionError
 from engine.imaging.masks import encode_rle, mask_bbox
@@ -239,6 +239,7 @@ def segment_organs(
                              threshold=repr(threshold))
     entry = registry.require("organ_seg")
     check_image_type(decoded, CXR_TYPES, entry.id, force)
+    check_model_input(decoded, entry)
     labels = entry.labels
     selected = _resolve_organs(organs, labels)
     measured = set(selected) | ({HEART, RIGHT_LUNG, LEFT_LUNG} & set(labels))

@@ -3,7 +3,8 @@
 Roots come from ``MEDVISION_MCP_ROOTS`` (``os.pathsep``-separated), ``--root`` and the
 roots the client declares. A path is refused when it has a ``..`` component, resolves
 (through symlinks) outside every root, is not a regular file (device, fifo, folder) or
-does not start like an image (DICOM, PNG, JPEG, JPEG 2000, TIFF). Messages name the
+does not start like an image the decoder reads (DICOM, PNG, JPEG; JPEG 2000 and TIFF files are
+refused as UNSUPPORTED_FORMAT, JPEG 2000 inside DICOM is fine). Messages name the
 file's basename only, never the folder it lives in.
 """
 
@@ -23,14 +24,18 @@ from engine.errors import ErrorCode, MedVisionError
 from engine.imaging.limits import read_dicom
 
 ROOTS_ENV = "MEDVISION_MCP_ROOTS"
+#: The standalone image files the decoder reads (engine.imaging.decode): DICOM aside, PNG and JPEG.
 IMAGE_MAGIC = (
     b"\x89PNG\r\n\x1a\n",  # PNG
     b"\xff\xd8\xff",  # JPEG
-    b"\x00\x00\x00\x0cjP  \r\n\x87\n",  # JPEG 2000 (JP2 box)
-    b"\xff\x4f\xff\x51",  # JPEG 2000 codestream
-    b"II*\x00",  # TIFF, little endian
-    b"MM\x00*",  # TIFF, big endian
 )
+#: Image files the decoder does not read (refused here as UNSUPPORTED_FORMAT, not stored then failed).
+UNSUPPORTED_MAGIC = {
+    b"\x00\x00\x00\x0cjP  \r\n\x87\n": "JPEG 2000",  # JP2 box
+    b"\xff\x4f\xff\x51": "JPEG 2000",  # codestream
+    b"II*\x00": "TIFF",  # little endian
+    b"MM\x00*": "TIFF",  # big endian
+}
 
 
 def env_roots() -> list[Path]:
@@ -80,7 +85,11 @@ def image_file(raw: str, roots: Iterable[Path]) -> Path:
         raise MedVisionError(ErrorCode.FILE_NOT_FOUND, f"cannot read {name}") from exc
     if head[128:132] == b"DICM" or head.startswith(IMAGE_MAGIC) or _dicom_without_preamble(path, head):
         return path
-    raise MedVisionError(ErrorCode.INVALID_ARGUMENT, f"{name}: not a DICOM, PNG, JPEG, JPEG 2000 or TIFF file",
+    for magic, kind in UNSUPPORTED_MAGIC.items():
+        if head.startswith(magic):
+            raise MedVisionError(ErrorCode.UNSUPPORTED_FORMAT, f"{name}: {kind} files are not supported; "
+                                 "give a DICOM, PNG or JPEG file", reason="unsupported_format", format=kind)
+    raise MedVisionError(ErrorCode.INVALID_ARGUMENT, f"{name}: not a DICOM, PNG or JPEG file",
                          reason="not_an_image")
 
 

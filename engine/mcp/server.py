@@ -33,7 +33,7 @@ from pydantic import ValidationError
 from engine.api import Engine
 from engine.config import Settings
 from engine.errors import MedVisionError
-from engine.mcp import paths
+from engine.mcp import paths, transport
 
 log = logging.getLogger("engine.mcp")
 
@@ -157,6 +157,11 @@ class MedVisionMCP(FastMCP):
             return types.CallToolResult(content=list(content), structuredContent=structured)
         return result
 
+    async def run_stdio_async(self) -> None:
+        """Serve over stdio through :func:`engine.mcp.transport.stdio_transport` (a reply to every line)."""
+        async with transport.stdio_transport() as (read_stream, write_stream):
+            await self._mcp_server.run(read_stream, write_stream, self._mcp_server.create_initialization_options())
+
 
 def create_server(settings: Settings | None = None, *, home: str | Path | None = None,
                   model_pack: str | Path | None = None, roots: Sequence[str | Path] = (),
@@ -189,6 +194,7 @@ def create_server(settings: Settings | None = None, *, home: str | Path | None =
 def main(argv: Sequence[str] | None = None) -> int:
     """``medvision mcp``: serve MCP over stdio until the client closes the pipe."""
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    transport.withhold_sdk_message_text()  # stderr never quotes a client's message (the SDK's validation logs)
     parser = argparse.ArgumentParser(prog="medvision mcp", description="MedVision MCP server (stdio)")
     parser.add_argument("--root", action="append", default=[], metavar="DIR",
                         help="a folder whose images clients may add (repeatable; also MEDVISION_MCP_ROOTS)")

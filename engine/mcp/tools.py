@@ -82,7 +82,7 @@ def register(app: FastMCP) -> None:
     async def add_image_to_session(
         ctx: Context, session_id: SessionId,
         image_path: Annotated[str, Field(min_length=1, max_length=4096, description=(
-            "Absolute path of a DICOM, PNG, JPEG, JPEG 2000 or TIFF file under an allowed root "
+            "Absolute path of a DICOM, PNG or JPEG file under an allowed root "
             "(--root, MEDVISION_MCP_ROOTS or the client's roots)."))],
         image_type: Annotated[ImageType | None, Field(description="Override the detected image type.")] = None,
         auto_analyze: Annotated[bool, Field(description="Run the quick analysis on CXR images.")] = True,

@@ -42,8 +42,10 @@ class Services:
     def open(cls, settings: Settings) -> Services:
         """Open the store and wire the services together."""
         store = Store.open(settings.home, use_keyring=settings.use_keyring)
+        store.interrupt_stale_agent_runs()  # runs a dead process left "running" (like requeue_stale_jobs)
         models = ModelRegistry(settings)
-        images = ImageService(store, DecodeCache(max_bytes=settings.decode_cache_bytes), limits=settings.limits)
+        images = ImageService(store, DecodeCache(max_bytes=settings.decode_cache_bytes), limits=settings.limits,
+                              max_file_bytes=settings.max_image_file_bytes)
         annotations = AnnotationService(store)
         analysis = AnalysisService(store, models, images)
         interactive = InteractiveService(store, models, images, annotations,

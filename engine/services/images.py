@@ -8,9 +8,17 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from engine.analysis.quality import check_quality
-from engine.config import DEFAULT_DECODE_CACHE_BYTES, DecodeLimits
+from engine.config import DEFAULT_DECODE_CACHE_BYTES, DEFAULT_MAX_IMAGE_FILE_BYTES, DecodeLimits
 from engine.errors import ErrorCode, MedVisionError
+from engine.files import (
+    FileTooLargeError,
+    NotARegularFileError,
+    check_regular_file,
+    read_regular_file,
+)
 from engine.imaging import DecodedImage, decode_image
 from engine.imaging.records import record_from_decoded
 from engine.store import Store
@@ -92,25 +100,53 @@ def image_summary(image: dict) -> dict:
     }
 
 
-def read_image_file(path: Path) -> bytes:
-    """A file's bytes, or a coded error naming only the file."""
+def read_image_file(path: Path, max_bytes: int = DEFAULT_MAX_IMAGE_FILE_BYTES, *, check_only: bool = False) -> bytes:
+    """A regular file's bytes (at most ``max_bytes``, read without blocking or reading past the
+    limit), or a coded error naming only the file: every :class:`OSError` becomes one. With
+    ``check_only`` the file is opened and checked but not read (``b""``)."""
+    name = path.name or "path"
     try:
-        return path.read_bytes()
+        if check_only:
+            check_regular_file(path, max_bytes)
+            return b""
+        return read_regular_file(path, max_bytes)
     except FileNotFoundError as exc:
-        raise MedVisionError(ErrorCode.FILE_NOT_FOUND, f"no such file: {path.name}") from exc
+        raise MedVisionError(ErrorCode.FILE_NOT_FOUND, f"no such file: {name}") from exc
     except IsADirectoryError as exc:
-        raise MedVisionError(ErrorCode.INVALID_ARGUMENT, f"{path.name} is a directory, not an image") from exc
+        raise MedVisionError(ErrorCode.INVALID_ARGUMENT, f"{name} is a directory, not an image") from exc
+    except NotARegularFileError as exc:
+        raise MedVisionError(ErrorCode.INVALID_ARGUMENT, f"{name} is {exc.kind}, not an image file",
+                             reason="not_a_regular_file") from exc
+    except FileTooLargeError as exc:
+        raise MedVisionError(ErrorCode.INVALID_ARGUMENT, f"{name} is larger than the {exc.limit} bytes an image "
+                             "file may hold", reason="file_too_large", limit_bytes=exc.limit) from exc
     except PermissionError as exc:
-        raise MedVisionError(ErrorCode.FILE_NOT_FOUND, f"cannot read {path.name}: permission denied") from exc
+        raise MedVisionError(ErrorCode.FILE_NOT_FOUND, f"cannot read {name}: permission denied") from exc
+    except OSError as exc:  # a symlink loop, a name too long, an I/O error...
+        reason = exc.strerror or type(exc).__name__
+        raise MedVisionError(ErrorCode.FILE_NOT_FOUND, f"cannot read {name[:80]}: {reason}") from exc
+    except ValueError as exc:  # an embedded NUL
+        raise MedVisionError(ErrorCode.INVALID_ARGUMENT, "invalid image path") from exc
+
+
+def require_finite(decoded: DecodedImage, name: str) -> None:
+    """Refuse pixel values that are not finite numbers (NaN float pixels, a rescale that overflows)."""
+    for values in (decoded.raw, decoded.pixels):
+        if np.issubdtype(values.dtype, np.inexact) and not np.isfinite(values).all():
+            raise MedVisionError(ErrorCode.INVALID_IMAGE, f"{name}: the pixel values are not finite numbers "
+                                 "(NaN or infinity after the modality rescale)", reason="non_finite_pixels")
 
 
 class ImageService:
     """Adds image files to sessions and serves their decoded pixels."""
 
-    def __init__(self, store: Store, cache: DecodeCache | None = None, limits: DecodeLimits | None = None) -> None:
+    def __init__(self, store: Store, cache: DecodeCache | None = None, limits: DecodeLimits | None = None,
+                 max_file_bytes: int = DEFAULT_MAX_IMAGE_FILE_BYTES) -> None:
         self.store = store
         self.cache = cache or DecodeCache()
         self.limits = limits or DecodeLimits.from_env()
+        #: The largest file :meth:`add_file` reads (``Settings.max_image_file_bytes``).
+        self.max_file_bytes = max_file_bytes
 
     def add_file(self, session_id: str, image_path: str | Path, image_type: str | None = None,
                  frame: int = 0) -> dict[str, Any]:
@@ -120,8 +156,9 @@ class ImageService:
         if image_type is not None and image_type not in IMAGE_TYPES:
             raise MedVisionError(ErrorCode.INVALID_ARGUMENT, f"image_type must be one of {', '.join(IMAGE_TYPES)}")
         path = Path(image_path)
-        data = read_image_file(path)
+        data = read_image_file(path, self.max_file_bytes)
         decoded = decode_image(data, frame=frame, filename=path.name, limits=self.limits)
+        require_finite(decoded, path.name)
         quality = check_quality(decoded, image_type=image_type)
         decoded_at = time.perf_counter()
         record = record_from_decoded(decoded, source_name=path.name, source_path=str(path.resolve()),
@@ -145,6 +182,13 @@ class ImageService:
                                   limits=self.limits)
             self.cache.put(image_id, frame, cached)
         return image, cached
+
+    def check_file(self, image_path: str | Path) -> dict[str, Any]:
+        """Whether a file could be added (a readable regular file within the size limit): its name, or the
+        coded error :meth:`add_file` would raise; nothing is read or stored."""
+        path = Path(image_path)
+        read_image_file(path, self.max_file_bytes, check_only=True)
+        return {"name": path.name}
 
     def current_image_id(self, session_id: str) -> str:
         """The session's current image, or IMAGE_NOT_FOUND when it has none."""

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from engine.errors import ErrorCode, MedVisionError
 from engine.services.images import ImageService, image_summary
 from engine.services.interactive import InteractiveService
 from engine.store import Store
+
+#: The most JSON a session's free ``metadata`` may hold (64 kB): room for study notes and
+#: identifiers, not a place to park files.
+MAX_METADATA_BYTES = 64 * 1024
 
 
 class SessionService:
@@ -20,6 +25,18 @@ class SessionService:
         """Create a new analysis session."""
         if metadata is not None and not isinstance(metadata, dict):
             raise MedVisionError(ErrorCode.INVALID_ARGUMENT, "metadata must be an object")
+        if metadata:
+            try:
+                size = len(json.dumps(metadata, separators=(",", ":"), ensure_ascii=False,
+                                      allow_nan=False).encode("utf-8"))
+            except (TypeError, ValueError) as exc:
+                raise MedVisionError(ErrorCode.INVALID_ARGUMENT, "metadata must be plain JSON (no NaN, Infinity or lone "
+                                     "surrogates)",
+                                     reason="invalid_metadata") from exc
+            if size > MAX_METADATA_BYTES:
+                raise MedVisionError(ErrorCode.INVALID_ARGUMENT,
+                                     f"metadata is {size} bytes of JSON; at most {MAX_METADATA_BYTES} are kept",
+                                     reason="metadata_too_large", limit_bytes=MAX_METADATA_BYTES)
         session = self.store.create_session(name, metadata)
         return {"session_id": session["id"], "name": session["name"], "created_at": session["created_at"]}
 

@@ -7,6 +7,8 @@ A run's state is JSON (tool outputs by id, never pixels), so a paused run
 from __future__ import annotations
 
 import json
+import os
+import socket
 from typing import Any
 
 from engine.errors import ErrorCode, MedVisionError
@@ -67,6 +69,38 @@ class AgentRunRepository:
                        (*changes.values(), now_iso(), run_id))
             if status is not None and status != row[1]:
                 self.events.append(tx, row[0], EventKind.AGENT_RUN_UPDATED, {"run_id": run_id, "status": status})
+
+    def interrupt_stale(self) -> int:
+        """Mark runs left ``running`` by a process that died (its stdin closed, killed) as interrupted:
+        status ``failed``, error ``{"type": "interrupted", ...}`` (``agent.run_updated``), at engine start.
+
+        A run's ``owner`` is ``host:pid``. Only runs of this host whose process is gone are
+        touched: a live run in another process (its pid exists) or on another host, and a row
+        without an owner, are left alone. Paused runs (``in_progress``, ``need_input``) resume in
+        any process and are never touched. POSIX only (elsewhere nothing is marked).
+        """
+        if os.name != "posix":
+            return 0
+        host = socket.gethostname()
+        rows = self.db.query("SELECT id, owner FROM agent_runs WHERE status = 'running'")
+        dead = [r["id"] for r in rows if _dead_owner(r["owner"], host)]
+        if not dead:
+            return 0
+        error = {"type": "interrupted", "message": "the process running this run ended before it finished; "
+                                                   "start a new run"}
+        count = 0
+        with self.db.transaction() as tx:
+            for run_id in dead:
+                row = tx.execute("SELECT session_id FROM agent_runs WHERE id = ? AND status = 'running'",
+                                 (run_id,)).fetchone()
+                if row is None:  # finished or marked meanwhile
+                    continue
+                tx.execute("UPDATE agent_runs SET status = 'failed', error = ?, updated_at = ? WHERE id = ?",
+                           (dumps(error), now_iso(), run_id))
+                self.events.append(tx, row[0], EventKind.AGENT_RUN_UPDATED,
+                                   {"run_id": run_id, "status": "failed", "reason": "interrupted"})
+                count += 1
+        return count
 
     def get(self, run_id: str, session_id: str | None = None) -> dict:
         """One run row (JSON columns decoded); ``INVALID_ARGUMENT`` if absent or another session's."""
@@ -151,3 +185,17 @@ class AgentRunRepository:
                 " summarized_until = excluded.summarized_until, updated_at = excluded.updated_at",
                 (session_id, summary, int(summarized_until), stamp),
             )
+
+
+def _dead_owner(owner: str | None, host: str) -> bool:
+    """True when ``owner`` (``host:pid``) names a process of this host that no longer exists."""
+    owner_host, _, pid_text = (owner or "").rpartition(":")
+    if owner_host != host or not pid_text.isdigit() or int(pid_text) <= 0:
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # EPERM: alive, another user's
+        return False
+    return False

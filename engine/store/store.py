@@ -312,6 +312,10 @@ class Store:
         """See :meth:`AgentRunRepository.get`."""
         return self.agent_runs.get(run_id, session_id)
 
+    def interrupt_stale_agent_runs(self) -> int:
+        """See :meth:`AgentRunRepository.interrupt_stale`."""
+        return self.agent_runs.interrupt_stale()
+
     def list_agent_runs(self, session_id: str, status: str | None = None) -> list[dict]:
         """See :meth:`AgentRunRepository.in_session`."""
         return self.agent_runs.in_session(session_id, status)

@@ -267,3 +267,41 @@ def test_the_cli_runs_the_agent_step_by_step(tmp_path: Path, model_pack: Path, r
     assert printed.count("status in_progress") == 3 and "status completed" in printed
     assert "Trace steps:" in printed and "OrchestratorAgent" in printed and "!! No image analysis model" in printed
     assert json.loads(trace.read_text())["run_id"] == result["run_id"]
+
+
+def test_runs_a_dead_process_left_running_are_interrupted_at_engine_start(tmp_path: Path, model_pack: Path) -> None:
+    """Closing the MCP server's stdin mid-run used to leave the run ``running`` forever (issue 14, item 8).
+    At start, a run whose owner process is gone is marked interrupted; a live process's run is not."""
+    import socket
+    import subprocess
+    import sys
+
+    host = socket.gethostname()
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True)
+    dead_pid = int(finished.stdout)  # that process has exited
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    settings = Settings(home=tmp_path / "home", model_pack=model_pack, threads=1, use_keyring=False)
+    owners = {"dead": f"{host}:{dead_pid}", "alive": f"{host}:{alive.pid}", "other-host": f"elsewhere:{dead_pid}",
+              "no-owner": None}
+    try:
+        with Engine(settings) as first:
+            session = first.create_study_session("runs")["session_id"]
+            for name, owner in owners.items():
+                first.store.create_agent_run(session, run_id=f"run-{name}", task="Diagnose", mode="auto",
+                                             pipeline="cxr", image_id=None, state={}, owner=owner)
+            first.store.create_agent_run(session, run_id="run-paused", task="Diagnose", mode="step_by_step",
+                                         pipeline="cxr", image_id=None, state={}, owner=owners["dead"])
+            first.store.update_agent_run("run-paused", status="in_progress")
+            last_event = first.last_event_id()
+        with Engine(settings) as second:
+            statuses = {name: second.get_agent_run(session, f"run-{name}") for name in [*owners, "paused"]}
+            events = second.events_since(last_event)
+    finally:
+        alive.kill()
+        alive.wait()
+    assert statuses["dead"]["status"] == "failed"
+    assert statuses["dead"]["error"]["type"] == "interrupted"
+    assert {name: run["status"] for name, run in statuses.items() if name != "dead"} == {
+        "alive": "running", "other-host": "running", "no-owner": "running", "paused": "in_progress"}
+    assert [(e.kind, e.payload["run_id"]) for e in events] == [("agent.run_updated", "run-dead")]

@@ -79,3 +79,38 @@ def test_classifier_refuses_other_image_types_unless_forced(model_pack: Path, ho
     with pytest.raises(MedVisionError) as err:
         classify(ct, registry, threshold=1.5, force=True)
     assert err.value.code is ErrorCode.INVALID_ARGUMENT
+
+
+@pytest.mark.filterwarnings("error")
+def test_degenerate_images_are_refused_by_the_models_and_the_quality_checks_stay_finite(
+        model_pack: Path, home: Path, rg1_path: Path) -> None:
+    """A 1x1 PNG gave ten findings POSITIVE, "Mean of empty slice" warnings and "nan grey levels"; non-finite
+    pixels were classified too (issue 14, item 6). Forcing does not help: size is not a type question."""
+    import dataclasses
+    import io
+    import json
+
+    from PIL import Image
+
+    from engine.analysis.classify import MIN_IMAGE_SIDE, classify
+    from engine.analysis.quality import check_quality
+    from engine.analysis.segmentation import segment_organs
+
+    registry = _registry(model_pack, home, "int8")
+    for side in (1, 20, MIN_IMAGE_SIDE - 1):
+        buffer = io.BytesIO()
+        Image.fromarray(np.full((side, side), 128, dtype=np.uint8)).save(buffer, format="PNG")
+        tiny = dataclasses.replace(decode_image(buffer.getvalue()), image_type="CXR")
+        quality = check_quality(tiny, image_type="CXR")
+        assert "nan" not in json.dumps(quality, allow_nan=False).lower()
+        for run in (lambda d: classify(d, registry, force=True), lambda d: segment_organs(d, registry, force=True)):
+            with pytest.raises(MedVisionError) as err:
+                run(tiny)
+            assert err.value.code is ErrorCode.INVALID_IMAGE and err.value.details["reason"] == "too_small"
+    rg1 = decode_image(rg1_path)
+    for bad in (np.nan, np.inf):
+        raw = rg1.raw.astype(np.float32)
+        raw[0, 0] = bad
+        with pytest.raises(MedVisionError) as err:
+            classify(dataclasses.replace(rg1, raw=raw), registry)
+        assert err.value.code is ErrorCode.INVALID_IMAGE and err.value.details["reason"] == "non_finite_pixels"

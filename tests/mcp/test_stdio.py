@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import sys
 from pathlib import Path
@@ -93,3 +94,52 @@ def test_stdout_carries_only_json_rpc(home: Path, model_pack: Path, rg1_path: Pa
     for line in lines:
         message = json.loads(line)
         assert message["jsonrpc"] == "2.0" and ("id" in message or "method" in message), line
+
+
+def test_a_line_that_is_not_a_message_gets_a_json_rpc_error_and_stderr_never_quotes_arguments(
+        home: Path, model_pack: Path, rg1_path: Path) -> None:
+    """Invalid JSON or a lone surrogate got no reply, and stderr logged the start and end of the raw line
+    (issue 14, item 10): now -32700 / -32600 replies, and the SDK's validation logs keep their first words."""
+    command, env = server_command(home, model_pack, rg1_path.parent)
+    server = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env=env, cwd=REPO, bufsize=0)  # unbuffered: select() sees every reply line
+
+    def send(line: bytes) -> dict[str, Any]:
+        server.stdin.write(line + b"\n")
+        server.stdin.flush()
+        ready, _, _ = select.select([server.stdout], [], [], 60)
+        assert ready, f"no reply within 60 s to {line[:40]!r}"
+        reply = server.stdout.readline()
+        assert reply, f"the server exited: {server.stderr.read()[-2000:]}"
+        return json.loads(reply)
+
+    secret = "SECRET-START" + "x" * 400 + "SECRET-END"
+    try:
+        send(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "raw", "version": "0"}}}).encode())
+        server.stdin.write(b'{"jsonrpc": "2.0", "method": "notifications/initialized"}\n')
+        parse_errors = [
+            f"not json {secret}".encode(),
+            b'{"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "create_study_session", '
+            b'"arguments": {"name": "\\ud800 ' + secret.encode() + b'"}}}',  # a lone surrogate, escaped
+            b'{"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "create_study_session", '
+            b'"arguments": {"name": "\xed\xa0\x80 ' + secret.encode() + b'"}}}',  # ... and encoded
+            b'{"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"n": NaN}}',
+        ]
+        for line in parse_errors:
+            assert send(line) == {"jsonrpc": "2.0", "id": None, "error": {"code": -32700, "message": "Parse error"}}
+        reply = send(json.dumps({"jsonrpc": "2.0", "id": 5, "params": secret}).encode())
+        assert reply == {"jsonrpc": "2.0", "id": 5, "error": {"code": -32600, "message": "Invalid Request"}}
+        reply = send(json.dumps({"jsonrpc": "2.0", "id": 6, "method": "tools/call",
+                                 "params": {"name": 5, "arguments": secret}}).encode())
+        assert reply["id"] == 6 and reply["error"]["code"] == -32602
+        server.stdin.write(json.dumps({"jsonrpc": "2.0", "method": "notifications/progress",
+                                       "params": {"progressToken": secret}}).encode() + b"\n")
+        reply = send(json.dumps({"jsonrpc": "2.0", "id": 7, "method": "tools/list"}).encode())
+        assert len(reply["result"]["tools"]) >= len(SPEC_TOOLS)
+    finally:
+        _, errors = server.communicate(timeout=60)
+    assert server.returncode == 0
+    stderr = errors.decode("utf-8", "replace")
+    assert "SECRET" not in stderr and "xxxxxxxx" not in stderr, stderr[-2000:]

@@ -319,3 +319,31 @@ def test_rag_index_search_and_fusion_with_progress(home: Path, model_pack: Path,
             assert answer["answer"]
 
     anyio.run(scenario)
+
+
+def test_only_files_the_decoder_reads_pass_the_path_check_and_metadata_is_capped(
+        home: Path, model_pack: Path, root: Path) -> None:
+    """JPEG 2000 and TIFF passed the path check, then failed to decode; a 50 MB metadata value was stored
+    (issue 14, item 10)."""
+    (root / "scan.jp2").write_bytes(b"\x00\x00\x00\x0cjP  \r\n\x87\n" + b"\x00" * 200)
+    (root / "scan.j2k").write_bytes(b"\xff\x4f\xff\x51" + b"\x00" * 200)
+    (root / "scan.tif").write_bytes(b"II*\x00" + b"\x00" * 200)
+    (root / "scan.tiff").write_bytes(b"MM\x00*" + b"\x00" * 200)
+
+    async def scenario() -> None:
+        async with connect(home, model_pack, [root]) as client:
+            session_id = (await ok(client, "create_study_session"))["session_id"]
+            for name in ("scan.jp2", "scan.j2k", "scan.tif", "scan.tiff"):
+                error = await failed(client, "add_image_to_session", session_id=session_id,
+                                     image_path=str(root / name))
+                assert error["code"] == "UNSUPPORTED_FORMAT" and error["details"]["reason"] == "unsupported_format"
+            assert (await ok(client, "get_session_status", session_id=session_id))["images"] == []
+            error = await failed(client, "create_study_session", name="big", metadata={"notes": "x" * 70_000})
+            assert error["code"] == "INVALID_ARGUMENT" and error["details"]["reason"] == "metadata_too_large"
+            await ok(client, "create_study_session", name="fits", metadata={"notes": "x" * 60_000})
+
+    anyio.run(scenario)
+    from engine.api import Engine
+
+    with Engine(home=home, model_pack=model_pack) as engine:
+        assert sorted(s["name"] or "" for s in engine.list_sessions()) == ["", "fits"]

@@ -9,9 +9,11 @@ returns its own peak RSS (``wait4``), unaffected by any other child of the test 
 from __future__ import annotations
 
 import os
-import resource
+import signal
 import struct
 import subprocess
+import sys
+import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,40 +134,58 @@ class Capped:
     peak_rss_mb: float
 
 
+#: A small launcher between the test process and a capped command. A child forked straight from
+#: pytest starts out with pytest's resident pages counted as its own (Linux keeps that peak
+#: across exec: a 3.7 GB test process made every child report 3.7 GB), so the command is
+#: forked from this launcher instead, which reports the command's own peak RSS to a file.
+LAUNCHER = """
+import os, resource, sys
+cap, report = int(sys.argv[1]), sys.argv[2]
+pid = os.fork()
+if pid == 0:
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    os.execvp(sys.argv[3], sys.argv[3:])
+_, status, usage = os.wait4(pid, 0)
+with open(report, "w") as out:
+    out.write(str(usage.ru_maxrss))
+code = os.waitstatus_to_exitcode(status)
+sys.exit(code if code >= 0 else 128 - code)
+"""
+
+
+def capped_popen(command: list[str], *, report: Path, address_space: int = 3 * 1024 * MiB,
+                 **popen: object) -> subprocess.Popen:
+    """Start ``command`` under RLIMIT_AS = ``address_space`` through :data:`LAUNCHER`; its peak RSS
+    (KiB) is written to ``report`` when it ends (read it with :func:`reported_peak_mb`)."""
+    return subprocess.Popen([sys.executable, "-c", LAUNCHER, str(address_space), str(report), *command],
+                            start_new_session=True, **popen)
+
+
+def reported_peak_mb(report: Path) -> float:
+    """The peak RSS in MB that the launcher reported for its command."""
+    return int(report.read_text()) / 1024
+
+
 def run_capped(command: list[str], *, env: dict[str, str], cwd: Path, address_space: int = 3 * 1024 * MiB,
                timeout: float = 120) -> Capped:
     """Run ``command`` with RLIMIT_AS = ``address_space`` (a regression fails instead of
-    taking the machine down) and measure the child's peak RSS with ``wait4``."""
-    def cap() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
-
-    out_path, err_path = cwd / f".capped-{os.getpid()}.out", cwd / f".capped-{os.getpid()}.err"
+    taking the machine down) and measure its own peak RSS."""
+    tag = f"{os.getpid()}-{time.monotonic_ns()}"
+    out_path, err_path, report = (cwd / f".capped-{tag}.{suffix}" for suffix in ("out", "err", "rss"))
     with out_path.open("wb") as out, err_path.open("wb") as err:
-        process = subprocess.Popen(command, stdout=out, stderr=err, env=env, cwd=cwd, preexec_fn=cap)  # noqa: PLW1509
+        process = capped_popen(command, report=report, address_space=address_space, stdout=out, stderr=err,
+                               env=env, cwd=cwd)
         try:
-            _, status, usage = _wait4(process.pid, timeout)
-        except TimeoutError:
-            process.kill()
-            os.waitpid(process.pid, 0)
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
             raise
-        process.returncode = os.waitstatus_to_exitcode(status)
     stdout, stderr = out_path.read_text(errors="replace"), err_path.read_text(errors="replace")
-    out_path.unlink()
-    err_path.unlink()
-    return Capped(process.returncode, stdout, stderr, usage.ru_maxrss / 1024)
-
-
-def _wait4(pid: int, timeout: float) -> tuple[int, int, resource.struct_rusage]:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while True:
-        done_pid, status, usage = os.wait4(pid, os.WNOHANG)
-        if done_pid:
-            return done_pid, status, usage
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"child {pid} still running after {timeout} s")
-        time.sleep(0.05)
+    peak = reported_peak_mb(report)
+    for path in (out_path, err_path, report):
+        path.unlink()
+    return Capped(process.returncode, stdout, stderr, peak)
 
 
 def vm_hwm_mb(pid: int) -> float:

@@ -54,7 +54,7 @@ class Services:
         return cls(settings=settings, store=store, models=models, images=images,
                    intake=ImageIntake(images, analysis), annotations=annotations, analysis=analysis,
                    interactive=interactive, similar=similar,
-                   regions=RegionService(store, models, images, analysis, interactive, similar),
+                   regions=RegionService(store, models, images, analysis, interactive, similar, annotations),
                    sessions=SessionService(store, images, interactive))
 
     def close(self) -> None:

@@ -16,6 +16,7 @@ from engine.imaging.masks import decode_rle, encode_rle, mask_bbox
 from engine.imaging.regions import mirror_mask, parse_region, region_mask
 from engine.inference.registry import ModelRegistry
 from engine.services.analysis import AnalysisService
+from engine.services.annotations import AnnotationService
 from engine.services.images import ImageService
 from engine.services.interactive import InteractiveService
 from engine.services.results import jsonable
@@ -28,9 +29,10 @@ class RegionService:
     """Analyses a selected region with the actions asked for."""
 
     def __init__(self, store: Store, models: ModelRegistry, images: ImageService, analysis: AnalysisService,
-                 interactive: InteractiveService, similar: SimilarCaseService) -> None:
+                 interactive: InteractiveService, similar: SimilarCaseService, annotations: AnnotationService) -> None:
         self.store, self.models, self.images = store, models, images
         self.analysis, self.interactive, self.similar = analysis, interactive, similar
+        self.annotations = annotations
 
     def analyze_selected_region(self, session_id: str, region: dict, question: str | None = None,
                                 actions: list[str] | tuple[str, ...] = ("describe",),
@@ -111,7 +113,7 @@ class RegionService:
         coordinates = encode_rle(target) if target_type == "mask" else parsed.coordinates
         confidence = max((v.get("confidence") or 0.0 for k, v in summary.items() if k != "overall"), default=None)
         with self.store.db.transaction():
-            annotation = self.store.add_annotation(
+            annotation = self.annotations.add_row(
                 session_id, image_id, target_type, coordinates, label=question or "region analysis",
                 confidence=confidence or None, source="ai", notes=sections.get("description"),
                 layer="ai_regions", analysis_id=analysis_id)

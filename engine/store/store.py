@@ -12,7 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from engine.analysis import annotations as annotation_rules
 from engine.store.agent_runs import AGENT_RUN_STATUSES, AgentRunRepository
 from engine.store.analyses import AnalysisRepository, MaskRepository
 from engine.store.annotations import AnnotationRepository
@@ -37,8 +36,6 @@ BLOB_DIR = "blobs"
 class Store:
     """Encrypted store of one data directory (database + blobs), composed of repositories."""
 
-    ANNOTATION_SOURCES = annotation_rules.ANNOTATION_SOURCES
-    ANNOTATION_UPDATABLE = annotation_rules.ANNOTATION_UPDATABLE
     AGENT_RUN_STATUSES = AGENT_RUN_STATUSES
     AGENT_INPUT_TYPES = AGENT_INPUT_TYPES
 
@@ -194,36 +191,9 @@ class Store:
         return self.jobs.get(job_id)
 
     # -- annotations -----------------------------------------------------------------------
-    def add_annotation(
-        self, session_id: str, image_id: str, type: str, coordinates: Any,  # noqa: A002 - the spec's name
-        label: str = "", confidence: float | None = None, source: str = "user",
-        notes: str | None = None, layer: str | None = None, style: dict | None = None,
-        analysis_id: str | None = None,
-    ) -> dict:
-        """Validate (:mod:`engine.analysis.annotations`) and store an annotation of one of the session's images.
-
-        Errors: SESSION_NOT_FOUND, IMAGE_NOT_FOUND, INVALID_ARGUMENT, INVALID_REGION; nothing written then.
-        """
-        self.sessions.get(session_id)
-        image = self.images.get(image_id, session_id=session_id)
-        fields = annotation_rules.validate_fields(label=label, confidence=confidence, source=source, notes=notes,
-                                                  layer=layer, style=style, analysis_id=analysis_id)
-        stored = annotation_rules.validate_coordinates(image, type, coordinates)
-        return self.annotations.insert(session_id, image_id, type, stored, fields)
-
     def get_annotation(self, session_id: str, annotation_id: str) -> dict:
         """See :meth:`AnnotationRepository.get`."""
         return self.annotations.get(session_id, annotation_id)
-
-    def update_annotation(self, session_id: str, annotation_id: str, **changes: Any) -> dict:
-        """Change fields of an annotation (None: unchanged); see :func:`engine.analysis.annotations.changed_values`."""
-        self.sessions.get(session_id)
-        changes = annotation_rules.validate_changes(changes)
-        with self.db.transaction():
-            current = self.annotations.get(session_id, annotation_id)
-            image = self.images.get(current["image_id"]) if annotation_rules.moves_geometry(changes) else None
-            changed = annotation_rules.changed_values(current, changes, image)
-            return self.annotations.update(session_id, current, changed)
 
     def delete_annotation(self, session_id: str, annotation_id: str) -> dict:
         """See :meth:`AnnotationRepository.delete`."""

@@ -12,6 +12,7 @@ import pytest
 from engine.analysis import annotations as rules
 from engine.errors import ErrorCode, MedVisionError
 from engine.events import EventKind
+from engine.services.annotations import AnnotationService
 from engine.store import Store
 from engine.store.agent_runs import AgentRunRepository
 from engine.store.analyses import AnalysisRepository, MaskRepository
@@ -76,8 +77,8 @@ def test_event_log_append_joins_the_callers_transaction(store: Store) -> None:
 
 def test_every_event_the_store_writes_is_catalogued(store: Store, image: dict) -> None:
     session_id = image["session_id"]
-    annotation = store.add_annotation(session_id, image["id"], "point", [5, 5])
-    store.update_annotation(session_id, annotation["id"], label="x")
+    annotation = AnnotationService(store).add_row(session_id, image["id"], "point", [5, 5])
+    AnnotationService(store).update_row(session_id, annotation["id"], label="x")
     store.delete_annotation(session_id, annotation["id"])
     store.add_analysis(session_id, image["id"], "region", {"model_trained": None})
     store.add_masks(session_id, image["id"], [{"label": "m", "rle": {"size": [1, 1], "counts": [0, 1]},
@@ -158,8 +159,6 @@ def test_annotation_rules_are_pure_and_keep_their_errors(image: dict) -> None:
     assert err.value.code is ErrorCode.INVALID_REGION
     measured = rules.validate_coordinates(image, "measurement", {"kind": "distance", "points": [[0, 0], [3, 4]]})
     assert measured["result"]["value"] > 0
-    assert Store.ANNOTATION_UPDATABLE == rules.ANNOTATION_UPDATABLE
-    assert Store.ANNOTATION_SOURCES == rules.ANNOTATION_SOURCES
 
 
 def test_analysis_rules_do_not_import_the_store() -> None:

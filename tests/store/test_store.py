@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from engine.errors import ErrorCode, MedVisionError
+from engine.services.annotations import AnnotationService
 from engine.store import Store, schema_version
 from engine.store.store import DATABASE_NAME
 
@@ -247,13 +248,13 @@ def test_nested_transactions_are_atomic_together(home: Path) -> None:
     image = store.add_image(session["id"], blob_data=b"x", record={"type": "CXR", "format": "png", "rows": 10, "columns": 10})
     before = store.last_event_id()
     with pytest.raises(MedVisionError), store.db.transaction():
-        store.add_annotation(session["id"], image["id"], "point", [5, 5])
+        AnnotationService(store).add_row(session["id"], image["id"], "point", [5, 5])
         store.add_analysis(session["id"], image["id"], "region", {"model_trained": None})
-        store.add_annotation(session["id"], image["id"], "point", [50, 5])  # outside: INVALID_REGION
+        AnnotationService(store).add_row(session["id"], image["id"], "point", [50, 5])  # outside: INVALID_REGION
     assert store.list_annotations(session["id"]) == [] and store.list_analyses(session["id"]) == []
     assert store.events_since(before) == []
     with store.db.transaction():
-        store.add_annotation(session["id"], image["id"], "point", [5, 5])
+        AnnotationService(store).add_row(session["id"], image["id"], "point", [5, 5])
         store.add_analysis(session["id"], image["id"], "region", {"model_trained": None})
     assert len(store.list_annotations(session["id"])) == 1 and len(store.list_analyses(session["id"])) == 1
     store.close()

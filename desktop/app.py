@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from desktop import platform_check
 from desktop.canvas.view import TOOLS, CanvasView
 from desktop.panels.analysis import AnalysisPanel
 from desktop.panels.chat import ChatPanel
@@ -647,7 +648,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="medvision desktop")
     parser.add_argument("files", nargs="*", help="DICOM, PNG or JPEG files or folders to open")
     parser.add_argument("--exit-after-paint", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--check-platform", action="store_true",
+                        help="check that Qt can open a window here (exit 0), else say why (exit 2), then quit")
     args = parser.parse_args(argv)
+    if args.check_platform:
+        return platform_check.main()
+    if QApplication.instance() is None:
+        platform_check.ensure()  # exits 2 with one DISPLAY_UNAVAILABLE line rather than a Qt abort
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setApplicationName("MedVision")
     window = MainWindow(open_paths=args.files)

@@ -13,6 +13,17 @@ export MEDVISION_MODEL_PACK="${MEDVISION_MODEL_PACK:-$MEDVISION_ROOT/.cache/mode
 
 # Debian packages the test-suite drives for real (added as the issues need them).
 APT_PACKAGES=(dicom3tools poppler-utils dcmtk nsis)
+# The system libraries PySide6's Qt needs to open a window (the xcb platform plugin,
+# libQt6XcbQpa, libQt6Gui): a fresh Debian 12 lacks libxcb-cursor0, libxcb-icccm4 and
+# libxcb-keysyms1 at least. Kept equal to desktop/qt_runtime.json "install" (a test checks).
+QT_RUNTIME_PACKAGES=(
+    libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-image0 libxcb-render-util0
+    libxcb-randr0 libxcb-shape0 libxcb-shm0 libxcb-sync1 libxcb-util1 libxcb-xfixes0
+    libxcb-xkb1 libxcb-render0 libxcb-glx0 libxcb1 libx11-xcb1 libx11-6 libxkbcommon0
+    libxkbcommon-x11-0 libgl1 libegl1 libfontconfig1 libfreetype6 libglib2.0-0 libdbus-1-3
+)
+# xvfb: an X server for the test that starts the desktop on the real xcb plugin.
+APT_PACKAGES+=("${QT_RUNTIME_PACKAGES[@]}" xvfb)
 
 log() { printf '[medvision] %s\n' "$*" >&2; }
 

@@ -9,6 +9,11 @@
     medvision packtransfer keygen|export|import ...   model pack transfer (installers)
     medvision --frozen-info           JSON: version, bundled model pack, Python, paths
     medvision desktop --exit-after-paint   cold start benchmark (prints first_paint_ms=..)
+    medvision desktop --check-platform     can Qt open a window here? (exit 0, or 2 and why)
+
+``desktop`` runs ``desktop/__main__.py``, which checks the Qt platform plugin and the display
+before anything imports Qt (``desktop.platform_check``): a plugin that cannot load ends with
+exit 2 and one ``DISPLAY_UNAVAILABLE`` line naming the missing libraries, not Qt's abort.
 
 When the folder ships a model pack (``<app>/modelpack/manifest.json``, placed there by
 the Windows installer or ``freeze.sh --pack``) and ``MEDVISION_MODEL_PACK`` is not set,

@@ -115,4 +115,24 @@ for old in "$PREFIX"/versions/*; do
     base="versions/$(basename "$old")"
     [ "$base" = "versions/$NAME" ] || [ "$base" = "$(readlink "$PREFIX/previous" 2>/dev/null || true)" ] || rm -rf "$old"
 done
+# The desktop (PySide6's xcb platform plugin) needs these Debian packages; the CLI, the
+# MCP server and the DICOM node do not. Nothing is downloaded here: the site installs them
+# from its own Debian mirror or media. Equal to desktop/qt_runtime.json "install" (tested).
+QT_RUNTIME_PACKAGES=(
+    libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-image0 libxcb-render-util0
+    libxcb-randr0 libxcb-shape0 libxcb-shm0 libxcb-sync1 libxcb-util1 libxcb-xfixes0
+    libxcb-xkb1 libxcb-render0 libxcb-glx0 libxcb1 libx11-xcb1 libx11-6 libxkbcommon0
+    libxkbcommon-x11-0 libgl1 libegl1 libfontconfig1 libfreetype6 libglib2.0-0 libdbus-1-3
+)
+if command -v dpkg-query >/dev/null 2>&1; then
+    QT_MISSING=()
+    for pkg in "${QT_RUNTIME_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || QT_MISSING+=("$pkg")
+    done
+    if [ ${#QT_MISSING[@]} -gt 0 ]; then
+        log "the desktop needs Debian packages this machine lacks: ${QT_MISSING[*]}"
+        log "install them from the site's Debian mirror or media: apt-get install ${QT_MISSING[*]}"
+        log "(until then medvision-desktop says what is missing and exits 2; the CLI, MCP server and DICOM node work)"
+    fi
+fi
 log "installed $NAME into $PREFIX (run $PREFIX/bin/medvision)"

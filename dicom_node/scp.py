@@ -166,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "pynetdicom's own lines only at DEBUG")
     common.add_argument("-v", "--verbose", action="count", default=0,
                         help="INFO, or DEBUG when repeated (an explicit --log-level wins)")
-    parser = argparse.ArgumentParser(prog="medvision dicom-node", description="DICOM C-ECHO/C-STORE node")
+    parser = argparse.ArgumentParser(prog="medvision dicom-node",
+                                     description="DICOM C-ECHO/C-STORE node; serve is the default command")
     sub = parser.add_subparsers(dest="command", required=True)
     add_arguments(sub.add_parser("serve", parents=[common], help="run the node (default)"))
     status = sub.add_parser("status", parents=[common], help="print the node's status from the store")

@@ -71,7 +71,7 @@ def format_summary(result: dict[str, Any]) -> str:
             meta = rag["similar_cases"]["search_metadata"]
             lines.append(f"  Similar cases (library of {meta['index_size']}):")
             for case in rag["similar_cases"]["results"]:
-                lines.append(f"    {case['case_id']}  similarity {case['similarity']:.3f}")
+                lines.append(f"    {case['case_id']}  similarity {case['similarity']:.3f}  {case.get('source_name', '')}")
             if meta.get("note"):
                 lines.append(f"    {meta['note']}")
         timings = {"decode": result["timings_ms"]["decode"], "store": result["timings_ms"]["store"]}
@@ -267,7 +267,7 @@ def cmd_rag_search(args: argparse.Namespace) -> int:
     print(f"library of {meta['index_size']} cases ({meta['index_type']}), search {meta['search_time_ms']:.2f} ms")
     for case in result["results"]:
         labels = ", ".join(f"{k}={v}" for k, v in case["labels"].items())
-        print(f"  {case['case_id']}  similarity {case['similarity']:.3f}  {labels}")
+        print(f"  {case['case_id']}  similarity {case['similarity']:.3f}  {case.get('source_name', '')}  {labels}")
     for label, vote in result["aggregated_labels"].items():
         score = "-" if vote["score"] is None else f"{vote['score']:.2f}"
         print(f"  vote {label}: {score} ({vote['supporting_cases']} cases)")
@@ -442,6 +442,11 @@ def cmd_sessions_show(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The option prefix of the sub-parsers that pass every word on (``desktop``, ``dicom-node``): NUL,
+#: which no command-line word can hold, so every word is passed on, in order.
+_PASS_ON = "\0"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     parser = argparse.ArgumentParser(prog="medvision", description="MedVision offline radiology workstation")
@@ -558,10 +563,16 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(func=cmd_sessions_show)
     add_agent_parser(sub)
     add_mcp_parser(sub)
-    desktop = sub.add_parser("desktop", help="open the desktop workstation (PySide6)", add_help=False)
+    # The desktop and the node parse their own arguments: these two take everything after their name
+    # verbatim and in order. With no option prefix of their own (_PASS_ON), a leading "--port 1"
+    # is not an unknown option (argparse would set it aside and hand the rest over without it) but the
+    # first of the passed-on words, so `medvision dicom-node --port 1` is `dicom-node serve --port 1`.
+    desktop = sub.add_parser("desktop", help="open the desktop workstation (PySide6)", add_help=False,
+                             prefix_chars=_PASS_ON)
     desktop.add_argument("desktop_args", nargs=argparse.REMAINDER, help="files or folders to open")
     desktop.set_defaults(func=cmd_desktop)
-    node = sub.add_parser("dicom-node", help="the DICOM C-STORE node: serve (default) or status", add_help=False)
+    node = sub.add_parser("dicom-node", help="the DICOM C-STORE node: serve (default) or status", add_help=False,
+                          prefix_chars=_PASS_ON)
     node.add_argument("desktop_args", nargs=argparse.REMAINDER, help="serve|status and their options (--help)")
     node.set_defaults(func=cmd_dicom_node)
     return parser

@@ -156,6 +156,9 @@ def test_visual_rag_end_to_end(engine: Engine, chest: tuple[str, str], library_c
     assert similarities == sorted(similarities, reverse=True)
     assert similarities == pytest.approx(sorted(cosine.values(), reverse=True)[:3], abs=1e-4), cosine
     assert "RG1_UNCR.dcm" in results and results["RG1_UNCR.dcm"]["similarity"] == pytest.approx(1.0, abs=1e-4)
+    for name, row in results.items():  # each case names the CSV row and file it came from
+        assert row["origin"] == {"kind": "csv", "dataset": "cases.csv", "file": name, "row": names.index(name) + 2}
+        assert row["source_name"] == f"cases.csv row {names.index(name) + 2}: {name}"
     vote = found["aggregated_labels"]["Cardiomegaly"]
     voters = [r for r in found["results"] if r["labels"].get("Cardiomegaly") in (0, 1)]  # RG1 copy: 1
     assert vote["supporting_cases"] == len(voters) >= 1 and found["model_trained"] is False

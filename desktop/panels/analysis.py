@@ -122,6 +122,7 @@ class AnalysisPanel(QWidget):
                 "<tr><td>" + (f"<img src='{_thumbnail_url(str(c['case_id']))}' height={THUMBNAIL_HEIGHT}>"
                               if str(c["case_id"]) in thumbnails else "") + "</td>"
                 f"<td><b>{html.escape(str(c['case_id']))}</b> ({c['similarity']:.2f}) "
+                f"<i>{html.escape(str(c.get('source_name') or 'source unknown'))}</i> "
                 f"{html.escape((c.get('findings') or '')[:160])}</td></tr>" for c in similar["results"])
             parts.append(f"<b>Similar cases</b><table cellspacing=3>{items}</table>")
         elif similar.get("search_metadata", {}).get("note"):

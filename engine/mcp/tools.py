@@ -309,7 +309,9 @@ def register(app: FastMCP) -> None:
         include_reports: Annotated[bool, Field(description="Include each case's report text.")] = True,
         min_similarity: Annotated[float, Field(ge=-1, le=1, description="Cosine similarity floor.")] = 0.0,
     ) -> EngineResult:
-        """The reference cases most similar to an image, with similarity-weighted labels."""
+        """The reference cases most similar to an image, with similarity-weighted labels. Each case says
+        where it came from: ``origin`` (the file relative to the folder it was built from, or the CSV and
+        its row; kind "unknown" for cases of an older library) and ``source_name``, the same in words."""
         return await _call(ctx, EngineResult, session_id, Engine.search_similar_cases, session_id, image_id, top_k,
                            include_reports, min_similarity, announce=True)
 

@@ -511,6 +511,9 @@ class ReferenceLibrary:
             annotation=annotation,
             embedding=vector,
             thumbnail=thumbnail_png(decoded),
+            origin_kind=manifest.kind,
+            origin_dataset=manifest.data_name,
+            origin_row=entry.row,
         )
         try:
             faiss_id = self._db.insert_case(case, build_id=build_id, embedder_id=self.embedder_id)
@@ -581,8 +584,10 @@ class ReferenceLibrary:
         dict
             ``results``: ``[{"case_id", "similarity", "report" ({section: text} or
             None), "findings" (the findings section or None), "diagnoses" [str],
-            "labels" {name: -1|0|1}, "source", "modality"}]``, most similar first;
-            similarity = ``max(0, cosine)``.
+            "labels" {name: -1|0|1}, "source", "modality", "origin", "source_name"}]``,
+            most similar first; similarity = ``max(0, cosine)``. ``origin`` says where the
+            case came from (:func:`case_origin`), ``source_name`` the same in words
+            (:func:`origin_name`).
             ``aggregated_labels``: see :func:`engine.rag.aggregate.aggregate_labels`
             (score = sum of similarities of positive cases / sum over positive and
             negative cases; uncertain cases counted, not weighted).
@@ -647,6 +652,8 @@ class ReferenceLibrary:
                     "labels": dict(case["labels"]),
                     "source": case["source"],
                     "modality": case["modality"],
+                    "origin": (origin := case_origin(case)),
+                    "source_name": origin_name(origin),
                 })
             results.sort(key=lambda result: (-result["similarity"], result["case_id"]))
             if not results:
@@ -696,6 +703,37 @@ class ReferenceLibrary:
     def wait_for_index(self, timeout: float | None = None) -> bool:
         """Wait for a background HNSW rebuild (if any); True when none is running."""
         return self._index.wait_for_rebuild(timeout)
+
+
+ORIGIN_UNKNOWN = "source unknown"
+
+
+def case_origin(case: dict[str, Any]) -> dict[str, Any]:
+    """Where a stored case came from, as a search result carries it.
+
+    ``{"kind", "dataset", "file", "row"}``: ``kind`` is ``"folder"`` (``file`` relative to
+    the folder given to the build, ``dataset`` that folder's name), ``"csv"`` (``dataset``
+    the CSV's name, ``row`` its row, the header being row 1, ``file`` the image path as the
+    CSV wrote it, a base name when it was absolute) or ``"unknown"`` (a case added before
+    the library recorded origins: everything else None). Never an absolute path.
+    """
+    kind = case.get("origin_kind")
+    if kind not in ("folder", "csv"):
+        return {"kind": "unknown", "dataset": None, "file": None, "row": None}
+    row = case.get("origin_row")
+    return {"kind": kind, "dataset": case.get("origin_dataset"), "file": case.get("image_path"),
+            "row": int(row) if kind == "csv" and row is not None else None}
+
+
+def origin_name(origin: dict[str, Any]) -> str:
+    """:func:`case_origin` in words: ``chest/a.dcm (folder studies)``, ``cases.csv row 3: images/a.png``,
+    or ``source unknown``."""
+    if origin["kind"] == "folder":
+        return f"{origin['file']} (folder {origin['dataset']})"
+    if origin["kind"] == "csv":
+        where = f"{origin['dataset']} row {origin['row']}" if origin["row"] is not None else origin["dataset"]
+        return f"{where}: {origin['file']}" if origin["file"] else where
+    return ORIGIN_UNKNOWN
 
 
 def thumbnail_png(image: DecodedImage, side: int = THUMBNAIL_SIDE) -> bytes:

@@ -18,6 +18,10 @@ is ignored and reported in the build result, so nothing unexpected is stored.
 
 The dedup identity of an image is its SOP Instance UID for DICOM, else the SHA-256 of
 the file (:func:`case_identity`).
+
+Where a case came from is kept with it: the manifest's ``kind`` (``csv`` or ``folder``) and
+``data_name`` (the CSV's or the folder's own name), the entry's ``file`` (relative to the
+folder, or as the CSV wrote it: a base name when absolute) and, for a CSV, its ``row``.
 """
 
 from __future__ import annotations
@@ -87,12 +91,14 @@ class ManifestEntry:
 
     ``file`` is how the image is named to the user (the manifest's relative path, or a
     base name for an absolute path); ``annotation`` is None when the text is looked up
-    later by SOP Instance UID (folder layout) or when there is none.
+    later by SOP Instance UID (folder layout) or when there is none; ``row`` is the CSV
+    row the entry came from (the header is row 1), None for a folder's file.
     """
 
     file: str
     path: Path
     annotation: Annotation | None = None
+    row: int | None = None
 
 
 @dataclass
@@ -221,6 +227,7 @@ class _Table:
     columns: dict[str, str]  # lower-case name -> header as written
     rows: list[dict[str, str]]
     raw: bytes
+    numbers: list[int] = field(default_factory=list)  # each row's number in the file (the header is 1)
 
 
 def _read_table(path: Path) -> _Table:
@@ -247,7 +254,7 @@ def _read_table(path: Path) -> _Table:
             raise MedVisionError(
                 ErrorCode.INVALID_ARGUMENT, f"'{path.name}' has blank or duplicate column names."
             )
-        rows = []
+        rows, numbers = [], []
         for line_number, values in enumerate(reader, start=2):
             if not any(value.strip() for value in values):
                 continue
@@ -258,11 +265,12 @@ def _read_table(path: Path) -> _Table:
                 )
             values = values + [""] * (len(names) - len(values))
             rows.append(dict(zip(names, values, strict=True)))
+            numbers.append(line_number)
     except UnicodeDecodeError as exc:
         raise MedVisionError(ErrorCode.INVALID_ARGUMENT, f"'{path.name}' is not UTF-8 text.") from exc
     except csv.Error as exc:
         raise MedVisionError(ErrorCode.INVALID_ARGUMENT, f"'{path.name}' is not a valid CSV ({exc}).") from exc
-    return _Table(dict(zip(lowered, names, strict=True)), rows, raw)
+    return _Table(dict(zip(lowered, names, strict=True)), rows, raw, numbers)
 
 
 def _label_columns(table: _Table) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -335,17 +343,18 @@ def _csv_manifest(csv_path: Path) -> Manifest:
     label_columns, ignored = _label_columns(table)
     root = csv_path.resolve().parent
     entries = []
-    for line_number, row in enumerate(table.rows, start=2):
+    for line_number, row in zip(table.numbers, table.rows, strict=True):
         # A CSV written on Windows may use backslashes; both work everywhere.
         written = row[table.columns[IMAGE_PATH_COLUMN]].strip().replace("\\", "/")
         where = f"'{csv_path.name}' row {line_number}"
         if not written:
             error = MedVisionError(ErrorCode.INVALID_ARGUMENT, f"{where}: image_path is empty.")
-            entries.append(ManifestEntry(f"{csv_path.name}:{line_number}", csv_path, InvalidAnnotation(error=error)))
+            entries.append(ManifestEntry(f"{csv_path.name}:{line_number}", csv_path, InvalidAnnotation(error=error),
+                                         line_number))
             continue
         entries.append(
             ManifestEntry(_display_name(written), root / written,
-                          _annotation_or_error(table, row, label_columns, where))
+                          _annotation_or_error(table, row, label_columns, where), line_number)
         )
     return Manifest(
         kind="csv",
@@ -408,7 +417,7 @@ def _folder_manifest(folder: Path, reports_csv: Path | None) -> Manifest:
         base_names: dict[str, list[str]] = {}
         for name in relative_names:
             base_names.setdefault(Path(name).name, []).append(name)
-        for line_number, row in enumerate(table.rows, start=2):
+        for line_number, row in zip(table.numbers, table.rows, strict=True):
             where = f"'{Path(reports_csv).name}' row {line_number}"
             annotation = _annotation_or_error(table, row, label_columns, where)
             manifest._row_count += 1

@@ -46,7 +46,11 @@ def embedder_mismatch(library_embedder_id: str, embedder_id: str) -> MedVisionEr
 
 @dataclass(frozen=True)
 class NewCase:
-    """A case ready to be written: identity, where it came from, text, labels, vector."""
+    """A case ready to be written: identity, where it came from, text, labels, vector.
+
+    ``origin_kind`` ('folder' or 'csv'), ``origin_dataset`` (the folder's or CSV's name)
+    and ``origin_row`` (the CSV row) say where the case came from, with ``image_path``.
+    """
 
     case_id: str
     source: str
@@ -59,6 +63,9 @@ class NewCase:
     annotation: Annotation
     embedding: np.ndarray
     thumbnail: bytes | None = None
+    origin_kind: str | None = None
+    origin_dataset: str | None = None
+    origin_row: int | None = None
 
 
 @dataclass(frozen=True)
@@ -163,11 +170,13 @@ class ReferenceDatabase:
                 )
             tx.execute(
                 "INSERT INTO cases(case_id, source, dedup_key, sop_instance_uid, sha256, image_path,"
-                " modality, image_type, embedding, embedder_id, build_id, created_at, thumbnail)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " modality, image_type, embedding, embedder_id, build_id, created_at, thumbnail,"
+                " origin_kind, origin_dataset, origin_row)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (case.case_id, case.source, case.dedup_key, case.sop_instance_uid, case.sha256,
                  case.image_path, case.modality, case.image_type, vector.tobytes(), embedder_id,
-                 build_id, now_iso(), case.thumbnail),
+                 build_id, now_iso(), case.thumbnail, case.origin_kind, case.origin_dataset,
+                 case.origin_row),
             )
             tx.executemany(
                 "INSERT INTO reports(case_id, section, text) VALUES (?, ?, ?)",
@@ -262,12 +271,14 @@ class ReferenceDatabase:
         return {row["case_id"]: bytes(row["thumbnail"]) for row in rows}
 
     def fetch_cases(self, faiss_ids: list[int]) -> dict[int, dict[str, Any]]:
-        """Case details by FAISS id: case id, source, modality, report sections, diagnoses, labels."""
+        """Case details by FAISS id: case id, source, modality, where it came from (``image_path``,
+        ``origin_kind``, ``origin_dataset``, ``origin_row``), report sections, diagnoses, labels."""
         if not faiss_ids:
             return {}
         marks = ",".join("?" * len(faiss_ids))
         rows = self.db.query(
-            "SELECT e.faiss_id, c.case_id, c.source, c.modality, c.image_type FROM index_entries e"
+            "SELECT e.faiss_id, c.case_id, c.source, c.modality, c.image_type, c.image_path, c.origin_kind,"
+            " c.origin_dataset, c.origin_row FROM index_entries e"
             f" JOIN cases c ON c.case_id = e.case_id WHERE e.faiss_id IN ({marks})",
             tuple(faiss_ids),
         )

@@ -176,6 +176,8 @@ def test_similar_cases_show_their_previews(qtbot, window, rg1_path, engine, tmp_
     shown = window.analysis.similar_case_ids()
     assert set(window.analysis.thumbnails) == set(shown) and len(shown) == 2
     assert window.analysis.details.toHtml().count("<img") == 2
+    text = window.analysis.details.toPlainText()  # each case names the CSV row and file it came from
+    assert "cases.csv row 2: RG1_J2KI.dcm" in text and "cases.csv row 3: RG3_UNCR.dcm" in text
     for case_id in shown:
         image = window.analysis.details.document().resource(QTextDocument.ResourceType.ImageResource,
                                                             QUrl(_thumbnail_url(case_id)))

@@ -313,6 +313,9 @@ def test_rag_index_search_and_fusion_with_progress(home: Path, model_pack: Path,
                      auto_analyze=False)
             similar = await ok(client, "search_similar_cases", session_id=session_id, top_k=2)
             assert similar["status"] == "ok"
+            rows = {f"cases.csv row {row}: {name}" for row, name in
+                    enumerate(("CT_small.dcm", "MR_small.dcm", "US1_UNCR.dcm"), start=2)}
+            assert similar["results"] and {r["source_name"] for r in similar["results"]} <= rows  # where each came from
             fused = await ok(client, "analyze_with_rag", session_id=session_id, mode="quick", top_k=2)
             assert fused["merged_labels"] is not None and fused["suggested_prompt"]
             answer = await ok(client, "ask_about_image", session_id=session_id, question="Is there an effusion?")

@@ -350,6 +350,8 @@ class MainWindow(QMainWindow):
 
     def _region_done(self, result: dict) -> None:
         lines = [str(result.get("description") or "Region analysed.")]
+        if result.get("answer"):  # the question asked, answered first
+            lines.insert(0, result["answer"]["text"])
         measured = result.get("measurements") or {}
         if measured.get("area"):
             area = measured["area"]

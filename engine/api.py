@@ -184,9 +184,17 @@ class Engine:
 
         ``actions``: describe, segment, measure, classify, rag_search, compare. The
         result holds ``region_info`` (bounds, area, pixel statistics, anatomy), one
-        section per action, a ``confidence_summary`` and the new ``annotation_id``.
+        section per action, a ``confidence_summary`` and the new ``annotation_id``. A
+        ``question`` naming a finding (any common wording) also runs classify and adds an
+        ``answer`` (the crop's and the whole image's probability, threshold, model,
+        sources; checked by the narrative guard) and the ``image_classification`` it used;
+        a finding no model covers, or a size the image's spacing cannot give, is answered
+        so, with what would answer it.
         """
-        return self.services.regions.analyze_selected_region(session_id, region, question, actions, image_id, top_k)
+        from engine.agent.guard import check_narrative
+
+        return self.services.regions.analyze_selected_region(session_id, region, question, actions, image_id, top_k,
+                                                             check=check_narrative)
 
     # -- annotations -------------------------------------------------------------------
     def add_annotation(self, session_id: str, image_id: str | None = None, annotation_type: str = "bbox",

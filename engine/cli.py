@@ -187,6 +187,10 @@ def cmd_region(args: argparse.Namespace) -> int:
     print(f"  anatomy: {info['anatomy']['primary']} ({info['anatomy']['method']})")
     if result.get("description"):
         print(f"  {result['description']}")
+    if result.get("answer"):
+        print(f"  answer: {result['answer']['text']}")
+        for source in result["answer"]["sources"]:
+            print(f"    [{source['id']}] {source['text']} ({source['tool_id']}: {source['ref']})")
     if result.get("measurements"):
         m = result["measurements"]
         print(f"  long axis {m['long_axis']['value']} {m['long_axis']['unit']}, "

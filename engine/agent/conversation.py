@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from engine.agent.guard import check_narrative, display_name, named_labels
 from engine.agent.memory import ConversationMemory
 from engine.agent.report import build_report
+from engine.analysis.questions import compose_answer, guarded, parse_question
 from engine.errors import ErrorCode, MedVisionError
 from engine.store import now_iso
 from engine.vocabulary import DISCLAIMER
@@ -152,7 +153,8 @@ def facts_answer(question: str, context: dict[str, Any]) -> dict[str, Any]:
         return {"answer": "There is no analysis of this image yet: run analyze_image or invoke_medical_agent first.",
                 "sources": [], "confidence": None}
     by_label = {s["label"]: s for s in sources if s["tool_id"] == "classify" and "label" in s}
-    labels = [label for label in named_labels(question) if label in by_label]
+    labels = [label for label in named_labels(question) | set(parse_question(question)["labels"])
+              if label in by_label]
     topic = _topic(question)
     cited: list[dict[str, Any]] = []
     if labels:
@@ -260,6 +262,10 @@ def ask_about_image(services: Services, session_id: str, question: str, image_id
         context = gather_context(services, session_id, image_id)
     else:
         context = {"report": None, "origin": None, "sources": []}
+    if include_context:
+        asked = _asked_answer(services, session_id, image_id, question)
+        if asked is not None:
+            return _record(services, memory, session_id, image_id, question, asked, started)
     answer = facts_answer(question, context)
     if not include_context:
         answer["answer"] = ("Without the analysis context there is nothing to answer from: the language model of "
@@ -306,3 +312,66 @@ def _language_model(services: Services) -> tuple[Any, str | None]:
         return llm, None
     except MedVisionError as exc:
         return None, str(exc)
+
+
+def _asked_answer(services: Services, session_id: str, image_id: str, question: str) -> dict[str, Any] | None:
+    """The answer from the question table (``engine.analysis.questions``), or None for the facts path.
+
+    Answered here: a finding asked about the selected region (the latest region analysis:
+    its crop's and the whole image's classifier output), a finding no model covers, a size
+    that needs units (the image's pixel spacing) and any question about the region; a
+    finding asked about the whole image goes to :func:`facts_answer` as before.
+    """
+    parsed = parse_question(question)
+    if parsed["kind"] == "unknown" or not (parsed["refers_to_region"] or parsed["not_covered"]
+                                           or parsed["measurement"] == "physical"):
+        return None
+    _, decoded = services.images.decoded_image(session_id, image_id)
+    region = services.analysis.latest_result(session_id, image_id, ("region",))
+    crop = whole = measurements = None
+    crop_ref = image_ref = measurements_ref = None
+    lead = ""
+    if parsed["labels"]:
+        if region is not None:
+            crop = region.get("classification") or services.regions.crop_classification(
+                session_id, image_id, region["region_info"]["region"])
+            crop_ref = f"classify on the region crop {crop['crop']}, region analysis {region['analysis_id']}"
+        elif parsed["refers_to_region"]:
+            lead = "No region of this image has been analysed yet: select one and ask again. "
+        whole = region.get("image_classification") if region else None
+        if whole is None or (crop is not None and whole.get("threshold") != crop["threshold"]):
+            whole = services.regions.image_classification(session_id, image_id, decoded,
+                                                          crop["threshold"] if crop else 0.5)
+        image_ref = (f"analyze_image analysis {whole['analysis_id']}" if whole.get("analysis_id")
+                     else "classify on the whole image, run for this answer")
+    if parsed["measurement"] and region is not None:
+        measurements = region.get("measurements")
+        measurements_ref = f"measure, region analysis {region['analysis_id']}"
+    composed = compose_answer(parsed, crop=crop, image=whole, crop_ref=crop_ref, image_ref=image_ref,
+                              measurements=measurements, measurements_ref=measurements_ref,
+                              spacing_known=decoded.pixel_spacing_mm is not None, image_format=decoded.format)
+    answered = guarded(composed, check_narrative)
+    answered["text"] = lead + answered["text"]
+    answered["context"] = {"kind": "region_analysis", "analysis_id": region["analysis_id"]} if region else None
+    return answered
+
+
+def _record(services: Services, memory: ConversationMemory, session_id: str, image_id: str, question: str,
+            asked: dict[str, Any], started: float) -> dict[str, Any]:
+    """The result of an answer from the question table, kept in the conversation memory."""
+    result = {
+        "session_id": session_id, "image_id": image_id, "question": question,
+        "answer": asked["text"], "confidence": None, "sources": asked["sources"], "source": "facts",
+        "guard": asked["guard"], "llm_attempt": None, "context": asked["context"],
+        "model_trained": (asked.get("model") or {}).get("trained"), "disclaimer": DISCLAIMER,
+        "kind": asked["kind"], "findings": asked["findings"], "not_covered": asked["not_covered"],
+        "threshold": asked["threshold"], "model": asked["model"],
+        "latency_ms": round((time.perf_counter() - started) * 1000, 1),
+    }
+    with services.store.db.transaction():
+        memory.add(session_id, "user", "question", question, image_id=image_id)
+        memory.add(session_id, "agent", "answer", result["answer"], sources=result["sources"], image_id=image_id,
+                   run_id=None)
+        services.store.add_interaction(session_id, "query", {"question": question, "source": "question_table",
+                                                           "sources": [s["id"] for s in result["sources"]]}, image_id)
+    return result

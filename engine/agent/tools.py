@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import jsonschema
 
 from engine.agent import management, zones
+from engine.agent.guard import check_narrative
 from engine.analysis.classify import classify as run_classifier
 from engine.errors import ErrorCode, MedVisionError
 from engine.imaging.crops import crop, square_box
@@ -408,7 +409,8 @@ def region_analysis(call: ToolCall, args: dict[str, Any]) -> ToolResult:
     where = _locate(call, item, bool(args.get("geometric")), threshold)
     actions = list(args.get("actions") or ["describe"])
     region = call.services.regions.analyze_selected_region(call.session_id, {"type": "bbox", "coordinates": where["box"]},
-                                                 question=item["label"], actions=actions, image_id=call.image_id)
+                                                 question=item["label"], actions=actions, image_id=call.image_id,
+                                                 answer=False)  # the label names the annotation: no question
     anatomy = region["region_info"]["anatomy"]
     area = region["region_info"]["area"]
     region_probability = where["probability"]
@@ -452,7 +454,7 @@ def user_region(call: ToolCall, args: dict[str, Any]) -> ToolResult:
     question = call.context.get("question") or call.facts.get("task") or "user selection"
     region = call.services.regions.analyze_selected_region(call.session_id, selection, question=str(question)[:200],
                                                  actions=list(args.get("actions") or ["describe", "classify"]),
-                                                 image_id=call.image_id)
+                                                 image_id=call.image_id, check=check_narrative)
     classification = region.get("classification") or {}
     top = (classification.get("findings") or [None])[0]
     output = {"annotation_id": region["annotation_id"], "analysis_id": region["analysis_id"],

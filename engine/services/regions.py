@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from engine.analysis import region as region_facts
@@ -10,6 +11,7 @@ from engine.analysis.anatomy import locate, midline_x
 from engine.analysis.classify import classify as run_classifier
 from engine.analysis.measurements import area as mask_area
 from engine.analysis.measurements import measure_mask
+from engine.analysis.questions import compose_answer, guarded, parse_question
 from engine.errors import ErrorCode, MedVisionError
 from engine.imaging.crops import crop, square_box
 from engine.imaging.masks import decode_rle, encode_rle, mask_bbox
@@ -36,14 +38,21 @@ class RegionService:
 
     def analyze_selected_region(self, session_id: str, region: dict, question: str | None = None,
                                 actions: list[str] | tuple[str, ...] = ("describe",),
-                                image_id: str | None = None, top_k: int = 5) -> dict:
-        """See ``Engine.analyze_selected_region``."""
+                                image_id: str | None = None, top_k: int = 5, *, answer: bool = True,
+                                check: Callable[[str, dict], list] | None = None) -> dict:
+        """See ``Engine.analyze_selected_region``.
+
+        ``answer``: answer the question (False where ``question`` is only a label for the
+        annotation); ``check``: the narrative guard the answer goes through.
+        """
         started = time.perf_counter()
         actions = list(actions or ["describe"])
         unknown = [a for a in actions if a not in region_facts.ACTIONS]
         if unknown:
             raise MedVisionError(ErrorCode.INVALID_ARGUMENT,
                                  f"unknown action(s) {', '.join(map(str, unknown))}; use {', '.join(region_facts.ACTIONS)}")
+        asked = parse_question(question) if answer and isinstance(question, str) and question.strip() else None
+        actions += self._actions_for(asked, actions)
         image_id = image_id or self.images.current_image_id(session_id)
         _, decoded = self.images.decoded_image(session_id, image_id)
         parsed = parse_region(region, decoded.rows, decoded.columns)
@@ -110,6 +119,8 @@ class RegionService:
         if trained and not all(trained):
             result["banner"] = UNTRAINED_BANNER
         analysis_id = new_id()
+        if asked is not None and asked["kind"] != "unknown":
+            result.update(self._answer(session_id, image_id, decoded, asked, sections, analysis_id, check))
         coordinates = encode_rle(target) if target_type == "mask" else parsed.coordinates
         confidence = max((v.get("confidence") or 0.0 for k, v in summary.items() if k != "overall"), default=None)
         with self.store.db.transaction():
@@ -123,5 +134,57 @@ class RegionService:
             self.store.add_interaction(session_id, "region_select",
                                        {"analysis_id": analysis_id, "region": parsed.to_dict(), "actions": actions},
                                        image_id)
+            if "answer" in result:  # the annotation's notes carry the answer too
+                self.store.update_annotation(session_id, result["annotation_id"], notes="\n".join(
+                    filter(None, [sections.get("description"), result["answer"]["text"]])))
         result["analysis_id"] = stored["id"]
         return jsonable(result)
+
+    # -- questions ---------------------------------------------------------------------------------
+    @staticmethod
+    def _actions_for(parsed: dict | None, actions: list[str]) -> list[str]:
+        """The actions a question needs beyond those asked: classify for a finding, measure for a size."""
+        if parsed is None:
+            return []
+        needed = (["classify"] if parsed["labels"] else []) + (["measure"] if parsed["measurement"] else [])
+        return [a for a in needed if a not in actions]
+
+    def image_classification(self, session_id: str, image_id: str, decoded: Any = None,
+                             threshold: float = 0.5) -> dict:
+        """The classifier's output on the whole image: the latest stored one of the current classifier at
+        ``threshold`` (``analysis_id`` names it), else computed now (``analysis_id`` None, not stored)."""
+        entry = self.models.require("classify")
+        stored = self.analysis.latest_result(session_id, image_id, ("analyze_image",)) or {}
+        classification = stored.get("classification") or {}
+        if classification.get("status") == "ok" and (classification.get("model") or {}).get("id") == entry.id \
+                and classification.get("threshold") == threshold:
+            return classification | {"analysis_id": stored["analysis_id"]}
+        if decoded is None:
+            _, decoded = self.images.decoded_image(session_id, image_id)
+        return run_classifier(decoded, self.models, threshold=threshold, force=True) | {"analysis_id": None}
+
+    def crop_classification(self, session_id: str, image_id: str, region: dict) -> dict:
+        """The classifier's output on a region's square crop (as ``classify`` computes it; not stored)."""
+        _, decoded = self.images.decoded_image(session_id, image_id)
+        parsed = parse_region(region, decoded.rows, decoded.columns)
+        box = square_box(mask_bbox(region_mask(parsed, decoded.rows, decoded.columns)), decoded.rows, decoded.columns)
+        return run_classifier(crop(decoded, box), self.models, force=True) | {"crop": box}
+
+    def _answer(self, session_id: str, image_id: str, decoded: Any, parsed: dict, sections: dict,
+                analysis_id: str, check: Callable[[str, dict], list] | None) -> dict:
+        """The ``answer`` section (and the whole image's ``image_classification`` it used)."""
+        out: dict[str, Any] = {}
+        crop_result, whole = sections.get("classification"), None
+        if parsed["labels"] and crop_result is not None:
+            whole = out["image_classification"] = self.image_classification(
+                session_id, image_id, decoded, crop_result["threshold"])
+        image_ref = (f"analyze_image analysis {whole['analysis_id']}" if whole and whole["analysis_id"]
+                     else f"classify on the whole image, region analysis {analysis_id}")
+        composed = compose_answer(
+            parsed, crop=crop_result, image=whole,
+            crop_ref=f"classify on the region crop {crop_result['crop']}, region analysis {analysis_id}"
+            if crop_result else None, image_ref=image_ref,
+            measurements=sections.get("measurements"), measurements_ref=f"measure, region analysis {analysis_id}",
+            spacing_known=decoded.pixel_spacing_mm is not None, image_format=decoded.format)
+        out["answer"] = guarded(composed, check)
+        return out

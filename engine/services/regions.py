@@ -123,10 +123,11 @@ class RegionService:
             result.update(self._answer(session_id, image_id, decoded, asked, sections, analysis_id, check))
         coordinates = encode_rle(target) if target_type == "mask" else parsed.coordinates
         confidence = max((v.get("confidence") or 0.0 for k, v in summary.items() if k != "overall"), default=None)
+        notes = "\n".join(filter(None, [sections.get("description"), (result.get("answer") or {}).get("text")]))
         with self.store.db.transaction():
-            annotation = self.annotations.add_row(
+            annotation = self.annotations.add_row(  # its notes carry the answer too
                 session_id, image_id, target_type, coordinates, label=question or "region analysis",
-                confidence=confidence or None, source="ai", notes=sections.get("description"),
+                confidence=confidence or None, source="ai", notes=notes or None,
                 layer="ai_regions", analysis_id=analysis_id)
             result["annotation_id"] = annotation["id"]
             result["timings_ms"] = timings | {"total": round((time.perf_counter() - started) * 1000, 2)}
@@ -134,9 +135,6 @@ class RegionService:
             self.store.add_interaction(session_id, "region_select",
                                        {"analysis_id": analysis_id, "region": parsed.to_dict(), "actions": actions},
                                        image_id)
-            if "answer" in result:  # the annotation's notes carry the answer too
-                self.store.update_annotation(session_id, result["annotation_id"], notes="\n".join(
-                    filter(None, [sections.get("description"), result["answer"]["text"]])))
         result["analysis_id"] = stored["id"]
         return jsonable(result)
 

@@ -7,7 +7,9 @@ raw line (tool arguments included). :func:`stdio_transport` answers such a line 
 as JSON-RPC 2.0 asks: ``-32700 Parse error`` (``id: null``) for a line that is not UTF-8
 JSON (an invalid byte, a lone surrogate, ``NaN``), ``-32600 Invalid Request`` (with the
 request's id when it has one) for JSON that is not a message; nothing reaches the session
-or the log. :class:`WithholdMessageText` keeps what the SDK logs to its first words.
+or the log. A line longer than :data:`MAX_LINE_BYTES` is never held whole: it is read in
+bounded steps, dropped, and answered with ``-32700`` (``details: too_large``).
+:class:`WithholdMessageText` keeps what the SDK logs to its first words.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
+import anyio.to_thread
 import mcp
 import pydantic_core
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -32,6 +35,27 @@ from pydantic import ValidationError
 
 #: Where the SDK's modules live: a log record whose code sits here is the SDK's.
 SDK_DIR = str(Path(mcp.__file__).parent)
+#: The longest message line read (16 MiB, newline included): far above any tool call (metadata is
+#: capped at 64 kB; a full-size mask pushed to the canvas as RLE is a few hundred kB), and a
+#: bound on what one client line can cost the server.
+MAX_LINE_BYTES = 16 * 1024 * 1024
+TOO_LARGE = object()  # what :func:`bounded_lines` yields for a line over the limit
+
+
+async def bounded_lines(stdin: anyio.AsyncFile[bytes], limit: int = MAX_LINE_BYTES) -> AsyncIterator[bytes | object]:
+    """The lines of ``stdin``, each at most ``limit`` bytes; a longer one is read in steps of
+    ``limit``, dropped, and yielded as :data:`TOO_LARGE`."""
+    readline = stdin.wrapped.readline
+    while True:
+        line = await anyio.to_thread.run_sync(readline, limit + 1)
+        if not line:
+            return
+        if len(line) <= limit:
+            yield line
+            continue
+        while line and not line.endswith(b"\n"):  # drop the rest of the line, a bounded step at a time
+            line = await anyio.to_thread.run_sync(readline, limit)
+        yield TOO_LARGE
 
 
 def _error(request_id: Any, code: int, message: str) -> str:
@@ -74,7 +98,10 @@ async def stdio_transport(
     async def stdin_reader() -> None:
         try:
             async with read_writer:
-                async for line in stdin:
+                async for line in bounded_lines(stdin):
+                    if line is TOO_LARGE:
+                        await emit(_error(None, types.PARSE_ERROR, f"Parse error: a line over {MAX_LINE_BYTES} bytes"))
+                        continue
                     if not line.strip():
                         continue
                     message, error = parse_line(line)

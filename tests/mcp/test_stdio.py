@@ -143,3 +143,48 @@ def test_a_line_that_is_not_a_message_gets_a_json_rpc_error_and_stderr_never_quo
     assert server.returncode == 0
     stderr = errors.decode("utf-8", "replace")
     assert "SECRET" not in stderr and "xxxxxxxx" not in stderr, stderr[-2000:]
+
+
+def test_a_line_too_long_is_dropped_in_bounded_steps_and_answered(home: Path, model_pack: Path, rg1_path: Path,
+                                                                   tmp_path: Path) -> None:
+    """A 256 MiB line (no newline for a long while) costs the server a bounded step, not the line:
+    it gets -32700 and the next request is answered (on dcb70c6 the whole line was held, then decoded)."""
+    from engine.mcp.transport import MAX_LINE_BYTES
+    from tests import bombs
+
+    command, env = server_command(home, model_pack, rg1_path.parent)
+    report = tmp_path / "server.rss"
+    server = bombs.capped_popen(command, report=report, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, env=env, cwd=REPO)
+
+    def send(text: bytes) -> None:
+        server.stdin.write(text)
+        server.stdin.flush()
+
+    def reply() -> dict[str, Any]:
+        line = server.stdout.readline()
+        assert line, "the server exited"
+        return json.loads(line)
+
+    try:
+        send(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "long", "version": "0"}}}).encode() + b"\n")
+        assert reply()["id"] == 1
+        send(json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}).encode() + b"\n")
+        chunk = b"x" * (1 << 20)
+        for _ in range(256):
+            send(chunk)
+        send(b"\n")
+        refused = reply()
+        assert refused["id"] is None and refused["error"]["code"] == -32700
+        assert str(MAX_LINE_BYTES) in refused["error"]["message"]
+        send(json.dumps({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}).encode() + b"\n")
+        assert len(reply()["result"]["tools"]) >= len(SPEC_TOOLS)
+    finally:
+        server.stdin.close()
+        server.stdout.read()
+        server.wait(60)
+    assert server.returncode == 0
+    peak_mb = bombs.reported_peak_mb(report)
+    assert peak_mb < 330, f"the server peaked at {peak_mb:.0f} MB for one long line"

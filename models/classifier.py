@@ -25,7 +25,7 @@ from torch import nn
 from models.calibration import CalibrationSet
 
 if TYPE_CHECKING:
-    from models.pack import BuildContext
+    from models.context import BuildContext
 from models.onnx_tools import cpu_session, export_onnx, median_latency_ms, quantize_qdq
 
 log = logging.getLogger(__name__)

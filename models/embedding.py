@@ -55,7 +55,7 @@ from models.onnx_tools import cpu_session, export_onnx
 
 if TYPE_CHECKING:
     from engine.imaging import DecodedImage
-    from models.pack import BuildContext
+    from models.context import BuildContext
 
 log = logging.getLogger(__name__)
 

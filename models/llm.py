@@ -28,7 +28,7 @@ from engine.inference.llm import DEFAULT_N_CTX, gguf_precision, read_gguf_metada
 from engine.inference.modelpack import sha256_file
 
 if TYPE_CHECKING:
-    from models.pack import BuildContext
+    from models.context import BuildContext
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,6 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,23 +18,10 @@ import jsonschema
 
 from engine.inference.modelpack import MANIFEST_NAME, ModelPack, manifest_schema, sha256_file
 from models import BUILDER_VERSION, classifier, embedding, llm, sam, segmentation
-from models.calibration import CalibrationImages, load_images
+from models.calibration import load_images
+from models.context import BuildContext
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class BuildContext:
-    """What every component builder gets: where to write, which weights, which images."""
-
-    out_dir: Path
-    images: CalibrationImages
-    weights_dir: Path | None
-    threads: int
-
-    @property
-    def dev(self) -> bool:  # noqa: D102
-        return self.weights_dir is None
 
 
 #: One builder per model family; each writes its files under ``out_dir`` and returns

@@ -66,7 +66,7 @@ with warnings.catch_warnings():
 
 if TYPE_CHECKING:
     from engine.imaging import DecodedImage
-    from models.pack import BuildContext
+    from models.context import BuildContext
 
 log = logging.getLogger(__name__)
 

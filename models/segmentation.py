@@ -39,7 +39,7 @@ from models.onnx_tools import cpu_session, export_onnx, quantize_qdq
 if TYPE_CHECKING:
     import onnx
 
-    from models.pack import BuildContext
+    from models.context import BuildContext
 
 log = logging.getLogger(__name__)
 

@@ -19,13 +19,13 @@ from desktop.worker import Op
 from engine.events import EventKind
 
 if TYPE_CHECKING:
-    from desktop.canvas.view import CanvasView
+    from desktop.canvas.host import CanvasHost
 
 
 class AgentOverlays:
     """Items agents pushed (by layer id), drawn over the view's layers and cleared with its image."""
 
-    def __init__(self, view: CanvasView) -> None:
+    def __init__(self, view: CanvasHost) -> None:
         self.view = view
         self.pushed: dict[str, list[QGraphicsItem]] = {}
         self.animation: QVariantAnimation | None = None

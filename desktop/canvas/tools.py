@@ -27,7 +27,7 @@ from desktop.qt import (
 from desktop.worker import Op
 
 if TYPE_CHECKING:
-    from desktop.canvas.view import CanvasView
+    from desktop.canvas.host import CanvasHost
 
 #: Tools: name -> (shortcut, title). Measure tools create measurement annotations.
 TOOLS = {
@@ -43,7 +43,7 @@ _CLICK_KINDS = {"polygon": 3, "area": 3, "angle": 3}  # fewest points; angle fin
 class ToolController:
     """The current tool: mouse and key input in image pixels -> annotations, edits, segmentation prompts."""
 
-    def __init__(self, view: CanvasView) -> None:
+    def __init__(self, view: CanvasHost) -> None:
         self.view = view
         self.tool = "select"
         self.selection: dict | None = None  # the last drawn region, for analyze_selected_region

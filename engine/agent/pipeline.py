@@ -46,7 +46,7 @@ import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import jsonschema
 import yaml
@@ -54,8 +54,14 @@ import yaml
 from engine.agent.conditions import Condition, parse_condition
 from engine.errors import ErrorCode, MedVisionError
 
-if TYPE_CHECKING:
-    from engine.agent.tools import ToolRegistry
+
+class ToolLookup(Protocol):
+    """What parsing a pipeline asks of the tool registry (:class:`engine.agent.tools.ToolRegistry` is one)."""
+
+    def get(self, tool_id: str, *, missing_ok: bool = False) -> Any: ...
+    def ids(self) -> list[str]: ...
+    def check_args(self, tool_id: str, args: dict[str, Any], *, where: str = "args") -> None: ...
+
 
 PIPELINES_PACKAGE = "engine.agent.pipelines"
 PIPELINES_ENV = "MEDVISION_PIPELINES"
@@ -158,7 +164,7 @@ def _path(parts: Any) -> str:
     return text or "(root)"
 
 
-def parse_pipeline(text: str, source: str, registry: ToolRegistry) -> Pipeline:
+def parse_pipeline(text: str, source: str, registry: ToolLookup) -> Pipeline:
     """Parse and validate one pipeline YAML text.
 
     Parameters
@@ -233,7 +239,7 @@ def _condition(text: str | None, source: str, where: str, extra_roots: tuple[str
     return parse_condition(text, allowed_roots=FACT_ROOTS + extra_roots, where=f"pipeline {source}: {where}")
 
 
-def _tool_use(raw: dict, role: str, source: str, where: str, registry: ToolRegistry) -> ToolUse:
+def _tool_use(raw: dict, role: str, source: str, where: str, registry: ToolLookup) -> ToolUse:
     tool = _known_tool(raw["tool"], role, source, f"{where}.tool", registry)
     foreach = raw.get("foreach")
     if foreach and not tool.per_item:
@@ -252,7 +258,7 @@ def _tool_use(raw: dict, role: str, source: str, where: str, registry: ToolRegis
                    required=raw.get("required", False), min_confidence=raw.get("min_confidence"))
 
 
-def _known_tool(tool_id: str, role: str, source: str, where: str, registry: ToolRegistry):  # noqa: ANN202
+def _known_tool(tool_id: str, role: str, source: str, where: str, registry: ToolLookup):  # noqa: ANN202
     tool = registry.get(tool_id, missing_ok=True)
     if tool is None:
         raise _bad(source, where, f"unknown tool {tool_id!r} (known: {', '.join(registry.ids())})")
@@ -282,7 +288,7 @@ def _candidates(extra_dirs: list[Path] | None) -> list[tuple[str, str]]:
     return found
 
 
-def load_pipelines(registry: ToolRegistry, extra_dirs: list[Path] | None = None) -> list[Pipeline]:
+def load_pipelines(registry: ToolLookup, extra_dirs: list[Path] | None = None) -> list[Pipeline]:
     """Every pipeline, validated; a user pipeline overrides a packaged one with its id."""
     chosen: dict[str, Pipeline] = {}
     for source, text in _candidates(extra_dirs):
@@ -291,7 +297,7 @@ def load_pipelines(registry: ToolRegistry, extra_dirs: list[Path] | None = None)
     return list(chosen.values())
 
 
-def select_pipeline(registry: ToolRegistry, image_type: str, name: str | None = None,
+def select_pipeline(registry: ToolLookup, image_type: str, name: str | None = None,
                     extra_dirs: list[Path] | None = None) -> Pipeline:
     """The pipeline named ``name``, else the first serving ``image_type``, else ``default``."""
     pipelines = load_pipelines(registry, extra_dirs)

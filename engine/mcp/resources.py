@@ -22,6 +22,7 @@ from pydantic import AnyUrl
 
 from engine.api import Engine
 from engine.events import ANNOTATION_KINDS, EventKind
+from engine.mcp.context import app_context
 
 log = logging.getLogger("engine.mcp")
 
@@ -152,8 +153,6 @@ def register(app: FastMCP, subscriptions: Subscriptions) -> None:
 
 def _reader(part: str) -> Any:
     """The resource function for one part (runs on the event loop: reads are short SQLite queries)."""
-    from engine.mcp.server import app_context
-
     def resource(session_id: str, ctx: Context) -> str:
         return json.dumps(READERS[part](app_context(ctx).engine, session_id), default=str)
 

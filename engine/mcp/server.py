@@ -2,8 +2,8 @@
 
 Tools live in :mod:`engine.mcp.tools`, resources and their live updates in
 :mod:`engine.mcp.resources`. The :class:`engine.api.Engine` is built in the lifespan and
-reaches the tools through :class:`AppContext`; every engine call goes through
-:meth:`AppContext.call`: one at a time per study session, in a worker thread, bounded in
+reaches the tools through :class:`~engine.mcp.context.AppContext`; every engine call goes
+through :meth:`~engine.mcp.context.AppContext.call`: one at a time per study session, in a worker thread, bounded in
 time, with progress notifications at start and end. Failures come back as ``isError``
 results whose text is the JSON ``{"code", "message", "details"}``. stdout carries nothing
 but JSON-RPC; logs go to stderr.
@@ -15,31 +15,27 @@ import argparse
 import json
 import logging
 import sys
-import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import anyio
-import anyio.from_thread
 import anyio.to_thread
 from mcp import types
-from mcp.server.fastmcp import Context, FastMCP
+from mcp.server.fastmcp import FastMCP
 from mcp.server.fastmcp.exceptions import ToolError
 from pydantic import ValidationError
 
 from engine.api import Engine
 from engine.config import Settings
 from engine.errors import MedVisionError
-from engine.mcp import paths, transport
+from engine.mcp import paths, resources, tools, transport
+from engine.mcp.context import DEFAULT_TIMEOUT_S, AppContext, ToolFailure
 
 log = logging.getLogger("engine.mcp")
 
-DEFAULT_TIMEOUT_S = 300.0
 POLL_INTERVAL_S = 0.2
-ROOTS_TIMEOUT_S = 10.0
 INSTRUCTIONS = (
     "MedVision radiology workstation (research and education, not for diagnostic use). "
     "Create a study session, add an image (image_path under an allowed root), analyse it, "
@@ -47,83 +43,6 @@ INSTRUCTIONS = (
     "medvision://session/{session_id}/image|annotations|segmentation|analysis|agent_message, "
     "subscribable for live updates. Errors are isError results with JSON {code, message, details}."
 )
-
-
-class ToolFailure(Exception):
-    """A failure with a code outside the engine's ErrorCode (TIMEOUT, INTERNAL_ERROR)."""
-
-    def __init__(self, code: str, message: str, **details: Any) -> None:
-        super().__init__(message)
-        self.payload = {"code": code, "message": message, "details": details}
-
-
-@dataclass
-class AppContext:
-    """What the tools share: the engine, the path policy, per-session locks, the time limit."""
-
-    engine: Engine
-    roots: list[Path]
-    timeout_s: float = DEFAULT_TIMEOUT_S
-    _locks: dict[str, threading.Lock] = field(default_factory=dict)
-
-    def _lock(self, key: str) -> threading.Lock:
-        return self._locks.setdefault(key, threading.Lock())
-
-    async def call(self, ctx: Context | None, key: str | None, fn: Callable[..., Any], *args: Any,
-                   announce: bool = False, **kwargs: Any) -> Any:
-        """Run ``fn`` in a worker thread, serialised on ``key`` (a session id), within the time limit.
-
-        The lock is taken inside the thread, so a call that times out keeps its session
-        locked until the engine really finishes; the client gets ``TIMEOUT`` at once.
-        With ``announce``, the tool's progress token receives 0/1 and 1/1.
-        """
-        lock = self._lock(key) if key else None
-
-        def work() -> Any:
-            if lock is None:
-                return fn(*args, **kwargs)
-            with lock:
-                return fn(*args, **kwargs)
-
-        if announce and ctx is not None:
-            await ctx.report_progress(0, 1, f"{getattr(fn, '__name__', 'call')} started")
-        try:
-            with anyio.fail_after(self.timeout_s):
-                result = await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
-        except TimeoutError as exc:
-            raise ToolFailure("TIMEOUT", f"the call did not finish within {self.timeout_s:g} s; "
-                              "the engine completes it in the background", timeout_s=self.timeout_s) from exc
-        if announce and ctx is not None:
-            await ctx.report_progress(1, 1, "done")
-        return result
-
-    def progress_callback(self, ctx: Context) -> Callable[[int, int, str], None]:
-        """An engine ``progress(done, total, message)`` callback that notifies the client from a worker thread."""
-        def report(done: int, total: int, message: str = "") -> None:
-            try:
-                anyio.from_thread.run(ctx.report_progress, done, total or None, message)
-            except RuntimeError:  # the event loop is gone (server shutting down): drop it
-                pass
-        return report
-
-    async def allowed_roots(self, ctx: Context) -> list[Path]:
-        """Configured roots plus the client's, when it declares the roots capability."""
-        roots = list(self.roots)
-        session = ctx.session
-        if session.check_client_capability(types.ClientCapabilities(roots=types.RootsCapability())):
-            try:
-                with anyio.fail_after(ROOTS_TIMEOUT_S):
-                    listed = await session.list_roots()
-            except Exception:  # noqa: BLE001 - a client that fails to list roots keeps the configured ones
-                log.warning("the client declared roots but list_roots failed or timed out")
-            else:
-                roots += [p for p in (paths.uri_to_path(str(r.uri)) for r in listed.roots) if p is not None]
-        return roots
-
-
-def app_context(ctx: Context) -> AppContext:
-    """The :class:`AppContext` of the running server, from a tool's context."""
-    return ctx.request_context.lifespan_context
 
 
 def error_result(error: BaseException) -> types.CallToolResult:
@@ -167,8 +86,6 @@ def create_server(settings: Settings | None = None, *, home: str | Path | None =
                   model_pack: str | Path | None = None, roots: Sequence[str | Path] = (),
                   timeout_s: float = DEFAULT_TIMEOUT_S, poll_interval_s: float = POLL_INTERVAL_S) -> FastMCP:
     """The MCP app. The engine is opened when a client connects (lifespan) and closed after."""
-    from engine.mcp import resources, tools  # they import this module (app_context)
-
     subscriptions = resources.Subscriptions()
     allowed = [Path(r).expanduser() for r in (*paths.env_roots(), *roots)]
 

@@ -1,6 +1,6 @@
 """The MCP tools: one per product-spec tool, each a typed call of the Engine method of that name.
 
-Every call runs through :meth:`engine.mcp.server.AppContext.call` (per-session lock,
+Every call runs through :meth:`engine.mcp.context.AppContext.call` (per-session lock,
 worker thread, time limit). Paths an agent passes are checked by :mod:`engine.mcp.paths`
 first. Errors surface as ``isError`` results (see :func:`engine.mcp.server.error_result`).
 """
@@ -14,6 +14,7 @@ from pydantic import Field
 
 from engine.api import Engine
 from engine.mcp import paths
+from engine.mcp.context import app_context
 from engine.mcp.models import (
     AgentMode,
     AgentResult,
@@ -46,7 +47,6 @@ from engine.mcp.models import (
     UserInputRequest,
     Visualization,
 )
-from engine.mcp.server import app_context
 
 R = TypeVar("R", bound=Result)
 TopK = Annotated[int, Field(ge=1, le=50, description="How many similar cases.")]

@@ -268,9 +268,10 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, argparse.Namesp
             return 0
         return record
 
-    for name in dir(cli):
-        if name.startswith("cmd_") and name != "cmd_dicom_node":
-            monkeypatch.setattr(cli, name, recorder(name))
+    for family in cli.FAMILIES:
+        for name in dir(family):
+            if name.startswith("cmd_") and name != "cmd_dicom_node":
+                monkeypatch.setattr(family, name, recorder(name))
     monkeypatch.setattr(scp, "serve", recorder("node.serve"))
     monkeypatch.setattr(scp, "status", recorder("node.status"))
     monkeypatch.setattr(scp, "configure_logging", lambda level: None)

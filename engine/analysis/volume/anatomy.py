@@ -19,7 +19,7 @@ resolution along each boundary.
   array's direction: each component goes to the side holding most of it, and a component
   spanning the midline (lungs joined at the front) is cut at the midline plane.
 - **bone**: HU > :data:`BONE_HU` inside the body, components under :data:`BONE_MIN_ML`
-  removed, the marrow filled in slice by slice (cancellous bone is often below the cortex
+  removed, closed once and the marrow filled in slice by slice (cancellous bone is often below the cortex
   threshold).
 
 Known limits: contrast-filled vessels and dense calcifications pass as bone; a
@@ -63,7 +63,9 @@ TRACHEA_AREA_CM2 = (1.0, 8.0)
 SEED_SEARCH_MM = 40.0
 #: The trachea runs at least this far down from its seed (mm).
 AIRWAY_MIN_LENGTH_MM = 30.0
-BONE_HU = 200.0
+#: Bone threshold: the conventional lower bound of cancellous bone; 200-250 misses the marrow of
+#: 3 mm slices (Dice 0.67 at 200 against 0.81 at 150 on the shared CT).
+BONE_HU = 150.0
 BONE_MIN_ML = 1.0
 
 
@@ -292,7 +294,13 @@ def _bone(frame: _Frame, body: np.ndarray) -> np.ndarray:
     sizes = np.bincount(labels.ravel(), minlength=count + 1) * frame.coarse_voxel_ml
     keep = sizes >= BONE_MIN_ML
     keep[0] = False
-    return grid.within_box(keep[labels], partial(ndi.binary_fill_holes, structure=grid.SLICE_CROSS))
+    # Closing once joins a cortex broken by partial volume, so the marrow inside can be filled.
+    return grid.within_box(keep[labels], _close_and_fill)
+
+
+def _close_and_fill(mask: np.ndarray) -> np.ndarray:
+    closed = ndi.binary_closing(np.pad(mask, 1), grid.CONNECT_6)[1:-1, 1:-1, 1:-1]
+    return ndi.binary_fill_holes(closed, grid.SLICE_CROSS)
 
 
 def _above(level: float) -> Callable[[np.ndarray], np.ndarray]:

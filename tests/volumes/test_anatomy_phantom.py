@@ -76,3 +76,30 @@ def test_no_air_tube_no_airways_and_it_says_so() -> None:
     assert not found["airways"].found and not result.mask("airways").any()
     assert "no trachea" in found["airways"].note
     assert found["lung_left"].found and found["lung_right"].found
+
+
+def test_a_coronal_stack_does_not_guess_a_trachea_and_nan_is_refused() -> None:
+    from engine.errors import ErrorCode, MedVisionError
+
+    hu, _ = _phantom()
+    coronal = np.array([[2.0, 0, 0, 0], [0, 0, 2.5, 0], [0, -2.0, 0, 0], [0, 0, 0, 1]])
+    result = segment_anatomy(hu, coronal, structures=("airways",))
+    assert not result.mask("airways").any() and "axial" in result.structures[0].note
+    hu[3, 3, 3] = np.nan
+    with pytest.raises(MedVisionError) as caught:
+        segment_anatomy(hu, _affine(True))
+    assert caught.value.code is ErrorCode.INVALID_ARGUMENT
+
+
+def test_the_coarse_path_finds_the_same_airways_and_lungs() -> None:
+    hu, truth = _phantom()
+
+    def up(a: np.ndarray) -> np.ndarray:
+        return np.repeat(np.repeat(a, 2, axis=1), 2, axis=2)
+
+    # 1 mm pixels: the method pools 2 x 2 in-plane, labels there and refines at full size.
+    result = segment_anatomy(up(hu), _affine(True) @ np.diag([0.5, 0.5, 1.0, 1.0]), structures=("lungs", "airways"))
+    assert result.grid_factors == (1, 2, 2)
+    assert dice(result.mask("airways"), up(truth["airways"])) > 0.99
+    assert dice(result.mask("lung_left"), up(truth["high_x_lung"])) > 0.97
+    assert dice(result.mask("lung_right"), up(truth["low_x_lung"])) > 0.97

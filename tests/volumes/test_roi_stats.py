@@ -113,3 +113,12 @@ def test_distance_across_slices_uses_the_affine() -> None:
     assert distance_mm([0, 0, 0], [6, 8, 3], oblique) == pytest.approx(math.hypot(5.0, 6.0))
     with pytest.raises(MedVisionError):
         distance_mm([0, 0], [1, 1, 1], affine)
+
+
+def test_non_finite_values_in_the_roi_are_invalid_argument() -> None:
+    hu = HU.copy()
+    hu[1, 1, 1] = np.nan
+    assert roi_box_stats(hu, SPACING, [2, 2, 2, 3, 3, 3]).voxel_count == 8     # the NaN is elsewhere
+    with pytest.raises(MedVisionError) as caught:
+        roi_box_stats(hu, SPACING, [0, 0, 0, 2, 2, 2])
+    assert caught.value.code is ErrorCode.INVALID_ARGUMENT

@@ -131,6 +131,7 @@ class _Frame:
     coarse_spacing: tuple[float, float, float]
     x_lps: np.ndarray      # patient left-right position of each coarse voxel (mm), broadcastable
     superior_first: bool   # slice 0 is the most superior one
+    axial: bool            # slices run along the patient's head-foot axis (the trachea search needs it)
 
 
 def _bad(message: str) -> MedVisionError:
@@ -147,6 +148,8 @@ def _frame(hu: np.ndarray, affine: np.ndarray) -> _Frame:
     spacing = spacing_from_affine(affine)
     factors = grid.block_factors(hu.shape, spacing)
     coarse, peak = grid.pool(hu, factors)
+    if not np.isfinite(coarse).all():     # a NaN or inf anywhere makes its block's mean non-finite
+        raise _bad("hu holds non-finite values")
     coarse_spacing = tuple(s * f for s, f in zip(spacing, factors, strict=True))
     # Coarse voxel (k, j, i) covers full voxels k*f .. k*f+f-1: its centre index is k*f + (f-1)/2.
     centres = [np.arange(n) * f + (f - 1) / 2.0 for n, f in zip(coarse.shape, factors, strict=True)]
@@ -154,8 +157,9 @@ def _frame(hu: np.ndarray, affine: np.ndarray) -> _Frame:
     x_lps = affine[0, 0] * xc + affine[0, 1] * yc + affine[0, 2] * zc + affine[0, 3]
     # Superior is +z in LPS: which end of the stack is higher up.
     superior_first = float(affine[2, 2]) < 0.0
+    axial = abs(float(affine[2, 2])) > 0.7 * spacing[0]     # within about 45 degrees of axial
     return _Frame(hu, coarse, peak, factors, float(np.prod(coarse_spacing)) / 1000.0,
-                  coarse_spacing, x_lps.astype(np.float32), superior_first)  # type: ignore[arg-type]
+                  coarse_spacing, x_lps.astype(np.float32), superior_first, axial)  # type: ignore[arg-type]
 
 
 def _largest_component(mask: np.ndarray) -> np.ndarray:
@@ -220,6 +224,8 @@ def _trachea_seed(frame: _Frame, body: np.ndarray) -> tuple[int, int, int] | Non
 def _airways(frame: _Frame, body: np.ndarray) -> tuple[np.ndarray, str]:
     """Coarse airway mask and a note."""
     empty = np.zeros(frame.coarse.shape, dtype=bool)
+    if not frame.axial:
+        return empty, "not an axial stack: the trachea is looked for in the superior slices"
     seed = _trachea_seed(frame, body)
     if seed is None:
         return empty, "no trachea-sized air tube near the midline in the superior slices"

@@ -93,6 +93,8 @@ def stats_of_values(values: np.ndarray, kind: str, spacing_zyx: tuple[float, flo
     if count == 0:
         return RoiStats(kind, 0, 0.0, None, None, None, None, None, spacing_zyx)
     v = values.astype(np.float64, copy=False)
+    if not np.isfinite(v).all():
+        raise _invalid_argument("the ROI holds non-finite HU values")
     return RoiStats(kind, count, volume_ml, float(v.mean()), float(v.std()), float(v.min()), float(v.max()),
                     z_range, spacing_zyx)
 

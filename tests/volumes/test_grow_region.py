@@ -112,8 +112,10 @@ def test_clicking_in_a_real_lung_grows_that_lung(shared_ct_dir) -> None:  # noqa
     hu, affine = load_ct(shared_ct_dir / "example_ct.nii.gz")
     right = load_mask(shared_ct_dir / "example_ct_seg", ["lung_lower_lobe_right", "lung_middle_lobe_right"])
     spacing = tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0)[::-1])
-    z, y, x = (int(v) for v in np.argwhere(right & (hu < -700))[len(np.argwhere(right & (hu < -700))) // 2])
+    candidates = np.argwhere(right & (hu < -700))
+    z, y, x = (int(v) for v in candidates[len(candidates) // 2])
     result = grow_region(hu, spacing, [x, y, z], -1024, -400)
-    # Air connected to a click in the right lung base is that lung (vessels excluded: a lower Dice).
-    assert dice(result.full_mask(), right) > 0.85
-    assert 40 < result.stats.volume_ml < 90
+    # Air connected to a click in the right lung base is that lung: Dice 0.968, 73.1 mL measured.
+    assert dice(result.full_mask(), right) > 0.94
+    assert 65 < result.stats.volume_ml < 80
+    assert result.stats.max_hu <= -400 and result.stats.z_range == (101, 111)

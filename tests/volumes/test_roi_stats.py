@@ -122,3 +122,24 @@ def test_non_finite_values_in_the_roi_are_invalid_argument() -> None:
     with pytest.raises(MedVisionError) as caught:
         roi_box_stats(hu, SPACING, [0, 0, 0, 2, 2, 2])
     assert caught.value.code is ErrorCode.INVALID_ARGUMENT
+
+
+def test_a_box_roi_becomes_a_volume_annotation_anchored_on_its_series() -> None:
+    from engine.analysis.volume.annotation import check_anchor, volume_annotation
+
+    stats = roi_box_stats(HU, SPACING, [1, 1, 1, 3, 2, 2])
+    payload = volume_annotation(stats, shape="box", geometry={"box": [1, 1, 1, 3, 2, 2]}, method="roi",
+                                volume_shape=HU.shape, series_uid="1.2.3")
+    coordinates = payload["coordinates"]
+    assert payload["type"] == "volume_roi" and coordinates["z_range"] == [1, 2]
+    assert coordinates["stats"]["volume_ml"] == pytest.approx(0.006)
+    check_anchor({"series_instance_uid": "1.2.3", "rows": 5, "columns": 6}, coordinates)
+    for row in ({"series_instance_uid": "9.9", "rows": 5, "columns": 6},
+                {"series_instance_uid": "1.2.3", "rows": 6, "columns": 5}):
+        with pytest.raises(MedVisionError) as caught:
+            check_anchor(row, coordinates)
+        assert caught.value.code is ErrorCode.INVALID_REGION
+    with pytest.raises(MedVisionError) as caught:
+        volume_annotation(stats, shape="box", geometry={"box": [1, 1, 1, 6, 2, 2]}, method="roi",
+                          volume_shape=HU.shape, series_uid="1.2.3")
+    assert caught.value.code is ErrorCode.INVALID_REGION

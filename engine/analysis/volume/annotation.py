@@ -146,3 +146,18 @@ def grown_region_annotation(result: GrowResult, *, series_uid: str | None, frame
     return volume_annotation(result.stats, shape="mask", geometry=geometry, method=result.method,
                              volume_shape=result.volume_shape, series_uid=series_uid,
                              frame_of_reference_uid=frame_of_reference_uid, stack_key=stack_key)
+
+
+def check_anchor(image_row: dict[str, Any], coordinates: dict[str, Any]) -> None:
+    """That the annotation row's image can anchor these volume coordinates (``INVALID_REGION`` if not).
+
+    The image must belong to the named series and have the volume's in-plane size
+    (rows = ``volume_shape[1]``, columns = ``volume_shape[2]``).
+    """
+    series = image_row.get("series_instance_uid")
+    if coordinates.get("series_uid") is not None and series != coordinates["series_uid"]:
+        raise _invalid("the image is not a slice of the annotation's series")
+    _, rows, columns = coordinates["volume_shape"]
+    if (image_row.get("rows"), image_row.get("columns")) != (rows, columns):
+        raise _invalid(f"the image is {image_row.get('rows')} x {image_row.get('columns')}, "
+                       f"the volume's slices {rows} x {columns}")

@@ -103,3 +103,16 @@ def test_the_coarse_path_finds_the_same_airways_and_lungs() -> None:
     assert dice(result.mask("airways"), up(truth["airways"])) > 0.99
     assert dice(result.mask("lung_left"), up(truth["high_x_lung"])) > 0.97
     assert dice(result.mask("lung_right"), up(truth["low_x_lung"])) > 0.97
+
+
+def test_an_airway_open_to_the_room_keeps_the_lungs() -> None:
+    hu, truth = _phantom()
+    # The trachea opens through the body wall above z 47 (a mouth, or a tube): only a 7.5 mm
+    # stub stays enclosed, joined to the bronchi, so no airway is found; the lungs still
+    # must not be taken for the room's air they now connect to.
+    hu[47:, 0:46, 58:63] = -1000.0
+    result = segment_anatomy(hu, _affine(True), structures=("lungs", "airways"))
+    found = {s.name: s for s in result.structures}
+    assert not found["airways"].found
+    assert dice(result.mask("lung_left"), truth["high_x_lung"]) > 0.95
+    assert dice(result.mask("lung_right"), truth["low_x_lung"]) > 0.95

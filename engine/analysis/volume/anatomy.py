@@ -11,8 +11,8 @@ resolution along each boundary.
   :data:`AIRWAY_THRESHOLDS` whose result neither exceeds :data:`AIRWAY_MAX_ML` nor more
   than doubles the previous one is kept (the leak check: parenchyma floods a loose grow).
   No seed (a scan below the thoracic inlet) gives an empty mask and says so.
-- **lungs**: air (HU < -400) minus the airways, in components that touch neither side nor
-  the front or back of the field of view (outside air); a component is lung when it holds
+- **lungs**: air (HU < -400) inside the body minus the airways, in components that touch
+  neither side nor the front or back of the field of view; a component is lung when it holds
   at least :data:`LUNG_MIN_ML`, its median HU is in :data:`LUNG_MEDIAN_HU` and at most
   :data:`LUNG_MAX_GAS_SHARE` of it is below :data:`GAS_HU` (bowel gas is nearly pure air); vessels are filled in slice by slice. Left and right come from
   the patient's left-right axis of the affine (LPS: +x is the patient's left), never the
@@ -249,9 +249,12 @@ def _airways(frame: _Frame, body: np.ndarray) -> tuple[np.ndarray, str]:
     return kept, note
 
 
-def _lung_components(frame: _Frame, airways: np.ndarray) -> np.ndarray:
+def _lung_components(frame: _Frame, airways: np.ndarray, body: np.ndarray) -> np.ndarray:
     """Coarse lung mask: enclosed air components of lung size and lung density."""
-    air = (frame.coarse < AIR_HU) & ~grid.within_box(airways, partial(ndi.binary_dilation, structure=grid.CONNECT_6))
+    # Air inside the (slice-filled) body only: an airway open to the room through the mouth
+    # would otherwise join the lungs to the air outside.
+    air = (frame.coarse < AIR_HU) & body
+    air &= ~grid.within_box(airways, partial(ndi.binary_dilation, structure=grid.CONNECT_6))
     labels, count = ndi.label(air, grid.CONNECT_6)
     if count == 0:
         return air
@@ -353,7 +356,7 @@ def segment_anatomy(hu: np.ndarray, affine: np.ndarray,
     if "bone" in wanted:
         coarse["bone"], thresholds["bone"] = _bone(frame, body), _above(BONE_HU)
     if "lungs" in wanted:
-        coarse["lung_left"], coarse["lung_right"] = _split_sides(frame, _lung_components(frame, airways), body)
+        coarse["lung_left"], coarse["lung_right"] = _split_sides(frame, _lung_components(frame, airways, body), body)
         thresholds["lung_left"] = thresholds["lung_right"] = _below(AIR_HU)
     if "airways" in wanted:
         coarse["airways"], thresholds["airways"] = airways, _below(AIRWAY_THRESHOLDS[-1])

@@ -143,3 +143,16 @@ def test_a_box_roi_becomes_a_volume_annotation_anchored_on_its_series() -> None:
         volume_annotation(stats, shape="box", geometry={"box": [1, 1, 1, 6, 2, 2]}, method="roi",
                           volume_shape=HU.shape, series_uid="1.2.3")
     assert caught.value.code is ErrorCode.INVALID_REGION
+
+
+@pytest.mark.parametrize("shape, geometry, code", [
+    ("polygon", [[0, 0], [1, 1], [2, 2]], ErrorCode.INVALID_REGION),           # collinear
+    ("polygon", [[0, 0], [50, 1], [2, 3]], ErrorCode.INVALID_REGION),          # off the slice
+    ("ellipse", {"center": [2, 2], "radii": [0, 1]}, ErrorCode.INVALID_REGION),
+    ("rectangle", [0, 0, 9, 1], ErrorCode.INVALID_REGION),
+    ("hexagon", [], ErrorCode.INVALID_ARGUMENT),
+])
+def test_bad_slice_shapes_are_coded_errors(shape, geometry, code) -> None:  # noqa: ANN001
+    with pytest.raises(MedVisionError) as caught:
+        roi_slice_stats(HU, SPACING, 1, shape, geometry)
+    assert caught.value.code is code

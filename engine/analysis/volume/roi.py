@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from skimage.draw import polygon as draw_polygon
 
 from engine.errors import ErrorCode, MedVisionError
+from engine.imaging.regions import parse_region, region_mask
 
 #: Shapes a slice ROI may have.
 SLICE_SHAPES = ("polygon", "ellipse", "rectangle")
@@ -179,20 +179,15 @@ def _points(points: Any, name: str, minimum: int) -> np.ndarray:
 def slice_shape_mask(rows: int, columns: int, shape: str, geometry: Any) -> np.ndarray:
     """The 2D bool mask (rows x columns) of a slice shape, in pixel coordinates (x column, y row).
 
-    - ``polygon``: ``[[x, y], ...]`` (3 or more vertices, implicitly closed; even-odd fill);
+    - ``polygon``: ``[[x, y], ...]`` (3 or more vertices, implicitly closed; rasterised by
+      :func:`engine.imaging.regions.region_mask`: even-odd fill plus the outline);
     - ``ellipse``: ``{"center": [x, y], "radii": [rx, ry]}`` (axis-aligned, radii in pixels);
     - ``rectangle``: ``[x1, y1, x2, y2]`` pixel indices, both corners included.
     """
     if shape == "polygon":
-        pts = _points(geometry, "polygon", 3)
-        out = np.zeros((rows, columns), dtype=bool)
-        rr, cc = draw_polygon(pts[:, 1], pts[:, 0], shape=(rows, columns))
-        out[rr, cc] = True
-        # Vertices count too, so a thin polygon never vanishes.
-        vr, vc = np.rint(pts[:, 1]).astype(int), np.rint(pts[:, 0]).astype(int)
-        keep = (vr >= 0) & (vr < rows) & (vc >= 0) & (vc < columns)
-        out[vr[keep], vc[keep]] = True
-        return out
+        # The canvas's own rasterisation (even-odd fill plus outline), so a shape drawn on a
+        # slice covers the same pixels as the same shape as a 2D annotation.
+        return region_mask(parse_region({"type": "polygon", "coordinates": geometry}, rows, columns))
     if shape == "ellipse":
         if not isinstance(geometry, dict) or "center" not in geometry or "radii" not in geometry:
             raise _invalid_region('ellipse needs {"center": [x, y], "radii": [rx, ry]}')

@@ -116,3 +116,11 @@ def test_an_airway_open_to_the_room_keeps_the_lungs() -> None:
     assert not found["airways"].found
     assert dice(result.mask("lung_left"), truth["high_x_lung"]) > 0.95
     assert dice(result.mask("lung_right"), truth["low_x_lung"]) > 0.95
+
+
+def test_a_single_slice_still_has_a_body_and_lungs() -> None:
+    hu, truth = _phantom()
+    result = segment_anatomy(hu[25:26].copy(), _affine(True), structures=("body", "lungs"))
+    found = {s.name: s for s in result.structures}
+    assert found["body"].found and found["lung_left"].found and found["lung_right"].found
+    assert dice(result.mask("lung_left"), truth["high_x_lung"][25:26]) > 0.95

@@ -173,7 +173,8 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
 
 def _body(frame: _Frame) -> np.ndarray:
     """Coarse body mask (holes filled slice by slice)."""
-    tissue = ndi.binary_opening(frame.coarse > BODY_HU, grid.CONNECT_6)
+    # Opened in-plane (a 3D opening would erase a stack only a slice or two thick).
+    tissue = ndi.binary_opening(frame.coarse > BODY_HU, grid.SLICE_CROSS)
     body = _largest_component(tissue)
     return ndi.binary_fill_holes(body, grid.SLICE_CROSS)
 

@@ -150,9 +150,14 @@ def sphere_mask(shape: tuple[int, int, int], spacing_zyx: Sequence[float], centr
     for c, size, step in zip(centre_zyx, shape, spacing_zyx, strict=True):
         reach = radius / float(step)
         bounds.append(slice(max(0, math.ceil(c - reach)), min(size, math.floor(c + reach) + 1)))
-    grids = np.ogrid[tuple(bounds)]
-    dist2 = sum(((g - c) * float(step)) ** 2 for g, c, step in zip(grids, centre_zyx, spacing_zyx, strict=True))
-    return tuple(bounds), dist2 <= radius * radius  # type: ignore[return-value]
+    # Slice by slice: the temporaries stay one plane of the box, whatever the radius.
+    (cz, cy, cx), (sz, sy, sx) = centre_zyx, (float(v) for v in spacing_zyx)
+    in_plane = (((np.arange(bounds[1].start, bounds[1].stop) - cy) * sy) ** 2)[:, None] \
+        + (((np.arange(bounds[2].start, bounds[2].stop) - cx) * sx) ** 2)[None, :]
+    inside = np.empty(tuple(b.stop - b.start for b in bounds), dtype=bool)
+    for index, z in enumerate(range(bounds[0].start, bounds[0].stop)):
+        np.less_equal(in_plane, radius * radius - ((z - cz) * sz) ** 2, out=inside[index])
+    return tuple(bounds), inside  # type: ignore[return-value]
 
 
 def roi_sphere_stats(hu: np.ndarray, spacing_zyx: Sequence[float], centre_xyz: Sequence[Any],

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-from engine.analysis.volume.roi import RoiStats, check_volume, stats_of_values
+from engine.analysis.volume.roi import RoiStats, check_volume, masked_stats
 from engine.errors import ErrorCode, MedVisionError
 
 METHOD = "seeded_region_growing_hu_window"
@@ -185,7 +185,7 @@ def grow_region(hu: np.ndarray, spacing_zyx: Sequence[float], seed_xyz: Sequence
     mask = np.ascontiguousarray(region[crop])
     mask.flags.writeable = False
     offset = tuple(b.start + c.start for b, c in zip(box, crop, strict=True))
-    values = hu[tuple(slice(o, o + s) for o, s in zip(offset, mask.shape, strict=True))][mask]
-    stats = stats_of_values(values, "grown_region", spacing, (offset[0], offset[0] + mask.shape[0] - 1))
+    block = hu[tuple(slice(o, o + s) for o, s in zip(offset, mask.shape, strict=True))]
+    stats = masked_stats(block, mask, "grown_region", spacing, offset[0])
     return GrowResult(METHOD, (seed[2], seed[1], seed[0]), (float(lo), float(hi)), connectivity, int(max_voxels),
                       truncated, offset, mask, hu.shape, stats)  # type: ignore[arg-type]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,18 +85,35 @@ def _index(value: Any, name: str, size: int) -> int:
     return int(number)
 
 
-def stats_of_values(values: np.ndarray, kind: str, spacing_zyx: tuple[float, float, float],
-                    z_range: tuple[int, int] | None) -> RoiStats:
-    """:class:`RoiStats` of the HU values inside an ROI (a 1D array)."""
-    count = int(values.size)
+def masked_stats(block: np.ndarray, mask: np.ndarray | None, kind: str, spacing_zyx: tuple[float, float, float],
+                 z_offset: int = 0) -> RoiStats:
+    """:class:`RoiStats` of ``block`` (a ``(z, y, x)`` view of the volume) where ``mask`` is set (None: all).
+
+    Two passes slice by slice (sums, then squared deviations from the mean, in float64), so
+    the temporaries are one slice whatever the ROI's size; ``z_offset`` is the block's first
+    slice in the volume.
+    """
+    def planes() -> Iterator[tuple[int, np.ndarray]]:
+        for z in range(block.shape[0]):
+            values = block[z] if mask is None else block[z][mask[z]]
+            if values.size:
+                yield z, values.astype(np.float64, copy=False).ravel()
+
+    count, total, low, high, slices = 0, 0.0, math.inf, -math.inf, []
+    for z, values in planes():
+        if not np.isfinite(values).all():
+            raise _invalid_argument("the ROI holds non-finite HU values")
+        count += values.size
+        total += float(values.sum())
+        low, high = min(low, float(values.min())), max(high, float(values.max()))
+        slices.append(z)
     volume_ml = count * float(np.prod(spacing_zyx)) / 1000.0
     if count == 0:
         return RoiStats(kind, 0, 0.0, None, None, None, None, None, spacing_zyx)
-    v = values.astype(np.float64, copy=False)
-    if not np.isfinite(v).all():
-        raise _invalid_argument("the ROI holds non-finite HU values")
-    return RoiStats(kind, count, volume_ml, float(v.mean()), float(v.std()), float(v.min()), float(v.max()),
-                    z_range, spacing_zyx)
+    mean = total / count
+    squares = sum(float(np.square(values - mean).sum()) for _, values in planes())
+    return RoiStats(kind, count, volume_ml, mean, math.sqrt(squares / count), low, high,
+                    (z_offset + slices[0], z_offset + slices[-1]), spacing_zyx)
 
 
 def roi_mask_stats(hu: np.ndarray, spacing_zyx: Sequence[float], mask: np.ndarray,
@@ -105,9 +122,7 @@ def roi_mask_stats(hu: np.ndarray, spacing_zyx: Sequence[float], mask: np.ndarra
     hu, spacing = check_volume(hu, spacing_zyx)
     if not isinstance(mask, np.ndarray) or mask.dtype != np.bool_ or mask.shape != hu.shape:
         raise _invalid_argument(f"mask must be a bool array of the volume's shape {hu.shape}")
-    slices = np.flatnonzero(mask.any(axis=(1, 2)))
-    z_range = (int(slices[0]), int(slices[-1])) if slices.size else None
-    return stats_of_values(hu[mask], kind, spacing, z_range)
+    return masked_stats(hu, mask, kind, spacing)
 
 
 def _box_bounds(hu: np.ndarray, box: Sequence[Any]) -> tuple[slice, slice, slice]:
@@ -126,7 +141,7 @@ def roi_box_stats(hu: np.ndarray, spacing_zyx: Sequence[float], box: Sequence[An
     """Statistics of a 3D box ``[x1, y1, z1, x2, y2, z2]``: voxel indices, both corners included."""
     hu, spacing = check_volume(hu, spacing_zyx)
     zs, ys, xs = _box_bounds(hu, box)
-    return stats_of_values(hu[zs, ys, xs].ravel(), "box", spacing, (zs.start, zs.stop - 1))
+    return masked_stats(hu[zs, ys, xs], None, "box", spacing, zs.start)
 
 
 def sphere_mask(shape: tuple[int, int, int], spacing_zyx: Sequence[float], centre_xyz: Sequence[Any],
@@ -165,9 +180,7 @@ def roi_sphere_stats(hu: np.ndarray, spacing_zyx: Sequence[float], centre_xyz: S
     """Statistics of the voxels whose centres lie within ``radius_mm`` of ``centre_xyz`` (voxel coordinates)."""
     hu, spacing = check_volume(hu, spacing_zyx)
     bounds, inside = sphere_mask(hu.shape, spacing, centre_xyz, radius_mm)
-    slices = np.flatnonzero(inside.any(axis=(1, 2)))
-    z_range = (bounds[0].start + int(slices[0]), bounds[0].start + int(slices[-1])) if slices.size else None
-    return stats_of_values(hu[bounds][inside], "sphere", spacing, z_range)
+    return masked_stats(hu[bounds], inside, "sphere", spacing, bounds[0].start)
 
 
 def _points(points: Any, name: str, minimum: int) -> np.ndarray:
@@ -218,8 +231,7 @@ def roi_slice_stats(hu: np.ndarray, spacing_zyx: Sequence[float], z: Any, shape:
     hu, spacing = check_volume(hu, spacing_zyx)
     zi = _index(z, "z", hu.shape[0])
     mask = slice_shape_mask(hu.shape[1], hu.shape[2], shape, geometry)
-    count = int(mask.sum())
-    return stats_of_values(hu[zi][mask], f"slice_{shape}", spacing, (zi, zi) if count else None)
+    return masked_stats(hu[zi: zi + 1], mask[None], f"slice_{shape}", spacing, zi)
 
 
 def voxel_to_patient(point_xyz: Sequence[Any], affine: np.ndarray) -> np.ndarray:

@@ -95,3 +95,12 @@ def organ_seg_pack(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from models import segmentation
 
     return _family_pack(tmp_path_factory, "organ-seg", segmentation.build)
+
+
+@pytest.fixture(scope="session")
+def shared_ct_dir() -> Path:
+    """The shared example CT and its reference masks (``../shared/data/ct``); missing data fails, never skips."""
+    path = REPO.parent / "shared" / "data" / "ct"
+    if not (path / "example_ct.nii.gz").is_file():
+        pytest.fail(f"no shared CT at {path}: the repository's sibling shared/data/ct is needed")
+    return path

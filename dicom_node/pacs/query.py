@@ -23,6 +23,7 @@ from pydicom.dataset import Dataset
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
+from dicom_node.handlers import DUL_POLL_S
 from dicom_node.pacs.config import Archive, ClientSettings
 from dicom_node.pacs.connection import association, dimse_lost
 from engine.errors import ErrorCode, MedVisionError
@@ -151,6 +152,7 @@ def find(archive: Archive, settings: ClientSettings, query: Query, *, level: str
     request = identifier(query, level)
     context = build_context(StudyRootQueryRetrieveInformationModelFind)
     with association(archive, settings, [context]) as assoc:
+        assoc.dul._run_loop_delay = DUL_POLL_S  # one wake-up per response: the node's shorter poll
         responses = assoc.send_c_find(request, StudyRootQueryRetrieveInformationModelFind)
         page = Page()
         seen = 0

@@ -143,6 +143,8 @@ class Retriever:
         if listed is not None:
             held = self.held(result.study_uid)
             result.missing = [row["sop_instance_uid"] for row in listed if row["sop_instance_uid"] not in held]
+            if result.method == "C-MOVE":  # the node stored them: counted from the store
+                result.stored = len(listed) - len(result.missing) - result.already_held
         log.info("retrieve %s of a study from %s: status %s, stored %d, missing %d", result.method,
                  self.archive.label, result.status, result.stored, len(result.missing))
         return result

@@ -31,6 +31,7 @@ from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pynetdicom import _config, evt
 from pynetdicom.presentation import build_context, build_role
 from pynetdicom.sop_class import (
@@ -260,8 +261,8 @@ class Retriever:
             result.cancelled = code == CANCELLED or cancel_sent
             failed = answer.get("FailedSOPInstanceUIDList") if answer is not None else None
             if failed:
-                result.failed_uids += [str(uid) for uid in (failed if isinstance(failed, list | tuple)
-                                                             or getattr(failed, "VM", 1) > 1 else [failed])]
+                result.failed_uids += [str(uid) for uid in (failed if isinstance(failed, MultiValue | list)
+                                                             else [failed])]
             if code not in (0x0000, CANCELLED, WARNING):
                 result.reason = f"the archive answered 0x{code:04X}"
             return

@@ -21,12 +21,16 @@ from engine.errors import ErrorCode, MedVisionError
 
 
 def _settings(args: argparse.Namespace) -> tuple[Any, Any]:
-    """(client settings, the archive ``--pacs`` names)."""
+    """(client settings, the archive ``--pacs`` names); pynetdicom's own lines only with -v
+    (a failure is this command's one coded line)."""
+    import logging
     from pathlib import Path
 
     from dicom_node.pacs.config import load
     from engine.config import Settings
 
+    if not args.verbose:
+        logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
     home = Settings.from_env(args.home, args.pack).home
     settings = load(Path(args.config) if args.config else None, home=home, calling_ae=args.calling_ae,
                     acse_timeout_s=args.timeout, dimse_timeout_s=args.timeout)

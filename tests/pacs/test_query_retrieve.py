@@ -140,3 +140,31 @@ def test_bad_addresses_and_keys_are_coded_errors() -> None:
     for bad in ({"study_date": "2024-01-01"}, {"patient_id": "A\\B"}, {"study_uid": "1.02.3"}):
         with pytest.raises(MedVisionError):
             Query(**bad)
+
+
+def test_partial_retrieve_reports_the_archives_warning_and_failed_instances(orthanc, archive, settings, engine) -> None:
+    """An instance our ingest refuses (over the decode limits: 0xA700) is a failed sub-operation:
+    Orthanc ends with 0xB000 and lists it; the rest is stored and the result says what is missing."""
+    from pydicom.uid import generate_uid
+
+    from dicom_node.ingest import Ingestor
+    from engine.config import DecodeLimits
+    from tests.pacs.conftest import instance_bytes
+
+    study, series = generate_uid(), generate_uid()
+    small = [instance_bytes(study=study, series=series, size=16, seed=n, patient_id="PART-1") for n in range(2)]
+    large = instance_bytes(study=study, series=series, size=64, seed=9, patient_id="PART-1")
+    orthanc.upload([*small, large])
+    import io
+
+    import pydicom
+
+    large_uid = str(pydicom.dcmread(io.BytesIO(large)).SOPInstanceUID)
+    strict = Ingestor(engine.store, analyze=False, limits=DecodeLimits(max_image_pixels=16 * 16))
+    try:
+        result = Retriever(archive, settings, strict).get(study)
+    finally:
+        strict.close()
+    assert result.status == "0xB000" and result.completed == 2 and result.failed == 1
+    assert large_uid in result.failed_uids and result.missing == [large_uid] and not result.complete
+    assert result.to_dict()["resumable"] and len(stored_sops(engine, study)) == 2

@@ -131,7 +131,8 @@ def dimse_lost(archive: Archive, settings: ClientSettings, what: str, **details:
     """The archive stopped answering mid-operation (DIMSE timeout, abort, closed connection)."""
     return MedVisionError(ErrorCode.PACS_TIMEOUT,
                           f"archive {archive.label} stopped answering during {what} (no response within"
-                          f" {settings.dimse_timeout_s:g} s, or the association was aborted)",
+                          f" {settings.dimse_timeout_s:g} s, or the association was aborted; an archive that does"
+                          f" not know the calling AE {settings.calling_ae!r} may drop the request)",
                           archive=archive.label, **details)
 
 

@@ -44,7 +44,7 @@ from dicom_node.handlers import DUL_POLL_S, TRANSFER_SYNTAXES
 from dicom_node.ingest import CANNOT_UNDERSTAND, OUT_OF_RESOURCES_OTHER, SUCCESS, Ingestor
 from dicom_node.pacs.config import Archive, ClientSettings
 from dicom_node.pacs.connection import association
-from dicom_node.pacs.query import Query, dicomweb_client, find_all, web_failure
+from dicom_node.pacs.query import Query, dicomweb_client, find, web_failure
 from engine.errors import ErrorCode, MedVisionError
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,9 @@ DEFAULT_STORAGE_CLASSES = (
 )
 #: SOP Instance UIDs asked for in one image-level request (resume); the rest in the next.
 UIDS_PER_REQUEST = 500
+#: A study listed (image-level C-FIND) for the resume check has at most this many instances;
+#: a larger one is retrieved whole (the listing would cost more than it saves).
+MAX_LISTED = 100_000
 
 
 @dataclass(frozen=True)
@@ -122,18 +125,20 @@ class Retriever:
     # -- what to ask for -------------------------------------------------------------------
     def held(self, study_uid: str) -> set[str]:
         """SOP Instance UIDs of the study the store holds already."""
-        rows = self.ingestor.db(self.ingestor.store.db.query,
-                                "SELECT sop_instance_uid FROM images WHERE study_instance_uid = ?", (study_uid,))
-        return {row["sop_instance_uid"] for row in rows if row["sop_instance_uid"]}
+        return held_instances(self.ingestor, study_uid)
 
     def plan(self, result: RetrieveResult) -> tuple[list[dict] | None, list[str] | None]:
         """(the archive's instances of the study, or None when it serves no find; the SOP
         Instance UIDs to ask for, or None for the whole study/series)."""
         if "find" not in self.archive.services:
             return None, None
-        listed = find_all(self.archive, self.settings,
-                          Query(study_uid=result.study_uid, series_uid=result.series_uid), level="image",
-                          limit=1_000_000)
+        listed: list[dict] = []
+        for page in find(self.archive, self.settings, Query(study_uid=result.study_uid, series_uid=result.series_uid),
+                         level="image", limit=MAX_LISTED):
+            listed += page
+            if page.truncated:  # too many to list: the whole study is asked for, resends store nothing
+                log.info("study has over %d instances: retrieved whole, without the resume list", MAX_LISTED)
+                return None, None
         held = self.held(result.study_uid)
         result.expected = len(listed)
         result.already_held = sum(row["sop_instance_uid"] in held for row in listed)
@@ -311,6 +316,13 @@ class _Receiver:
             self.progress(Progress(self.done, remaining, sop_uid, outcome.result, outcome.image_id))
 
 
+def held_instances(ingestor: Ingestor, study_uid: str) -> set[str]:
+    """SOP Instance UIDs of a study that the store behind ``ingestor`` holds."""
+    rows = ingestor.db(ingestor.store.db.query, "SELECT sop_instance_uid FROM images WHERE study_instance_uid = ?",
+                       (study_uid,))
+    return {row["sop_instance_uid"] for row in rows if row["sop_instance_uid"]}
+
+
 def _identifiers(study_uid: str, series_uid: str | None, wanted: list[str] | None) -> Iterable[Dataset]:
     """The retrieve identifiers: the whole study/series, or the wanted instances in batches."""
     def base(level: str) -> Dataset:
@@ -344,7 +356,7 @@ def wado(archive: Archive, ingestor: Ingestor, study_uid: str, *, progress: Call
 
     client = dicomweb_client(archive)
     result = RetrieveResult(archive.label, "WADO-RS", study_uid)
-    held = Retriever(archive, ClientSettings(), ingestor).held(study_uid)
+    held = held_instances(ingestor, study_uid)
     try:
         listed = [Dataset.from_json(row) for row in client.search_for_instances(
             study_instance_uid=study_uid, fields=["SOPInstanceUID", "SeriesInstanceUID"])]
@@ -378,7 +390,7 @@ def wado(archive: Archive, ingestor: Ingestor, study_uid: str, *, progress: Call
             result.duplicates += 1
         if progress is not None:
             progress(Progress(done, len(uids) - result.already_held - done, uid, outcome.result, outcome.image_id))
-    held = Retriever(archive, ClientSettings(), ingestor).held(study_uid)
+    held = held_instances(ingestor, study_uid)
     result.missing = [uid for uid in uids if uid not in held]
     result.status = "0x0000" if not result.missing and not result.failed_uids else None
     return result

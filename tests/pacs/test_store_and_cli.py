@@ -76,22 +76,32 @@ def _medvision(*args: str, home: Path) -> subprocess.CompletedProcess:
                           timeout=120)
 
 
-def test_cli_echo_find_get_move(orthanc, upload, tmp_path, client_port) -> None:
+def _cli(capsys: pytest.CaptureFixture, *args: str, home: Path) -> subprocess.CompletedProcess:
+    """``medvision --home HOME ARGS`` in this process (the same dispatch as the console script)."""
+    from engine.cli import main
+
+    capsys.readouterr()
+    code = main(["--home", str(home), *args])
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out, err)
+
+
+def test_cli_echo_find_get_move(orthanc, upload, tmp_path, client_port, capsys) -> None:
     study = upload(3, patient_id="CLI-1", issuer="SITE-A", study_date="20220304")
     upload(1, patient_id="CLI-1", issuer="SITE-B")
     home = tmp_path / "home"
     common = ["--pacs", orthanc.address, "--calling-ae", CLIENT_AE]
-    echo = _medvision("pacs", "echo", *common, home=home)
+    echo = _cli(capsys, "pacs", "echo", *common, home=home)
     assert echo.returncode == 0 and "0x0000" in echo.stdout, echo.stderr
-    found = _medvision("pacs", "find", *common, "--patient-id", "CLI-1", "--issuer", "SITE-A", "--modality", "CT",
+    found = _cli(capsys, "pacs", "find", *common, "--patient-id", "CLI-1", "--issuer", "SITE-A", "--modality", "CT",
                        home=home)
     assert found.returncode == 0, found.stderr
     assert found.stdout.splitlines() == [found.stdout.splitlines()[0]]
     uid, date = found.stdout.split()[:2]
     assert (uid, date) == (study, "20220304") and "SITE-A" in found.stdout
-    got = _medvision("pacs", "get", *common, "--study", study, home=home)
+    got = _cli(capsys, "pacs", "get", *common, "--study", study, home=home)
     assert got.returncode == 0 and "3 stored" in got.stdout, got.stderr
-    moved = _medvision("pacs", "move", *common, "--study", study, "--listen", str(client_port), "--dest", CLIENT_AE,
+    moved = _cli(capsys, "pacs", "move", *common, "--study", study, "--listen", str(client_port), "--dest", CLIENT_AE,
                        home=tmp_path / "home2")
     assert moved.returncode == 0 and "3 stored" in moved.stdout and "0 missing" in moved.stdout, moved.stderr
     from engine.store import Store
@@ -105,12 +115,13 @@ def test_cli_echo_find_get_move(orthanc, upload, tmp_path, client_port) -> None:
     assert held == orthanc_sops(orthanc, study)
 
 
-def test_cli_errors_are_one_coded_line(tmp_path) -> None:
+def test_cli_errors_are_one_coded_line(tmp_path, capsys) -> None:
+    """Through the real console entry (a subprocess): stderr holds the one coded line only."""
     from tests.pacs.orthanc import free_port
 
     down = _medvision("pacs", "echo", "--pacs", f"PACS@127.0.0.1:{free_port()}", "--timeout", "1",
                       home=tmp_path / "home")
     assert down.returncode == 2 and down.stderr.startswith("PACS_UNREACHABLE: ")
-    bad = _medvision("pacs", "find", "--pacs", "nonsense", "--patient-id", "X", home=tmp_path / "home")
+    bad = _cli(capsys, "pacs", "find", "--pacs", "nonsense", "--patient-id", "X", home=tmp_path / "home")
     assert bad.returncode == 2 and bad.stderr.startswith("INVALID_ARGUMENT: ")
 

@@ -38,6 +38,16 @@ class ErrorCode(StrEnum):
     TARGET_EXISTS = "TARGET_EXISTS"
     DATABASE_ERROR = "DATABASE_ERROR"
     DISK_FULL = "DISK_FULL"
+    #: A remote archive (PACS): no connection (refused, no route), after the retries.
+    PACS_UNREACHABLE = "PACS_UNREACHABLE"
+    #: A remote archive accepted the connection but did not answer within the timeout.
+    PACS_TIMEOUT = "PACS_TIMEOUT"
+    #: A remote archive refused the association or the request (its status is in details).
+    PACS_REFUSED = "PACS_REFUSED"
+    #: C-MOVE answered 0xA801: the archive does not know the destination AE.
+    MOVE_DESTINATION_UNKNOWN = "MOVE_DESTINATION_UNKNOWN"
+    #: A retrieve ended with instances missing (aborted, failed sub-operations); resumable.
+    RETRIEVE_INCOMPLETE = "RETRIEVE_INCOMPLETE"
 
 
 class MedVisionError(Exception):

@@ -243,7 +243,7 @@ def decode_image(
             decoded = _decode_raster(data, frame, name, "png", limits)
         elif data.startswith(JPEG_SIGNATURE):
             decoded = _decode_raster(data, frame, name, "jpeg", limits)
-        elif len(data) >= 8 and _looks_like_raw_dicom(data):
+        elif len(data) >= 8 and looks_like_raw_dicom(data):
             decoded = _decode_dicom(data, frame, name, limits, preamble=False)
         else:
             raise MedVisionError(
@@ -289,7 +289,7 @@ def _read_source(source: bytes | str | Path, filename: str | None) -> tuple[byte
         raise MedVisionError(ErrorCode.INVALID_ARGUMENT, "Invalid image path.") from exc
 
 
-def _looks_like_raw_dicom(data: bytes) -> bool:
+def looks_like_raw_dicom(data: bytes) -> bool:
     """True if the bytes start like a DICOM dataset without preamble (either endian)."""
     return (int.from_bytes(data[:2], "little") in RAW_DICOM_FIRST_GROUPS
             or int.from_bytes(data[:2], "big") in RAW_DICOM_FIRST_GROUPS)

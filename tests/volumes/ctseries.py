@@ -39,6 +39,15 @@ def example_ct() -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(image.dataobj), np.asarray(image.affine, dtype=np.float64)
 
 
+def sub_volume(first: int, stop: int, volume: tuple[np.ndarray, np.ndarray] | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Slices ``first..stop-1`` (k) of a volume, with the affine moved to the new first slice."""
+    data, affine = volume if volume is not None else example_ct()
+    moved = affine.copy()
+    moved[:3, 3] += first * affine[:3, 2]
+    return data[:, :, first:stop], moved
+
+
 def expected_lps(volume: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """What a correct assembly of the written series gives: voxels (z, y, x) float32 and the LPS affine."""
     data, affine = volume if volume is not None else example_ct()

@@ -5,10 +5,12 @@
    Deflate reader apply) and reduced to :class:`SliceHeader` records.
 2. :mod:`engine.imaging.volume.stacks` groups them into stacks.
 3. A stack's voxel size is checked against ``DecodeLimits.max_volume_bytes`` before the
-   array is allocated (``VOLUME_TOO_LARGE``), then each slice is decoded
-   (:func:`engine.imaging.decode.stored_frame`: every transfer syntax the viewer reads)
-   and rescaled (:func:`engine.imaging.decode.modality_values`: HU for CT, per frame for
-   enhanced objects) straight into its place. A slice that fails to decode is reported
+   array is allocated (``VOLUME_TOO_LARGE``), then each slice is read into its place:
+   an uncompressed little-endian single frame straight from the file at the Pixel Data
+   offset the header pass found (:mod:`engine.imaging.volume.native`), anything else
+   decoded by pydicom (:func:`engine.imaging.decode.stored_frame`: every transfer syntax
+   the viewer reads) and rescaled (:func:`engine.imaging.decode.modality_values`: HU for
+   CT, per frame for enhanced objects). A slice that fails to decode is reported
    (``CORRUPT_SLICE``) and the slices after it move up; the geometry is then computed from
    the slices actually there, so its gap is reported too.
 
@@ -28,11 +30,12 @@ from pydicom.errors import InvalidDicomError
 from engine.config import DEFAULT_MAX_IMAGE_FILE_BYTES, DecodeLimits
 from engine.errors import ErrorCode, MedVisionError
 from engine.files import check_regular_file, read_regular_file
-from engine.imaging.decode import DECODE_ERRORS, modality_values, stored_frame
+from engine.imaging.decode import DECODE_ERRORS, looks_like_raw_dicom, modality_values, stored_frame
 from engine.imaging.limits import read_dicom
 from engine.imaging.volume.geometry import nominal_affine, orientation_matrix, stack_geometry
 from engine.imaging.volume.headers import SliceHeader, slice_headers
 from engine.imaging.volume.model import Volume, VolumeWarning, WarningCode
+from engine.imaging.volume.native import read_native_slice
 from engine.imaging.volume.stacks import StackPlan, plan_stacks
 
 MiB = 1024 * 1024
@@ -59,15 +62,19 @@ def _read_header(path: Path, limits: DecodeLimits) -> list[SliceHeader]:
     check_regular_file(path, DEFAULT_MAX_IMAGE_FILE_BYTES)
     with path.open("rb") as fp:
         try:
-            ds, _ = read_dicom(fp, limits, name=path.name, stop_before_pixels=True)
-        except InvalidDicomError:  # no preamble: accepted only if it reads as an image header
+            ds, inflater = read_dicom(fp, limits, name=path.name, stop_before_pixels=True)
+        except InvalidDicomError:  # no preamble: accepted only if it starts and reads as a DICOM header
             fp.seek(0)
-            ds, _ = read_dicom(fp, limits, name=path.name, stop_before_pixels=True, force=True)
+            if not looks_like_raw_dicom(fp.read(8)):
+                raise
+            fp.seek(0)
+            ds, inflater = read_dicom(fp, limits, name=path.name, stop_before_pixels=True, force=True)
             if "SOPClassUID" not in ds:
                 raise
+        pixel_offset = fp.tell() if inflater is None else None  # stopped at the Pixel Data tag
     if not ds.get("Rows") or not ds.get("Columns"):
         return []
-    return slice_headers(ds, path)
+    return slice_headers(ds, path, pixel_offset)
 
 
 def scan_sources(sources: Sequence[str | Path], *, limits: DecodeLimits | None = None
@@ -136,12 +143,13 @@ def _decode_into(plan: StackPlan, voxels: np.ndarray, limits: DecodeLimits
     opened = _OpenDataset(limits)
     for header in plan.slices:
         try:
-            ds = opened.get(header.path)
-            frame = header.frame or 0
-            raw = stored_frame(ds, frame)
-            if raw.shape != (header.rows, header.columns):
-                raise ValueError(f"decoded {raw.shape}, header says {(header.rows, header.columns)}")
-            voxels[len(kept)] = modality_values(ds, raw, frame)
+            if not read_native_slice(header, voxels[len(kept)]):
+                ds = opened.get(header.path)
+                frame = header.frame or 0
+                raw = stored_frame(ds, frame)
+                if raw.shape != (header.rows, header.columns):
+                    raise ValueError(f"decoded {raw.shape}, header says {(header.rows, header.columns)}")
+                voxels[len(kept)] = modality_values(ds, raw, frame)
         except MedVisionError as exc:
             if exc.code is not ErrorCode.IMAGE_DECODE_ERROR:
                 raise

@@ -10,14 +10,30 @@ else from the shared ones, else from the top level.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.uid import UID
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from engine.imaging.decode import first_number, frame_value
 from engine.imaging.volume.geometry import orientation_matrix
+
+
+@dataclass(frozen=True)
+class NativePixels:
+    """Where an uncompressed little-endian single-frame image keeps its stored values, and how to rescale
+    them: enough to read them without parsing the file again (:mod:`engine.imaging.volume.native`)."""
+
+    offset: int  # file offset of the Pixel Data element's tag
+    explicit_vr: bool
+    dtype: str  # numpy dtype of the stored values, e.g. "<i2"
+    bits_stored: int
+    slope: float
+    intercept: float
 
 
 @dataclass(frozen=True)
@@ -50,6 +66,7 @@ class SliceHeader:
     series_description: str = ""
     gantry_tilt: float = 0.0
     slice_spacing_hint: float | None = None  # SpacingBetweenSlices / SliceThickness: only without positions
+    native: NativePixels | None = None  # how to read the pixels straight from the file, when that is safe
 
     @property
     def uid(self) -> str:
@@ -64,8 +81,33 @@ class SliceHeader:
         return UID(self.sop_class_uid).name if self.sop_class_uid else "unknown SOP class"
 
 
+#: Value representations stored as ASCII text, the same bytes in every transfer syntax.
+TEXT_VRS = frozenset({"DS", "IS", "CS", "UI"})
+
+
+@cache
+def _tag_and_vr(keyword: str) -> tuple[int, str]:
+    tag = tag_for_keyword(keyword)
+    return tag, dictionary_VR(tag)
+
+
+def _value(ds: Dataset, keyword: str) -> Any:
+    """``ds.get(keyword)``, except that a DS, IS, CS or UI element pydicom has not converted yet is split
+    and decoded here (str, or a list of str): pydicom's conversion (a validated DSfloat per value) is
+    most of what reading a slice's header costs. Other elements go through pydicom."""
+    tag, vr = _tag_and_vr(keyword)
+    if vr in TEXT_VRS:
+        element = ds.get_item(tag)
+        if element is None:
+            return None
+        if isinstance(element, RawDataElement) and isinstance(element.value, bytes):
+            parts = [part.strip(b" \x00").decode("ascii", "replace") for part in element.value.split(b"\\")]
+            return parts[0] if len(parts) == 1 else parts
+    return ds.get(keyword)
+
+
 def _text(ds: Dataset, keyword: str) -> str:
-    value = ds.get(keyword)
+    value = _value(ds, keyword) if keyword != "SeriesDescription" else ds.get(keyword)
     return str(value).strip() if value not in (None, "") else ""
 
 
@@ -101,28 +143,51 @@ def _frame_item(ds: Dataset, frame: int, sequence: str) -> Dataset | None:
     return None
 
 
-def slice_headers(ds: Dataset, path: Path) -> list[SliceHeader]:
-    """The slice records of one dataset read up to its pixel data (one per frame)."""
-    frames = max(_int(ds.get("NumberOfFrames")) or 1, 1)
+#: Stored value types by (BitsAllocated, PixelRepresentation), little endian.
+NATIVE_DTYPES = {(8, 0): "u1", (8, 1): "i1", (16, 0): "<u2", (16, 1): "<i2", (32, 0): "<u4", (32, 1): "<i4"}
+NATIVE_SYNTAXES = {ExplicitVRLittleEndian: True, ImplicitVRLittleEndian: False}
+
+
+def _native(ds: Dataset, pixel_offset: int | None) -> NativePixels | None:
+    """The direct-read recipe for a plain grayscale single frame, None for anything else (compressed,
+    big endian, multi-frame, colour, a Modality LUT, signed values narrower than their container)."""
+    explicit = NATIVE_SYNTAXES.get(str(ds.file_meta.get("TransferSyntaxUID") or ""))
+    if pixel_offset is None or explicit is None or "ModalityLUTSequence" in ds:
+        return None
+    if (_int(_value(ds, "NumberOfFrames")) or 1) != 1 or (_int(ds.get("SamplesPerPixel")) or 1) != 1:
+        return None
+    allocated, representation = _int(ds.get("BitsAllocated")), _int(ds.get("PixelRepresentation")) or 0
+    stored = _int(ds.get("BitsStored")) or allocated
+    dtype = NATIVE_DTYPES.get((allocated, representation))
+    if dtype is None or stored is None or stored > allocated or (representation == 1 and stored != allocated):
+        return None
+    slope, intercept = first_number(_value(ds, "RescaleSlope")), first_number(_value(ds, "RescaleIntercept"))
+    return NativePixels(pixel_offset, explicit, dtype, stored, 1.0 if slope is None else slope, intercept or 0.0)
+
+
+def slice_headers(ds: Dataset, path: Path, pixel_offset: int | None = None) -> list[SliceHeader]:
+    """The slice records of one dataset read up to its pixel data (one per frame); ``pixel_offset`` is
+    where its Pixel Data element starts in the file, if known."""
+    frames = max(_int(_value(ds, "NumberOfFrames")) or 1, 1)
     multi = frames > 1 or "PerFrameFunctionalGroupsSequence" in ds
     common = {
         "path": path, "sop_instance_uid": _text(ds, "SOPInstanceUID"), "sop_class_uid": _text(ds, "SOPClassUID"),
         "series_uid": _text(ds, "SeriesInstanceUID"), "modality": _text(ds, "Modality"),
-        "image_type": _words(ds.get("ImageType")),
+        "image_type": _words(_value(ds, "ImageType")),
         "rows": _int(ds.get("Rows")) or 0, "columns": _int(ds.get("Columns")) or 0,
         "samples_per_pixel": _int(ds.get("SamplesPerPixel")) or 1,
-        "acquisition_number": _int(ds.get("AcquisitionNumber")),
-        "instance_number": _int(ds.get("InstanceNumber")),
+        "acquisition_number": _int(_value(ds, "AcquisitionNumber")),
+        "instance_number": _int(_value(ds, "InstanceNumber")),
         "frame_of_reference_uid": _text(ds, "FrameOfReferenceUID") or None,
         "series_description": _text(ds, "SeriesDescription"),
-        "gantry_tilt": first_number(ds.get("GantryDetectorTilt")) or 0.0,
-        "slice_spacing_hint": first_number(ds.get("SpacingBetweenSlices")) or first_number(ds.get("SliceThickness")),
+        "gantry_tilt": first_number(_value(ds, "GantryDetectorTilt")) or 0.0,
+        "slice_spacing_hint": first_number(_value(ds, "SpacingBetweenSlices")) or first_number(_value(ds, "SliceThickness")),
     }
     if not multi:
         return [SliceHeader(
-            frame=None, orientation=_numbers(ds.get("ImageOrientationPatient"), 6),
-            position=_numbers(ds.get("ImagePositionPatient"), 3),
-            pixel_spacing=_numbers(ds.get("PixelSpacing"), 2), **common)]
+            frame=None, orientation=_numbers(_value(ds, "ImageOrientationPatient"), 6),
+            position=_numbers(_value(ds, "ImagePositionPatient"), 3),
+            pixel_spacing=_numbers(_value(ds, "PixelSpacing"), 2), native=_native(ds, pixel_offset), **common)]
     records = []
     for frame in range(frames):
         # A position only from the frame's own group: a shared or top-level one would put every frame at one place.

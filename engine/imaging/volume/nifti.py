@@ -81,10 +81,11 @@ def read_nifti(path: str | os.PathLike[str], *, limits: DecodeLimits | None = No
     if code == 0:
         warnings.append(VolumeWarning(WarningCode.NO_PATIENT_GEOMETRY, "the file has no sform or qform: its affine "
                                       "holds the voxel sizes only, not patient coordinates"))
+    positions = affine[:3, 3] + np.arange(shape[2])[:, None] * affine[:3, 2]
     return Volume(
         voxels=voxels, affine=affine, spacing_zyx=_spacing(affine), source_uids=("",) * shape[2],
         warnings=tuple(warnings), modality="", series_uid=None, frame_of_reference_uid=None,
-        positions_mm=None, patient_geometry=code != 0, stack_key=path.name, source_format="nifti",
+        positions_mm=positions, patient_geometry=code != 0, stack_key=path.name, source_format="nifti",
     )
 
 

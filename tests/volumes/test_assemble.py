@@ -229,3 +229,51 @@ def test_enhanced_mr_without_per_frame_positions_says_so(name: str) -> None:
     assert WarningCode.NO_PER_FRAME_POSITION in codes(volume)
     assert not volume.patient_geometry and volume.spacing_zyx[0] == pytest.approx(1.2)  # SpacingBetweenSlices
     assert volume.source_uids[0].endswith("#1") and volume.source_uids[-1].endswith("#10")
+
+
+def test_slices_all_at_one_position_are_not_a_volume(tmp_path: Path, small_ct) -> None:  # noqa: ANN001
+    folder = tmp_path / "one-place"
+    write_ct_series(folder, volume=(small_ct[0][:, :, :1], small_ct[1]), duplicate_slice=0)
+    with pytest.raises(MedVisionError) as caught:
+        load_volume(folder)
+    assert caught.value.code is ErrorCode.NOT_A_VOLUME and "all lie at one position" in caught.value.message
+
+
+# -- the direct read of uncompressed slices agrees with the decoder --------------------------------
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small.dcm", "MR_small_implicit.dcm", "MR_small_bigendian.dcm",
+                                  "MR_small_RLE.dcm"])
+def test_slices_read_directly_or_decoded_give_the_decoders_values(name: str) -> None:
+    from engine.imaging import decode_image
+    from engine.imaging.volume.assemble import scan_sources
+    from engine.imaging.volume.native import read_native_slice
+
+    path = get_testdata_file(name)
+    (header,), _ = scan_sources([path])
+    out = np.empty((header.rows, header.columns), np.float32)
+    direct = read_native_slice(header, out)
+    assert direct == (name in ("CT_small.dcm", "MR_small.dcm", "MR_small_implicit.dcm"))  # big endian, RLE: pydicom
+    if direct:
+        np.testing.assert_array_equal(out, decode_image(path).pixels)
+
+
+def test_bits_above_bits_stored_go_through_the_decoder(tmp_path: Path, small_ct) -> None:  # noqa: ANN001
+    from engine.imaging import decode_image
+
+    folder = tmp_path / "twelve-bit"
+    write_ct_series(folder, volume=small_ct)
+    for index, path in enumerate(sorted(folder.iterdir())):
+        ds = pydicom.dcmread(path)
+        ds.BitsStored, ds.HighBit = 12, 11
+        if index % 4 == 0:  # an overlay's bits above bit 11, as old scanners left them
+            stored = np.frombuffer(ds.PixelData, "<u2").copy()
+            stored[:500] |= 0xF000
+            ds.PixelData = stored.tobytes()
+        ds.save_as(path)
+    volume = load_volume(folder)
+    by_uid = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: p for p in folder.iterdir()}
+    high = 0
+    for z, uid in enumerate(volume.source_uids):
+        stored = np.frombuffer(pydicom.dcmread(by_uid[uid]).PixelData, "<u2")
+        high += int(stored.max()) > 4095
+        np.testing.assert_array_equal(volume.voxels[z], decode_image(by_uid[uid]).pixels)
+    assert high  # some slices had bits set above bit 11: those went through pydicom

@@ -120,19 +120,24 @@ def _sorted_stack(headers: list[SliceHeader]) -> tuple[list[SliceHeader], list[P
     ordered = [headers[i] for i in order]
     sorted_along = along[order]
     dropped = set(duplicate_indices(sorted_along))
-    warnings = []
+    pairs: list[tuple[SliceHeader, SliceHeader, float]] = []
     kept_index = 0
     for index in range(len(ordered)):
         if index not in dropped:
             kept_index = index
-            continue
-        kept, extra = ordered[kept_index], ordered[index]
-        warnings.append(PlanWarning(
-            WarningCode.DUPLICATE_POSITION,
-            f"two slices at one position ({sorted_along[index]:.3f} mm along the normal): kept {kept.uid}"
-            f" (InstanceNumber {kept.instance_number}), left out {extra.uid} (InstanceNumber {extra.instance_number})",
-            (kept.uid,)))
-    return [h for i, h in enumerate(ordered) if i not in dropped], warnings
+        else:
+            pairs.append((ordered[kept_index], ordered[index], float(sorted_along[index])))
+    if not pairs:
+        return ordered, []
+    shown = "; ".join(f"at {where:.3f} mm kept {kept.uid} (InstanceNumber {kept.instance_number}), left out "
+                      f"{extra.uid} (InstanceNumber {extra.instance_number})"
+                      for kept, extra, where in pairs[:NAMED_AT_MOST])
+    more = f"; and {len(pairs) - NAMED_AT_MOST} more" if len(pairs) > NAMED_AT_MOST else ""
+    warning = PlanWarning(WarningCode.DUPLICATE_POSITION,
+                          f"{_plural(len(pairs), 'slice')} at a position another slice already holds (along the "
+                          f"normal, within {EPSILON_MM} mm), left out: {shown}{more}",
+                          tuple(kept.uid for kept, _, _ in pairs))
+    return [h for i, h in enumerate(ordered) if i not in dropped], [warning]
 
 
 def _describe_difference(main: SliceHeader, other: SliceHeader) -> str:
@@ -186,9 +191,12 @@ def _no_volume_reason(headers: list[SliceHeader]) -> str:
         return "its only images are localizers"
     if len(headers) == 1:
         return f"it is a single 2D {first.modality or ''} image ({first.sop_class_name}); a volume needs two or more slices"
-    if not any(has_geometry(h) for h in headers):
+    positioned = [h for h in headers if has_geometry(h) and not h.is_localizer]
+    if not positioned:
         return (f"its {len(headers)} images carry no slice position and orientation "
                 "(ImagePositionPatient, ImageOrientationPatient)")
+    if len({_group_key(h) for h in positioned}) == 1 and np.ptp(_along(positioned)) < EPSILON_MM:
+        return f"its {len(positioned)} slices all lie at one position"
     return "no two slices share an orientation and size"
 
 

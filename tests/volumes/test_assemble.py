@@ -277,3 +277,15 @@ def test_bits_above_bits_stored_go_through_the_decoder(tmp_path: Path, small_ct)
         high += int(stored.max()) > 4095
         np.testing.assert_array_equal(volume.voxels[z], decode_image(by_uid[uid]).pixels)
     assert high  # some slices had bits set above bit 11: those went through pydicom
+
+
+def test_orientations_that_differ_by_rounding_stay_one_stack(tmp_path: Path, small_ct) -> None:  # noqa: ANN001
+    folder = tmp_path / "rounding"
+    write_ct_series(folder, volume=small_ct)
+    for index, path in enumerate(sorted(folder.iterdir())):
+        ds = pydicom.dcmread(path)
+        # 0.000049 and 0.000051 round apart at 4 decimals; they are 0.0001 degrees apart
+        ds.ImageOrientationPatient = ["-1", "0.000049" if index % 2 else "0.000051", "0", "0", "-1", "0"]
+        ds.save_as(path)
+    volume = load_volume(folder)
+    assert volume.shape_zyx[0] == 40 and WarningCode.MIXED_ORIENTATION not in codes(volume)

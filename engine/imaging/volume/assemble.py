@@ -252,8 +252,4 @@ def load_dicom_volume(sources: Sequence[str | Path], *, series_uid: str | None =
         raise MedVisionError(ErrorCode.INVALID_ARGUMENT,
                              f"the sources hold {len(mains)} series; name the one to assemble.",
                              series=[{"series_uid": p.first.series_uid, "slices": len(p.slices)} for p in mains])
-    main = mains[0]
-    others = [p for p in plans if not p.main and p.first.series_uid == main.first.series_uid]
-    return assemble_stack(main, limits=limits, extra_warnings=notes + [
-        VolumeWarning(WarningCode.OTHER_STACKS, f"stack {p.key} ({len(p.slices)} slices) of this series is "
-                                                 "another volume, not assembled here") for p in others])
+    return assemble_stack(mains[0], limits=limits, extra_warnings=notes)  # its warnings name the other stacks

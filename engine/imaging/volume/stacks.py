@@ -30,6 +30,8 @@ from engine.imaging.volume.geometry import (
 from engine.imaging.volume.headers import SliceHeader, has_geometry
 from engine.imaging.volume.model import VolumeWarning, WarningCode
 
+#: Direction cosines closer than this are one orientation (about 0.01 degrees).
+ORIENTATION_TOLERANCE = 2e-4
 #: Modalities of projection images: never a volume, whatever the files say.
 PROJECTION_MODALITIES = frozenset({"CR", "DX", "MG", "RG", "IO", "PX", "XA", "RF"})
 
@@ -89,6 +91,23 @@ def _group_key(header: SliceHeader) -> tuple:
     spacing = tuple(round(v, 4) for v in header.pixel_spacing) if header.pixel_spacing else None
     return (orientation_key(orientation), header.rows, header.columns, header.samples_per_pixel, spacing,
             header.image_type, header.stack_id, header.temporal_index)
+
+
+def _merge_near_orientations(headers: list[SliceHeader]) -> dict[tuple, list[SliceHeader]]:
+    """Slices grouped by :func:`_group_key`, where orientations within ORIENTATION_TOLERANCE count as one
+    (rounding alone must not split a stack: 0.99995 and 0.99994 round apart)."""
+    groups: dict[tuple, list[SliceHeader]] = defaultdict(list)
+    for header in headers:
+        groups[_group_key(header)].append(header)
+    merged: dict[tuple, list[SliceHeader]] = {}
+    for key, members in groups.items():
+        home = next((k for k in merged if k[1:] == key[1:]
+                     and max(abs(a - b) for a, b in zip(k[0], key[0], strict=True)) <= ORIENTATION_TOLERANCE), None)
+        if home is None:
+            merged[key] = list(members)
+        else:
+            merged[home] += members
+    return merged
 
 
 def _along(headers: list[SliceHeader]) -> np.ndarray:
@@ -207,9 +226,7 @@ def plan_series(headers: list[SliceHeader]) -> list[StackPlan]:
     positioned = [h for h in candidates if has_geometry(h)]
     unpositioned = [h for h in candidates if not has_geometry(h)]
 
-    groups: dict[tuple, list[SliceHeader]] = defaultdict(list)
-    for header in positioned:
-        groups[_group_key(header)].append(header)
+    groups = _merge_near_orientations(positioned)
     stacks: list[tuple[list[SliceHeader], list[PlanWarning], bool]] = []
     for group in groups.values():
         for part in _split_acquisitions(group):

@@ -18,6 +18,7 @@ Decoding limits (positive integers; see :class:`DecodeLimits` for why these defa
 ``MEDVISION_MAX_INFLATED_BYTES``    inflated size of a Deflated Explicit VR Little Endian dataset
                                     (default 512 MiB)
 ``MEDVISION_DECODE_CACHE_BYTES``    bytes of decoded frames kept per process (default 512 MiB)
+``MEDVISION_MAX_VOLUME_BYTES``      float32 voxels of one assembled volume (default 4 GiB)
 """
 
 from __future__ import annotations
@@ -81,11 +82,16 @@ class DecodeLimits:
     only sample inflates to 262 kB) and the largest frame allowed above is 128 MiB of
     16-bit pixels. Inflation is streamed and stops at the limit, so a bomb costs at most
     this much memory in the decoder and a few chunks in the DICOM node.
+
+    ``max_volume_bytes`` (slices x rows x columns x 4, the float32 voxels of one volume
+    assembled from a series, checked before the array is allocated): 4 GiB. A
+    2,000-slice 512 x 512 CT is 2 GiB; a 4,000-slice one is refused (``VOLUME_TOO_LARGE``).
     """
 
     max_image_pixels: int = 8192 * 8192
     max_pixel_data_bytes: int = 2 * 1024 * MiB
     max_inflated_bytes: int = 512 * MiB
+    max_volume_bytes: int = 4 * 1024 * MiB
 
     @classmethod
     def from_env(cls) -> DecodeLimits:
@@ -95,6 +101,7 @@ class DecodeLimits:
             max_image_pixels=env_int("MEDVISION_MAX_IMAGE_PIXELS", defaults.max_image_pixels),
             max_pixel_data_bytes=env_int("MEDVISION_MAX_PIXEL_DATA_BYTES", defaults.max_pixel_data_bytes),
             max_inflated_bytes=env_int("MEDVISION_MAX_INFLATED_BYTES", defaults.max_inflated_bytes),
+            max_volume_bytes=env_int("MEDVISION_MAX_VOLUME_BYTES", defaults.max_volume_bytes),
         )
 
 

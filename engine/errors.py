@@ -27,6 +27,10 @@ class ErrorCode(StrEnum):
     FILE_NOT_FOUND = "FILE_NOT_FOUND"
     IMAGE_DECODE_ERROR = "IMAGE_DECODE_ERROR"
     IMAGE_TOO_LARGE = "IMAGE_TOO_LARGE"
+    #: Files asked for as a volume hold none: a radiograph, a single 2D image, slices without position.
+    NOT_A_VOLUME = "NOT_A_VOLUME"
+    #: A volume whose voxels would pass ``MEDVISION_MAX_VOLUME_BYTES``; refused before allocating.
+    VOLUME_TOO_LARGE = "VOLUME_TOO_LARGE"
     UNSUPPORTED_FORMAT = "UNSUPPORTED_FORMAT"
     MODEL_NOT_FOUND = "MODEL_NOT_FOUND"
     MODEL_LOAD_ERROR = "MODEL_LOAD_ERROR"

@@ -1,8 +1,10 @@
-"""``medvision volume``: a series (files, a folder) or a NIfTI file as a 3D volume.
+"""``medvision volume | roi | segment-volume``: a series (files, a folder) or a NIfTI file as a 3D volume.
 
-Prints, for each stack the sources hold, its dimensions, spacing, orientation, slice order
-and every warning found while assembling it; ``--json OUT`` writes the same as JSON (no
-voxels). No session is created: the files are read where they are.
+``volume`` prints, for each stack the sources hold, its dimensions, spacing, orientation,
+slice order and every warning found while assembling it; ``roi`` the HU statistics and
+volume of a box of voxels; ``segment-volume`` the structures the training-free method
+finds (body, lungs, airways, bone) with their volumes. ``--json OUT`` writes the same as
+JSON (no voxels). No session is created: the files are read where they are.
 """
 
 from __future__ import annotations
@@ -73,9 +75,65 @@ def cmd_volume(args: argparse.Namespace) -> int:
     return 0
 
 
+def _one_volume(sources: list[str]):  # noqa: ANN202 - engine.imaging.volume imported lazily
+    """The main volume among the sources, its warnings printed first."""
+    from engine.imaging.volume import load_volume
+
+    _check_sources(sources)
+    volume = load_volume(sources)
+    for warning in volume.warnings:
+        print(f"  ! {warning.code}: {warning.message}")
+    return volume
+
+
+def cmd_roi(args: argparse.Namespace) -> int:
+    """HU statistics and volume of a box of voxels (indices inclusive: x column, y row, z sorted slice)."""
+    from engine.analysis.volume.roi import roi_box_stats
+
+    volume = _one_volume(args.sources)
+    stats = roi_box_stats(volume.voxels, volume.spacing_zyx, args.box).to_dict()
+    x1, y1, z1, x2, y2, z2 = args.box
+    unit = " HU" if volume.modality == "CT" else ""
+    print(f"box x {x1}..{x2}, y {y1}..{y2}, z {z1}..{z2}: {stats['voxel_count']} voxels, {stats['volume_ml']:.2f} mL")
+    if stats["voxel_count"]:
+        print(f"  mean {stats['mean_hu']:.1f}{unit}  SD {stats['sd_hu']:.1f}  min {stats['min_hu']:g}  "
+              f"max {stats['max_hu']:g}")
+    write_json(args.json, {"volume": volume.summary(), "box": list(args.box), "statistics": stats})
+    return 0
+
+
+def cmd_segment_volume(args: argparse.Namespace) -> int:
+    """Body, lungs, airways and bone of a CT by HU and connectivity (no trained model), with volumes in mL."""
+    from engine.analysis.volume.anatomy import segment_anatomy
+
+    volume = _one_volume(args.sources)
+    if volume.modality not in ("CT", ""):
+        raise MedVisionError(ErrorCode.INVALID_IMAGE_TYPE,
+                             f"segment-volume needs a CT (Hounsfield units); this volume is {volume.modality}")
+    result = segment_anatomy(volume.voxels, volume.affine, structures=args.structures)
+    print(f"{result.method} (no trained model), {result.elapsed_s:.2f} s")
+    for structure in result.structures:
+        found = f"{structure.volume_ml:10.1f} mL" if structure.found else "   not found"
+        print(f"  {structure.name:<12} {found}" + (f"  ({structure.note})" if structure.note else ""))
+    write_json(args.json, {"volume": volume.summary(), "segmentation": result.to_dict()})
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    """``volume``."""
+    """``volume``, ``roi`` and ``segment-volume``."""
     volume = sub.add_parser("volume", help="assemble a series (files, folder) or a NIfTI file into a 3D volume")
     volume.add_argument("sources", nargs="+", metavar="SOURCE", help="DICOM files, a folder, or a NIfTI file")
     volume.add_argument("--json", metavar="OUT", help="write the description as JSON")
     volume.set_defaults(func=cmd_volume)
+    roi = sub.add_parser("roi", help="HU statistics and volume (mL) of a box of voxels in a volume")
+    roi.add_argument("sources", nargs="+", metavar="SOURCE", help="DICOM files, a folder, or a NIfTI file")
+    roi.add_argument("--box", type=int, nargs=6, required=True, metavar=("X1", "Y1", "Z1", "X2", "Y2", "Z2"),
+                     help="voxel indices, inclusive: x column, y row, z the slice's place in the sorted stack")
+    roi.add_argument("--json", metavar="OUT", help="write the statistics as JSON")
+    roi.set_defaults(func=cmd_roi)
+    segment = sub.add_parser("segment-volume", help="body, lungs, airways and bone of a CT without a trained model")
+    segment.add_argument("sources", nargs="+", metavar="SOURCE", help="DICOM files, a folder, or a NIfTI file")
+    segment.add_argument("--structures", default="body,lungs,airways,bone",
+                         help="comma list of body,lungs,airways,bone (default: all)")
+    segment.add_argument("--json", metavar="OUT", help="write the structures and volumes as JSON")
+    segment.set_defaults(func=cmd_segment_volume)

@@ -105,6 +105,10 @@ class DecodeLimits:
         )
 
 
+#: Relevant priors chosen per study unless ``MEDVISION_PRIOR_COUNT`` says otherwise.
+DEFAULT_PRIOR_COUNT = 2
+
+
 @dataclass(frozen=True)
 class Settings:
     """Resolved engine settings; build with :meth:`from_env` or directly in tests."""
@@ -119,6 +123,8 @@ class Settings:
     limits: DecodeLimits = field(default_factory=DecodeLimits)
     decode_cache_bytes: int = DEFAULT_DECODE_CACHE_BYTES
     max_image_file_bytes: int = DEFAULT_MAX_IMAGE_FILE_BYTES
+    #: Relevant priors chosen per study (``MEDVISION_PRIOR_COUNT``).
+    prior_count: int = DEFAULT_PRIOR_COUNT
 
     @property
     def export_root(self) -> Path:
@@ -156,4 +162,5 @@ class Settings:
             use_keyring=env.get("MEDVISION_KEYRING", "1") != "0",
             limits=DecodeLimits.from_env(),
             decode_cache_bytes=env_int("MEDVISION_DECODE_CACHE_BYTES", DEFAULT_DECODE_CACHE_BYTES),
+            prior_count=env_int("MEDVISION_PRIOR_COUNT", DEFAULT_PRIOR_COUNT),
         )

@@ -13,9 +13,11 @@ from engine.config import Settings
 from engine.inference.registry import ModelRegistry
 from engine.services.analysis import AnalysisService
 from engine.services.annotations import AnnotationService
+from engine.services.compare import CompareService
 from engine.services.images import DecodeCache, ImageService
 from engine.services.intake import ImageIntake
 from engine.services.interactive import InteractiveService
+from engine.services.priors import PriorService
 from engine.services.regions import RegionService
 from engine.services.sessions import SessionService
 from engine.services.similar import SimilarCaseService
@@ -37,6 +39,8 @@ class Services:
     similar: SimilarCaseService
     regions: RegionService
     sessions: SessionService
+    priors: PriorService
+    compare: CompareService
 
     @classmethod
     def open(cls, settings: Settings) -> Services:
@@ -55,7 +59,8 @@ class Services:
                    intake=ImageIntake(images, analysis), annotations=annotations, analysis=analysis,
                    interactive=interactive, similar=similar,
                    regions=RegionService(store, models, images, analysis, interactive, similar, annotations),
-                   sessions=SessionService(store, images, interactive))
+                   sessions=SessionService(store, images, interactive),
+                   priors=PriorService(store, settings.prior_count), compare=CompareService(store, images, analysis))
 
     def close(self) -> None:
         """Release the reference library, models and database connections."""

@@ -96,3 +96,45 @@ def test_the_node_fetches_priors_after_a_pushed_study(engine, orthanc, settings,
         time.sleep(0.1)
     priors = engine.get_session_status(session["id"])["priors"]
     assert [p["study_uid"] for p in priors] == [studies["prior"], studies["older"]]
+
+
+def test_mcp_pacs_and_prior_tools(home: Path, model_pack: Path, orthanc, tmp_path: Path) -> None:
+    """query_pacs, retrieve_study, list_priors (fetch) and compare_with_prior through an MCP client."""
+    import anyio
+
+    from tests.mcp import connect, failed, ok
+
+    studies = {role: _uid(data) for role, data in _studies(orthanc, "PRIORS-4").items()}
+    (home / "pacs.toml").write_text(
+        f'calling_ae = "{CLIENT_AE}"\n[[archive]]\nname = "main"\nae_title = "ORTHANC"\nhost = "127.0.0.1"\n'
+        f"port = {orthanc.dicom_port}\n")
+    root = tmp_path / "images"
+    root.mkdir()
+    (root / "current.dcm").write_bytes(rg1_variant(study_date="20240301", patient_id="PRIORS-4"))
+
+    async def scenario() -> None:
+        async with connect(home, model_pack, [root]) as client:
+            found = await ok(client, "query_pacs", pacs="main", patient_id="PRIORS-4", issuer="ELSEWHERE")
+            assert [r["study_uid"] for r in found["results"]] == [studies["other_issuer"]]
+            series = await ok(client, "query_pacs", pacs="main", study_uid=studies["oldest"], level="series")
+            assert series["results"][0]["body_part"] == "CHEST"
+            got = await ok(client, "retrieve_study", pacs="main", study_uid=studies["oldest"])
+            assert got["complete"] and got["stored"] == 1 and got["session_id"]
+
+            session = (await ok(client, "create_study_session", name="current"))["session_id"]
+            await ok(client, "add_image_to_session", session_id=session, image_path=str(root / "current.dcm"))
+            held = await ok(client, "list_priors", session_id=session, count=5)
+            assert [p["study_uid"] for p in held["priors"]] == [studies["oldest"]]  # the one retrieved so far
+            remote = await ok(client, "list_priors", session_id=session, pacs="main")
+            assert [p["study_uid"] for p in remote["in_archive"]] == [studies["prior"], studies["older"]]
+            fetched = await ok(client, "list_priors", session_id=session, pacs="main", fetch=True)
+            assert [p["study_uid"] for p in fetched["fetched"]] == [studies["prior"], studies["older"]]
+            assert [p["study_uid"] for p in fetched["recorded"]] == [studies["prior"], studies["older"]]
+
+            compared = await ok(client, "compare_with_prior", session_id=session, prior=studies["prior"])
+            assert compared["same_patient"] and compared["findings"]["current_model"]
+            assert compared["registration"]["quality"]["good"]
+            refused = await failed(client, "query_pacs", pacs="main", study_date="last week")
+            assert refused["code"] == "INVALID_ARGUMENT"
+
+    anyio.run(scenario)

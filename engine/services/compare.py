@@ -54,11 +54,19 @@ class CompareService:
         current = session["current_image_id"]
         return next((i for i in images if i["id"] == current), images[0])
 
-    def _analysis(self, session_id: str, image: dict, analyze: bool) -> dict | None:
-        found = self.analysis.latest_result(session_id, image["id"], ANALYSIS_KINDS)
-        if found is None and analyze and has_auto_analysis(image["type"]):
-            found = self.analysis.analyze_image(session_id, image["id"], preset="quick")
-        return found
+    def _analyses(self, session_id: str, image: dict, analyze: bool) -> tuple[dict | None, dict | None]:
+        """The image's latest analysis with a classification and latest with a segmentation (a
+        segment-only run must not hide the findings); classified first when ``analyze`` and none is."""
+        rows = [r for r in self.store.list_analyses(session_id, image["id"]) if r["kind"] in ANALYSIS_KINDS]
+
+        def latest(key: str) -> dict | None:
+            row = next((r for r in reversed(rows) if (r["result"].get(key) or {}).get("status") == "ok"), None)
+            return None if row is None else row["result"] | {"analysis_id": row["id"]}
+
+        classified = latest("classification")
+        if classified is None and analyze and has_auto_analysis(image["type"]):
+            classified = self.analysis.analyze_image(session_id, image["id"], preset="quick")
+        return classified, latest("segmentation")
 
     def arrays(self, session_id: str, prior: str, *, image_id: str | None = None,
                prior_image_id: str | None = None) -> dict[str, Any]:
@@ -97,12 +105,14 @@ class CompareService:
                                             " compare with care"],
             "disclaimer": DISCLAIMER,
         }
-        current_analysis = self._analysis(session_id, image, analyze)
-        prior_analysis = self._analysis(prior_session, prior_image, analyze)
-        result["findings"] = compare_findings(current_analysis, prior_analysis)
-        result["measurements"] = compare_measurements(current_analysis, prior_analysis)
-        result["analysis_ids"] = {"current": (current_analysis or {}).get("analysis_id"),
-                                  "prior": (prior_analysis or {}).get("analysis_id")}
+        current_classified, current_segmented = self._analyses(session_id, image, analyze)
+        prior_classified, prior_segmented = self._analyses(prior_session, prior_image, analyze)
+        result["findings"] = compare_findings(current_classified, prior_classified)
+        result["measurements"] = compare_measurements(current_segmented, prior_segmented)
+        result["analysis_ids"] = {"current": (current_classified or {}).get("analysis_id"),
+                                  "prior": (prior_classified or {}).get("analysis_id"),
+                                  "current_segmentation": (current_segmented or {}).get("analysis_id"),
+                                  "prior_segmentation": (prior_segmented or {}).get("analysis_id")}
         analysed = time.perf_counter()
         if register:
             try:

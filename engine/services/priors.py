@@ -19,6 +19,7 @@ class PriorService:
 
     def facts(self, session_id: str) -> dict[str, Any]:
         """The session's study facts (patient ID, issuer, date, modality, body part)."""
+        self.store.get_session(session_id)  # SESSION_NOT_FOUND first
         facts = study_facts(self.store.list_images(session_id))
         if facts is None:
             raise MedVisionError(ErrorCode.INVALID_ARGUMENT, "the session has no image with a Patient ID: its priors"

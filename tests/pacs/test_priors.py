@@ -138,3 +138,23 @@ def test_mcp_pacs_and_prior_tools(home: Path, model_pack: Path, orthanc, tmp_pat
             assert refused["code"] == "INVALID_ARGUMENT"
 
     anyio.run(scenario)
+
+
+def test_pacs_priors_command(engine, orthanc, tmp_path: Path, capsys) -> None:
+    import json
+
+    from engine.cli import main
+
+    studies = {role: _uid(data) for role, data in _studies(orthanc, "PRIORS-5").items()}
+    current_file = tmp_path / "current.dcm"
+    current_file.write_bytes(rg1_variant(study_date="20240301", patient_id="PRIORS-5"))
+    session = engine.create_study_session("current")["session_id"]
+    engine.add_image_to_session(session, current_file, auto_analyze=False)
+    home = str(engine.settings.home)
+    assert main(["--home", home, "pacs", "priors", "--pacs", orthanc.address, "--calling-ae", CLIENT_AE,
+                 session, "--count", "1", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert [p["study_uid"] for p in printed["priors"]] == [studies["prior"]] and printed["priors"][0]["complete"]
+    assert main(["--home", home, "pacs", "priors", "--pacs", orthanc.address, "--calling-ae", CLIENT_AE,
+                 "no-such-session"]) == 2
+    assert capsys.readouterr().err.startswith("SESSION_NOT_FOUND")

@@ -90,8 +90,9 @@ def _warped(prior: np.ndarray, current_to_prior: np.ndarray, shape: tuple[int, .
 
 def ncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
     """Normalised cross-correlation of two images over ``mask`` (-1..1; 0 when flat or empty)."""
-    if mask is not None:
-        a, b = a[mask], b[mask]
+    finite = np.isfinite(a) & np.isfinite(b)  # padding (NaN) never counts
+    keep = finite if mask is None else finite & mask
+    a, b = a[keep], b[keep]
     if a.size < 16:
         return 0.0
     a = a - a.mean()

@@ -286,3 +286,33 @@ def compare_measurements(current: dict | None, prior: dict | None) -> dict[str, 
         "note": None if now and then else "organ segmentation missing on "
         + " and ".join(w for w, s in (("the current", now), ("the prior", then)) if not s) + " study",
     }
+
+
+# -- volumes ---------------------------------------------------------------------------------
+def corresponding_voxel(current: Any, prior: Any, voxel_xyz: Any,
+                        registration: np.ndarray | None = None) -> dict[str, Any]:
+    """Where voxel ``[x, y, z]`` of the ``current`` volume lies in the ``prior`` volume (both
+    :class:`engine.imaging.volume.Volume`, or anything with ``affine``, ``frame_of_reference_uid``
+    and ``shape_zyx``), for synchronised scrolling.
+
+    With one Frame of Reference UID the patient coordinates are shared: current voxel ->
+    LPS mm -> prior voxel. Otherwise ``registration`` (4x4, current LPS mm -> prior LPS mm)
+    is needed; without it the positions cannot be related (``INVALID_ARGUMENT``)."""
+    from engine.errors import ErrorCode, MedVisionError
+
+    xyz = np.asarray(voxel_xyz, dtype=np.float64).reshape(3)
+    patient = np.asarray(current.affine, dtype=np.float64) @ np.append(xyz, 1.0)
+    same_frame = bool(current.frame_of_reference_uid) and \
+        current.frame_of_reference_uid == prior.frame_of_reference_uid
+    if same_frame:
+        basis, target = "frame_of_reference", patient
+    elif registration is not None:
+        basis, target = "registration", np.asarray(registration, dtype=np.float64) @ patient
+    else:
+        raise MedVisionError(ErrorCode.INVALID_ARGUMENT, "the two volumes have different frames of reference and no"
+                             " registration relates them: their positions cannot be synchronised")
+    found = np.linalg.solve(np.asarray(prior.affine, dtype=np.float64), target)[:3]
+    z, y, x = prior.shape_zyx
+    inside = bool(np.all(found > -0.5) and np.all(found < np.array([x, y, z]) - 0.5))
+    return {"space": "voxel", "voxel_xyz": [round(float(v), 3) for v in found],
+            "patient_mm": [round(float(v), 3) for v in patient[:3]], "basis": basis, "inside": inside}

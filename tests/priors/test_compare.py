@@ -97,3 +97,32 @@ def test_two_analysed_sessions_compared_and_priors_listed(engine, rg1_path: Path
                  "--prior", prior, "--json", str(out), "--no-register"])
     assert code == 0 and json.loads(out.read_text())["prior_session_id"] == prior
     assert main(["--home", str(engine.settings.home), "compare", current, "--prior", "nonexistent"]) == 2
+
+
+def test_a_volume_position_is_found_in_the_prior_by_patient_coordinates() -> None:
+    from engine.analysis.compare import corresponding_voxel
+    from engine.imaging.volume import Volume
+
+    def volume(origin: tuple[float, float, float], frame: str | None, spacing: float = 1.0) -> Volume:
+        affine = np.diag([0.7, 0.7, spacing, 1.0])
+        affine[:3, 3] = origin
+        return Volume(voxels=np.zeros((40, 64, 64), np.float32), affine=affine, spacing_zyx=(spacing, 0.7, 0.7),
+                      source_uids=tuple(str(i) for i in range(40)), warnings=(), modality="CT", series_uid=None,
+                      frame_of_reference_uid=frame)
+
+    current = volume((-20.0, -30.0, 100.0), "1.2.3")
+    prior = volume((-20.7, -30.0, 95.0), "1.2.3", spacing=2.5)  # another table position and slice thickness
+    found = corresponding_voxel(current, prior, [10, 20, 12])
+    # patient (-13, -16, 112): prior x (-13 + 20.7) / 0.7 = 11, y 20, z (112 - 95) / 2.5 = 6.8
+    assert found["basis"] == "frame_of_reference" and found["inside"]
+    assert found["voxel_xyz"] == pytest.approx([11.0, 20.0, 6.8], abs=1e-6)
+    assert corresponding_voxel(current, prior, [63, 20, 12])["inside"] is False  # past the prior's last column
+
+    elsewhere = volume((-20.0, -30.0, 100.0), "9.9.9")
+    with pytest.raises(MedVisionError) as error:
+        corresponding_voxel(current, elsewhere, [0, 0, 0])
+    assert error.value.code == ErrorCode.INVALID_ARGUMENT
+    shift = np.eye(4)
+    shift[2, 3] = -5.0  # registration: the prior's patient sits 5 mm lower
+    assert corresponding_voxel(current, elsewhere, [0, 0, 10], registration=shift)["voxel_xyz"] == \
+        pytest.approx([0, 0, 5])

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
@@ -21,6 +20,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from engine.imaging.decode import first_number, frame_value
 from engine.imaging.volume.geometry import orientation_matrix
+from engine.imaging.volume.sources import SliceSource
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class SliceHeader:
     DICOM references frames).
     """
 
-    path: Path
+    source: SliceSource
     frame: int | None
     sop_instance_uid: str
     sop_class_uid: str
@@ -165,13 +165,13 @@ def _native(ds: Dataset, pixel_offset: int | None) -> NativePixels | None:
     return NativePixels(pixel_offset, explicit, dtype, stored, 1.0 if slope is None else slope, intercept or 0.0)
 
 
-def slice_headers(ds: Dataset, path: Path, pixel_offset: int | None = None) -> list[SliceHeader]:
+def slice_headers(ds: Dataset, source: SliceSource, pixel_offset: int | None = None) -> list[SliceHeader]:
     """The slice records of one dataset read up to its pixel data (one per frame); ``pixel_offset`` is
-    where its Pixel Data element starts in the file, if known."""
+    where its Pixel Data element starts in the source's bytes, if known."""
     frames = max(_int(_value(ds, "NumberOfFrames")) or 1, 1)
     multi = frames > 1 or "PerFrameFunctionalGroupsSequence" in ds
     common = {
-        "path": path, "sop_instance_uid": _text(ds, "SOPInstanceUID"), "sop_class_uid": _text(ds, "SOPClassUID"),
+        "source": source, "sop_instance_uid": _text(ds, "SOPInstanceUID"), "sop_class_uid": _text(ds, "SOPClassUID"),
         "series_uid": _text(ds, "SeriesInstanceUID"), "modality": _text(ds, "Modality"),
         "image_type": _words(_value(ds, "ImageType")),
         "rows": _int(ds.get("Rows")) or 0, "columns": _int(ds.get("Columns")) or 0,

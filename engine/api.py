@@ -347,6 +347,29 @@ class Engine:
 
         return queue_for_destination(self.services, session_id, image_id, formats, destination, max_attempts)
 
+    # -- volumes (a session's stored series) ------------------------------------------
+    def list_series(self, session_id: str) -> dict:
+        """The session's series with their stacks: geometry, slice count, warnings (no pixel decoded)."""
+        return self.services.volumes.list_series(session_id)
+
+    def get_volume(self, session_id: str, series_uid: str | None = None, stack: str | None = None) -> Any:
+        """A stack assembled from the encrypted store (an :class:`engine.imaging.volume.Volume`, cached)."""
+        return self.services.volumes.volume(session_id, series_uid, stack)
+
+    def volume_slice(self, session_id: str, z: int, series_uid: str | None = None, stack: str | None = None,
+                     plane: str = "axial") -> tuple[np.ndarray, dict]:
+        """One axial slice decoded on its own (the rest assembled behind it), or a coronal/sagittal plane."""
+        return self.services.volumes.plane_image(session_id, plane, z, series_uid, stack)
+
+    def volume_roi(self, session_id: str, **roi: Any) -> dict:
+        """HU statistics and mL of a voxel box or a sphere in patient mm of a stored series."""
+        return self.services.volumes.roi(session_id, **roi)
+
+    def segment_volume(self, session_id: str, structures: list[str] | str | None = None,
+                       series_uid: str | None = None, stack: str | None = None) -> dict:
+        """Body, lungs, airways and bone of a stored CT without a trained model, with volumes in mL."""
+        return self.services.volumes.segment(session_id, structures, series_uid, stack)
+
     # -- models ------------------------------------------------------------------------
     def model_status(self) -> dict:
         """The pack summary, loaded models and ONNX Runtime devices."""

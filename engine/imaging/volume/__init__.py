@@ -21,9 +21,9 @@ from engine.imaging.volume.assemble import (
     load_dicom_volume,
     scan_sources,
 )
-from engine.imaging.volume.sources import SliceSource
 from engine.imaging.volume.model import Volume, VolumeWarning, WarningCode, orientation_code
 from engine.imaging.volume.nifti import is_nifti, read_nifti, write_nifti
+from engine.imaging.volume.sources import SliceSource
 
 __all__ = [
     "Volume", "VolumeWarning", "WarningCode", "assemble_stack", "is_nifti", "iter_volumes", "load_volume",

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -194,6 +195,40 @@ def _decode_into(plan: StackPlan, voxels: np.ndarray, limits: DecodeLimits
     return kept, corrupt
 
 
+@dataclass(frozen=True)
+class SliceFrame:
+    """Where a stack's slices sit, from their headers alone: the affine, spacing and slice positions,
+    and the warnings about them (gaps, tilt, no pixel spacing)."""
+
+    affine: np.ndarray
+    spacing_zyx: tuple[float, float, float]
+    positions_mm: np.ndarray | None
+    warnings: tuple[VolumeWarning, ...]
+
+
+def slice_frame(slices: Sequence[SliceHeader], patient_geometry: bool = True) -> SliceFrame:
+    """The geometry of these slices in this order (no pixel is read)."""
+    first = slices[0]
+    pixel_spacing = first.pixel_spacing
+    warnings: list[VolumeWarning] = []
+    if pixel_spacing is None or min(pixel_spacing) <= 0:
+        pixel_spacing = (1.0, 1.0)
+        warnings.append(VolumeWarning(WarningCode.NO_PIXEL_SPACING,
+                                      "the slices carry no PixelSpacing: 1 mm was assumed in the affine"))
+    orientation = orientation_matrix(first.orientation)
+    positions = None
+    if patient_geometry:
+        positions = np.asarray([h.position for h in slices], dtype=np.float64)
+        geometry = stack_geometry(orientation, positions, pixel_spacing, gantry_tilt_tag=first.gantry_tilt)
+        affine, spacing = geometry.affine, geometry.spacing_zyx
+        warnings += geometry.warnings
+    else:
+        slice_spacing = first.slice_spacing_hint if first.slice_spacing_hint and first.slice_spacing_hint > 0 else 1.0
+        affine = nominal_affine(orientation, pixel_spacing, slice_spacing)
+        spacing = (slice_spacing, float(pixel_spacing[0]), float(pixel_spacing[1]))
+    return SliceFrame(affine, tuple(float(v) for v in spacing), positions, tuple(warnings))  # type: ignore[arg-type]
+
+
 def assemble_stack(plan: StackPlan, *, limits: DecodeLimits | None = None,
                    extra_warnings: Sequence[VolumeWarning] = ()) -> Volume:
     """Decode one planned stack into a :class:`Volume` (its size checked before allocating).
@@ -211,30 +246,14 @@ def assemble_stack(plan: StackPlan, *, limits: DecodeLimits | None = None,
                              file=plan.first.source.name, corrupt=[w.message for w in corrupt])
     voxels = voxels[:len(kept)]
     first = kept[0]
-    pixel_spacing = first.pixel_spacing
-    warnings: list[VolumeWarning] = []
-    if pixel_spacing is None or min(pixel_spacing) <= 0:
-        pixel_spacing = (1.0, 1.0)
-        warnings.append(VolumeWarning(WarningCode.NO_PIXEL_SPACING,
-                                      "the slices carry no PixelSpacing: 1 mm was assumed in the affine"))
-    orientation = orientation_matrix(first.orientation)
-    positions = None
-    if plan.patient_geometry:
-        positions = np.asarray([h.position for h in kept], dtype=np.float64)
-        geometry = stack_geometry(orientation, positions, pixel_spacing, gantry_tilt_tag=first.gantry_tilt)
-        affine, spacing = geometry.affine, geometry.spacing_zyx
-        warnings += geometry.warnings
-    else:
-        slice_spacing = first.slice_spacing_hint if first.slice_spacing_hint and first.slice_spacing_hint > 0 else 1.0
-        affine = nominal_affine(orientation, pixel_spacing, slice_spacing)
-        spacing = (slice_spacing, float(pixel_spacing[0]), float(pixel_spacing[1]))
+    frame = slice_frame(kept, plan.patient_geometry)
     z_of = {h.uid: z for z, h in enumerate(kept)}
-    warnings = [w.resolve(z_of) for w in plan.warnings] + corrupt + warnings + list(extra_warnings)
+    warnings = [w.resolve(z_of) for w in plan.warnings] + corrupt + list(frame.warnings) + list(extra_warnings)
     return Volume(
-        voxels=voxels, affine=affine, spacing_zyx=tuple(float(v) for v in spacing),
+        voxels=voxels, affine=frame.affine, spacing_zyx=frame.spacing_zyx,
         source_uids=tuple(h.uid for h in kept), warnings=tuple(warnings), modality=first.modality,
         series_uid=first.series_uid or None, frame_of_reference_uid=first.frame_of_reference_uid,
-        positions_mm=positions, patient_geometry=plan.patient_geometry, stack_key=plan.key,
+        positions_mm=frame.positions_mm, patient_geometry=plan.patient_geometry, stack_key=plan.key,
         series_description=first.series_description, source_format="dicom",
     )
 

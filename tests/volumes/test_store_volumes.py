@@ -156,3 +156,27 @@ def test_a_session_without_a_volume(engine: Engine, rg1_path: Path) -> None:
     with pytest.raises(MedVisionError) as caught:
         engine.get_volume(session_id)
     assert caught.value.code is ErrorCode.NOT_A_VOLUME
+
+
+def test_the_cli_reads_a_session(stored, two_series, model_pack: Path, tmp_path: Path,  # noqa: ANN001
+                                 capsys: pytest.CaptureFixture) -> None:
+    import json
+
+    from engine.cli import main
+
+    engine, session_id = stored
+    add_series(engine, session_id, two_series[1])
+    base = ["--home", str(engine.settings.home), "--pack", str(model_pack)]
+    out = tmp_path / "volumes.json"
+    assert main([*base, "volume", session_id, "--json", str(out)]) == 0
+    assert capsys.readouterr().out.count("122 x 101 x 24 voxels") == 2
+    first_uid = json.loads(out.read_text())["volumes"][0]["series_uid"]
+    assert main([*base, "roi", session_id, "--box", "30", "40", "2", "70", "60", "20"]) == 2  # two series
+    assert capsys.readouterr().err.startswith("INVALID_ARGUMENT: ")
+    assert main([*base, "roi", session_id, "--series", first_uid, "--box", "30", "40", "2", "70", "60", "20",
+                 "--json", str(out)]) == 0
+    expected = load_volume(two_series[0] if load_volume(two_series[0]).series_uid == first_uid else two_series[1])
+    stats = json.loads(out.read_text())["statistics"]
+    assert stats == roi_box_stats(expected.voxels, expected.spacing_zyx, [30, 40, 2, 70, 60, 20]).to_dict()
+    assert main([*base, "segment-volume", session_id, "--series", first_uid, "--structures", "body"]) == 0
+    assert "body" in capsys.readouterr().out

@@ -272,10 +272,17 @@ def _plans(sources: Sequence[str | Path | SliceSource], limits: DecodeLimits) ->
     return found.plans, notes
 
 
-def iter_volumes(sources: Sequence[str | Path | SliceSource], *, limits: DecodeLimits | None = None) -> Iterator[Volume]:
-    """Every stack of every series among the DICOM sources, one volume at a time (main stacks first)."""
+def iter_volumes(sources: Sequence[str | Path | SliceSource], *, limits: DecodeLimits | None = None,
+                 series_uid: str | None = None) -> Iterator[Volume]:
+    """Every stack of every series among the DICOM sources (or of ``series_uid``), one volume at a time
+    (main stacks first)."""
     limits = limits or DecodeLimits.from_env()
     plans, notes = _plans(sources, limits)
+    if series_uid is not None:
+        plans = [p for p in plans if p.first.series_uid == series_uid]
+        if not plans:
+            raise MedVisionError(ErrorCode.INVALID_ARGUMENT, f"series {series_uid} is not among the sources.",
+                                 series_uid=series_uid)
     for plan in sorted(plans, key=lambda p: not p.main):
         yield assemble_stack(plan, limits=limits, extra_warnings=notes)
 

@@ -41,11 +41,17 @@ from engine.mcp.models import (
     RegionAction,
     RegionAnalysis,
     Result,
+    SeriesList,
+    SeriesUid,
     SessionCreated,
     SessionId,
     SessionStatus,
+    StackKey,
     UserInputRequest,
     Visualization,
+    VolumeRoi,
+    VolumeSegmentation,
+    VolumeStructure,
 )
 
 R = TypeVar("R", bound=Result)
@@ -105,6 +111,38 @@ def register(app: FastMCP) -> None:
                            image_id: Annotated[Id, Field(description="The image to focus.")]) -> ImageSwitched:
         """Make another image of the session the current one."""
         return await _call(ctx, ImageSwitched, session_id, Engine.switch_image, session_id, image_id)
+
+    # -- volumes -----------------------------------------------------------------------
+    @tool()
+    async def list_series(ctx: Context, session_id: SessionId) -> SeriesList:
+        """The session's volume series (CT, MR...) with their stacks: slice count, voxel shape, spacing,
+        orientation, the affine to patient mm and every warning (gaps, tilt...); no pixel is decoded."""
+        return await _call(ctx, SeriesList, session_id, Engine.list_series, session_id)
+
+    @tool()
+    async def volume_roi(
+        ctx: Context, session_id: SessionId, series_uid: SeriesUid = None, stack: StackKey = None,
+        box: Annotated[list[int] | None, Field(min_length=6, max_length=6, description=(
+            "[x1, y1, z1, x2, y2, z2] voxel indices, inclusive: x column, y row, z the slice in the sorted stack."))]
+        = None,
+        center_mm: Annotated[list[float] | None, Field(min_length=3, max_length=3, description=(
+            "A sphere's centre in patient LPS mm (with radius_mm) instead of a box."))] = None,
+        radius_mm: Annotated[float | None, Field(gt=0, le=500, description="The sphere's radius in mm.")] = None,
+    ) -> VolumeRoi:
+        """HU statistics (mean, SD, min, max) and volume in mL of a 3D box or sphere of a stored series."""
+        return await _call(ctx, VolumeRoi, session_id, Engine.volume_roi, session_id, box=box, center_mm=center_mm,
+                           radius_mm=radius_mm, series_uid=series_uid, stack=stack)
+
+    @tool()
+    async def segment_volume(
+        ctx: Context, session_id: SessionId, series_uid: SeriesUid = None, stack: StackKey = None,
+        structures: Annotated[list[VolumeStructure] | None, Field(description=(
+            "Some of body, lungs, airways, bone; default all."))] = None,
+    ) -> VolumeSegmentation:
+        """Body, left and right lung, airways and bone of a stored CT with each volume in mL, from HU
+        thresholds and 3D connectivity (no trained model)."""
+        return await _call(ctx, VolumeSegmentation, session_id, Engine.segment_volume, session_id, structures,
+                           series_uid, stack)
 
     # -- analysis ----------------------------------------------------------------------
     @tool()

@@ -110,6 +110,7 @@ class VolumeService:
         self._headers_lock = threading.Lock()
         self._assembling: dict[tuple[str, str, str], threading.Lock] = defaultdict(threading.Lock)
         self._background: set[tuple[str, str, str]] = set()
+        self._session_plans: dict[str, tuple[int, list[StackPlan], list[str]]] = {}
 
     # -- headers and plans ---------------------------------------------------------------------
     def _candidates(self, session_id: str) -> list[dict]:
@@ -140,6 +141,19 @@ class VolumeService:
         return found
 
     def _plans(self, session_id: str) -> tuple[list[StackPlan], list[str]]:
+        """The session's stacks, planned again only when its images changed (images are only ever added,
+        so their count tells)."""
+        count = self.store.count("images", session_id)
+        with self._headers_lock:
+            known = self._session_plans.get(session_id)
+        if known is not None and known[0] == count:
+            return known[1], known[2]
+        plans, notes = self._plan_session(session_id)
+        with self._headers_lock:
+            self._session_plans[session_id] = (count, plans, notes)
+        return plans, notes
+
+    def _plan_session(self, session_id: str) -> tuple[list[StackPlan], list[str]]:
         headers: list[SliceHeader] = []
         notes: list[str] = []
         for row in self._candidates(session_id):
@@ -355,6 +369,7 @@ class VolumeService:
         """Drop a deleted session's volumes and headers."""
         self.cache.forget(session_id)
         with self._headers_lock:
+            self._session_plans.pop(session_id, None)
             for image_id in image_ids:
                 self._headers.pop(image_id, None)
 

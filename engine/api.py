@@ -332,13 +332,14 @@ class Engine:
     def get_visualization(self, session_id: str, image_id: str | None = None, include_annotations: bool = True,
                           include_segmentation: bool = True, include_measurements: bool = True,
                           output_path: str | Path | None = None, max_side: int | None = None,
-                          overwrite: bool = False) -> dict:
-        """The composited view (image + chosen layers) as a PNG (``png_base64``), with the list of
-        layers; written to a file only when ``output_path`` is given."""
+                          overwrite: bool = False, plane: str | None = None, index: int | None = None,
+                          series_uid: str | None = None) -> dict:
+        """The composited view (image + chosen layers, or a volume series' plane) as a PNG (``png_base64``),
+        with the list of layers; written to a file only when ``output_path`` is given."""
         from engine.export.service import get_visualization
 
         return get_visualization(self.services, session_id, image_id, include_annotations, include_segmentation,
-                                 include_measurements, output_path, max_side, overwrite)
+                                 include_measurements, output_path, max_side, overwrite, plane, index, series_uid)
 
     def send_results_to(self, session_id: str, image_id: str, formats: tuple[str, ...],
                         destination: dict[str, Any], max_attempts: int) -> list[int]:

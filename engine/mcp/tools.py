@@ -6,7 +6,7 @@ first. Errors surface as ``isError`` results (see :func:`engine.mcp.server.error
 """
 
 from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from mcp import types
 from mcp.server.fastmcp import Context, FastMCP
@@ -270,11 +270,18 @@ def register(app: FastMCP) -> None:
         include_segmentation: Annotated[bool, Field(description="Draw the organ masks.")] = True,
         include_measurements: Annotated[bool, Field(description="Draw measurements.")] = True,
         max_side: Annotated[int, Field(ge=64, le=MAX_SIDE, description="Longest side of the PNG.")] = 512,
+        plane: Annotated[Literal["axial", "coronal", "sagittal"] | None, Field(description=(
+            "Show a volume series' plane instead of an image: axial (slice z, with its layers), coronal (row y) "
+            "or sagittal (column x), resliced from the volume."))] = None,
+        index: Annotated[int | None, Field(ge=0, description="The plane's slice, row or column index.")] = None,
+        series_uid: SeriesUid = None,
     ) -> Visualization:
-        """The image with its overlays as a PNG, returned as MCP image content (no file is written)."""
+        """The image with its overlays as a PNG, or any plane of a volume series, returned as MCP image
+        content (no file is written)."""
         app = app_context(ctx)
         result = await app.call(ctx, session_id, app.engine.get_visualization, session_id, image_id, include_annotations,
-                                include_segmentation, include_measurements, None, max_side)
+                                include_segmentation, include_measurements, None, max_side, False, plane, index,
+                                series_uid)
         png = result.pop("png_base64")
         view = Visualization.model_validate(result)
         content: list[types.ContentBlock] = [types.TextContent(type="text", text=view.model_dump_json()),

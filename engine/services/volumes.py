@@ -4,8 +4,9 @@ A session's DICOM images are read back through :class:`~engine.imaging.volume.Sl
 (each blob decrypted in memory, never written out) into the same assembler that reads files.
 
 - :meth:`VolumeService.list_series`: every series with its stacks (geometry, slice count,
-  warnings) from the headers alone; the headers are kept per image (a few hundred bytes each),
-  so listing again costs a database query.
+  warnings) from the headers alone: the slice record kept in each image's row at intake
+  (``metadata.volume_slice``), else the object's header read from its decrypted blob (images
+  the DICOM node received); the records are kept per image in memory (a few hundred bytes each).
 - :meth:`VolumeService.volume`: one stack assembled, kept in a :class:`VolumeCache` bounded in
   MB (``Settings.volume_cache_mb``), least recently used out first.
 - :meth:`VolumeService.volume_slice`: one slice decoded on its own (the first slice on screen
@@ -30,7 +31,7 @@ from engine.config import DecodeLimits
 from engine.errors import ErrorCode, MedVisionError
 from engine.imaging.volume import SliceSource, Volume, assemble_stack
 from engine.imaging.volume.assemble import OpenSource, decode_slice, scan_one, slice_frame
-from engine.imaging.volume.headers import SliceHeader
+from engine.imaging.volume.headers import SliceHeader, header_from_record
 from engine.imaging.volume.model import orientation_code
 from engine.imaging.volume.stacks import PROJECTION_MODALITIES, StackPlan, plan_stacks
 from engine.store import Store
@@ -132,8 +133,13 @@ class VolumeService:
         with self._headers_lock:
             found = self._headers.get(row["id"])
         if found is None:
-            headers, warning = scan_one(self._source(row), self.limits)
-            found = (headers, warning.message if warning else None)
+            source = self._source(row)
+            kept = header_from_record(row["metadata"].get("volume_slice"), source)
+            if kept is not None:
+                found = ([kept], None)
+            else:  # an image stored without its slice record (received by the DICOM node): read its header
+                headers, warning = scan_one(source, self.limits)
+                found = (headers, warning.message if warning else None)
             with self._headers_lock:
                 if len(self._headers) >= MAX_CACHED_HEADERS:
                     self._headers.clear()
@@ -263,7 +269,9 @@ class VolumeService:
                                  z=z, slices=len(plan.slices))
         key = (session_id, plan.first.series_uid, _stack_id(plan))
         cached = self.cache.get(key)
-        info = {"series_uid": plan.first.series_uid, "stack": _stack_id(plan), "z": z, "slices": len(plan.slices)}
+        info = {"series_uid": plan.first.series_uid, "stack": _stack_id(plan), "z": z, "slices": len(plan.slices),
+                "modality": plan.first.modality, "image_id": plan.slices[z].source.image_id,
+                "pixel_spacing_mm": list(plan.first.pixel_spacing or (1.0, 1.0))}
         if cached is not None and cached.image_ids == _image_ids(plan) and len(cached.volume.source_uids) > z:
             return cached.volume.voxels[z], info | {"from": "volume", "source_uid": cached.volume.source_uids[z]}
         header = plan.slices[z]
@@ -322,7 +330,8 @@ class VolumeService:
         else:
             image, spacing = volume.voxels[::-1, :, index], (dz, dy)
         return image, {"plane": plane, "index": index, "shape": list(image.shape), "pixel_spacing_mm": list(spacing),
-                       "series_uid": volume.series_uid, "stack": volume.stack_key or "main", "from": "volume"}
+                       "series_uid": volume.series_uid, "stack": volume.stack_key or "main", "from": "volume",
+                       "modality": volume.modality}
 
     def plane_image(self, session_id: str, plane: str, index: int, series_uid: str | None = None,
                     stack: str | None = None) -> tuple[np.ndarray, dict[str, Any]]:

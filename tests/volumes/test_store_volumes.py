@@ -180,3 +180,41 @@ def test_the_cli_reads_a_session(stored, two_series, model_pack: Path, tmp_path:
     assert stats == roi_box_stats(expected.voxels, expected.spacing_zyx, [30, 40, 2, 70, 60, 20]).to_dict()
     assert main([*base, "segment-volume", session_id, "--series", first_uid, "--structures", "body"]) == 0
     assert "body" in capsys.readouterr().out
+
+
+def test_images_stored_without_their_slice_record_are_read_from_the_blobs(stored, two_series) -> None:  # noqa: ANN001
+    """Rows made by the DICOM node carry no slice record: their headers come from the decrypted blobs."""
+    import json
+
+    from engine.services.volumes import VolumeCache, VolumeService
+
+    engine, session_id = stored
+    rows = engine.store.list_images(session_id)
+    assert all(row["metadata"]["volume_slice"]["version"] == 1 for row in rows)
+    recorded = engine.list_series(session_id)
+    with engine.store.db.transaction() as tx:
+        for row in rows:
+            metadata = {k: v for k, v in row["metadata"].items() if k != "volume_slice"}
+            tx.execute("UPDATE images SET metadata = ? WHERE id = ?", (json.dumps(metadata), row["id"]))
+    service = VolumeService(engine.store, VolumeCache(8 * 1024 * 1024))
+    assert service.list_series(session_id) == recorded
+    np.testing.assert_array_equal(service.volume(session_id).voxels, load_volume(two_series[0]).voxels)
+
+
+def test_planes_are_visualized(stored) -> None:  # noqa: ANN001
+    import base64
+    import io
+
+    from PIL import Image
+
+    engine, session_id = stored
+    axial = engine.get_visualization(session_id, plane="axial", index=5)
+    marks = {i["image_id"]: i["z"] for i in engine.get_session_status(session_id)["images"]}
+    assert marks[axial["image_id"]] == 5 and (axial["width"], axial["height"]) == (122, 101)
+    coronal = engine.get_visualization(session_id, plane="coronal", index=50)
+    picture = Image.open(io.BytesIO(base64.b64decode(coronal["png_base64"])))
+    assert picture.size == (122, 24) and coronal["plane"] == "coronal"  # 3 mm both ways: one pixel per voxel
+    assert coronal["volume"]["window"] == {"center": 40.0, "width": 400.0}
+    with pytest.raises(MedVisionError) as caught:
+        engine.get_visualization(session_id, plane="sagittal", index=122)
+    assert caught.value.code is ErrorCode.INVALID_REGION

@@ -35,7 +35,7 @@ from engine.errors import ErrorCode, MedVisionError
 from engine.imaging.decode import DECODE_ERRORS, looks_like_raw_dicom, modality_values, stored_frame
 from engine.imaging.limits import read_dicom
 from engine.imaging.volume.geometry import nominal_affine, orientation_matrix, stack_geometry
-from engine.imaging.volume.headers import SliceHeader, slice_headers
+from engine.imaging.volume.headers import SliceHeader, header_record, slice_headers
 from engine.imaging.volume.model import Volume, VolumeWarning, WarningCode
 from engine.imaging.volume.native import read_native_slice
 from engine.imaging.volume.sources import SliceSource
@@ -87,6 +87,17 @@ def read_header(source: SliceSource, limits: DecodeLimits) -> list[SliceHeader]:
     if not ds.get("Rows") or not ds.get("Columns"):
         return []
     return slice_headers(ds, source, pixel_offset)
+
+
+def stored_slice_record(content: bytes, name: str, limits: DecodeLimits) -> dict | None:
+    """The slice record (:func:`~engine.imaging.volume.headers.header_record`) of a single-frame DICOM
+    image about to be stored, so its series can later be listed without reading it back; None for
+    anything else (another format, a multi-frame object, a header that does not read)."""
+    try:
+        found = read_header(SliceSource.stored("", name, lambda: content), limits)
+    except (InvalidDicomError, MedVisionError, *DECODE_ERRORS):
+        return None
+    return header_record(found[0]) if len(found) == 1 and found[0].frame is None else None
 
 
 def scan_sources(sources: Sequence[str | Path | SliceSource], *, limits: DecodeLimits | None = None

@@ -9,7 +9,7 @@ else from the shared ones, else from the top level.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from functools import cache
 from typing import Any
 
@@ -210,3 +210,33 @@ def slice_headers(ds: Dataset, source: SliceSource, pixel_offset: int | None = N
 def has_geometry(header: SliceHeader) -> bool:
     """Whether the slice says where it is: a position and a valid orientation."""
     return header.position is not None and orientation_matrix(header.orientation) is not None
+
+
+#: Version of :func:`header_record`'s form; records of another version are read again from the object.
+HEADER_RECORD_VERSION = 1
+_TUPLE_FIELDS = ("image_type", "orientation", "position", "pixel_spacing")
+
+
+def header_record(header: SliceHeader) -> dict[str, Any]:
+    """A slice record as JSON (everything but its source), kept with a stored image so a series can be
+    listed and planned without decrypting or parsing its objects again."""
+    record = {f.name: getattr(header, f.name) for f in fields(header) if f.name not in ("source", "native")}
+    record["native"] = asdict(header.native) if header.native is not None else None
+    return {"version": HEADER_RECORD_VERSION, **record}
+
+
+def header_from_record(record: Any, source: SliceSource) -> SliceHeader | None:
+    """The slice record :func:`header_record` made, for ``source``; None when it is not one (another
+    version, a damaged row): the caller reads the object instead."""
+    if not isinstance(record, dict) or record.get("version") != HEADER_RECORD_VERSION:
+        return None
+    try:
+        values = {k: v for k, v in record.items() if k != "version"}
+        for name in _TUPLE_FIELDS:
+            if values.get(name) is not None:
+                values[name] = tuple(values[name])
+        if values.get("native") is not None:
+            values["native"] = NativePixels(**values["native"])
+        return SliceHeader(source=source, **values)
+    except (TypeError, ValueError):
+        return None

@@ -25,6 +25,8 @@ import torch
 from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
 from torch import nn
 
+from engine.errors import ErrorCode, MedVisionError
+
 CHECKPOINT_NAME = "checkpoint_final.pth"
 #: The network classes a plans file may name (nnU-Net's own planners use these two; the
 #: residual one has lived in ``unet`` and in ``residual_unet`` across package versions).
@@ -43,11 +45,11 @@ _SAFE_GLOBALS = [np.dtype, np.float64, np.float32, np.int64, np.dtypes.Float64DT
                  np.dtypes.Int64DType, np._core.multiarray.scalar, torch.device]  # noqa: SLF001 - pickled by name
 
 
-class ResultFolderError(ValueError):
+class ResultFolderError(MedVisionError):
     """An nnU-Net result folder (or one file of it) that cannot be converted; the message names the file."""
 
     def __init__(self, file: str, reason: str) -> None:
-        super().__init__(f"{file}: {reason}")
+        super().__init__(ErrorCode.MODEL_LOAD_ERROR, f"nnU-Net result folder: {file}: {reason}", file=file)
         self.file = file
 
 
@@ -147,9 +149,9 @@ def configuration(plans: dict, name: str = "3d_fullres") -> UNetConfiguration:
             transpose_forward=tuple(int(v) for v in plans["transpose_forward"]),
             transpose_backward=tuple(int(v) for v in plans["transpose_backward"]),
         )
+    except ResultFolderError:
+        raise
     except (KeyError, TypeError, ValueError) as exc:
-        if isinstance(exc, ResultFolderError):
-            raise
         raise ResultFolderError("plans.json", f"not an nnU-Net v2 plans file ({type(exc).__name__}: {exc})") from exc
     if config.network_class_name not in NETWORKS:
         raise ResultFolderError("plans.json", f"network class {config.network_class_name!r} is not one nnU-Net plans")

@@ -31,6 +31,7 @@ import logging
 import os
 import re
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -89,23 +90,42 @@ class FoldEnsemble(nn.Module):
         return total / len(self.folds) if len(self.folds) > 1 else total
 
 
+def export_network(network: nn.Module, config: UNetConfiguration, path: Path) -> torch.Tensor:
+    """Export to ONNX with dynamic batch and spatial axes; returns the (smallest useful) example it traced."""
+    small = torch.zeros((1, 1, *config.divisor), dtype=torch.float32).repeat(1, 1, 2, 2, 2)
+    axes = {2: "z", 3: "y", 4: "x"}
+    with warnings.catch_warnings():
+        # InstanceNorm's shape checks read sizes as Python values: constants of the traced graph, which
+        # holds for any spatial size (the channel count is fixed); it also exports as instance statistics,
+        # which is what nnU-Net's InstanceNorm computes at inference too.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=r".*operator 'instance_norm' is set to train=True", category=UserWarning)
+        export_onnx_graph(network, (small,), path, input_names=["image"], output_names=["logits"],
+                          dynamic_axes={"image": {0: "batch"} | axes, "logits": {0: "batch"} | axes})
+    return small
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9.-]+", "-", text.lower()).strip("-.") or "model"
 
 
-def dev_result() -> tuple[dict, dict]:
-    """The dev plans (features divided by :data:`DEV_FEATURE_DIVISOR`) and dataset."""
+def dev_result(divisor: int = DEV_FEATURE_DIVISOR) -> tuple[dict, dict]:
+    """The dev plans (features per stage divided by ``divisor``) and dataset."""
     plans = json.loads(DEV_PLANS.read_text())
     dataset = json.loads(DEV_DATASET.read_text())
     kwargs = plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]
-    kwargs["features_per_stage"] = [f // DEV_FEATURE_DIVISOR for f in kwargs["features_per_stage"]]
+    kwargs["features_per_stage"] = [f // divisor for f in kwargs["features_per_stage"]]
     return plans, dataset
 
 
-def load_unet(weights_dir: Path | None) -> tuple[nn.Module, UNetConfiguration, dict[int, str], dict]:
-    """The network (eval mode), its configuration, the label map and provenance for the manifest."""
+def load_unet(weights_dir: Path | None, *, divisor: int = DEV_FEATURE_DIVISOR,
+              ) -> tuple[nn.Module, UNetConfiguration, dict[int, str], dict]:
+    """The network (eval mode), its configuration, the label map and provenance for the manifest.
+
+    ``divisor`` shrinks the dev network only (1: the dev plans' full width, for benchmarks).
+    """
     if weights_dir is None:
-        plans, dataset = dev_result()
+        plans, dataset = dev_result(divisor)
         config = configuration(plans, "3d_fullres")
         labels = label_map(dataset)
         torch.manual_seed(SEED)
@@ -115,7 +135,7 @@ def load_unet(weights_dir: Path | None) -> tuple[nn.Module, UNetConfiguration, d
             "init": f"untrained: nnU-Net's default initialisation (InitWeights_He via the network's initialize, "
                     f"seed {SEED})",
             "trainer": None, "folds": [], "mirroring_axes": None,
-            "shrunk": {"features_per_stage_divided_by": DEV_FEATURE_DIVISOR,
+            "shrunk": {"features_per_stage_divided_by": divisor,
                        "features_per_stage": config.arch_kwargs["features_per_stage"],
                        "plans_features_per_stage": json.loads(DEV_PLANS.read_text())["configurations"]["3d_fullres"]
                        ["architecture"]["arch_kwargs"]["features_per_stage"],
@@ -173,7 +193,12 @@ def calibration_crops(image: np.ndarray, crop: int = CALIBRATION_CROP) -> np.nda
     return np.stack([padded[z:z + crop, y:y + crop, x:x + crop][None] for z, y, x in boxes]).astype(np.float32)
 
 
-class _OrtRunner:
+def quantize(fp32_path: Path, int8_path: Path, image: np.ndarray) -> dict:
+    """Static QDQ int8 of the exported U-Net, calibrated on crops of a normalised network-grid CT."""
+    return quantize_qdq(fp32_path, int8_path, calibration_crops(image), input_name="image", symbolic_shapes=False)
+
+
+class OrtRunner:
     """An ORT session as the runtime's ``PatchModel``."""
 
     def __init__(self, path: Path, threads: int) -> None:
@@ -206,7 +231,7 @@ def export_agreement(reference: np.ndarray, candidate: np.ndarray) -> dict[str, 
             "argmax_equal_where_decided": bool(same[decided].all()), "decided_fraction": round(float(decided.mean()), 6)}
 
 
-def _entry_common(config: UNetConfiguration, labels: dict[int, str], info: dict) -> dict[str, Any]:
+def entry_common(config: UNetConfiguration, labels: dict[int, str], info: dict) -> dict[str, Any]:
     properties = config.intensity_properties.get("0") or {}
     names = [labels[i] for i in range(len(labels))]
     return {
@@ -241,7 +266,7 @@ def _entry_common(config: UNetConfiguration, labels: dict[int, str], info: dict)
     }
 
 
-def _timed_segmentation(runner: _OrtRunner, spec: dict, ct: tuple) -> tuple[np.ndarray, float]:
+def _timed_segmentation(runner: OrtRunner, spec: dict, ct: tuple) -> tuple[np.ndarray, float]:
     hu, spacing, orientation = ct
     start = time.perf_counter()
     result = segment_ct(hu, spacing, model=runner, spec=spec, orientation=orientation)
@@ -256,18 +281,15 @@ def build(context: BuildContext) -> list[dict]:
     folder.mkdir(parents=True, exist_ok=True)
     model_id = info["model_id"]
     fp32_path, int8_path = folder / f"{model_id}.fp32.onnx", folder / f"{model_id}.int8.onnx"
-    small = torch.zeros((1, 1, *config.divisor), dtype=torch.float32).repeat(1, 1, 2, 2, 2)
-    axes = {2: "z", 3: "y", 4: "x"}
-    export_onnx_graph(network, (small,), fp32_path, input_names=["image"], output_names=["logits"],
-                      dynamic_axes={"image": {0: "batch"} | axes, "logits": {0: "batch"} | axes})
+    small = export_network(network, config, fp32_path)
     exported = time.perf_counter()
 
-    common = _entry_common(config, labels, info)
+    common = entry_common(config, labels, info)
     # ONNX Runtime against the network itself on a small random patch: the export is faithful.
     probe = torch.from_numpy(np.random.default_rng(SEED).standard_normal((1, 1, *small.shape[2:]), dtype=np.float32))
     with torch.no_grad():
         reference = network(probe).numpy()
-    fp32_runner = _OrtRunner(fp32_path, context.threads)
+    fp32_runner = OrtRunner(fp32_path, context.threads)
     exported_logits = fp32_runner.run({"image": probe.numpy()})[0]
     export_parity = export_agreement(reference, exported_logits) | {"probe_shape": list(probe.shape)}
     bench = {"threads": context.threads, "export_s": round(exported - started, 1)}
@@ -283,10 +305,10 @@ def build(context: BuildContext) -> list[dict]:
         return [fp32_entry]
     spec = fp32_entry | {"sha256": None}
     image, _ = preprocess(ct[0], ct[1], UNetSpec.from_manifest(spec), ct[2])
-    recipe = quantize_qdq(fp32_path, int8_path, calibration_crops(image), input_name="image", symbolic_shapes=False)
+    recipe = quantize(fp32_path, int8_path, image)
     quantized = time.perf_counter()
     labels32, seconds32 = _timed_segmentation(fp32_runner, spec | {"precision": "fp32"}, ct)
-    labels8, seconds8 = _timed_segmentation(_OrtRunner(int8_path, context.threads), spec | {"precision": "int8"}, ct)
+    labels8, seconds8 = _timed_segmentation(OrtRunner(int8_path, context.threads), spec | {"precision": "int8"}, ct)
     dice = dice_per_label(labels32, labels8, len(labels))
     worst = min(dice, key=dice.get) if dice else None
     faster = round(seconds8, 2) < round(seconds32, 2)

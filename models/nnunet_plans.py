@@ -40,9 +40,13 @@ _OLD_NAMES = {
     "ResidualEncoderUNet": "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet",
 }
 _TORCH_NAME = re.compile(r"^torch\.nn\.[A-Za-z0-9_.]+$")
-#: What a real nnU-Net checkpoint pickles besides tensors: numpy scalars in its training log.
-_SAFE_GLOBALS = [np.dtype, np.float64, np.float32, np.int64, np.dtypes.Float64DType, np.dtypes.Float32DType,
-                 np.dtypes.Int64DType, np._core.multiarray.scalar, torch.device]  # noqa: SLF001 - pickled by name
+#: What a real nnU-Net checkpoint pickles besides tensors: numpy scalars and arrays in its training
+#: log, the device in init_args. Checkpoints written under numpy 1.x name ``numpy.core``.
+_MULTIARRAY = np._core.multiarray  # noqa: SLF001 - the names numpy pickles its scalars and arrays under
+_SAFE_GLOBALS = [np.dtype, np.ndarray, np.float64, np.float32, np.int64, np.dtypes.Float64DType,
+                 np.dtypes.Float32DType, np.dtypes.Int64DType, _MULTIARRAY.scalar, _MULTIARRAY._reconstruct,
+                 (_MULTIARRAY.scalar, "numpy.core.multiarray.scalar"),
+                 (_MULTIARRAY._reconstruct, "numpy.core.multiarray._reconstruct"), torch.device]
 
 
 class ResultFolderError(MedVisionError):

@@ -12,8 +12,8 @@ format, shaped like a 3 mm whole-body CT ``3d_fullres`` configuration: 128^3 pat
 stages, 3x3x3 kernels, CTNormalization) and ``totalseg_3mm_dev.dataset.json`` (background +
 the 117 labels of TotalSegmentator v2 ``total``). The network keeps those stages, kernels,
 strides and patch, with the features per stage divided by :data:`DEV_FEATURE_DIVISOR`
-(32..320 -> 8..80): full width is 31 M parameters (125 MB fp32) and about 2 min per 128^3
-window on two cores, too heavy for a pack CI rebuilds. nnU-Net's default initialisation,
+(32..320 -> 8..80): full width is 31 M parameters (125 MB fp32, 156 MB with int8) and its
+int8 calibration and parity runs would hold several GB, too heavy for a pack CI rebuilds. nnU-Net's default initialisation,
 ``trained: false``.
 
 The graph takes the normalised ``(batch, 1, z, y, x)`` patch (dynamic spatial axes,

@@ -48,7 +48,7 @@ def fill_session(store: Store, name: str, source: str, files: list[str]) -> dict
     store.add_agent_turn(session_id, "user", "question", "is there an effusion?")
     export = store.add_export(session_id, "dicom_sr", [("sr.dcm", b"DICM" * 256, "application/dicom")])
     store.dicom_outbox_add(session_id, export["id"], ["sr.dcm"], {"ae_title": "PACS", "host": "127.0.0.1", "port": 104})
-    store.enqueue_job("dicom_node.analyze", {"image_id": first}, session_id=session_id, image_id=first)
+    store.enqueue_job("test.unclaimed", {"image_id": first}, session_id=session_id, image_id=first)
     export_blobs = [f["blob_id"] for f in export["files"]]
     owned = [rel(store, store.blobs.path_for(b)) for b in blob_ids + export_blobs]
     owned += [rel(store, store.embeddings.path_for(b)) for i in image_ids for b in store.embeddings.ids_of_owner(i)]

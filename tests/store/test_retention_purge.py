@@ -100,6 +100,7 @@ def test_purge_erases_every_file_and_row_of_expired_sessions_only(home: Path, mo
         ids = [n for n in needles(sessions[key]) if n not in kept_blobs]  # the shared blob: checked by the walk
         assert mentioning(rows_after, ids) == mentioning(rows_before, ids), key
     assert consistency_problems(store) == []
+    assert store.db.query("PRAGMA secure_delete")[0]["secure_delete"] == 1  # deleted rows overwritten in the file
 
     again = medvision(home, model_pack, "sessions", "purge")
     assert again.returncode == 0 and "erased 0 expired session(s)" in again.stdout

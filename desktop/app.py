@@ -262,6 +262,14 @@ class MainWindow(QMainWindow):
             return None
         return Op(self, lambda: self.engine.pin_session(session_id, pinned)).run()
 
+    def close_session(self, expired: bool = False) -> None:
+        """The session on screen was erased (here, by another process or by the retention cleanup)."""
+        self.session_id = None
+        self.canvas.close_image()
+        self.strip.clear()
+        self.statusBar().showMessage("The study on screen expired and was erased by the retention policy" if expired
+                                     else "The study on screen was deleted", 10000)
+
     def delete_study(self, session_id: str, confirm: bool = True) -> Op | None:
         """Erase a study and everything derived from it, after asking."""
         if self.engine is None:
@@ -270,8 +278,6 @@ class MainWindow(QMainWindow):
                 self, "Delete study", "Erase this study: its images, analyses, annotations, masks and kept "
                 "exports? This cannot be undone.") != QMessageBox.StandardButton.Yes:
             return None
-        if session_id == self.session_id:
-            self.session_id = None
         return Op(self, lambda: self.engine.delete_session(session_id)).progress("Deleting the study").success(
             lambda _r: self.worklist.refresh()).run()
 
@@ -443,7 +449,9 @@ class MainWindow(QMainWindow):
                 self._schedule("strip", lambda: self.strip.set_session(self.session_id))
         if session_id != self.session_id:
             return
-        if kind is EventKind.CANVAS_MESSAGE:
+        if kind is EventKind.SESSION_DELETED:
+            self.close_session(payload.get("reason") == "expired")
+        elif kind is EventKind.CANVAS_MESSAGE:
             self.chat.add_message("agent", str(payload.get("message") or payload.get("text") or payload))
         elif kind is EventKind.AGENT_INPUT_REQUESTED:
             request = self.engine.get_user_input(payload["request_id"])  # one indexed row

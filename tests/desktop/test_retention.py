@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from desktop.qt import QMessageBox, Qt
 from engine.errors import MedVisionError
+from tests.desktop.conftest import open_image
 from tests.erasure import age, consistency_problems
 
 
@@ -47,3 +48,13 @@ def test_cleanup_pin_and_delete_study_from_the_worklist(qtbot, window, engine, r
     qtbot.waitUntil(lambda: _code(engine, study) == "SESSION_NOT_FOUND", timeout=10000)
     qtbot.waitUntil(lambda: _row(window, study) is None, timeout=5000)
     assert engine.store.blobs.ids_on_disk() == set() and consistency_problems(engine.store) == []
+
+
+def test_deleting_the_study_on_screen_clears_the_canvas(qtbot, window, engine, rg1_path) -> None:
+    open_image(qtbot, window, rg1_path)
+    shown = window.session_id
+    assert engine.list_sessions()[0]["source"] == "file"  # opened in the desktop
+    window.delete_study(shown, confirm=False)
+    qtbot.waitUntil(lambda: window.canvas.image_item is None and window.session_id is None, timeout=10000)
+    assert window.strip.count() == 0 and _code(engine, shown) == "SESSION_NOT_FOUND"
+    assert engine.store.blobs.ids_on_disk() == set()

@@ -72,7 +72,8 @@ class SessionService:
     def delete(self, session_id: str) -> dict:
         """Erase a session: its rows, image and export blobs, cached embeddings, masks, outbox items."""
         removed = self.store.delete_session(session_id)
-        assert removed is not None  # only a purge (expired_before) may skip a session
+        if removed is None:  # only a purge (expired_before) skips a session; a plain delete never does
+            raise MedVisionError(ErrorCode.DATABASE_ERROR, f"session {session_id!r} was not erased")
         self._forget(removed)
         return {"session_id": session_id, "deleted": True, "images": len(removed["image_ids"]),
                 "files": removed["files"]}
@@ -91,6 +92,7 @@ class SessionService:
 
         Each expired session leaves a tombstone, so asking for it later answers
         ``SESSION_EXPIRED``. ``dry_run`` lists what would go and changes nothing."""
+        self.store.finish_erasures()  # one whose file removal failed earlier in this process is retried
         moment = now or datetime.now(UTC)
         cutoffs = {source: (moment - timedelta(seconds=age)).isoformat(timespec="milliseconds")
                    for source in SESSION_SOURCES

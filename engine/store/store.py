@@ -131,6 +131,10 @@ class Store:
         """See :meth:`SessionRepository.delete`."""
         return self.sessions.delete(session_id, expired_before=expired_before)
 
+    def finish_erasures(self) -> int:
+        """See :meth:`ErasureJournal.replay`."""
+        return self.erasures.replay()
+
     def set_session_pinned(self, session_id: str, pinned: bool) -> dict:
         """See :meth:`SessionRepository.set_pinned`."""
         return self.sessions.set_pinned(session_id, pinned)

@@ -19,7 +19,7 @@ from engine.services.interactive import InteractiveService
 from engine.services.regions import RegionService
 from engine.services.sessions import SessionService
 from engine.services.similar import SimilarCaseService
-from engine.store import BlobStore, Store
+from engine.store import Store
 
 
 @dataclass
@@ -48,14 +48,13 @@ class Services:
                               max_file_bytes=settings.max_image_file_bytes)
         annotations = AnnotationService(store)
         analysis = AnalysisService(store, models, images)
-        interactive = InteractiveService(store, models, images, annotations,
-                                         BlobStore(settings.home / "cache" / "embeddings", store.key))
+        interactive = InteractiveService(store, models, images, annotations, store.embeddings)
         similar = SimilarCaseService(settings, store, models, images, analysis)
         return cls(settings=settings, store=store, models=models, images=images,
                    intake=ImageIntake(images, analysis), annotations=annotations, analysis=analysis,
                    interactive=interactive, similar=similar,
                    regions=RegionService(store, models, images, analysis, interactive, similar, annotations),
-                   sessions=SessionService(store, images, interactive))
+                   sessions=SessionService(store, images, interactive, settings.retention))
 
     def close(self) -> None:
         """Release the reference library, models and database connections."""

@@ -113,9 +113,10 @@ class Engine:
         return self.services.store.requeue_stale_jobs(worker_prefixes)
 
     # -- sessions ----------------------------------------------------------------------
-    def create_study_session(self, name: str | None = None, metadata: dict[str, Any] | None = None) -> dict:
-        """Create a new analysis session."""
-        return self.services.sessions.create(name, metadata)
+    def create_study_session(self, name: str | None = None, metadata: dict[str, Any] | None = None,
+                             source: str = "file") -> dict:
+        """Create a new analysis session (``source``: file, mcp or dicom, for the retention policy)."""
+        return self.services.sessions.create(name, metadata, source)
 
     def list_sessions(self, limit: int = 100) -> list[dict]:
         """Sessions, newest first."""
@@ -126,8 +127,16 @@ class Engine:
         return self.services.sessions.status(session_id)
 
     def delete_session(self, session_id: str) -> dict:
-        """Delete a session with its images, analyses and annotations (blobs no longer used go too)."""
+        """Erase a session and everything derived from it (rows, blobs, embeddings, exports, outbox)."""
         return self.services.sessions.delete(session_id)
+
+    def pin_session(self, session_id: str, pinned: bool = True) -> dict:
+        """Keep a session past the retention policy (``pinned=False`` undoes it)."""
+        return self.services.sessions.set_pinned(session_id, pinned)
+
+    def purge_expired_sessions(self, dry_run: bool = False) -> dict:
+        """Erase unpinned sessions past their source's retention period (``dry_run``: list only)."""
+        return self.services.sessions.purge_expired(dry_run)
 
     def switch_image(self, session_id: str, image_id: str) -> dict:
         """Move the session's focus to another of its images."""

@@ -81,8 +81,9 @@ def register(app: FastMCP) -> None:
         name: Annotated[str | None, Field(max_length=200, description="A name for the study (no patient names).")] = None,
         metadata: Annotated[dict[str, Any] | None, Field(description="Free JSON metadata.")] = None,
     ) -> SessionCreated:
-        """Create a new study session; returns its id and the URIs of its resources."""
-        return await _call(ctx, SessionCreated, None, Engine.create_study_session, name, metadata)
+        """Create a new study session; returns its id and the URIs of its resources. It is kept 24 hours
+        after its last change (MEDVISION_RETAIN_MCP_HOURS) unless pinned; then it answers SESSION_EXPIRED."""
+        return await _call(ctx, SessionCreated, None, Engine.create_study_session, name, metadata, "mcp")
 
     @tool()
     async def add_image_to_session(
@@ -105,6 +106,18 @@ def register(app: FastMCP) -> None:
     async def get_session_status(ctx: Context, session_id: SessionId) -> SessionStatus:
         """A session's images, current image and annotation/analysis counts."""
         return await _call(ctx, SessionStatus, session_id, Engine.get_session_status, session_id)
+
+    @tool()
+    async def delete_session(ctx: Context, session_id: SessionId) -> EngineResult:
+        """Erase a session and everything derived from it: images, analyses, masks, annotations,
+        cached embeddings, kept exports, queued results. It cannot be undone."""
+        return await _call(ctx, EngineResult, session_id, Engine.delete_session, session_id)
+
+    @tool()
+    async def pin_session(ctx: Context, session_id: SessionId,
+                          pinned: Annotated[bool, Field(description="False unpins it.")] = True) -> EngineResult:
+        """Keep a session past the retention policy (or, with pinned false, let the policy apply again)."""
+        return await _call(ctx, EngineResult, session_id, Engine.pin_session, session_id, pinned)
 
     @tool()
     async def switch_image(ctx: Context, session_id: SessionId,

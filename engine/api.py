@@ -341,13 +341,14 @@ class Engine:
     def get_visualization(self, session_id: str, image_id: str | None = None, include_annotations: bool = True,
                           include_segmentation: bool = True, include_measurements: bool = True,
                           output_path: str | Path | None = None, max_side: int | None = None,
-                          overwrite: bool = False) -> dict:
-        """The composited view (image + chosen layers) as a PNG (``png_base64``), with the list of
-        layers; written to a file only when ``output_path`` is given."""
+                          overwrite: bool = False, plane: str | None = None, index: int | None = None,
+                          series_uid: str | None = None) -> dict:
+        """The composited view (image + chosen layers, or a volume series' plane) as a PNG (``png_base64``),
+        with the list of layers; written to a file only when ``output_path`` is given."""
         from engine.export.service import get_visualization
 
         return get_visualization(self.services, session_id, image_id, include_annotations, include_segmentation,
-                                 include_measurements, output_path, max_side, overwrite)
+                                 include_measurements, output_path, max_side, overwrite, plane, index, series_uid)
 
     def send_results_to(self, session_id: str, image_id: str, formats: tuple[str, ...],
                         destination: dict[str, Any], max_attempts: int) -> list[int]:
@@ -355,6 +356,29 @@ class Engine:
         from engine.export.service import queue_for_destination
 
         return queue_for_destination(self.services, session_id, image_id, formats, destination, max_attempts)
+
+    # -- volumes (a session's stored series) ------------------------------------------
+    def list_series(self, session_id: str) -> dict:
+        """The session's series with their stacks: geometry, slice count, warnings (no pixel decoded)."""
+        return self.services.volumes.list_series(session_id)
+
+    def get_volume(self, session_id: str, series_uid: str | None = None, stack: str | None = None) -> Any:
+        """A stack assembled from the encrypted store (an :class:`engine.imaging.volume.Volume`, cached)."""
+        return self.services.volumes.volume(session_id, series_uid, stack)
+
+    def volume_slice(self, session_id: str, z: int, series_uid: str | None = None, stack: str | None = None,
+                     plane: str = "axial") -> tuple[np.ndarray, dict]:
+        """One axial slice decoded on its own (the rest assembled behind it), or a coronal/sagittal plane."""
+        return self.services.volumes.plane_image(session_id, plane, z, series_uid, stack)
+
+    def volume_roi(self, session_id: str, **roi: Any) -> dict:
+        """HU statistics and mL of a voxel box or a sphere in patient mm of a stored series."""
+        return self.services.volumes.roi(session_id, **roi)
+
+    def segment_volume(self, session_id: str, structures: list[str] | str | None = None,
+                       series_uid: str | None = None, stack: str | None = None) -> dict:
+        """Body, lungs, airways and bone of a stored CT without a trained model, with volumes in mL."""
+        return self.services.volumes.segment(session_id, structures, series_uid, stack)
 
     # -- models ------------------------------------------------------------------------
     def model_status(self) -> dict:

@@ -46,6 +46,8 @@ MiB = 1024 * 1024
 
 #: Decoded frames (``raw`` + ``pixels``) one process keeps for the images being flipped between.
 DEFAULT_DECODE_CACHE_BYTES = 512 * MiB
+#: Assembled volumes kept per process (``MEDVISION_VOLUME_CACHE_MB``), least recently used first out.
+DEFAULT_VOLUME_CACHE_MB = 1024
 
 
 def _default_threads() -> int:
@@ -187,6 +189,7 @@ class Settings:
     limits: DecodeLimits = field(default_factory=DecodeLimits)
     decode_cache_bytes: int = DEFAULT_DECODE_CACHE_BYTES
     max_image_file_bytes: int = DEFAULT_MAX_IMAGE_FILE_BYTES
+    volume_cache_mb: int = DEFAULT_VOLUME_CACHE_MB
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
 
     @property
@@ -225,5 +228,6 @@ class Settings:
             use_keyring=env.get("MEDVISION_KEYRING", "1") != "0",
             limits=DecodeLimits.from_env(),
             decode_cache_bytes=env_int("MEDVISION_DECODE_CACHE_BYTES", DEFAULT_DECODE_CACHE_BYTES),
+            volume_cache_mb=env_int("MEDVISION_VOLUME_CACHE_MB", DEFAULT_VOLUME_CACHE_MB),
             retention=RetentionPolicy.from_env(),
         )

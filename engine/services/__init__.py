@@ -19,6 +19,7 @@ from engine.services.interactive import InteractiveService
 from engine.services.regions import RegionService
 from engine.services.sessions import SessionService
 from engine.services.similar import SimilarCaseService
+from engine.services.volumes import VolumeCache, VolumeService
 from engine.store import Store
 
 
@@ -37,6 +38,7 @@ class Services:
     similar: SimilarCaseService
     regions: RegionService
     sessions: SessionService
+    volumes: VolumeService
 
     @classmethod
     def open(cls, settings: Settings) -> Services:
@@ -50,11 +52,13 @@ class Services:
         analysis = AnalysisService(store, models, images)
         interactive = InteractiveService(store, models, images, annotations, store.embeddings)
         similar = SimilarCaseService(settings, store, models, images, analysis)
+        volumes = VolumeService(store, VolumeCache(settings.volume_cache_mb * 1024 * 1024), limits=settings.limits)
         return cls(settings=settings, store=store, models=models, images=images,
                    intake=ImageIntake(images, analysis), annotations=annotations, analysis=analysis,
                    interactive=interactive, similar=similar,
                    regions=RegionService(store, models, images, analysis, interactive, similar, annotations),
-                   sessions=SessionService(store, images, interactive, settings.retention))
+                   sessions=SessionService(store, images, interactive, settings.retention, volumes),
+                   volumes=volumes)
 
     def close(self) -> None:
         """Release the reference library, models and database connections."""

@@ -10,6 +10,7 @@ from engine.config import SESSION_SOURCES, RetentionPolicy
 from engine.errors import ErrorCode, MedVisionError
 from engine.services.images import ImageService, image_summary
 from engine.services.interactive import InteractiveService
+from engine.services.volumes import VolumeService
 from engine.store import Store
 
 #: The most JSON a session's free ``metadata`` may hold (64 kB): room for study notes and
@@ -21,8 +22,8 @@ class SessionService:
     """Sessions and their lifetime: retention (purge, pins) and erasure with everything derived from them."""
 
     def __init__(self, store: Store, images: ImageService, interactive: InteractiveService,
-                 retention: RetentionPolicy) -> None:
-        self.store, self.images, self.interactive = store, images, interactive
+                 retention: RetentionPolicy, volumes: VolumeService | None = None) -> None:
+        self.store, self.images, self.interactive, self.volumes = store, images, interactive, volumes
         self.retention = retention
 
     def create(self, name: str | None = None, metadata: dict[str, Any] | None = None, source: str = "file") -> dict:
@@ -54,16 +55,26 @@ class SessionService:
         ]
 
     def status(self, session_id: str) -> dict:
-        """Summary of a session: its images, the current one, annotation and analysis counts."""
+        """Summary of a session: its images, the current one, annotation and analysis counts.
+
+        ``series`` lists the volume series with their stacks (one entry per stack, for a worklist or
+        an image strip); each image of a stack carries its ``series_uid``, ``stack`` and ``z``.
+        """
         session = self.store.get_session(session_id)
         analysed = {a["image_id"] for a in self.store.list_analyses(session_id)}
-        images = [image_summary(i) | {"analyzed": i["id"] in analysed} for i in self.store.list_images(session_id)]
+        marks = self.volumes.image_stacks(session_id) if self.volumes else {}
+        images = [image_summary(i) | {"analyzed": i["id"] in analysed}
+                  | (marks.get(i["id"]) or {"series_uid": i["series_instance_uid"], "stack": None, "z": None})
+                  for i in self.store.list_images(session_id)]
+        series = self.volumes.list_series(session_id)["series"] if self.volumes else []
         return {
             "session_id": session_id,
             "name": session["name"],
             "created_at": session["created_at"],
             "updated_at": session["updated_at"],
             "images": images,
+            "series": [{**entry, "stacks": [{k: v for k, v in stack.items() if k not in ("affine_lps", "image_ids")}
+                                            for stack in entry["stacks"]]} for entry in series],
             "current_image": session["current_image_id"],
             "total_annotations": self.store.count("annotations", session_id),
             "total_analyses": self.store.count("analyses", session_id),
@@ -74,13 +85,15 @@ class SessionService:
         removed = self.store.delete_session(session_id)
         if removed is None:  # only a purge (expired_before) skips a session; a plain delete never does
             raise MedVisionError(ErrorCode.DATABASE_ERROR, f"session {session_id!r} was not erased")
-        self._forget(removed)
+        self._forget(session_id, removed)
         return {"session_id": session_id, "deleted": True, "images": len(removed["image_ids"]),
                 "files": removed["files"]}
 
-    def _forget(self, removed: dict) -> None:
+    def _forget(self, session_id: str, removed: dict) -> None:
         self.images.cache.forget(removed["image_ids"])
         self.interactive.forget(removed["image_ids"])
+        if self.volumes:
+            self.volumes.forget(session_id, removed["image_ids"])
 
     def set_pinned(self, session_id: str, pinned: bool = True) -> dict:
         """Pin a session (kept whatever the retention policy says) or unpin it."""
@@ -110,7 +123,7 @@ class SessionService:
                     continue  # another process erased it first
                 raise
             if removed is not None:  # None: touched or pinned since it was listed
-                self._forget(removed)
+                self._forget(candidate["id"], removed)
                 purged.append(candidate)
         return {"dry_run": dry_run, "policy": self.retention.describe(),
                 "sessions": [{"session_id": c["id"], "source": c["source"], "last_active_at": c["last_active_at"]}

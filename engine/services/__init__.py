@@ -21,7 +21,8 @@ from engine.services.priors import PriorService
 from engine.services.regions import RegionService
 from engine.services.sessions import SessionService
 from engine.services.similar import SimilarCaseService
-from engine.store import BlobStore, Store
+from engine.services.volumes import VolumeCache, VolumeService
+from engine.store import Store
 
 
 @dataclass
@@ -39,6 +40,7 @@ class Services:
     similar: SimilarCaseService
     regions: RegionService
     sessions: SessionService
+    volumes: VolumeService
     priors: PriorService
     compare: CompareService
 
@@ -52,15 +54,16 @@ class Services:
                               max_file_bytes=settings.max_image_file_bytes)
         annotations = AnnotationService(store)
         analysis = AnalysisService(store, models, images)
-        interactive = InteractiveService(store, models, images, annotations,
-                                         BlobStore(settings.home / "cache" / "embeddings", store.key))
+        interactive = InteractiveService(store, models, images, annotations, store.embeddings)
         similar = SimilarCaseService(settings, store, models, images, analysis)
+        volumes = VolumeService(store, VolumeCache(settings.volume_cache_mb * 1024 * 1024), limits=settings.limits)
         return cls(settings=settings, store=store, models=models, images=images,
                    intake=ImageIntake(images, analysis), annotations=annotations, analysis=analysis,
                    interactive=interactive, similar=similar,
                    regions=RegionService(store, models, images, analysis, interactive, similar, annotations),
-                   sessions=SessionService(store, images, interactive),
-                   priors=PriorService(store, settings.prior_count), compare=CompareService(store, images, analysis))
+                   sessions=SessionService(store, images, interactive, settings.retention, volumes),
+                   volumes=volumes, priors=PriorService(store, settings.prior_count),
+                   compare=CompareService(store, images, analysis))
 
     def close(self) -> None:
         """Release the reference library, models and database connections."""

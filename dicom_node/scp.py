@@ -27,6 +27,7 @@ from dicom_node.config import NodeConfig, add_arguments, load
 from dicom_node.handlers import TRANSFER_SYNTAXES, Handlers
 from dicom_node.ingest import Ingestor, sweep_stale_blob_temps
 from dicom_node.outbox import OutboxSender
+from dicom_node.pacs.priors import prior_fetcher
 from dicom_node.status import HEARTBEAT_S, HEARTBEAT_STALE_S
 from dicom_node.worker import AnalysisWorkers
 
@@ -72,7 +73,8 @@ class Node:
         self.ingestor = Ingestor(engine.store, analyze=config.analyze, job_max_attempts=config.job_max_attempts,
                                  limits=engine.settings.limits)
         self.handlers = Handlers(config, self.ingestor, self.node_id)
-        self.workers = AnalysisWorkers(engine, config, self.node_id)
+        self.priors = prior_fetcher(engine, self.ingestor)
+        self.workers = AnalysisWorkers(engine, config, self.node_id, after_job=self.priors.submit)
         self.outbox = OutboxSender(engine.store, config)
         self.server: Any = None
         self._stopped = threading.Event()
@@ -109,6 +111,7 @@ class Node:
         # backlog and peers wait a 1 s SYN retransmit. A deeper backlog absorbs the pause.
         self.server.socket.listen(LISTEN_BACKLOG)
         self.workers.start()
+        self.priors.start()
         self.outbox.start()
         stale = datetime.now(UTC) - timedelta(seconds=HEARTBEAT_STALE_S)
         self._beat_once(dead_before=stale.isoformat(timespec="milliseconds"))
@@ -163,6 +166,7 @@ class Node:
         self.server.shutdown()
         self.outbox.stop()
         self.workers.stop()
+        self.priors.stop()
         try:
             self._beat_once(stopped=True)
         finally:

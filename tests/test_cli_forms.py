@@ -237,7 +237,7 @@ def test_the_reader_finds_every_documented_form() -> None:
                         "desktop", "mcp", "dicom-node", "models build", "models list", "models verify",
                         "models export-pack", "models import-pack", "models keygen", "sessions list",
                         "sessions show", "sessions delete", "sessions pin", "sessions unpin", "sessions purge",
-                        "pacs echo", "pacs find", "pacs get", "pacs move", "pacs store"}
+                        "pacs echo", "pacs find", "pacs get", "pacs move", "pacs store", "pacs priors", "compare"}
     node = [f for f in FORMS if f[0] == "dicom-node"]
     assert ["dicom-node", "status"] in node
     assert any(f[1] == "serve" for f in node) and any(f[1:3] == ["--config", "FILE"] for f in node)

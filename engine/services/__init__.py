@@ -13,9 +13,11 @@ from engine.config import Settings
 from engine.inference.registry import ModelRegistry
 from engine.services.analysis import AnalysisService
 from engine.services.annotations import AnnotationService
+from engine.services.compare import CompareService
 from engine.services.images import DecodeCache, ImageService
 from engine.services.intake import ImageIntake
 from engine.services.interactive import InteractiveService
+from engine.services.priors import PriorService
 from engine.services.regions import RegionService
 from engine.services.sessions import SessionService
 from engine.services.similar import SimilarCaseService
@@ -39,6 +41,8 @@ class Services:
     regions: RegionService
     sessions: SessionService
     volumes: VolumeService
+    priors: PriorService
+    compare: CompareService
 
     @classmethod
     def open(cls, settings: Settings) -> Services:
@@ -58,7 +62,8 @@ class Services:
                    interactive=interactive, similar=similar,
                    regions=RegionService(store, models, images, analysis, interactive, similar, annotations),
                    sessions=SessionService(store, images, interactive, settings.retention, volumes),
-                   volumes=volumes)
+                   volumes=volumes, priors=PriorService(store, settings.prior_count),
+                   compare=CompareService(store, images, analysis))
 
     def close(self) -> None:
         """Release the reference library, models and database connections."""

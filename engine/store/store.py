@@ -127,6 +127,18 @@ class Store:
         """See :meth:`SessionRepository.recent`."""
         return self.sessions.recent(limit)
 
+    def session_of_study(self, study_instance_uid: str) -> dict | None:
+        """See :meth:`SessionRepository.by_study`."""
+        return self.sessions.by_study(study_instance_uid)
+
+    def images_of_patient(self, patient_id: str, limit: int = 1000) -> list[dict]:
+        """See :meth:`SessionRepository.of_patient`."""
+        return self.sessions.of_patient(patient_id, limit)
+
+    def set_session_priors(self, session_id: str, priors: list[dict]) -> None:
+        """See :meth:`SessionRepository.set_priors`."""
+        self.sessions.set_priors(session_id, priors)
+
     def delete_session(self, session_id: str, *, expired_before: str | None = None) -> dict | None:
         """See :meth:`SessionRepository.delete`."""
         return self.sessions.delete(session_id, expired_before=expired_before)

@@ -162,6 +162,8 @@ def build(context: BuildContext) -> list[dict]:
     folder = context.out_dir / FOLDER
     folder.mkdir(parents=True, exist_ok=True)
     model_file, projector_file = find_weights(context.weights_dir) if context.weights_dir else (None, None)
+    if projector_file is not None:  # before the model's copy: a bad projector is refused at once
+        check_projector(projector_file, context.weights_dir)
     if model_file is None:
         target = folder / FILE_NAME
         upstream = assemble_package_gguf(target)
@@ -198,7 +200,6 @@ def build(context: BuildContext) -> list[dict]:
     }
     entries = [entry]
     if projector_file is not None:
-        check_projector(projector_file, context.weights_dir)
         projector = folder / projector_file.name
         projector_digest = _copy_checked(projector_file, projector)
         entries.append({

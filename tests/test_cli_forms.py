@@ -250,7 +250,8 @@ def test_the_reader_finds_every_documented_form() -> None:
         "--bbox", "--point", "--polygon"}
     assert ["rag", "build", "DATA.csv"] in FORMS
     assert ["rag", "build", "FOLDER", "--reports", "REPORTS.csv", "--rebuild"] in FORMS
-    assert ["models", "build", "--weights-dir", "DIR", "--out", "DIR", "--calibration", "DIR", "--if-stale"] in FORMS
+    assert ["models", "build", "--weights-dir", "DIR", "--out", "DIR", "--calibration", "DIR", "--if-stale",
+            "--only", "FAMILY"] in FORMS
     assert ["segment", "FILE", "--point", "10", "20", "--point", "10", "20", "--bg", "10", "20", "--bg", "10", "20",
             "--box", "10", "20", "30", "40"] in FORMS
 

@@ -107,7 +107,7 @@ class IndexWriter:
             results = None
         if results is not None:
             for instance, done in zip(batch, results, strict=True):
-                self._on_written(instance, done)
+                self._after(instance, done)
             return []
         failed = []
         for instance in batch:
@@ -118,5 +118,11 @@ class IndexWriter:
                 log.error("indexing blob %s failed (%s); retried in %.0f s", instance["blob_id"], reason, RETRY_S)
                 failed.append(instance)
                 continue
-            self._on_written(instance, done)
+            self._after(instance, done)
         return failed
+
+    def _after(self, instance: dict, done: dict) -> None:
+        try:
+            self._on_written(instance, done)
+        except Exception:  # noqa: BLE001 - the rows are written; the writer carries on
+            log.exception("after indexing blob %s", instance["blob_id"])

@@ -95,7 +95,7 @@ class Outcome:
     """What happened to one C-STORE request."""
 
     status: int
-    result: str  # stored | version (of a held instance) | duplicate | rejected | failed
+    result: str  # stored (durable, its rows follow) | duplicate (under refuse) | rejected | failed
     image_id: str | None = None
     session_id: str | None = None
     reason: str | None = None
@@ -182,29 +182,35 @@ class Ingestor:
                     "job_kind": ANALYZE_JOB if self.analyze and has_auto_analysis(record["type"]) else None,
                     "max_attempts": self.job_max_attempts, "duplicate_policy": duplicate_policy,
                     "received_at": now_iso()}
+        # Under keep_first/keep_newest the answer is 0x0000 whatever the store holds; a
+        # duplicate's blob is committed too, so what its rows say is settled once, in order.
+        outcome = self._refuse_check(instance) if duplicate_policy == REFUSE else None
+        if outcome is not None and outcome.result == "failed":
+            spool.discard()
+            return outcome
         try:
-            # Under keep_first/keep_newest the answer is 0x0000 whatever the store holds;
-            # a duplicate's blob is committed too, so what its rows say is settled once.
-            outcome = (self._refuse_check(instance) if duplicate_policy == REFUSE else None) \
-                or Outcome(SUCCESS, "stored")
             spool.commit(instance_index(**instance, sequence=next(self._sequence)))
         except Exception as exc:  # noqa: BLE001 - a handler answers with a status, never raises
             spool.discard()
             self.store.blobs.delete(spool.blob_id)
-            self._held.forget(record["sop_instance_uid"], spool.sha256)
+            if outcome is None:
+                self._held.forget(record["sop_instance_uid"], spool.sha256)
             return _storage_failure(exc)
         self.writer.add(instance)
-        return outcome
+        return outcome or Outcome(SUCCESS, "stored")
 
     def _refuse_check(self, instance: dict) -> Outcome | None:
         """Under ``refuse``: None for a new instance (now held), else its answer: 0x0000 for
         an identical resend, 0x0111 for other content under a held UID."""
         uid, sha256 = instance["record"]["sop_instance_uid"], instance["sha256"]
-        with self._held.lock:
-            held = self._held.get(uid) or self._reader.submit(self.store.dicom.held_sha256, uid).result()
-            if held is None:
-                self._held.add(uid, sha256)
-                return None
+        try:
+            with self._held.lock:
+                held = self._held.get(uid) or self._reader.submit(self.store.dicom.held_sha256, uid).result()
+                if held is None:
+                    self._held.add(uid, sha256)
+                    return None
+        except Exception as exc:  # noqa: BLE001 - a handler answers with a status, never raises
+            return _storage_failure(exc)
         if held == sha256:
             return Outcome(SUCCESS, "duplicate")
         log.warning("duplicate SOP instance with different content refused (0x%04X), association %s",
@@ -310,6 +316,8 @@ def _depth_ok(ds: pydicom.Dataset, budget: int) -> bool:
         raw = ds.get_item(tag, keep_deferred=True)
         if isinstance(raw, RawDataElement) and raw.value is None and raw.length:
             continue  # deferred: left unparsed, as everything else will leave it
+        if isinstance(raw, RawDataElement) and raw.VR is not None and raw.VR not in ("SQ", "UN"):
+            continue  # explicit VR, not a sequence (nor one pydicom may read UN as): nothing nested
         element = ds[tag]
         if element.VR == "SQ":
             if budget == 0 or not all(_depth_ok(item, budget - 1) for item in element.value):

@@ -38,6 +38,8 @@ def _sleep(seconds: float) -> None:
     with queue.not_empty:
         if not queue.queue:  # a message already waiting: look at it at once
             queue.not_empty.wait(seconds)
+        if queue.queue:  # put() wakes one waiter: pass it on to a blocked get(), if any
+            queue.not_empty.notify()
 
 
 def install() -> None:

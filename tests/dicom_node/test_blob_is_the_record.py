@@ -113,3 +113,33 @@ def test_an_association_reactor_wakes_on_its_next_message_not_at_its_next_poll()
     association.time.sleep(0.2)  # not an association: sleeps the whole time
     assert time.monotonic() - started >= 0.2
     assert not any(t is assoc for t in threading.enumerate())
+
+
+def test_a_row_write_failing_after_the_acknowledgement_is_retried_and_the_blob_kept(
+        start_node, node_engine, tmp_path, monkeypatch) -> None:
+    """Disk full at the row write (the 0x0000 is out already): the blob stays the record,
+    the write is retried until it succeeds."""
+    import time
+
+    from engine.errors import ErrorCode, MedVisionError
+
+    store, full = node_engine.store, [True]
+    real = store.dicom.add_instances
+
+    def add_instances(instances: list[dict]) -> list[dict]:
+        if full[0]:
+            raise MedVisionError(ErrorCode.DISK_FULL, "no space left on the data disk")
+        return real(instances)
+
+    monkeypatch.setattr(store.dicom, "add_instances", add_instances)
+    node = start_node(analyze=False)
+    path = make_instance(tmp_path / "a.dcm")
+    assert storescu(node.port, [path]).returncode == 0  # acknowledged: the blob is durable
+    assert store.db.query("SELECT count(*) AS n FROM images")[0]["n"] == 0
+    (blob,) = [p.stem for p in store.blobs.root.glob("*/*.mvb")]
+    full[0] = False
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not store.db.query("SELECT id FROM images"):
+        time.sleep(0.1)
+    (image,) = store.db.query("SELECT * FROM images")
+    assert image["blob_id"] == blob and same_dataset(path, store.image_bytes(image))

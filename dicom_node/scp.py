@@ -21,7 +21,7 @@ from typing import Any
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import Verification
 
-from dicom_node import reactor, spool
+from dicom_node import spool
 from dicom_node.config import NodeConfig, add_arguments, load
 from dicom_node.handlers import TRANSFER_SYNTAXES, Handlers
 from dicom_node.ingest import Ingestor, reconcile
@@ -85,7 +85,6 @@ class Node:
     def start(self) -> Node:
         reconcile(self.engine.store)
         spool.install(self.engine.store.blobs)
-        reactor.install()
         _config.STORE_RECV_CHUNKED_DATASET = True
         ae = AE(ae_title=self.config.ae_title)
         # The limit is the handlers' (accepted associations only); pynetdicom's own check,

@@ -1,6 +1,6 @@
 """Issue 19.1: an instance is acknowledged once its blob (with its sealed index record) is
 durable; its rows follow. A crash in between loses nothing; a row whose blob is gone is
-reported; the association's reactor answers without waiting for its next poll."""
+reported; a row write failing after the acknowledgement is retried."""
 
 from __future__ import annotations
 
@@ -82,37 +82,6 @@ def test_a_row_whose_blob_is_gone_is_reported_at_start(start_node, node_engine, 
     with caplog.at_level(logging.ERROR, logger="dicom_node"):
         start_node(analyze=False)
     assert f"DATABASE_ERROR: 1 image row(s) point to a missing blob: image {image['id']}" in caplog.text
-
-
-def test_an_association_reactor_wakes_on_its_next_message_not_at_its_next_poll() -> None:
-    """The reactor shim: on an association's thread a sleep ends when a DIMSE message
-    arrives; elsewhere it is a plain sleep."""
-    import threading
-    import time
-
-    from pynetdicom import association
-
-    from dicom_node import reactor
-
-    reactor.install()
-    assoc = association.Association(AE(), "acceptor")
-    waited: list[float] = []
-
-    def reactor_loop() -> None:  # what the association's own thread runs
-        started = time.monotonic()
-        association.time.sleep(30)
-        waited.append(time.monotonic() - started)
-
-    assoc.run = reactor_loop
-    assoc.start()
-    time.sleep(0.2)
-    assoc.dimse.msg_queue.put((1, "a message"))
-    assoc.join(10)
-    assert waited and 0.15 < waited[0] < 5
-    started = time.monotonic()
-    association.time.sleep(0.2)  # not an association: sleeps the whole time
-    assert time.monotonic() - started >= 0.2
-    assert not any(t is assoc for t in threading.enumerate())
 
 
 def test_a_row_write_failing_after_the_acknowledgement_is_retried_and_the_blob_kept(

@@ -77,6 +77,10 @@ class SpoolFile:
             raise self.error
         return self._writer.reader()
 
+    def seal_tail(self) -> None:
+        """Seal the last chunk and start its writeback (while the header is checked)."""
+        self._writer.seal_tail()
+
     def commit(self, index: bytes | None = None) -> None:
         """Seal the tail (and the ``index`` record), fsync, rename: the blob now exists whole."""
         self._writer.commit(index)

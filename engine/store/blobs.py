@@ -86,7 +86,7 @@ class BlobWriter:
         self.tmp_path = self.final_path.with_suffix(".tmp")
         self._file = open(self.tmp_path, "wb")  # noqa: SIM115 - closed in commit/abort
         self._file.write(_HEADER.pack(MAGIC, self._prefix, CHUNK_SIZE))
-        self.committed = False
+        self.committed = self._tail_sealed = False
 
     @property
     def sha256(self) -> str:
@@ -120,11 +120,22 @@ class BlobWriter:
         self._file.flush()
         return _PartialReader(self)
 
+    def seal_tail(self) -> None:
+        """Seal and write the last chunk (once) and start writing it back to the disk, so
+        the commit's fsync has less to wait for; nothing may be written after it."""
+        if self._tail_sealed:
+            return
+        self._seal(bytes(self._pending), final=True)
+        self._pending.clear()
+        self._tail_sealed = True
+        self._file.flush()
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(self._file.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)  # Linux: starts writeback
+
     def commit(self, index: bytes | None = None) -> None:
         """Seal the last chunk (and the ``index`` record, if given: ``MVB2``) and make the
         blob durable under its final name: one fsync of the file, one of its directory."""
-        self._seal(bytes(self._pending), final=True)
-        self._pending.clear()
+        self.seal_tail()
         if index is not None:
             nonce = self._prefix + struct.pack(">I", _INDEX_CHUNK)
             sealed = self._store._aes.encrypt(nonce, index, _index_aad(self.blob_id))

@@ -79,7 +79,7 @@ class SpoolFile:
 
     def seal_tail(self) -> None:
         """Seal the last chunk and start its writeback (while the header is checked)."""
-        self._writer.seal_tail()
+        self._writer.seal_tail(writeback=True)
 
     def commit(self, index: bytes | None = None) -> None:
         """Seal the tail (and the ``index`` record), fsync, rename: the blob now exists whole."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from engine.errors import MedVisionError
@@ -161,14 +162,17 @@ class DicomRepository:
             tx, name=session_name, study_instance_uid=study, stamp=stamp, source="dicom",
             metadata={"source": "dicom", "calling_ae": calling_ae, "association_id": association_id})
 
-    def index_unindexed_blobs(self) -> dict:
+    def index_unindexed_blobs(self, erasing: Callable[[], set[str]] = set) -> dict:
         """Index every received instance whose blob has no row yet (a crash between the
         acknowledgement and the row write, or a row write that failed), oldest first,
         each queueing its job as it would have; returns ``indexed``, ``dropped`` (a
         duplicate's blob, deleted as its write would have) and ``unreadable`` (blob ids
         whose index record fails its check: kept, never deleted). Idempotent: safe while
-        a node in another process indexes the same blobs."""
+        a node in another process indexes the same blobs. The blobs of an erasure in
+        progress (``erasing()``, asked after the rows are read: an erasure committed in
+        between deletes a row and lists its blob in one transaction) are left alone."""
         known = {row["id"] for row in self.db.query("SELECT id FROM blobs")}
+        known |= erasing()
         found, unreadable = [], []
         for blob_id in sorted(self.blobs.ids_on_disk() - known):
             try:

@@ -89,7 +89,7 @@ class Store:
             key = resolve_key(home, home / DATABASE_NAME, use_keyring=use_keyring)
         store = cls(home, key)
         try:
-            store.dicom.index_unindexed_blobs()
+            store.dicom.index_unindexed_blobs(erasing=store.erasures.pending_blob_ids)
         except BaseException:
             store.close()
             raise

@@ -240,3 +240,22 @@ def test_no_repository_or_the_canvas_reaches_into_private_names() -> None:
     paths += [REPO / "engine" / "canvas.py", REPO / "engine" / "analysis" / "annotations.py"]
     assert [use for path in paths for use in _private_uses(path)] == []
     assert "_event" not in (REPO / "engine" / "canvas.py").read_text()
+
+
+def test_the_blob_of_an_erasure_in_progress_is_not_indexed_again(home: Path) -> None:
+    """Another process has committed a session's erasure (rows gone, journal written) and not yet
+    unlinked its blob: indexing at store open leaves that blob alone; the erasure then finishes."""
+    store = Store.open(home)
+    try:
+        store.dicom_association("a1", node="n", calling_ae="MOD", called_ae="MV", peer_host="h")
+        _received(store, "5" * 32, b"received", 1)
+        store.dicom.index_unindexed_blobs()
+        (image,) = store.db.query("SELECT session_id, blob_id FROM images")
+        with store.db.transaction() as tx:  # what a session's erasure commits before its unlinks
+            tx.execute("DELETE FROM images WHERE session_id = ?", (image["session_id"],))
+            tx.execute("DELETE FROM blobs WHERE id = ?", (image["blob_id"],))
+            store.erasures.record(tx, image["session_id"], [store.blobs.path_for(image["blob_id"])])
+        assert store.dicom.index_unindexed_blobs(erasing=store.erasures.pending_blob_ids)["indexed"] == 0
+        assert store.dicom.index_unindexed_blobs()["indexed"] == 1  # without the journal it would come back
+    finally:
+        store.close()

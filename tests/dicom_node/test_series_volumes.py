@@ -91,6 +91,12 @@ def test_a_ct_series_queues_one_volume_job_and_a_late_slice_one_update(home, mod
     finally:
         process.terminate()
         assert process.wait(60) == 0
+    from engine.api import Engine
+
+    with Engine(home=home, model_pack=model_pack) as engine:  # what the desktop and MCP read back
+        latest = engine.latest_analysis(analyses[-1]["session_id"], analyses[-1]["image_id"], kinds=("volume",))
+        assert latest["analysis_id"] == update["result"]["analysis_id"]
+        assert latest["structure_volumes_ml"] == update["result"]["structure_volumes_ml"]
 
 
 def test_series_slices_skip_the_image_job_and_the_quiet_time_is_configurable(monkeypatch) -> None:

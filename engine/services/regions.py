@@ -9,6 +9,7 @@ from typing import Any
 from engine.analysis import region as region_facts
 from engine.analysis.anatomy import locate, midline_x
 from engine.analysis.classify import classify as run_classifier
+from engine.analysis.lung_fields import find_lung_fields, locate_in_fields
 from engine.analysis.measurements import area as mask_area
 from engine.analysis.measurements import measure_mask
 from engine.analysis.questions import compose_answer, guarded, parse_question
@@ -54,7 +55,7 @@ class RegionService:
         asked = parse_question(question) if answer and isinstance(question, str) and question.strip() else None
         actions += self._actions_for(asked, actions)
         image_id = image_id or self.images.current_image_id(session_id)
-        _, decoded = self.images.decoded_image(session_id, image_id)
+        image, decoded = self.images.decoded_image(session_id, image_id)
         parsed = parse_region(region, decoded.rows, decoded.columns)
         mask = region_mask(parsed, decoded.rows, decoded.columns)
         spacing, spacing_source = decoded.pixel_spacing_mm, decoded.spacing_source
@@ -66,8 +67,17 @@ class RegionService:
             return now
 
         wants_anatomy = {"describe", "compare"} & set(actions)
-        organs = self.analysis.organ_masks(session_id, image_id, run=bool(wants_anatomy)) if wants_anatomy else None
-        anatomy = locate(mask, organs)
+        organs, fields = None, None
+        if wants_anatomy and self._organ_model_trained():
+            organs = self.analysis.organ_masks(session_id, image_id, run=True)
+        elif wants_anatomy and image["type"] == "CXR":
+            fields = find_lung_fields(decoded)  # untrained organ masks are noise: nothing is read from them
+        if fields is not None:
+            reason = ("the organ model is untrained" if self.models.entry("organ_seg") is not None
+                      else "the model pack has no organ model")
+            anatomy = locate_in_fields(mask, fields, reason=reason)
+        else:
+            anatomy = locate(mask, organs)
         mark = lap("anatomy", started)
         info = {
             "region": parsed.to_dict(),
@@ -98,7 +108,8 @@ class RegionService:
                                                              region=(slice(y1, y2 + 1), slice(x1, x2 + 1)))
             mark = lap("rag_search", mark)
         if "compare" in actions:
-            axis, axis_source = midline_x(organs, decoded.columns)
+            axis, axis_source = ((fields.midline_x, fields.midline_source) if fields is not None
+                                 else midline_x(organs, decoded.columns))
             comparison = region_facts.compare_contralateral(decoded, target, mirror_mask(target, axis), axis)
             sections["comparison"] = comparison | {"midline_source": axis_source}
             mark = lap("compare", mark)
@@ -137,6 +148,11 @@ class RegionService:
                                        image_id)
         result["analysis_id"] = stored["id"]
         return jsonable(result)
+
+    def _organ_model_trained(self) -> bool:
+        """Whether the pack's organ model holds trained weights (only then are its masks read)."""
+        entry = self.models.entry("organ_seg")
+        return entry is not None and entry.trained
 
     # -- questions ---------------------------------------------------------------------------------
     @staticmethod

@@ -215,6 +215,8 @@ def register(app: FastMCP) -> None:
         overwrite: Annotated[bool, Field(description=(
             "Replace files that already exist at output_path (else TARGET_EXISTS and nothing is "
             "written). An image a session imported is never replaced."))] = False,
+        show_untrained_overlays: Annotated[bool, Field(description=(
+            "Draw masks and AI boxes made by untrained models (hidden by default: not meaningful)."))] = False,
     ) -> Export:
         """Export the study (report, annotations, measurements) as PDF, DICOM SR/SEG/SC, JSON, PNG or HTML."""
         app = app_context(ctx)
@@ -223,7 +225,7 @@ def register(app: FastMCP) -> None:
             output_path = str(paths.confine(output_path, allowed, must_exist=False))
         return await _call(ctx, Export, session_id, Engine.export_study, session_id, format, include_images,
                            include_report, include_annotations, include_measurements, template, output_path,
-                           overwrite=overwrite, announce=True)
+                           overwrite=overwrite, show_untrained_overlays=show_untrained_overlays, announce=True)
 
     @tool()
     async def get_visualization(
@@ -232,11 +234,14 @@ def register(app: FastMCP) -> None:
         include_segmentation: Annotated[bool, Field(description="Draw the organ masks.")] = True,
         include_measurements: Annotated[bool, Field(description="Draw measurements.")] = True,
         max_side: Annotated[int, Field(ge=64, le=MAX_SIDE, description="Longest side of the PNG.")] = 512,
+        show_untrained_overlays: Annotated[bool, Field(description=(
+            "Draw masks and AI boxes made by untrained models (hidden by default: not meaningful)."))] = False,
     ) -> Visualization:
         """The image with its overlays as a PNG, returned as MCP image content (no file is written)."""
         app = app_context(ctx)
         result = await app.call(ctx, session_id, app.engine.get_visualization, session_id, image_id, include_annotations,
-                                include_segmentation, include_measurements, None, max_side)
+                                include_segmentation, include_measurements, None, max_side,
+                                show_untrained_overlays=show_untrained_overlays)
         png = result.pop("png_base64")
         view = Visualization.model_validate(result)
         content: list[types.ContentBlock] = [types.TextContent(type="text", text=view.model_dump_json()),

@@ -9,7 +9,7 @@ from typing import Any
 from engine.analysis import region as region_facts
 from engine.analysis.anatomy import locate, midline_x
 from engine.analysis.classify import classify as run_classifier
-from engine.analysis.lung_fields import find_lung_fields, locate_in_fields
+from engine.analysis.lung_fields import locate_in_fields
 from engine.analysis.measurements import area as mask_area
 from engine.analysis.measurements import measure_mask
 from engine.analysis.questions import compose_answer, guarded, parse_question
@@ -25,7 +25,7 @@ from engine.services.interactive import InteractiveService
 from engine.services.results import jsonable
 from engine.services.similar import SimilarCaseService
 from engine.store import Store, new_id
-from engine.vocabulary import DISCLAIMER, UNTRAINED_BANNER
+from engine.vocabulary import DISCLAIMER, UNTRAINED_BANNER, qualified
 
 
 class RegionService:
@@ -68,10 +68,10 @@ class RegionService:
 
         wants_anatomy = {"describe", "compare"} & set(actions)
         organs, fields = None, None
-        if wants_anatomy and self._organ_model_trained():
+        if wants_anatomy and self.analysis.organ_model_trained():
             organs = self.analysis.organ_masks(session_id, image_id, run=True)
         elif wants_anatomy and image["type"] == "CXR":
-            fields = find_lung_fields(decoded)  # untrained organ masks are noise: nothing is read from them
+            fields = self.analysis.lung_fields(session_id, image_id)  # untrained organ masks are noise: unread
         if fields is not None:
             reason = ("the organ model is untrained" if self.models.entry("organ_seg") is not None
                       else "the model pack has no organ model")
@@ -115,10 +115,10 @@ class RegionService:
             mark = lap("compare", mark)
         if "describe" in actions:
             top = (sections.get("classification") or {}).get("findings", [None])[0]
-            sections["description"] = region_facts.describe_region({
+            sections["description"] = qualified(region_facts.describe_region({
                 "region_type": parsed.type, "anatomy": anatomy, "area": info["area"],
                 "comparison": sections.get("comparison"), "top_finding": top,
-            })
+            }), (sections.get("classification") or {}).get("model_trained"))
         summary = region_facts.confidence_summary({k: sections.get(k) for k in
                                                     ("classification", "segmentation", "similar_cases")})
         trained = [v["model_trained"] for k, v in summary.items() if k != "overall" and v.get("model_trained") is not None]
@@ -148,11 +148,6 @@ class RegionService:
                                        image_id)
         result["analysis_id"] = stored["id"]
         return jsonable(result)
-
-    def _organ_model_trained(self) -> bool:
-        """Whether the pack's organ model holds trained weights (only then are its masks read)."""
-        entry = self.models.entry("organ_seg")
-        return entry is not None and entry.trained
 
     # -- questions ---------------------------------------------------------------------------------
     @staticmethod

@@ -249,11 +249,10 @@ def locate_in_fields(region: np.ndarray, fields: LungFields, *, second_fraction:
             f"(no trained model); midline {fields.midline_source}; {fields.orientation_source}")
     base = {"method": METHOD, "overlaps": [], "side": side, "note": note, "lung_fields": fields.describe()}
     if lead is not None:
-        fraction = float(inside[lead].sum()) / area
         words = _zone_words(zones[f"{lead} lung field"], second_fraction)
-        primary = f"{lead} lung field, {words}"
-        if fraction < 0.5:
-            primary += f" (partly outside the lung field: {fraction:.0%} inside)"
+        primary = f"{lead} lung field, {words}"  # how much of the region is inside: ``overlaps``
+        if side == "central":
+            primary = f"central, mostly over the {primary}"
         overlaps = [{"structure": f"{n} lung field", "name": f"{n} lung field",
                      "fraction_of_region": round(float(m.sum()) / area, 4)} for n, m in inside.items()]
         overlaps.sort(key=lambda o: o["fraction_of_region"], reverse=True)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from engine.agent.guard import check_narrative, display_name, named_labels, support_of
 from engine.agent.report import models_untrained
 from engine.errors import MedVisionError
-from engine.vocabulary import qualified
+from engine.vocabulary import UNTRAINED_OUTPUTS, qualified
 
 if TYPE_CHECKING:
     from engine.inference.llm import LlmRuntime
@@ -207,8 +207,9 @@ def template_narrative(report: dict[str, Any]) -> dict[str, str]:
         impression.append(_sentence(str(management["suggestion"])))
     findings = [s for s in findings if not check_narrative(s, report)]
     impression = [s for s in impression if not check_narrative(s, report)]
-    narrative = {"findings": _fit(findings, FINDINGS_MAX_CHARS) or "See the structured findings.",
-                 "impression": _fit(impression, IMPRESSION_MAX_CHARS) or "See the structured report."}
+    lead = len(UNTRAINED_OUTPUTS) + 1 if models_untrained(report) else 0  # room for the untrained-models sentence
+    narrative = {"findings": _fit(findings, FINDINGS_MAX_CHARS - lead) or "See the structured findings.",
+                 "impression": _fit(impression, IMPRESSION_MAX_CHARS - lead) or "See the structured report."}
     if check_narrative(narrative, report):  # a sentence that only fails next to another
         narrative = {"findings": "See the structured findings.", "impression": "See the structured report."}
     return qualified_narrative(narrative, report)
@@ -220,8 +221,8 @@ def qualified_narrative(narrative: dict[str, str], report: dict[str, Any]) -> di
     Applied to every narrative, the language model's too, so that neither field read on
     its own (a copied paragraph) can pass for a reading.
     """
-    trained = False if models_untrained(report) else report.get("model_trained")
-    return {key: qualified(value, trained) for key, value in narrative.items()}
+    untrained = models_untrained(report)
+    return {key: qualified(value, False) if untrained else value for key, value in narrative.items()}
 
 
 _PARTIAL_FIELD = {key: re.compile(rf'"{key}"\s*:\s*"((?:[^"\\]|\\.)*)') for key in ("findings", "impression")}

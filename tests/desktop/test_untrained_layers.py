@@ -12,7 +12,7 @@ import numpy as np
 
 from desktop.canvas.layers import MODEL_OUTPUT_LAYERS, UNTRAINED_SUFFIX
 from desktop.qt import QPointF, Qt
-from engine.vocabulary import UNTRAINED_OVERLAYS_HIDDEN
+from engine.vocabulary import UNTRAINED_OUTPUTS, UNTRAINED_OVERLAYS_HIDDEN
 from tests.desktop.conftest import idle, open_image
 
 USER_BOX = [300, 1300, 600, 1600]  # the user's own drawing: the only overlay allowed on the film
@@ -60,6 +60,8 @@ def test_untrained_layers_start_hidden_and_leave_the_image_plain(qtbot, window, 
     assert window.layers.untrained_banner.isVisible()
     assert window.layers.untrained_banner.text().startswith(UNTRAINED_OVERLAYS_HIDDEN)
     assert [a["source"] for a in engine.get_annotations(session, image_id)["annotations"]] == ["ai", "user"]
+    done = [text for role, text in window.chat.messages if role == "system" and "Analysis (full) done" in text]
+    assert done and all(text.startswith(UNTRAINED_OUTPUTS) for text in done)  # the chat calls them outputs
     artefacts(window, "untrained-layers-hidden")
 
     shown = _grab(view)
@@ -70,7 +72,8 @@ def test_untrained_layers_start_hidden_and_leave_the_image_plain(qtbot, window, 
     keep = _outside_user_drawing(view, shown.shape)
     assert keep.mean() > 0.9
     assert np.array_equal(shown[keep], plain[keep]), "model output is drawn over the radiograph"
-    view.layers["user"].visible = True
+    for layer in view.layers.layers:  # back as the user had them: model output still off
+        layer.visible = layer.key not in MODEL_OUTPUT_LAYERS
     qtbot.wait(50)
     assert not np.array_equal(_grab(view), plain), "the user's drawing is drawn"
 

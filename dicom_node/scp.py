@@ -1,7 +1,7 @@
 """The DICOM node: a C-ECHO / C-STORE SCP over the engine's store (thin front-end).
 
 ``Node(config, engine).start()`` binds the server (non-blocking), starts the analysis
-workers, the outbox sender and a heartbeat; ``stop()`` undoes it in reverse order.
+workers, the outbox sender and a heartbeat (which also runs the retention policy's cleanup); ``stop()`` undoes it in reverse order.
 :func:`main` is ``python -m dicom_node serve``.
 """
 
@@ -14,6 +14,7 @@ import signal
 import ssl
 import sys
 import threading
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -26,6 +27,7 @@ from dicom_node.config import NodeConfig, add_arguments, load
 from dicom_node.handlers import TRANSFER_SYNTAXES, Handlers
 from dicom_node.ingest import Ingestor, sweep_stale_blob_temps
 from dicom_node.outbox import OutboxSender
+from dicom_node.pacs.priors import prior_fetcher
 from dicom_node.status import HEARTBEAT_S, HEARTBEAT_STALE_S
 from dicom_node.worker import AnalysisWorkers
 
@@ -71,7 +73,8 @@ class Node:
         self.ingestor = Ingestor(engine.store, analyze=config.analyze, job_max_attempts=config.job_max_attempts,
                                  limits=engine.settings.limits)
         self.handlers = Handlers(config, self.ingestor, self.node_id)
-        self.workers = AnalysisWorkers(engine, config, self.node_id)
+        self.priors = prior_fetcher(engine, self.ingestor)
+        self.workers = AnalysisWorkers(engine, config, self.node_id, after_job=self.priors.submit)
         self.outbox = OutboxSender(engine.store, config)
         self.server: Any = None
         self._stopped = threading.Event()
@@ -108,6 +111,7 @@ class Node:
         # backlog and peers wait a 1 s SYN retransmit. A deeper backlog absorbs the pause.
         self.server.socket.listen(LISTEN_BACKLOG)
         self.workers.start()
+        self.priors.start()
         self.outbox.start()
         stale = datetime.now(UTC) - timedelta(seconds=HEARTBEAT_STALE_S)
         self._beat_once(dead_before=stale.isoformat(timespec="milliseconds"))
@@ -131,11 +135,28 @@ class Node:
                          host=self.config.bind_address, port=self.port, stopped=stopped, dead_before=dead_before)
 
     def _heartbeat(self) -> None:
-        while not self._stopped.wait(HEARTBEAT_S):
+        """Beat every ``HEARTBEAT_S``; purge expired sessions at start and every cleanup interval."""
+        next_purge = time.monotonic()
+        while True:
+            if time.monotonic() >= next_purge:
+                next_purge = time.monotonic() + self.engine.settings.retention.cleanup_interval_s
+                self._purge_expired()
+            if self._stopped.wait(HEARTBEAT_S):
+                return
             try:
                 self._beat_once()
             except Exception:  # noqa: BLE001 - a missed beat only shows in status
                 log.exception("heartbeat failed")
+
+    def _purge_expired(self) -> None:
+        """The retention policy's periodic cleanup (``Engine.purge_expired_sessions``)."""
+        try:
+            purged = self.engine.purge_expired_sessions()["sessions"]
+        except Exception:  # noqa: BLE001 - retried at the next interval; receiving goes on
+            log.exception("purging expired sessions failed")
+            return
+        if purged:
+            log.info("erased %d expired session(s)", len(purged))
 
     def stop(self) -> None:
         """Stop accepting, end associations, stop workers; the engine stays open."""
@@ -145,6 +166,7 @@ class Node:
         self.server.shutdown()
         self.outbox.stop()
         self.workers.stop()
+        self.priors.stop()
         try:
             self._beat_once(stopped=True)
         finally:

@@ -113,9 +113,10 @@ class Engine:
         return self.services.store.requeue_stale_jobs(worker_prefixes)
 
     # -- sessions ----------------------------------------------------------------------
-    def create_study_session(self, name: str | None = None, metadata: dict[str, Any] | None = None) -> dict:
-        """Create a new analysis session."""
-        return self.services.sessions.create(name, metadata)
+    def create_study_session(self, name: str | None = None, metadata: dict[str, Any] | None = None,
+                             source: str = "file") -> dict:
+        """Create a new analysis session (``source``: file, mcp or dicom, for the retention policy)."""
+        return self.services.sessions.create(name, metadata, source)
 
     def list_sessions(self, limit: int = 100) -> list[dict]:
         """Sessions, newest first."""
@@ -126,8 +127,16 @@ class Engine:
         return self.services.sessions.status(session_id)
 
     def delete_session(self, session_id: str) -> dict:
-        """Delete a session with its images, analyses and annotations (blobs no longer used go too)."""
+        """Erase a session and everything derived from it (rows, blobs, embeddings, exports, outbox)."""
         return self.services.sessions.delete(session_id)
+
+    def pin_session(self, session_id: str, pinned: bool = True) -> dict:
+        """Keep a session past the retention policy (``pinned=False`` undoes it)."""
+        return self.services.sessions.set_pinned(session_id, pinned)
+
+    def purge_expired_sessions(self, dry_run: bool = False) -> dict:
+        """Erase unpinned sessions past their source's retention period (``dry_run``: list only)."""
+        return self.services.sessions.purge_expired(dry_run)
 
     def switch_image(self, session_id: str, image_id: str) -> dict:
         """Move the session's focus to another of its images."""
@@ -334,14 +343,16 @@ class Engine:
     def get_visualization(self, session_id: str, image_id: str | None = None, include_annotations: bool = True,
                           include_segmentation: bool = True, include_measurements: bool = True,
                           output_path: str | Path | None = None, max_side: int | None = None,
-                          overwrite: bool = False, show_untrained_overlays: bool = False) -> dict:
-        """The composited view (image + chosen layers) as a PNG (``png_base64``), with the list of
-        layers (those of untrained models hidden unless ``show_untrained_overlays``); written to a
-        file only when ``output_path`` is given."""
+                          overwrite: bool = False, plane: str | None = None, index: int | None = None,
+                          series_uid: str | None = None, show_untrained_overlays: bool = False) -> dict:
+        """The composited view (image + chosen layers, or a volume series' plane) as a PNG (``png_base64``),
+        with the list of layers (those of untrained models hidden unless ``show_untrained_overlays``);
+        written to a file only when ``output_path`` is given."""
         from engine.export.service import get_visualization
 
         return get_visualization(self.services, session_id, image_id, include_annotations, include_segmentation,
-                                 include_measurements, output_path, max_side, overwrite, show_untrained_overlays)
+                                 include_measurements, output_path, max_side, overwrite, plane, index, series_uid,
+                                 show_untrained_overlays)
 
     def send_results_to(self, session_id: str, image_id: str, formats: tuple[str, ...],
                         destination: dict[str, Any], max_attempts: int) -> list[int]:
@@ -350,7 +361,54 @@ class Engine:
 
         return queue_for_destination(self.services, session_id, image_id, formats, destination, max_attempts)
 
+    # -- volumes (a session's stored series) ------------------------------------------
+    def list_series(self, session_id: str) -> dict:
+        """The session's series with their stacks: geometry, slice count, warnings (no pixel decoded)."""
+        return self.services.volumes.list_series(session_id)
+
+    def get_volume(self, session_id: str, series_uid: str | None = None, stack: str | None = None) -> Any:
+        """A stack assembled from the encrypted store (an :class:`engine.imaging.volume.Volume`, cached)."""
+        return self.services.volumes.volume(session_id, series_uid, stack)
+
+    def volume_slice(self, session_id: str, z: int, series_uid: str | None = None, stack: str | None = None,
+                     plane: str = "axial") -> tuple[np.ndarray, dict]:
+        """One axial slice decoded on its own (the rest assembled behind it), or a coronal/sagittal plane."""
+        return self.services.volumes.plane_image(session_id, plane, z, series_uid, stack)
+
+    def volume_roi(self, session_id: str, **roi: Any) -> dict:
+        """HU statistics and mL of a voxel box or a sphere in patient mm of a stored series."""
+        return self.services.volumes.roi(session_id, **roi)
+
+    def segment_volume(self, session_id: str, structures: list[str] | str | None = None,
+                       series_uid: str | None = None, stack: str | None = None) -> dict:
+        """Body, lungs, airways and bone of a stored CT without a trained model, with volumes in mL."""
+        return self.services.volumes.segment(session_id, structures, series_uid, stack)
+
     # -- models ------------------------------------------------------------------------
+    # -- priors and compare ----------------------------------------------------------
+    def list_priors(self, session_id: str, count: int | None = None) -> dict:
+        """The same patient's earlier relevant studies held in the store, and those recorded as fetched."""
+        return self.services.priors.list_priors(session_id, count)
+
+    def study_facts(self, session_id: str) -> dict:
+        """The session's study facts the priors are matched on (Patient ID, issuer, date, modality, body part)."""
+        return self.services.priors.facts(session_id)
+
+    def record_priors(self, session_id: str, priors: list[dict[str, Any]]) -> dict:
+        """Record a session's fetched priors (``session.priors``; the worklist shows them)."""
+        return self.services.priors.record(session_id, priors)
+
+    def compare_with_prior(self, session_id: str, prior: str, image_id: str | None = None,
+                           prior_image_id: str | None = None, register: bool = True, analyze: bool = True) -> dict:
+        """Findings, measurements and registration of a session against a prior (session or Study Instance UID)."""
+        return self.services.compare.compare(session_id, prior, image_id=image_id, prior_image_id=prior_image_id,
+                                             register=register, analyze=analyze)
+
+    def compare_images(self, session_id: str, prior: str, image_id: str | None = None,
+                       prior_image_id: str | None = None) -> dict:
+        """The registration's arrays (aligned prior, difference) for side-by-side views."""
+        return self.services.compare.arrays(session_id, prior, image_id=image_id, prior_image_id=prior_image_id)
+
     def model_status(self) -> dict:
         """The pack summary, loaded models and ONNX Runtime devices."""
         import onnxruntime as ort

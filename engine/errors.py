@@ -27,6 +27,10 @@ class ErrorCode(StrEnum):
     FILE_NOT_FOUND = "FILE_NOT_FOUND"
     IMAGE_DECODE_ERROR = "IMAGE_DECODE_ERROR"
     IMAGE_TOO_LARGE = "IMAGE_TOO_LARGE"
+    #: Files asked for as a volume hold none: a radiograph, a single 2D image, slices without position.
+    NOT_A_VOLUME = "NOT_A_VOLUME"
+    #: A volume whose voxels would pass ``MEDVISION_MAX_VOLUME_BYTES``; refused before allocating.
+    VOLUME_TOO_LARGE = "VOLUME_TOO_LARGE"
     UNSUPPORTED_FORMAT = "UNSUPPORTED_FORMAT"
     MODEL_NOT_FOUND = "MODEL_NOT_FOUND"
     MODEL_LOAD_ERROR = "MODEL_LOAD_ERROR"
@@ -38,6 +42,16 @@ class ErrorCode(StrEnum):
     TARGET_EXISTS = "TARGET_EXISTS"
     DATABASE_ERROR = "DATABASE_ERROR"
     DISK_FULL = "DISK_FULL"
+    #: A remote archive (PACS): no connection (refused, no route), after the retries.
+    PACS_UNREACHABLE = "PACS_UNREACHABLE"
+    #: A remote archive accepted the connection but did not answer within the timeout.
+    PACS_TIMEOUT = "PACS_TIMEOUT"
+    #: A remote archive refused the association or the request (its status is in details).
+    PACS_REFUSED = "PACS_REFUSED"
+    #: C-MOVE answered 0xA801: the archive does not know the destination AE.
+    MOVE_DESTINATION_UNKNOWN = "MOVE_DESTINATION_UNKNOWN"
+    #: A retrieve ended with instances missing (aborted, failed sub-operations); resumable.
+    RETRIEVE_INCOMPLETE = "RETRIEVE_INCOMPLETE"
 
 
 class MedVisionError(Exception):

@@ -13,6 +13,9 @@ export MEDVISION_MODEL_PACK="${MEDVISION_MODEL_PACK:-$MEDVISION_ROOT/.cache/mode
 
 # Debian packages the test-suite drives for real (added as the issues need them).
 APT_PACKAGES=(dicom3tools poppler-utils dcmtk nsis)
+# The real PACS the tests query and retrieve from (tests/pacs/orthanc.py starts its own
+# instance; the Debian service is not used).
+APT_PACKAGES+=(orthanc orthanc-dicomweb orthanc-gdcm)
 # The system libraries PySide6's Qt needs to open a window (the xcb platform plugin,
 # libQt6XcbQpa, libQt6Gui): a fresh Debian 12 lacks libxcb-cursor0, libxcb-icccm4 and
 # libxcb-keysyms1 at least. Kept equal to desktop/qt_runtime.json "install" (a test checks).
@@ -41,6 +44,10 @@ ensure_apt_packages() {
     log "installing Debian packages: ${missing[*]}"
     DEBIAN_FRONTEND=noninteractive apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # The orthanc package starts its system service where it can: the tests run their own.
+    if [[ " ${missing[*]} " == *" orthanc "* ]]; then
+        service orthanc stop >/dev/null 2>&1 || true
+    fi
 }
 
 find_python() {

@@ -46,6 +46,16 @@ def rg1_path() -> Path:
     return Path(get_testdata_file("RG1_UNCR.dcm"))
 
 
+@pytest.fixture(scope="session")
+def shared_ct_dir() -> Path:
+    """../shared/data/ct (the repository's sibling): the real example CT and its reference masks.
+    Missing data fails, it never skips."""
+    path = REPO.parent / "shared" / "data" / "ct"
+    if not (path / "example_ct.nii.gz").is_file():
+        pytest.fail(f"no shared CT data at {path} (see ../shared/data/README.md)")
+    return path
+
+
 @pytest.fixture
 def engine(home: Path, model_pack: Path):
     """An Engine over a fresh data directory and the dev pack."""
@@ -95,3 +105,5 @@ def organ_seg_pack(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from models import segmentation
 
     return _family_pack(tmp_path_factory, "organ-seg", segmentation.build)
+
+

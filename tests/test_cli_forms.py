@@ -27,7 +27,7 @@ import pytest
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 #: Placeholders whose option converts its value (``type=int``/``float``) get a sample value.
-SAMPLES = {"N": "11112", "X": "10", "Y": "20", "X1": "10", "Y1": "20", "X2": "30", "Y2": "40"}
+SAMPLES = {"N": "11112", "S": "30", "X": "10", "Y": "20", "X1": "10", "Y1": "20", "X2": "30", "Y2": "40", "Z1": "1", "Z2": "3"}
 _COMMAND_WORD = re.compile(r"^[a-z][a-z-]*$")
 
 
@@ -231,11 +231,13 @@ FORMS = documented_forms()
 
 # -- the grammar itself ---------------------------------------------------------------------------
 def test_the_reader_finds_every_documented_form() -> None:
-    commands = {" ".join(f[:2]) if f[0] in ("rag", "models", "sessions") else f[0] for f in FORMS}
-    assert commands == {"analyze", "region", "segment", "rag build", "rag search", "annotations", "agent", "export",
+    commands = {" ".join(f[:2]) if f[0] in ("rag", "models", "sessions", "pacs") else f[0] for f in FORMS}
+    assert commands == {"analyze", "region", "segment", "volume", "roi", "segment-volume", "rag build", "rag search",
+                        "annotations", "agent", "export",
                         "desktop", "mcp", "dicom-node", "models build", "models list", "models verify",
                         "models export-pack", "models import-pack", "models keygen", "sessions list",
-                        "sessions show"}
+                        "sessions show", "sessions delete", "sessions pin", "sessions unpin", "sessions purge",
+                        "pacs echo", "pacs find", "pacs get", "pacs move", "pacs store", "pacs priors", "compare"}
     node = [f for f in FORMS if f[0] == "dicom-node"]
     assert ["dicom-node", "status"] in node
     assert any(f[1] == "serve" for f in node) and any(f[1:3] == ["--config", "FILE"] for f in node)
@@ -268,9 +270,10 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, argparse.Namesp
             return 0
         return record
 
-    for name in dir(cli):
-        if name.startswith("cmd_") and name != "cmd_dicom_node":
-            monkeypatch.setattr(cli, name, recorder(name))
+    for family in cli.FAMILIES:
+        for name in dir(family):
+            if name.startswith("cmd_") and name != "cmd_dicom_node":
+                monkeypatch.setattr(family, name, recorder(name))
     monkeypatch.setattr(scp, "serve", recorder("node.serve"))
     monkeypatch.setattr(scp, "status", recorder("node.status"))
     monkeypatch.setattr(scp, "configure_logging", lambda level: None)

@@ -81,7 +81,7 @@ METADATA_KEYWORDS = (
     "RescaleSlope", "RescaleIntercept", "RescaleType", "VOILUTFunction",
 )
 PATIENT_KEYWORDS = (
-    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientAge",
+    "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex", "PatientAge",
     "AccessionNumber", "StudyDate", "StudyTime", "InstitutionName", "ReferringPhysicianName",
 )
 
@@ -243,7 +243,7 @@ def decode_image(
             decoded = _decode_raster(data, frame, name, "png", limits)
         elif data.startswith(JPEG_SIGNATURE):
             decoded = _decode_raster(data, frame, name, "jpeg", limits)
-        elif len(data) >= 8 and _looks_like_raw_dicom(data):
+        elif len(data) >= 8 and looks_like_raw_dicom(data):
             decoded = _decode_dicom(data, frame, name, limits, preamble=False)
         else:
             raise MedVisionError(
@@ -289,7 +289,7 @@ def _read_source(source: bytes | str | Path, filename: str | None) -> tuple[byte
         raise MedVisionError(ErrorCode.INVALID_ARGUMENT, "Invalid image path.") from exc
 
 
-def _looks_like_raw_dicom(data: bytes) -> bool:
+def looks_like_raw_dicom(data: bytes) -> bool:
     """True if the bytes start like a DICOM dataset without preamble (either endian)."""
     return (int.from_bytes(data[:2], "little") in RAW_DICOM_FIRST_GROUPS
             or int.from_bytes(data[:2], "big") in RAW_DICOM_FIRST_GROUPS)
@@ -359,16 +359,7 @@ def _dicom_image(ds: Dataset, frame: int, name: str) -> DecodedImage:
     """Decode one frame of pixel data and apply the modality and colour transforms."""
     frame_count = int(ds.get("NumberOfFrames") or 1)
     _check_frame(frame, frame_count, name)
-    native = "PixelData" not in ds or not ds["PixelData"].is_undefined_length
-    if not ds.file_meta.get("TransferSyntaxUID") and native:
-        # No file meta (or no syntax in it): native data read as pydicom detected it.
-        implicit, little = ds.original_encoding
-        ds.file_meta.TransferSyntaxUID = (
-            ImplicitVRLittleEndian if implicit else
-            ExplicitVRLittleEndian if little else ExplicitVRBigEndian
-        )
-    raw = pixel_array(ds, index=frame)
-    raw = raw.astype(raw.dtype.newbyteorder("="), copy=False)
+    raw = stored_frame(ds, frame)
 
     photometric = str(ds.get("PhotometricInterpretation") or "MONOCHROME2").strip().upper()
     bits_stored = int(ds.get("BitsStored") or raw.dtype.itemsize * 8)
@@ -392,7 +383,7 @@ def _dicom_image(ds: Dataset, frame: int, name: str) -> DecodedImage:
         if max_value != 255:
             pixels *= np.float32(255.0 / max_value)
     else:
-        pixels = _modality_values(ds, raw, frame)
+        pixels = modality_values(ds, raw, frame)
 
     if pixels.ndim == 3:
         window_center, window_width, window_source = 128.0, 256.0, "auto"
@@ -401,9 +392,9 @@ def _dicom_image(ds: Dataset, frame: int, name: str) -> DecodedImage:
         window_width, window_source = float(len(voi_lut[1])), "voi_lut"
         window_center = voi_lut[0] + window_width / 2
     else:
-        window_center = _first_number(
-            _frame_value(ds, frame, "FrameVOILUTSequence", "WindowCenter"))
-        window_width = _first_number(_frame_value(ds, frame, "FrameVOILUTSequence", "WindowWidth"))
+        window_center = first_number(
+            frame_value(ds, frame, "FrameVOILUTSequence", "WindowCenter"))
+        window_width = first_number(frame_value(ds, frame, "FrameVOILUTSequence", "WindowWidth"))
         window_source = "dicom"
         if window_center is None or window_width is None or window_width <= 0:
             (window_center, window_width), window_source = _auto_window(pixels), "auto"
@@ -416,6 +407,22 @@ def _dicom_image(ds: Dataset, frame: int, name: str) -> DecodedImage:
         window_source=window_source, voi_function=voi_function, voi_lut=voi_lut,
         pixel_spacing_mm=spacing, spacing_source=spacing_source, **dicom_fields(ds),
     )
+
+
+def stored_frame(ds: Dataset, frame: int) -> np.ndarray:
+    """The stored values of one frame (0-based) in native byte order, decoded by pydicom and its
+    plugins (every transfer syntax :func:`decode_image` reads); the dataset's pixel data must already
+    have passed :func:`engine.imaging.limits.check_pixel_limits`."""
+    native = "PixelData" not in ds or not ds["PixelData"].is_undefined_length
+    if not ds.file_meta.get("TransferSyntaxUID") and native:
+        # No file meta (or no syntax in it): native data read as pydicom detected it.
+        implicit, little = ds.original_encoding
+        ds.file_meta.TransferSyntaxUID = (
+            ImplicitVRLittleEndian if implicit else
+            ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+        )
+    raw = pixel_array(ds, index=frame)
+    return raw.astype(raw.dtype.newbyteorder("="), copy=False)
 
 
 def _dicom_waveform(ds: Dataset, frame: int, name: str) -> DecodedImage:
@@ -472,7 +479,7 @@ def _build(raw: np.ndarray, pixels: np.ndarray, **fields: Any) -> DecodedImage:
     )
 
 
-def _frame_value(ds: Dataset, frame: int, sequence: str, keyword: str) -> Any:
+def frame_value(ds: Dataset, frame: int, sequence: str, keyword: str) -> Any:
     """Read a tag from the dataset, else from the frame's functional groups.
 
     Enhanced multi-frame objects (Enhanced CT/MR) keep rescale, window and spacing
@@ -490,7 +497,7 @@ def _frame_value(ds: Dataset, frame: int, sequence: str, keyword: str) -> Any:
     return None
 
 
-def _modality_values(ds: Dataset, raw: np.ndarray, frame: int) -> np.ndarray:
+def modality_values(ds: Dataset, raw: np.ndarray, frame: int) -> np.ndarray:
     """Apply the Modality LUT or rescale (PS3.3 C.11.1) and return float32 values.
 
     A Modality LUT Sequence goes through pydicom's ``apply_modality_lut``. Rescale
@@ -501,8 +508,8 @@ def _modality_values(ds: Dataset, raw: np.ndarray, frame: int) -> np.ndarray:
         return apply_modality_lut(raw, ds).astype(np.float32)
     pixels = raw.astype(np.float32)
     transform = "PixelValueTransformationSequence"
-    slope = _first_number(_frame_value(ds, frame, transform, "RescaleSlope"))
-    intercept = _first_number(_frame_value(ds, frame, transform, "RescaleIntercept"))
+    slope = first_number(frame_value(ds, frame, transform, "RescaleSlope"))
+    intercept = first_number(frame_value(ds, frame, transform, "RescaleIntercept"))
     if slope is not None and slope != 1:
         pixels *= np.float32(slope)
     if intercept:
@@ -535,7 +542,7 @@ def _auto_window(pixels: np.ndarray) -> tuple[float, float]:
     return (low + high) / 2, max(high - low, 1.0)
 
 
-def _first_number(value: Any) -> float | None:
+def first_number(value: Any) -> float | None:
     """First value of a numeric (possibly multi-valued) tag as a finite float, else None."""
     if isinstance(value, MultiValue | list | tuple):
         value = value[0] if len(value) else None
@@ -554,7 +561,7 @@ def _pixel_spacing(ds: Dataset, frame: int) -> tuple[tuple[float, float] | None,
     values give ``(None, "none")``; PixelAspectRatio alone carries no size either.
     """
     candidates = (
-        ("PixelSpacing", lambda: _frame_value(ds, frame, "PixelMeasuresSequence", "PixelSpacing")),
+        ("PixelSpacing", lambda: frame_value(ds, frame, "PixelMeasuresSequence", "PixelSpacing")),
         ("ImagerPixelSpacing", lambda: ds.get("ImagerPixelSpacing")),
     )
     for source, read in candidates:

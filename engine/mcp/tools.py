@@ -6,7 +6,7 @@ first. Errors surface as ``isError`` results (see :func:`engine.mcp.server.error
 """
 
 from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from mcp import types
 from mcp.server.fastmcp import Context, FastMCP
@@ -41,11 +41,17 @@ from engine.mcp.models import (
     RegionAction,
     RegionAnalysis,
     Result,
+    SeriesList,
+    SeriesUid,
     SessionCreated,
     SessionId,
     SessionStatus,
+    StackKey,
     UserInputRequest,
     Visualization,
+    VolumeRoi,
+    VolumeSegmentation,
+    VolumeStructure,
 )
 
 R = TypeVar("R", bound=Result)
@@ -64,6 +70,17 @@ async def _call(ctx: Context, model: type[R], key: str | None, method: Callable[
     return model.model_validate(result)
 
 
+async def _pacs_call(ctx: Context, key: str | None, operation: str, *args: Any, announce: bool = False,
+                     **kwargs: Any) -> EngineResult:
+    """``dicom_node.pacs.client.<operation>(engine, ...)``: the network side, imported when a PACS tool runs."""
+    from dicom_node.pacs import client
+
+    app = app_context(ctx)
+    function = getattr(client, operation)
+    result = await app.call(ctx, key, function, app.engine, *args, announce=announce, **kwargs)
+    return EngineResult.model_validate(result)
+
+
 def register(app: FastMCP) -> None:
     """Add every tool to ``app``."""
     tool = app.tool
@@ -75,8 +92,9 @@ def register(app: FastMCP) -> None:
         name: Annotated[str | None, Field(max_length=200, description="A name for the study (no patient names).")] = None,
         metadata: Annotated[dict[str, Any] | None, Field(description="Free JSON metadata.")] = None,
     ) -> SessionCreated:
-        """Create a new study session; returns its id and the URIs of its resources."""
-        return await _call(ctx, SessionCreated, None, Engine.create_study_session, name, metadata)
+        """Create a new study session; returns its id and the URIs of its resources. It is kept 24 hours
+        after its last change (MEDVISION_RETAIN_MCP_HOURS) unless pinned; then it answers SESSION_EXPIRED."""
+        return await _call(ctx, SessionCreated, None, Engine.create_study_session, name, metadata, "mcp")
 
     @tool()
     async def add_image_to_session(
@@ -101,10 +119,54 @@ def register(app: FastMCP) -> None:
         return await _call(ctx, SessionStatus, session_id, Engine.get_session_status, session_id)
 
     @tool()
+    async def delete_session(ctx: Context, session_id: SessionId) -> EngineResult:
+        """Erase a session and everything derived from it: images, analyses, masks, annotations,
+        cached embeddings, kept exports, queued results. It cannot be undone."""
+        return await _call(ctx, EngineResult, session_id, Engine.delete_session, session_id)
+
+    @tool()
+    async def pin_session(ctx: Context, session_id: SessionId,
+                          pinned: Annotated[bool, Field(description="False unpins it.")] = True) -> EngineResult:
+        """Keep a session past the retention policy (or, with pinned false, let the policy apply again)."""
+        return await _call(ctx, EngineResult, session_id, Engine.pin_session, session_id, pinned)
+
+    @tool()
     async def switch_image(ctx: Context, session_id: SessionId,
                            image_id: Annotated[Id, Field(description="The image to focus.")]) -> ImageSwitched:
         """Make another image of the session the current one."""
         return await _call(ctx, ImageSwitched, session_id, Engine.switch_image, session_id, image_id)
+
+    # -- volumes -----------------------------------------------------------------------
+    @tool()
+    async def list_series(ctx: Context, session_id: SessionId) -> SeriesList:
+        """The session's volume series (CT, MR...) with their stacks: slice count, voxel shape, spacing,
+        orientation, the affine to patient mm and every warning (gaps, tilt...); no pixel is decoded."""
+        return await _call(ctx, SeriesList, session_id, Engine.list_series, session_id)
+
+    @tool()
+    async def volume_roi(
+        ctx: Context, session_id: SessionId, series_uid: SeriesUid = None, stack: StackKey = None,
+        box: Annotated[list[int] | None, Field(min_length=6, max_length=6, description=(
+            "[x1, y1, z1, x2, y2, z2] voxel indices, inclusive: x column, y row, z the slice in the sorted stack."))]
+        = None,
+        center_mm: Annotated[list[float] | None, Field(min_length=3, max_length=3, description=(
+            "A sphere's centre in patient LPS mm (with radius_mm) instead of a box."))] = None,
+        radius_mm: Annotated[float | None, Field(gt=0, le=500, description="The sphere's radius in mm.")] = None,
+    ) -> VolumeRoi:
+        """HU statistics (mean, SD, min, max) and volume in mL of a 3D box or sphere of a stored series."""
+        return await _call(ctx, VolumeRoi, session_id, Engine.volume_roi, session_id, box=box, center_mm=center_mm,
+                           radius_mm=radius_mm, series_uid=series_uid, stack=stack)
+
+    @tool()
+    async def segment_volume(
+        ctx: Context, session_id: SessionId, series_uid: SeriesUid = None, stack: StackKey = None,
+        structures: Annotated[list[VolumeStructure] | None, Field(description=(
+            "Some of body, lungs, airways, bone; default all."))] = None,
+    ) -> VolumeSegmentation:
+        """Body, left and right lung, airways and bone of a stored CT with each volume in mL, from HU
+        thresholds and 3D connectivity (no trained model)."""
+        return await _call(ctx, VolumeSegmentation, session_id, Engine.segment_volume, session_id, structures,
+                           series_uid, stack)
 
     # -- analysis ----------------------------------------------------------------------
     @tool()
@@ -234,14 +296,20 @@ def register(app: FastMCP) -> None:
         include_segmentation: Annotated[bool, Field(description="Draw the organ masks.")] = True,
         include_measurements: Annotated[bool, Field(description="Draw measurements.")] = True,
         max_side: Annotated[int, Field(ge=64, le=MAX_SIDE, description="Longest side of the PNG.")] = 512,
+        plane: Annotated[Literal["axial", "coronal", "sagittal"] | None, Field(description=(
+            "Show a volume series' plane instead of an image: axial (slice z, with its layers), coronal (row y) "
+            "or sagittal (column x), resliced from the volume."))] = None,
+        index: Annotated[int | None, Field(ge=0, description="The plane's slice, row or column index.")] = None,
+        series_uid: SeriesUid = None,
         show_untrained_overlays: Annotated[bool, Field(description=(
             "Draw masks and AI boxes made by untrained models (hidden by default: not meaningful)."))] = False,
     ) -> Visualization:
-        """The image with its overlays as a PNG, returned as MCP image content (no file is written)."""
+        """The image with its overlays as a PNG, or any plane of a volume series, returned as MCP image
+        content (no file is written)."""
         app = app_context(ctx)
         result = await app.call(ctx, session_id, app.engine.get_visualization, session_id, image_id, include_annotations,
-                                include_segmentation, include_measurements, None, max_side,
-                                show_untrained_overlays=show_untrained_overlays)
+                                include_segmentation, include_measurements, None, max_side, False, plane, index,
+                                series_uid, show_untrained_overlays=show_untrained_overlays)
         png = result.pop("png_base64")
         view = Visualization.model_validate(result)
         content: list[types.ContentBlock] = [types.TextContent(type="text", text=view.model_dump_json()),
@@ -329,6 +397,65 @@ def register(app: FastMCP) -> None:
         """Classifier and similar cases merged into one label list, with a suggested prompt."""
         return await _call(ctx, EngineResult, session_id, Engine.analyze_with_rag, session_id, image_id, mode, top_k,
                            announce=True)
+
+    # -- priors, compare and the PACS ------------------------------------------------------
+    @tool()
+    async def list_priors(
+        ctx: Context, session_id: SessionId,
+        pacs: Annotated[str | None, Field(max_length=200, description=(
+            "Also look in this archive: its name in pacs.toml or AE@HOST:PORT (default: the store only)."))] = None,
+        fetch: Annotated[bool, Field(description="With pacs: retrieve the chosen priors and record them.")] = False,
+        count: Annotated[int | None, Field(ge=0, le=20, description="At most this many (default: the settings').")] = None,
+    ) -> EngineResult:
+        """The same patient's earlier relevant studies (same Patient ID and issuer, modality, body part),
+        most recent first: those in the store, and with ``pacs`` those in the archive."""
+        if pacs is None:
+            return await _call(ctx, EngineResult, session_id, Engine.list_priors, session_id, count)
+        return await _pacs_call(ctx, session_id, "priors", session_id, pacs, fetch=fetch, count=count)
+
+    @tool()
+    async def compare_with_prior(
+        ctx: Context, session_id: SessionId,
+        prior: Annotated[Id, Field(description="The prior: a session id or the Study Instance UID of a study in the store.")],
+        image_id: ImageId = None,
+        prior_image_id: Annotated[Id | None, Field(description="An image of the prior; default: its current one.")] = None,
+        register: Annotated[bool, Field(description="Register the prior radiograph onto the current one.")] = True,
+    ) -> EngineResult:
+        """Compare a study with a prior: each finding's probability then and now (models and thresholds
+        named), the cardiothoracic ratio and organ areas, and the registration's transform and quality."""
+        return await _call(ctx, EngineResult, session_id, Engine.compare_with_prior, session_id, prior, image_id,
+                           prior_image_id, register, announce=True)
+
+    @tool()
+    async def query_pacs(
+        ctx: Context,
+        pacs: Annotated[str, Field(min_length=1, max_length=200, description="The archive: its name in pacs.toml or AE@HOST:PORT.")],
+        patient_id: Annotated[str | None, Field(max_length=64, description="Patient ID.")] = None,
+        issuer: Annotated[str | None, Field(max_length=64, description="Issuer of Patient ID: only that issuer's patient.")] = None,
+        study_date: Annotated[str | None, Field(max_length=17, description="YYYYMMDD or a range YYYYMMDD-YYYYMMDD.")] = None,
+        modality: Annotated[str | None, Field(max_length=16, description="A modality in the study.")] = None,
+        accession_number: Annotated[str | None, Field(max_length=64, description="Accession Number.")] = None,
+        study_uid: Annotated[str | None, Field(max_length=64, description="Study Instance UID (series level: its series).")] = None,
+        level: Annotated[str, Field(pattern="^(study|series)$", description="study or series.")] = "study",
+        limit: Annotated[int, Field(ge=1, le=1000, description="At most this many results.")] = 100,
+    ) -> EngineResult:
+        """C-FIND in an archive: studies (or a study's series) with their UIDs, dates, modalities and the
+        patient's ID and issuer (two issuers are two patients)."""
+        return await _pacs_call(ctx, None, "query", pacs, level=level, limit=limit, patient_id=patient_id,
+                                issuer=issuer, study_date=study_date, modality=modality,
+                                accession_number=accession_number, study_uid=study_uid)
+
+    @tool()
+    async def retrieve_study(
+        ctx: Context,
+        pacs: Annotated[str, Field(min_length=1, max_length=200, description="The archive: its name in pacs.toml or AE@HOST:PORT.")],
+        study_uid: Annotated[str, Field(min_length=1, max_length=64, description="Study Instance UID.")],
+        series_uid: Annotated[str | None, Field(max_length=64, description="Only this series.")] = None,
+    ) -> EngineResult:
+        """C-GET a study into the encrypted store (resumable; held instances are not asked for again);
+        returns the counts, what is missing, and the session holding it."""
+        return await _pacs_call(ctx, f"pacs:{study_uid}", "retrieve", study_uid=study_uid, pacs=pacs,
+                                series_uid=series_uid, announce=True)
 
     @tool()
     async def build_rag_index(

@@ -13,13 +13,16 @@ from engine.config import Settings
 from engine.inference.registry import ModelRegistry
 from engine.services.analysis import AnalysisService
 from engine.services.annotations import AnnotationService
+from engine.services.compare import CompareService
 from engine.services.images import DecodeCache, ImageService
 from engine.services.intake import ImageIntake
 from engine.services.interactive import InteractiveService
+from engine.services.priors import PriorService
 from engine.services.regions import RegionService
 from engine.services.sessions import SessionService
 from engine.services.similar import SimilarCaseService
-from engine.store import BlobStore, Store
+from engine.services.volumes import VolumeCache, VolumeService
+from engine.store import Store
 
 
 @dataclass
@@ -37,6 +40,9 @@ class Services:
     similar: SimilarCaseService
     regions: RegionService
     sessions: SessionService
+    volumes: VolumeService
+    priors: PriorService
+    compare: CompareService
 
     @classmethod
     def open(cls, settings: Settings) -> Services:
@@ -48,14 +54,16 @@ class Services:
                               max_file_bytes=settings.max_image_file_bytes)
         annotations = AnnotationService(store)
         analysis = AnalysisService(store, models, images)
-        interactive = InteractiveService(store, models, images, annotations,
-                                         BlobStore(settings.home / "cache" / "embeddings", store.key))
+        interactive = InteractiveService(store, models, images, annotations, store.embeddings)
         similar = SimilarCaseService(settings, store, models, images, analysis)
+        volumes = VolumeService(store, VolumeCache(settings.volume_cache_mb * 1024 * 1024), limits=settings.limits)
         return cls(settings=settings, store=store, models=models, images=images,
                    intake=ImageIntake(images, analysis), annotations=annotations, analysis=analysis,
                    interactive=interactive, similar=similar,
                    regions=RegionService(store, models, images, analysis, interactive, similar, annotations),
-                   sessions=SessionService(store, images, interactive))
+                   sessions=SessionService(store, images, interactive, settings.retention, volumes),
+                   volumes=volumes, priors=PriorService(store, settings.prior_count),
+                   compare=CompareService(store, images, analysis))
 
     def close(self) -> None:
         """Release the reference library, models and database connections."""

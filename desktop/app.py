@@ -21,6 +21,7 @@ from desktop.canvas.view import TOOLS, CanvasView
 from desktop.panels.analysis import AnalysisPanel
 from desktop.panels.chat import ChatPanel
 from desktop.panels.layers import LayersPanel
+from desktop.panels.mpr import MprPanel
 from desktop.panels.strip import ImageStrip
 from desktop.panels.trace import TracePanel
 from desktop.panels.worklist import WorklistPanel
@@ -95,11 +96,13 @@ class MainWindow(QMainWindow):
         self.worklist, self.strip = WorklistPanel(), ImageStrip()
         self.analysis, self.chat, self.trace = AnalysisPanel(), ChatPanel(), TracePanel()
         self.layers = LayersPanel(self.canvas)
+        self.mpr = MprPanel()
         self.docks = {}
         for name, title, widget, area in (
             ("worklist", "Worklist", self.worklist, Qt.DockWidgetArea.LeftDockWidgetArea),
             ("layers", "Layers", self.layers, Qt.DockWidgetArea.LeftDockWidgetArea),
             ("strip", "Images", self.strip, Qt.DockWidgetArea.BottomDockWidgetArea),
+            ("volume", "Volume (axial, coronal, sagittal)", self.mpr, Qt.DockWidgetArea.BottomDockWidgetArea),
             ("analysis", "Analysis", self.analysis, Qt.DockWidgetArea.RightDockWidgetArea),
             ("chat", "Agent chat", self.chat, Qt.DockWidgetArea.RightDockWidgetArea),
             ("trace", "Trace", self.trace, Qt.DockWidgetArea.RightDockWidgetArea),
@@ -110,6 +113,7 @@ class MainWindow(QMainWindow):
             self.addDockWidget(area, dock)
             self.docks[name] = dock
         self.tabifyDockWidget(self.docks["chat"], self.docks["trace"])
+        self.docks["volume"].hide()  # shown when the image on screen is a slice of a volume stack
         self.docks["chat"].raise_()
         self._build_status_bar()
         self._build_actions()
@@ -122,6 +126,8 @@ class MainWindow(QMainWindow):
         self.chat.request_answered.connect(self.answer_request)
         self.canvas.cursor_moved.connect(self.cursor_label.setText)
         self.canvas.image_shown.connect(lambda row: self.strip.select_image(row["id"]))
+        self.canvas.image_shown.connect(self.follow_volume)
+        self.mpr.cursor_moved.connect(self.cursor_label.setText)
         self.canvas.region_drawn.connect(lambda region: self.statusBar().showMessage(
             f"{region['type']} drawn: type a question in the chat to analyse it", 4000))
         tracker.changed.connect(self._ops_changed)
@@ -217,7 +223,7 @@ class MainWindow(QMainWindow):
     def set_engine(self, engine) -> None:  # noqa: ANN001
         """Attach the engine (opened off the GUI thread at start-up) and start following events."""
         self.engine = engine
-        self.canvas.engine = self.worklist.engine = self.strip.engine = engine
+        self.canvas.engine = self.worklist.engine = self.strip.engine = self.mpr.engine = engine
         self.follower = EventFollower(engine, parent=self)
         self.follower.event.connect(self.on_store_event)
         self.worklist.refresh()
@@ -281,6 +287,25 @@ class MainWindow(QMainWindow):
             return None
         return Op(self, lambda: self.engine.delete_session(session_id)).progress("Deleting the study").success(
             lambda _r: self.worklist.refresh()).run()
+
+    def follow_volume(self, row: dict) -> Op | None:
+        """When the image shown is a slice of a volume stack, show that stack's planes at its slice."""
+        engine, session_id, image_id = self.engine, self.canvas.session_id, row["id"]
+        if engine is None or session_id is None:
+            return None
+
+        def work() -> dict:
+            images = engine.get_session_status(session_id)["images"]
+            return next((i for i in images if i["image_id"] == image_id), {})
+
+        def show(image: dict) -> None:
+            if image.get("stack") is not None:
+                if not self.docks["volume"].isVisible():
+                    self.docks["volume"].show()
+                    self.resizeDocks([self.docks["volume"]], [max(320, self.height() // 3)], Qt.Orientation.Vertical)
+                self.mpr.follow_image(session_id, image)
+
+        return Op(self, work, lane="read").success(show).run()
 
     def open_files_dialog(self) -> None:
         files, _ = QFileDialog.getOpenFileNames(self, "Open images", "",

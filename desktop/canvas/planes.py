@@ -136,6 +136,14 @@ class PlaneView(QGraphicsView):
         self._place_crosshair()
         self.viewport().update()
 
+    def move_crosshair(self, position: tuple[int, int, int]) -> None:
+        """Move the crosshair only (another plane scrolled: this plane's pixels are unchanged)."""
+        if self.volume is None:
+            return
+        self.position = position
+        self._place_crosshair()
+        self.viewport().update()
+
     def fit(self) -> None:
         self.fitInView(self.scene().sceneRect(), Qt.AspectRatioMode.KeepAspectRatio)
 

@@ -123,7 +123,10 @@ class MprPanel(QWidget):
         position[axis] = (position[axis] + step) % size if wrap else min(max(position[axis] + step, 0), size - 1)
         if tuple(position) != self.position:
             self.position = tuple(position)
-            self.refresh()
+            self.refresh((plane,))  # the other planes only move their crosshair
+            for other in PLANES:
+                if other != plane:
+                    self.views[other].move_crosshair(self.position)
 
     def set_window(self, center: float, width: float) -> None:
         self.window = (float(center), float(max(width, 1.0)))

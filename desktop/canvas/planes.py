@@ -17,11 +17,14 @@ import numpy as np
 from desktop.qt import (
     QColor,
     QFont,
+    QGraphicsItem,
     QGraphicsLineItem,
     QGraphicsPixmapItem,
     QGraphicsScene,
+    QGraphicsSimpleTextItem,
     QGraphicsView,
     QImage,
+    QLineF,
     QPainter,
     QPen,
     QPixmap,
@@ -80,7 +83,8 @@ def render_plane(pixels: np.ndarray, center: float, width: float) -> QImage:
 
 class PlaneView(QGraphicsView):
     """One plane of the volume. Wheel, Up/Down, PageUp/PageDown and Ctrl+left-drag scroll;
-    a left click moves the shared position (the other planes follow); the cursor reads HU."""
+    a left click moves the shared position (the other planes follow); the cursor reads HU;
+    Shift+left-drag measures a distance in mm (shown, not stored: a resliced plane is no stored image)."""
 
     position_picked = Signal(object)  # (z, y, x)
     index_stepped = Signal(str, int)  # plane, step
@@ -107,6 +111,17 @@ class PlaneView(QGraphicsView):
         for line in self.lines:
             line.setPen(pen)
             self.scene().addItem(line)
+        ruler_pen = QPen(QColor(255, 220, 0))
+        ruler_pen.setCosmetic(True)
+        self.ruler, self.ruler_label = QGraphicsLineItem(), QGraphicsSimpleTextItem()
+        self.ruler.setPen(ruler_pen)
+        self.ruler_label.setBrush(QColor(255, 220, 0))
+        self.ruler_label.setFlag(QGraphicsItem.GraphicsItemFlag.ItemIgnoresTransformations)
+        for item in (self.ruler, self.ruler_label):
+            item.hide()
+            self.scene().addItem(item)
+        self.measurement_mm: float | None = None
+        self._measuring = False
 
     # -- state ---------------------------------------------------------------------------------
     @property
@@ -176,6 +191,17 @@ class PlaneView(QGraphicsView):
         direction = volume.affine[:3, 2 - axis]
         return float(point @ (direction / np.linalg.norm(direction)))
 
+    def measure(self, start: QPointF, end: QPointF) -> float:
+        """Show the distance between two scene points; the scene is in mm, so is the distance."""
+        line = QLineF(start, end)
+        self.measurement_mm = line.length()
+        self.ruler.setLine(line)
+        self.ruler_label.setText(f"{self.measurement_mm:.1f} mm")
+        self.ruler_label.setPos(end)
+        self.ruler.show()
+        self.ruler_label.show()
+        return self.measurement_mm
+
     def readout(self, voxel: tuple[int, int, int]) -> str:
         z, y, x = voxel
         value = float(self.volume.voxels[z, y, x])
@@ -213,6 +239,11 @@ class PlaneView(QGraphicsView):
         if event.modifiers() & Qt.KeyboardModifier.ControlModifier:
             self._drag = (event.position().y(), self.index)
             return None
+        if event.modifiers() & Qt.KeyboardModifier.ShiftModifier:
+            start = self.mapToScene(event.position().toPoint())
+            self._measuring = True
+            self.measure(start, start)
+            return None
         voxel = self.voxel_at(self.mapToScene(event.position().toPoint()))
         if voxel is not None:
             self.position_picked.emit(voxel)
@@ -227,6 +258,9 @@ class PlaneView(QGraphicsView):
             if target != self.index:
                 self.index_stepped.emit(self.plane, target - self.index)
             return None
+        if self._measuring:
+            self.measure(self.ruler.line().p1(), self.mapToScene(event.position().toPoint()))
+            return None
         voxel = self.voxel_at(self.mapToScene(event.position().toPoint()))
         if voxel is not None:
             self.readout_text = self.readout(voxel)
@@ -235,7 +269,7 @@ class PlaneView(QGraphicsView):
         return super().mouseMoveEvent(event)
 
     def mouseReleaseEvent(self, event) -> None:  # noqa: ANN001, N802 - Qt override
-        self._drag = None
+        self._drag, self._measuring = None, False
         return super().mouseReleaseEvent(event)
 
     def resizeEvent(self, event) -> None:  # noqa: ANN001, N802 - Qt override

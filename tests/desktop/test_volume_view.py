@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from PySide6.QtCore import QPoint, QPointF
+from PySide6.QtCore import QLineF, QPoint, QPointF
 from PySide6.QtGui import QWheelEvent
 
 from desktop.canvas.image import CT_PRESETS
@@ -100,6 +100,17 @@ def test_stack_scroll_presets_crosshair_and_hu(qtbot, window, tmp_path: Path, sh
     assert z == 3 and abs(y - 40) <= 1 and abs(x - 30) <= 1
     assert axial.readout_text.endswith(f"x {x}  y {y}  z 3  {expected[3, y, x]:.0f} HU"), axial.readout_text
     assert window.cursor_label.text() == axial.readout_text
+
+    # Shift+drag measures in mm on any plane: 20 columns x 3 mm on the coronal plane is 60 mm.
+    a = coronal.mapFromScene(QPointF(10 * 3.0, 5 * 3.0))
+    b = coronal.mapFromScene(QPointF(30 * 3.0, 5 * 3.0))
+    qtbot.mousePress(coronal.viewport(), Qt.MouseButton.LeftButton, Qt.KeyboardModifier.ShiftModifier, a)
+    qtbot.mouseMove(coronal.viewport(), b)
+    qtbot.mouseRelease(coronal.viewport(), Qt.MouseButton.LeftButton, Qt.KeyboardModifier.ShiftModifier, b)
+    exact = QLineF(coronal.mapToScene(a), coronal.mapToScene(b)).length()
+    assert abs(coronal.measurement_mm - exact) < 1e-9 and abs(exact - 60.0) < 2 / coronal.transform().m11()
+    assert coronal.ruler_label.text() == f"{exact:.1f} mm"
+    assert mpr.position == (3, target[1], 70)  # measuring moves no crosshair
 
     # Cine steps the axial plane forward and wraps.
     mpr.fps.setValue(50)

@@ -127,6 +127,8 @@ class MainWindow(QMainWindow):
         self.canvas.cursor_moved.connect(self.cursor_label.setText)
         self.canvas.image_shown.connect(lambda row: self.strip.select_image(row["id"]))
         self.canvas.image_shown.connect(self.follow_volume)
+        self.canvas.slice_step.connect(self.step_slice)
+        self.stack_ids: list[str] = []  # the image ids of the stack on the canvas, by z
         self.mpr.cursor_moved.connect(self.cursor_label.setText)
         self.canvas.region_drawn.connect(lambda region: self.statusBar().showMessage(
             f"{region['type']} drawn: type a question in the chat to analyse it", 4000))
@@ -289,23 +291,40 @@ class MainWindow(QMainWindow):
             lambda _r: self.worklist.refresh()).run()
 
     def follow_volume(self, row: dict) -> Op | None:
-        """When the image shown is a slice of a volume stack, show that stack's planes at its slice."""
+        """When the image shown is a slice of a volume stack, scroll the canvas through that stack and
+        show its planes at the slice; else the canvas scrolls nothing."""
         engine, session_id, image_id = self.engine, self.canvas.session_id, row["id"]
         if engine is None or session_id is None:
             return None
 
-        def work() -> dict:
+        def work() -> tuple[dict, list[str]]:
             images = engine.get_session_status(session_id)["images"]
-            return next((i for i in images if i["image_id"] == image_id), {})
+            image = next((i for i in images if i["image_id"] == image_id), {})
+            if image.get("stack") is None:
+                return image, []
+            members = [i for i in images if (i.get("series_uid"), i.get("stack")) == (image.get("series_uid"),
+                                                                                     image["stack"])]
+            return image, [i["image_id"] for i in sorted(members, key=lambda i: i["z"])]
 
-        def show(image: dict) -> None:
-            if image.get("stack") is not None:
+        def show(result: tuple[dict, list[str]]) -> None:
+            image, self.stack_ids = result
+            self.canvas.scrolls_stack = bool(self.stack_ids)
+            if self.stack_ids:
                 if not self.docks["volume"].isVisible():
                     self.docks["volume"].show()
                     self.resizeDocks([self.docks["volume"]], [max(320, self.height() // 3)], Qt.Orientation.Vertical)
                 self.mpr.follow_image(session_id, image)
 
         return Op(self, work, lane="read").success(show).run()
+
+    def step_slice(self, step: int) -> None:
+        """Show the slice ``step`` away in the stack on the canvas (clamped at its ends)."""
+        if self.canvas.image_id not in self.stack_ids:
+            return
+        index = self.stack_ids.index(self.canvas.image_id)
+        target = min(max(index + step, 0), len(self.stack_ids) - 1)
+        if target != index:
+            self.show_image(self.session_id, self.stack_ids[target])
 
     def open_files_dialog(self) -> None:
         files, _ = QFileDialog.getOpenFileNames(self, "Open images", "",

@@ -55,6 +55,23 @@ def test_stack_scroll_presets_crosshair_and_hu(qtbot, window, tmp_path: Path, sh
                    if i["image_id"] == window.canvas.image_id)["z"]
     assert axial.index == shown_z  # the planes open at the slice on the canvas
 
+    # The canvas scrolls the stack too (Down, wheel), keeping its window; the planes follow it.
+    canvas = window.canvas
+    qtbot.waitUntil(lambda: canvas.scrolls_stack, timeout=10000)
+    canvas.apply_window_now(-600.0, 1500.0)
+    start = 0 if shown_z > 2 else shown_z + 2
+    window.show_image(window.session_id, window.stack_ids[start])
+    qtbot.waitUntil(lambda: canvas.image_id == window.stack_ids[start], timeout=10000)
+    idle(qtbot)
+    canvas.setFocus()
+    qtbot.keyClick(canvas, Qt.Key.Key_Down)
+    qtbot.waitUntil(lambda: canvas.image_id == window.stack_ids[start + 1] and axial.index == start + 1, timeout=10000)
+    wheel(canvas, -1)
+    qtbot.waitUntil(lambda: canvas.image_id == window.stack_ids[start + 2] and axial.index == start + 2, timeout=10000)
+    idle(qtbot)
+    assert canvas.image_item.effective_window() == (-600.0, 1500.0)
+    assert np.allclose(canvas.image.decoded.pixels, expected[start + 2])  # the stored slice is the volume's slice
+
     # Scroll: wheel, keys and Ctrl+drag move the axial index; the pixels follow.
     mpr.set_position((5, 50, 60))
     wheel(axial, -1)  # wheel down: one slice on

@@ -128,6 +128,7 @@ class MainWindow(QMainWindow):
         self.canvas.image_shown.connect(lambda row: self.strip.select_image(row["id"]))
         self.canvas.image_shown.connect(self.follow_volume)
         self.canvas.slice_step.connect(self.step_slice)
+        self.mpr.volume_shown.connect(lambda _info: self.update_stack_text())
         self.stack_ids: list[str] = []  # the image ids of the stack on the canvas, by z
         self.mpr.cursor_moved.connect(self.cursor_label.setText)
         self.canvas.region_drawn.connect(lambda region: self.statusBar().showMessage(
@@ -314,8 +315,23 @@ class MainWindow(QMainWindow):
                     self.docks["volume"].show()
                     self.resizeDocks([self.docks["volume"]], [max(320, self.height() // 3)], Qt.Orientation.Vertical)
                 self.mpr.follow_image(session_id, image)
+            self.update_stack_text()
 
         return Op(self, work, lane="read").success(show).run()
+
+    def update_stack_text(self) -> None:
+        """The canvas's corner lines for a stack slice: its index, and once the volume is assembled its
+        position along the normal, thickness and spacing (the axial plane's own lines at that slice)."""
+        image_id = self.canvas.image_id
+        if image_id not in self.stack_ids:
+            self.canvas.stack_text = []
+        else:
+            z, axial = self.stack_ids.index(image_id), self.mpr.views["axial"]
+            self.canvas.stack_text = [f"slice {z + 1}/{len(self.stack_ids)}"]
+            if self.mpr.volume is not None and axial.index == z and len(self.stack_ids) == axial.size:
+                corners = axial.corner_text()
+                self.canvas.stack_text += [corners["top_left"][2], corners["bottom_left"][0]]
+        self.canvas.viewport().update()
 
     def step_slice(self, step: int) -> None:
         """Show the slice ``step`` away in the stack on the canvas (clamped at its ends)."""

@@ -76,6 +76,7 @@ class CanvasView(QGraphicsView):
         self.items: dict[str, AnnotationItem] = {}
         self.deidentify = True
         self.scrolls_stack = False  # set by the window while the image shown is a slice of a volume stack
+        self.stack_text: list[str] = []  # the slice's place in its stack (index, position, thickness, spacing)
         self._wl_drag: tuple[QPointF, float, float] | None = None
         self._pending_window: tuple[float, float] | None = None
         self._organ_items: list[QGraphicsItem] = []
@@ -437,7 +438,7 @@ class CanvasView(QGraphicsView):
             "top_right": [f"{row['modality'] or row['format']}  {row['type']}", row["source_name"] if not self.deidentify
                           else f"image {row['id']}"],
             "bottom_left": [f"WL {center:.0f}  WW {width:.0f}", f"zoom {self.scale_factor() * 100:.0f}%"],
-            "bottom_right": [f"{d.columns} x {d.rows}", f"{d.bits_stored}-bit"],
+            "bottom_right": [*self.stack_text, f"{d.columns} x {d.rows}", f"{d.bits_stored}-bit"],
         }
 
     def drawForeground(self, painter: QPainter, rect: QRectF) -> None:  # noqa: N802 - Qt override

@@ -71,6 +71,12 @@ def test_stack_scroll_presets_crosshair_and_hu(qtbot, window, tmp_path: Path, sh
     idle(qtbot)
     assert canvas.image_item.effective_window() == (-600.0, 1500.0)
     assert np.allclose(canvas.image.decoded.pixels, expected[start + 2])  # the stored slice is the volume's slice
+    stack_lines = canvas.corner_text()["bottom_right"][:3]
+    assert stack_lines == [f"slice {start + 3}/{STOP - FIRST}", axial.corner_text()["top_left"][2],
+                           "thick 3.00 mm  spacing 3.00 x 3.00 mm"], stack_lines
+    affine = expected_lps(sub_volume(FIRST, STOP))[1]  # the written ImagePositionPatient along the slice normal
+    normal = affine[:3, 2] / np.linalg.norm(affine[:3, 2])
+    assert stack_lines[1] == f"pos {(affine @ [0, 0, start + 2, 1])[:3] @ normal:.1f} mm"
 
     # Scroll: wheel, keys and Ctrl+drag move the axial index; the pixels follow.
     mpr.set_position((5, 50, 60))

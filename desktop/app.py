@@ -113,6 +113,7 @@ class MainWindow(QMainWindow):
             self.addDockWidget(area, dock)
             self.docks[name] = dock
         self.tabifyDockWidget(self.docks["chat"], self.docks["trace"])
+        self.splitDockWidget(self.docks["strip"], self.docks["volume"], Qt.Orientation.Vertical)  # room to grow
         self.docks["volume"].hide()  # shown when the image on screen is a slice of a volume stack
         self.docks["chat"].raise_()
         self._build_status_bar()
@@ -313,7 +314,7 @@ class MainWindow(QMainWindow):
             if self.stack_ids:
                 if not self.docks["volume"].isVisible():
                     self.docks["volume"].show()
-                    self.resizeDocks([self.docks["volume"]], [max(320, self.height() // 3)], Qt.Orientation.Vertical)
+                    self.resizeDocks([self.docks["volume"]], [max(280, self.height() // 3)], Qt.Orientation.Vertical)
                 self.mpr.follow_image(session_id, image)
             self.update_stack_text()
 

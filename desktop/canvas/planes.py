@@ -34,24 +34,9 @@ from desktop.qt import (
     Signal,
 )
 from engine.imaging.decode import window_to_uint8
+from engine.imaging.volume.planes import PLANES, plane_pixels, plane_spacing
 
-PLANES = ("axial", "coronal", "sagittal")
 AXIS = {"axial": 0, "coronal": 1, "sagittal": 2}  # the voxel axis (z, y, x) a plane's index runs along
-
-
-def plane_pixels(voxels: np.ndarray, plane: str, index: int) -> np.ndarray:
-    """The plane's pixels (a view): axial ``[z]``, coronal ``[::-1, y, :]``, sagittal ``[::-1, :, x]``."""
-    if plane == "axial":
-        return voxels[index]
-    if plane == "coronal":
-        return voxels[::-1, index, :]
-    return voxels[::-1, :, index]
-
-
-def plane_spacing(spacing_zyx: tuple[float, float, float], plane: str) -> tuple[float, float]:
-    """(row, column) spacing in mm of a plane."""
-    dz, dy, dx = spacing_zyx
-    return {"axial": (dy, dx), "coronal": (dz, dx), "sagittal": (dz, dy)}[plane]
 
 
 def voxel_of(plane: str, index: int, row: int, column: int, depth: int) -> tuple[int, int, int]:

@@ -9,6 +9,8 @@ Environment variables (all optional):
 ``MEDVISION_THREADS``      intra-op threads for ONNX Runtime (default: min(4, cores))
 ``MEDVISION_PROVIDERS``    comma list of ONNX Runtime providers to allow (default: CUDA, CPU)
 ``MEDVISION_PRECISION``    ``int8`` / ``fp32``: override the pack's default precision
+``MEDVISION_AUDIT_IDENTIFIERS``  comma list of the identifiers audit records hold, among
+                           ``AUDIT_IDENTIFIERS`` (default: session_id,image_id,study_uid)
 
 Decoding limits (positive integers; see :class:`DecodeLimits` for why these defaults):
 
@@ -36,6 +38,11 @@ DEFAULT_MAX_IMAGE_FILE_BYTES = 2 * 1024**3
 
 
 MiB = 1024 * 1024
+
+#: Identifiers an audit record may hold (the site's policy picks among them; a patient's
+#: name is never one): session and image ids, Study and SOP Instance UID, Patient ID.
+AUDIT_IDENTIFIERS = ("session_id", "image_id", "study_uid", "sop_uid", "patient_id")
+DEFAULT_AUDIT_IDENTIFIERS = ("session_id", "image_id", "study_uid")
 
 #: Decoded frames (``raw`` + ``pixels``) one process keeps for the images being flipped between.
 DEFAULT_DECODE_CACHE_BYTES = 512 * MiB
@@ -119,6 +126,10 @@ class Settings:
     limits: DecodeLimits = field(default_factory=DecodeLimits)
     decode_cache_bytes: int = DEFAULT_DECODE_CACHE_BYTES
     max_image_file_bytes: int = DEFAULT_MAX_IMAGE_FILE_BYTES
+    #: Which identifiers audit records hold (``MEDVISION_AUDIT_IDENTIFIERS``).
+    audit_identifiers: tuple[str, ...] = DEFAULT_AUDIT_IDENTIFIERS
+    #: Off only to measure what auditing costs (benchmarks/bench_audit.py); no variable sets it.
+    audit_enabled: bool = True
 
     @property
     def export_root(self) -> Path:
@@ -156,4 +167,18 @@ class Settings:
             use_keyring=env.get("MEDVISION_KEYRING", "1") != "0",
             limits=DecodeLimits.from_env(),
             decode_cache_bytes=env_int("MEDVISION_DECODE_CACHE_BYTES", DEFAULT_DECODE_CACHE_BYTES),
+            audit_identifiers=audit_identifiers_from_env(),
         )
+
+
+def audit_identifiers_from_env() -> tuple[str, ...]:
+    """``MEDVISION_AUDIT_IDENTIFIERS`` checked against :data:`AUDIT_IDENTIFIERS` (default when unset)."""
+    text = os.environ.get("MEDVISION_AUDIT_IDENTIFIERS", "").strip()
+    if not text:
+        return DEFAULT_AUDIT_IDENTIFIERS
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    unknown = [n for n in names if n not in AUDIT_IDENTIFIERS]
+    if unknown:
+        raise ValueError(f"MEDVISION_AUDIT_IDENTIFIERS: unknown identifier(s) {', '.join(unknown)[:80]};"
+                         f" choose among {', '.join(AUDIT_IDENTIFIERS)}")
+    return names

@@ -13,6 +13,7 @@ from engine.config import Settings
 from engine.inference.registry import ModelRegistry
 from engine.services.analysis import AnalysisService
 from engine.services.annotations import AnnotationService
+from engine.services.audit import AuditTrail
 from engine.services.images import DecodeCache, ImageService
 from engine.services.intake import ImageIntake
 from engine.services.interactive import InteractiveService
@@ -37,6 +38,7 @@ class Services:
     similar: SimilarCaseService
     regions: RegionService
     sessions: SessionService
+    audit: AuditTrail
 
     @classmethod
     def open(cls, settings: Settings) -> Services:
@@ -55,7 +57,7 @@ class Services:
                    intake=ImageIntake(images, analysis), annotations=annotations, analysis=analysis,
                    interactive=interactive, similar=similar,
                    regions=RegionService(store, models, images, analysis, interactive, similar, annotations),
-                   sessions=SessionService(store, images, interactive))
+                   sessions=SessionService(store, images, interactive), audit=AuditTrail(store.audit, settings))
 
     def close(self) -> None:
         """Release the reference library, models and database connections."""

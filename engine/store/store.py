@@ -15,6 +15,7 @@ from typing import Any
 from engine.store.agent_runs import AGENT_RUN_STATUSES, AgentRunRepository
 from engine.store.analyses import AnalysisRepository, MaskRepository
 from engine.store.annotations import AnnotationRepository
+from engine.store.audit import AUDIT_DATABASE_NAME, AuditLog
 from engine.store.blobs import BlobStore
 from engine.store.canvas import CanvasRepository
 from engine.store.common import new_id, now_iso
@@ -57,6 +58,7 @@ class Store:
         self.agent_runs = AgentRunRepository(self.db, self.events, self.sessions)
         self.inputs = InputRequestRepository(self.db, self.events, self.sessions)
         self.canvas = CanvasRepository(self.db, self.events)
+        self.audit = AuditLog(home / AUDIT_DATABASE_NAME, key, main_db=self.db)  # opened on first use
 
     @classmethod
     def open(cls, home: Path, *, use_keyring: bool = True, key: bytes | None = None) -> Store:
@@ -67,7 +69,8 @@ class Store:
         return cls(home, key)
 
     def close(self) -> None:
-        """Close all database connections."""
+        """Write queued audit records, then close all database connections."""
+        self.audit.close()
         self.db.close()
 
     @property

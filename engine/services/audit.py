@@ -37,6 +37,7 @@ class Action:
     code: str
     mcp_only: bool = False  # a query: recorded when an MCP client asks
     sessions_in: str | None = None  # a result key listing the sessions it touched (one record each)
+    details: tuple[str, ...] = ()  # arguments worth recording (small values, never a path or free text)
 
 
 _Q = Action(AuditEvent.QUERY, "E", mcp_only=True)
@@ -54,7 +55,7 @@ ACTIONS: dict[str, Action] = {
     "segment_interactive": _RUN,
     "analyze_with_rag": _RUN,
     "search_similar_cases": _RUN,
-    "invoke_medical_agent": _RUN,
+    "invoke_medical_agent": Action(AuditEvent.INSTANCES_ACCESSED, "E", details=("mode",)),
     "ask_about_image": _RUN,
     "organ_masks": Action(AuditEvent.INSTANCES_ACCESSED, "R", mcp_only=True),
     "add_annotation": Action(AuditEvent.INSTANCES_ACCESSED, "C"),
@@ -62,10 +63,10 @@ ACTIONS: dict[str, Action] = {
     "delete_annotation": Action(AuditEvent.INSTANCES_ACCESSED, "D"),
     "accept_mask": Action(AuditEvent.INSTANCES_ACCESSED, "C"),
     "push_to_canvas": Action(AuditEvent.INSTANCES_ACCESSED, "U"),
-    "export_study": Action(AuditEvent.EXPORT, "R"),
+    "export_study": Action(AuditEvent.EXPORT, "R", details=("format", "include_identifiers", "include_images")),
     "get_visualization": Action(AuditEvent.EXPORT, "R"),
-    "export_trace": Action(AuditEvent.EXPORT, "R"),
-    "send_results_to": Action(AuditEvent.EXPORT, "R"),
+    "export_trace": Action(AuditEvent.EXPORT, "R", details=("run_id",)),
+    "send_results_to": Action(AuditEvent.EXPORT, "R", details=("formats",)),
     "list_sessions": _Q,
     "get_session_status": _Q,
     "get_analysis_summary": _Q,
@@ -138,6 +139,7 @@ class AuditTrail:
         if not self.log.enabled or (action.mcp_only and self.front_end != "mcp"):
             return run()
         session_id, image_id = _ids(arguments, None)
+        details = {name: arguments[name] for name in action.details if arguments.get(name) is not None}
         if action.code == "D":  # look the study up while the rows still exist
             self.log.identifiers_of(session_id, image_id)
         try:
@@ -145,14 +147,14 @@ class AuditTrail:
         except BaseException as exc:
             outcome, detail = outcome_of(exc)
             self.record(action.event, action.code, name, outcome=outcome, outcome_detail=detail,
-                        session_id=session_id, image_id=image_id)
+                        session_id=session_id, image_id=image_id, **details)
             raise
         if action.sessions_in and isinstance(result, dict) and not result.get("dry_run"):
             for item in result.get(action.sessions_in) or ():
                 self.record(action.event, action.code, name, session_id=_session_of(item))
             return result
         session_id, image_id = _ids(arguments, result)
-        self.record(action.event, action.code, name, session_id=session_id, image_id=image_id)
+        self.record(action.event, action.code, name, session_id=session_id, image_id=image_id, **details)
         return result
 
 

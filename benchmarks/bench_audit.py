@@ -1,0 +1,129 @@
+"""What the audit trail costs: analyze_image and DICOM node receive, with and without it, same run.
+
+Two engines over two fresh data directories, one with ``Settings.audit_enabled`` off
+(the switch exists for this script only). ``analyze_image`` on RG1 (classify, warm) is
+timed alternately on both (medians). Then two in-process nodes, one per engine, take the
+same fresh series of CT-sized instances from DCMTK ``storescu`` over one association,
+alternately, round after round (a fresh series each round, so nothing is a duplicate);
+the median seconds per round give the throughput. Also printed: what one audit append
+costs alone (one transaction with fsync) and per record in the node's batches.
+
+    .venv/bin/python benchmarks/bench_audit.py [--repeats 30] [--rounds 5] [--count 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from bench_dicom_node import make_series
+from timing import interleaved_ms
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def overhead(on: float, off: float) -> str:
+    return f"{(on - off) / off * 100:+.2f} %"
+
+
+def bench_analyze(engines: dict, repeats: int) -> dict[str, float]:
+    from pydicom.data import get_testdata_file
+
+    rg1 = get_testdata_file("RG1_UNCR.dcm")
+    runs = {}
+    for name, engine in engines.items():
+        session = engine.create_study_session("bench")["session_id"]
+        image = engine.add_image_to_session(session, rg1, auto_analyze=False)["image_id"]
+        runs[name] = (lambda e, s, i: lambda: e.analyze_image(s, i, segment=False))(engine, session, image)
+    return interleaved_ms(runs, repeats)
+
+
+def bench_receive(engines: dict, work: Path, rounds: int, count: int) -> dict[str, float]:
+    from dicom_node.config import NodeConfig
+    from dicom_node.scp import Node
+
+    nodes = {name: Node(NodeConfig(port=0, analyze=False), engine).start() for name, engine in engines.items()}
+    seconds: dict[str, list[float]] = {name: [] for name in nodes}
+    try:
+        for index in range(rounds + 1):  # round 0 warms both up and is not counted
+            files = make_series(work / f"series{index}", count)
+            order = list(nodes.items()) if index % 2 else list(reversed(nodes.items()))
+            for name, node in order:
+                started = time.perf_counter()
+                result = subprocess.run(["storescu", "127.0.0.1", str(node.port), *map(str, files)],
+                                        capture_output=True, text=True)
+                elapsed = time.perf_counter() - started
+                if result.returncode != 0:
+                    raise RuntimeError(f"storescu failed: {result.stderr[-300:]}")
+                if index:
+                    seconds[name].append(elapsed)
+            for file in files:
+                file.unlink()
+    finally:
+        for node in nodes.values():
+            node.stop()
+    return {name: statistics.median(values) for name, values in seconds.items()}
+
+
+def bench_append(engine, repeats: int = 300) -> tuple[float, float]:
+    """(ms of one synchronous append, ms per record in batches of 50)."""
+    from engine.store.audit import AuditEntry, AuditEvent
+
+    log = engine.store.audit
+    entry = AuditEntry("api", AuditEvent.QUERY, "E", "bench", session_id="s")
+    started = time.perf_counter()
+    for _ in range(repeats):
+        log.record(entry)
+    single = (time.perf_counter() - started) / repeats * 1000
+    started = time.perf_counter()
+    for _ in range(repeats // 50):
+        log.append([entry] * 50)
+    batched = (time.perf_counter() - started) / (repeats // 50 * 50) * 1000
+    return single, batched
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--count", type=int, default=60)
+    args = parser.parse_args(argv)
+    from engine.api import Engine
+    from engine.config import Settings
+
+    with tempfile.TemporaryDirectory(prefix="bench-audit-") as tmp:
+        work = Path(tmp)
+        engines = {audited: Engine(replace(Settings.from_env(work / f"home-{audited}"), threads=2,
+                                           audit_enabled=audited == "audit on"))
+                   for audited in ("audit on", "audit off")}
+        try:
+            analyze = bench_analyze(engines, args.repeats)
+            receive = bench_receive(engines, work, args.rounds, args.count)
+            single, batched = bench_append(engines["audit on"])
+            records = sum(1 for _ in engines["audit on"].audit.log.records())
+            assert engines["audit on"].audit.log.verify().ok and engines["audit off"].audit.log.head() is None
+        finally:
+            for engine in engines.values():
+                engine.close()
+    on, off = analyze["audit on"], analyze["audit off"]
+    print(f"analyze_image RG1 (classify, warm), median of {args.repeats} interleaved:")
+    print(f"  audit on {on:8.2f} ms   audit off {off:8.2f} ms   overhead {overhead(on, off)}")
+    on, off = receive["audit on"], receive["audit off"]
+    print(f"node receive, {args.count} CT-sized instances per round, one storescu association, median of "
+          f"{args.rounds} rounds:")
+    print(f"  audit on {args.count / on:7.1f} instances/s   audit off {args.count / off:7.1f} instances/s   "
+          f"overhead {overhead(on, off)} (time)")
+    print(f"one audit append alone: {single:.3f} ms (own transaction, fsync); in the node's batches of 50: "
+          f"{batched:.3f} ms per record; {records} records written, chain verified")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -32,6 +32,9 @@ HASHED = ("seq", "time", "front_end", "os_user", "host", "pid", "client", "event
           "operation", "outcome", "outcome_detail", "session_id", "image_id", "study_uid", "sop_uid",
           "patient_id", "details")
 
+#: ``find(hash, near_seq)``: the stored row holding a hash, or None.
+Find = Callable[[str, int], dict[str, Any] | None]
+
 #: How far back :func:`verify` follows ``prev_hash`` links to place a moved record.
 MAX_PLACING_STEPS = 1000
 
@@ -77,12 +80,11 @@ class Verification:
                 "breaks": [b.as_dict() for b in self.breaks]}
 
 
-def verify(rows: Iterable[dict[str, Any]], head: tuple[int, str] | None,
-           find: Callable[[str], dict[str, Any] | None]) -> Verification:
+def verify(rows: Iterable[dict[str, Any]], head: tuple[int, str] | None, find: Find) -> Verification:
     """Walk ``rows`` (ascending seq) against ``head`` (``(seq, hash)`` or None for an empty log).
 
-    ``find(hash)`` returns the stored row with that hash, or None; it is used only at a
-    break, to tell a moved record from an edited one.
+    ``find(hash, near_seq)`` returns the stored row with that hash (looking near ``near_seq``
+    first), or None; it is used only at a break, to tell a moved record from an edited one.
     """
     breaks: list[Break] = []
     previous: dict[str, Any] | None = None
@@ -101,7 +103,7 @@ def verify(rows: Iterable[dict[str, Any]], head: tuple[int, str] | None,
         if broken:
             breaks.append(_misplaced_or_edited(row, find))
         elif row["seq"] == expected_seq and not previous_broken and row["prev_hash"] not in previous_hashes:
-            if row["prev_hash"] != GENESIS and find(row["prev_hash"]) is None:
+            if row["prev_hash"] != GENESIS and find(row["prev_hash"], row["seq"]) is None:
                 breaks.append(Break(row["seq"], "deleted", "the record before it is no longer in the log"))
             else:
                 breaks.append(Break(row["seq"], "reordered", "it does not follow the record stored before it"))
@@ -119,7 +121,7 @@ def verify(rows: Iterable[dict[str, Any]], head: tuple[int, str] | None,
     return Verification(count, head_seq, head_hash, tuple(breaks))
 
 
-def _misplaced_or_edited(row: dict[str, Any], find: Callable[[str], dict[str, Any] | None]) -> Break:
+def _misplaced_or_edited(row: dict[str, Any], find: Find) -> Break:
     """A record whose hash fails where it is: moved here from ``m`` (it verifies as ``m``), or edited."""
     written_as = _original_seq(row, find)
     if written_as is not None and written_as != row["seq"] \
@@ -128,7 +130,7 @@ def _misplaced_or_edited(row: dict[str, Any], find: Callable[[str], dict[str, An
     return Break(row["seq"], "edited", "its content does not give its hash")
 
 
-def _original_seq(row: dict[str, Any], find: Callable[[str], dict[str, Any] | None]) -> int | None:
+def _original_seq(row: dict[str, Any], find: Find) -> int | None:
     """Where a record was written: one after its predecessor's place, following ``prev_hash`` links
     back past records that are themselves out of place (a bounded number of steps)."""
     chain: list[dict[str, Any]] = [row]
@@ -136,7 +138,7 @@ def _original_seq(row: dict[str, Any], find: Callable[[str], dict[str, Any] | No
         prev_hash = chain[-1]["prev_hash"]
         if prev_hash == GENESIS:
             return len(chain)
-        before = find(prev_hash)
+        before = find(prev_hash, chain[-1]["seq"])
         if before is None:
             return None
         if record_hash(before["prev_hash"], before) == before["hash"]:  # in its own place

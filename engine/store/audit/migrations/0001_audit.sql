@@ -25,9 +25,9 @@ CREATE TABLE audit (
     prev_hash      TEXT NOT NULL,
     hash           TEXT NOT NULL
 );
-CREATE INDEX idx_audit_time ON audit(time);
+-- One index only: each costs every append. --since scans (times follow seq only roughly:
+-- the node's records are queued), and a hash is looked up only at a break (near its seq first).
 CREATE INDEX idx_audit_session ON audit(session_id);
-CREATE INDEX idx_audit_hash ON audit(hash);
 
 -- The newest record's seq and hash, written in the same transaction as each append: a
 -- deleted newest record is a gap below the head, not a shorter valid chain.

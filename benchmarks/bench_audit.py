@@ -2,8 +2,8 @@
 
 Two engines over two fresh data directories, one with ``Settings.audit_enabled`` off
 (the switch exists for this script only). ``analyze_image`` on RG1 (classify, warm) is
-timed alternately on both (medians). Then two in-process nodes, one per engine, take the
-same fresh series of CT-sized instances from DCMTK ``storescu`` over one association,
+timed alternately on both, the order reversed every round (medians). Then two in-process
+nodes, one per engine, take the same fresh series of CT-sized instances from DCMTK ``storescu`` over one association,
 alternately, round after round (a fresh series each round, so nothing is a duplicate);
 the median seconds per round give the throughput, with the spread of the rounds. On a busy
 machine that spread is wider than the few percent to be measured, so the script also measures
@@ -26,7 +26,6 @@ from dataclasses import replace
 from pathlib import Path
 
 from bench_dicom_node import make_series
-from timing import interleaved_ms
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -45,7 +44,21 @@ def bench_analyze(engines: dict, repeats: int) -> dict[str, float]:
         session = engine.create_study_session("bench")["session_id"]
         image = engine.add_image_to_session(session, rg1, auto_analyze=False)["image_id"]
         runs[name] = (lambda e, s, i: lambda: e.analyze_image(s, i, segment=False))(engine, session, image)
-    return interleaved_ms(runs, repeats)
+    return alternating_ms(runs, repeats)
+
+
+def alternating_ms(runs: dict, repeats: int) -> dict[str, float]:
+    """Median ms of each callable, the order reversed every round (A B, B A, ...): the first call
+    of a round was measured slower by several percent here, whichever engine made it."""
+    for run in runs.values():
+        run()
+    samples: dict[str, list[float]] = {name: [] for name in runs}
+    for index in range(repeats):
+        for name, run in (list(runs.items()) if index % 2 else list(reversed(runs.items()))):
+            started = time.perf_counter()
+            run()
+            samples[name].append((time.perf_counter() - started) * 1000)
+    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def bench_receive(engines: dict, work: Path, rounds: int, count: int) -> dict[str, list[float]]:
@@ -130,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             for engine in engines.values():
                 engine.close()
     on, off = analyze["audit on"], analyze["audit off"]
-    print(f"analyze_image RG1 (classify, warm), median of {args.repeats} interleaved:")
+    print(f"analyze_image RG1 (classify, warm), median of {args.repeats}, order alternating:")
     print(f"  audit on {on:8.2f} ms   audit off {off:8.2f} ms   measured {overhead(on, off)}")
     print(f"  the audit's own work: one append {single:.3f} ms = {single / off * 100:.2f} % of the call")
     on, off = statistics.median(receive["audit on"]), statistics.median(receive["audit off"])

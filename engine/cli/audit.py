@@ -111,7 +111,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("audit", help="read and verify the audit trail; export it as ATNA JSON lines")
     p.add_argument("--since", help="records from this ISO 8601 time on (UTC unless a zone is given)")
     p.add_argument("--session", help="records of one session")
-    p.add_argument("--verify", action="store_true", help="check the hash chain; exit 1 naming each break")
+    p.add_argument("--verify", action="store_true", help="check the whole hash chain (filters aside); exit 1 naming each break")
     p.add_argument("--json", action="store_true", help="JSON: one record per line, or the verification")
     p.add_argument("--atna", metavar="OUT.jsonl", help="write the records as RFC 3881 / DICOM audit JSON lines")
     p.set_defaults(func=cmd_audit)

@@ -115,6 +115,8 @@ class MainWindow(QMainWindow):
         self._build_actions()
         self.worklist.session_chosen.connect(self.open_session)
         self.worklist.image_chosen.connect(self.show_image)
+        self.worklist.pin_requested.connect(self.pin_session)
+        self.worklist.delete_requested.connect(self.delete_study)
         self.strip.image_chosen.connect(lambda image_id: self.show_image(self.session_id, image_id))
         self.chat.question_asked.connect(self.ask)
         self.chat.request_answered.connect(self.answer_request)
@@ -218,6 +220,7 @@ class MainWindow(QMainWindow):
         self.follower = EventFollower(engine, parent=self)
         self.follower.event.connect(self.on_store_event)
         self.worklist.refresh()
+        self._start_retention_cleanup(engine)
         Op(self, engine.model_status).success(self._show_model_status).failure(
             lambda exc: self.pack_label.setText(f"Model pack: unavailable ({exc})")).run()
         self.engine_ready.emit()
@@ -236,7 +239,48 @@ class MainWindow(QMainWindow):
         if importlib.util.find_spec("dicom_node.__main__") is None:
             self.node_label.setText("DICOM node: not available")
 
+    def _start_retention_cleanup(self, engine) -> None:  # noqa: ANN001
+        """Purge expired sessions now and every ``cleanup_interval_s`` (the retention policy)."""
+        timer = self._timers.get("retention")
+        if timer is None:
+            timer = self._timers["retention"] = QTimer(self)
+            timer.timeout.connect(self.purge_expired)
+        timer.start(int(engine.settings.retention.cleanup_interval_s * 1000))
+        self.purge_expired()
+
+    def purge_expired(self) -> Op | None:
+        """One run of the retention cleanup, off the GUI thread; the worklist follows its events."""
+        if self.engine is None:
+            return None
+        return Op(self, self.engine.purge_expired_sessions).failure(
+            lambda exc: self.statusBar().showMessage(f"Retention cleanup failed: {exc}", 10000)).run()
+
     # -- sessions and images ----------------------------------------------------------------
+    def pin_session(self, session_id: str, pinned: bool) -> Op | None:
+        """Pin a session (kept past the retention policy) or unpin it."""
+        if self.engine is None:
+            return None
+        return Op(self, lambda: self.engine.pin_session(session_id, pinned)).run()
+
+    def close_session(self, expired: bool = False) -> None:
+        """The session on screen was erased (here, by another process or by the retention cleanup)."""
+        self.session_id = None
+        self.canvas.close_image()
+        self.strip.clear()
+        self.statusBar().showMessage("The study on screen expired and was erased by the retention policy" if expired
+                                     else "The study on screen was deleted", 10000)
+
+    def delete_study(self, session_id: str, confirm: bool = True) -> Op | None:
+        """Erase a study and everything derived from it, after asking."""
+        if self.engine is None:
+            return None
+        if confirm and QMessageBox.question(
+                self, "Delete study", "Erase this study: its images, analyses, annotations, masks and kept "
+                "exports? This cannot be undone.") != QMessageBox.StandardButton.Yes:
+            return None
+        return Op(self, lambda: self.engine.delete_session(session_id)).progress("Deleting the study").success(
+            lambda _r: self.worklist.refresh()).run()
+
     def open_files_dialog(self) -> None:
         files, _ = QFileDialog.getOpenFileNames(self, "Open images", "",
                                                 "Images (*.dcm *.dicom *.png *.jpg *.jpeg);;All files (*)")
@@ -405,7 +449,9 @@ class MainWindow(QMainWindow):
                 self._schedule("strip", lambda: self.strip.set_session(self.session_id))
         if session_id != self.session_id:
             return
-        if kind is EventKind.CANVAS_MESSAGE:
+        if kind is EventKind.SESSION_DELETED:
+            self.close_session(payload.get("reason") == "expired")
+        elif kind is EventKind.CANVAS_MESSAGE:
             self.chat.add_message("agent", str(payload.get("message") or payload.get("text") or payload))
         elif kind is EventKind.AGENT_INPUT_REQUESTED:
             request = self.engine.get_user_input(payload["request_id"])  # one indexed row

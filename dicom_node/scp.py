@@ -1,7 +1,7 @@
 """The DICOM node: a C-ECHO / C-STORE SCP over the engine's store (thin front-end).
 
 ``Node(config, engine).start()`` binds the server (non-blocking), starts the analysis
-workers, the outbox sender and a heartbeat; ``stop()`` undoes it in reverse order.
+workers, the outbox sender and a heartbeat (which also runs the retention policy's cleanup); ``stop()`` undoes it in reverse order.
 :func:`main` is ``python -m dicom_node serve``.
 """
 
@@ -14,6 +14,7 @@ import signal
 import ssl
 import sys
 import threading
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -131,11 +132,28 @@ class Node:
                          host=self.config.bind_address, port=self.port, stopped=stopped, dead_before=dead_before)
 
     def _heartbeat(self) -> None:
-        while not self._stopped.wait(HEARTBEAT_S):
+        """Beat every ``HEARTBEAT_S``; purge expired sessions at start and every cleanup interval."""
+        next_purge = time.monotonic()
+        while True:
+            if time.monotonic() >= next_purge:
+                next_purge = time.monotonic() + self.engine.settings.retention.cleanup_interval_s
+                self._purge_expired()
+            if self._stopped.wait(HEARTBEAT_S):
+                return
             try:
                 self._beat_once()
             except Exception:  # noqa: BLE001 - a missed beat only shows in status
                 log.exception("heartbeat failed")
+
+    def _purge_expired(self) -> None:
+        """The retention policy's periodic cleanup (``Engine.purge_expired_sessions``)."""
+        try:
+            purged = self.engine.purge_expired_sessions()["sessions"]
+        except Exception:  # noqa: BLE001 - retried at the next interval; receiving goes on
+            log.exception("purging expired sessions failed")
+            return
+        if purged:
+            log.info("erased %d expired session(s)", len(purged))
 
     def stop(self) -> None:
         """Stop accepting, end associations, stop workers; the engine stays open."""

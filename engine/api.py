@@ -32,13 +32,13 @@ if TYPE_CHECKING:  # the agent, canvas and export load on first use: a cold CLI 
 
 @audited  # the calls that touch patient data leave an audit record: engine/services/audit.py
 class Engine:
-    """One engine per process, over one data directory and one model pack; ``front_end`` (cli,
-    desktop, mcp, node, agent) is what its audit records name."""
+    """One engine per process, over one data directory and one model pack, named ``front_end`` in audit records."""
 
     def __init__(self, settings: Settings | None = None, *, home: str | Path | None = None,
                  model_pack: str | Path | None = None, front_end: str = "api") -> None:
         self.services = Services.open(settings or Settings.from_env(home, model_pack))
-        self.services.audit.identify(front_end)
+        self.audit: AuditTrail = self.services.audit  # audit.log reads and verifies the records
+        self.audit.identify(front_end)
         self._agent: MedicalAgent | None = None
         self._canvas: Canvas | None = None
         self._lock = threading.Lock()
@@ -61,11 +61,6 @@ class Engine:
     def store(self) -> Store:
         """The store (tests and tools; front-ends use the facade's methods)."""
         return self.services.store
-
-    @property
-    def audit(self) -> AuditTrail:
-        """This process's audit trail: ``audit.log`` reads and verifies the records."""
-        return self.services.audit
 
     @property
     def models(self) -> ModelRegistry:
@@ -122,9 +117,10 @@ class Engine:
         return self.services.store.requeue_stale_jobs(worker_prefixes)
 
     # -- sessions ----------------------------------------------------------------------
-    def create_study_session(self, name: str | None = None, metadata: dict[str, Any] | None = None) -> dict:
-        """Create a new analysis session."""
-        return self.services.sessions.create(name, metadata)
+    def create_study_session(self, name: str | None = None, metadata: dict[str, Any] | None = None,
+                             source: str = "file") -> dict:
+        """Create a new analysis session (``source``: file, mcp or dicom, for the retention policy)."""
+        return self.services.sessions.create(name, metadata, source)
 
     def list_sessions(self, limit: int = 100) -> list[dict]:
         """Sessions, newest first."""
@@ -135,8 +131,16 @@ class Engine:
         return self.services.sessions.status(session_id)
 
     def delete_session(self, session_id: str) -> dict:
-        """Delete a session with its images, analyses and annotations (blobs no longer used go too)."""
+        """Erase a session and everything derived from it (rows, blobs, embeddings, exports, outbox)."""
         return self.services.sessions.delete(session_id)
+
+    def pin_session(self, session_id: str, pinned: bool = True) -> dict:
+        """Keep a session past the retention policy (``pinned=False`` undoes it)."""
+        return self.services.sessions.set_pinned(session_id, pinned)
+
+    def purge_expired_sessions(self, dry_run: bool = False) -> dict:
+        """Erase unpinned sessions past their source's retention period (``dry_run``: list only)."""
+        return self.services.sessions.purge_expired(dry_run)
 
     def switch_image(self, session_id: str, image_id: str) -> dict:
         """Move the session's focus to another of its images."""
@@ -341,13 +345,14 @@ class Engine:
     def get_visualization(self, session_id: str, image_id: str | None = None, include_annotations: bool = True,
                           include_segmentation: bool = True, include_measurements: bool = True,
                           output_path: str | Path | None = None, max_side: int | None = None,
-                          overwrite: bool = False) -> dict:
-        """The composited view (image + chosen layers) as a PNG (``png_base64``), with the list of
-        layers; written to a file only when ``output_path`` is given."""
+                          overwrite: bool = False, plane: str | None = None, index: int | None = None,
+                          series_uid: str | None = None) -> dict:
+        """The composited view (image + chosen layers, or a volume series' plane) as a PNG (``png_base64``),
+        with the list of layers; written to a file only when ``output_path`` is given."""
         from engine.export.service import get_visualization
 
         return get_visualization(self.services, session_id, image_id, include_annotations, include_segmentation,
-                                 include_measurements, output_path, max_side, overwrite)
+                                 include_measurements, output_path, max_side, overwrite, plane, index, series_uid)
 
     def send_results_to(self, session_id: str, image_id: str, formats: tuple[str, ...],
                         destination: dict[str, Any], max_attempts: int) -> list[int]:
@@ -355,6 +360,29 @@ class Engine:
         from engine.export.service import queue_for_destination
 
         return queue_for_destination(self.services, session_id, image_id, formats, destination, max_attempts)
+
+    # -- volumes (a session's stored series) ------------------------------------------
+    def list_series(self, session_id: str) -> dict:
+        """The session's series with their stacks: geometry, slice count, warnings (no pixel decoded)."""
+        return self.services.volumes.list_series(session_id)
+
+    def get_volume(self, session_id: str, series_uid: str | None = None, stack: str | None = None) -> Any:
+        """A stack assembled from the encrypted store (an :class:`engine.imaging.volume.Volume`, cached)."""
+        return self.services.volumes.volume(session_id, series_uid, stack)
+
+    def volume_slice(self, session_id: str, z: int, series_uid: str | None = None, stack: str | None = None,
+                     plane: str = "axial") -> tuple[np.ndarray, dict]:
+        """One axial slice decoded on its own (the rest assembled behind it), or a coronal/sagittal plane."""
+        return self.services.volumes.plane_image(session_id, plane, z, series_uid, stack)
+
+    def volume_roi(self, session_id: str, **roi: Any) -> dict:
+        """HU statistics and mL of a voxel box or a sphere in patient mm of a stored series."""
+        return self.services.volumes.roi(session_id, **roi)
+
+    def segment_volume(self, session_id: str, structures: list[str] | str | None = None,
+                       series_uid: str | None = None, stack: str | None = None) -> dict:
+        """Body, lungs, airways and bone of a stored CT without a trained model, with volumes in mL."""
+        return self.services.volumes.segment(session_id, structures, series_uid, stack)
 
     # -- models ------------------------------------------------------------------------
     def model_status(self) -> dict:

@@ -21,6 +21,13 @@ Decoding limits (positive integers; see :class:`DecodeLimits` for why these defa
                                     (default 512 MiB)
 ``MEDVISION_DECODE_CACHE_BYTES``    bytes of decoded frames kept per process (default 512 MiB)
 ``MEDVISION_MAX_VOLUME_BYTES``      float32 voxels of one assembled volume (default 4 GiB)
+
+Retention (see :class:`RetentionPolicy`; a positive number, or ``keep``):
+
+``MEDVISION_RETAIN_RECEIVED_DAYS``  studies received by the DICOM node (default 30 days)
+``MEDVISION_RETAIN_OPENED_DAYS``    sessions of files opened in the desktop or CLI (default keep)
+``MEDVISION_RETAIN_MCP_HOURS``      sessions an MCP agent created (default 24 hours, the spec's TTL)
+``MEDVISION_CLEANUP_INTERVAL_S``    how often the DICOM node and the desktop purge (default 3600)
 """
 
 from __future__ import annotations
@@ -46,6 +53,8 @@ DEFAULT_AUDIT_IDENTIFIERS = ("session_id", "image_id", "study_uid")
 
 #: Decoded frames (``raw`` + ``pixels``) one process keeps for the images being flipped between.
 DEFAULT_DECODE_CACHE_BYTES = 512 * MiB
+#: Assembled volumes kept per process (``MEDVISION_VOLUME_CACHE_MB``), least recently used first out.
+DEFAULT_VOLUME_CACHE_MB = 1024
 
 
 def _default_threads() -> int:
@@ -112,6 +121,67 @@ class DecodeLimits:
         )
 
 
+#: Where a session came from: received by the DICOM node, a file opened, created over MCP.
+SESSION_SOURCES = ("dicom", "file", "mcp")
+
+
+def _env_retention(name: str, default: float | None) -> float | None:
+    """A retention period from the environment: a positive number, or ``keep`` (None)."""
+    text = os.environ.get(name, "").strip().lower()
+    if not text:
+        return default
+    if text == "keep":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{name} must be a positive number or 'keep', not {text[:40]!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"{name} must be a positive number or 'keep', not {text[:40]!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    """How long a session is kept after its last change, per source; ``None`` keeps it.
+
+    The product spec sets a 24-hour TTL on sessions (``session.ttl: 86400``) with an hourly
+    cleanup (``cleanup_interval: 3600``): that is the MCP default, for sessions a local agent
+    creates and forgets. Received studies have a copy in the PACS that sent them, so the
+    workstation keeps them 30 days by default; files opened by hand are kept until deleted.
+    A pinned session is kept whatever its source's period.
+    """
+
+    received_days: float | None = 30.0
+    opened_days: float | None = None
+    mcp_hours: float | None = 24.0
+    cleanup_interval_s: float = 3600.0
+
+    def max_age_s(self, source: str) -> float | None:
+        """Seconds a session of ``source`` is kept after its last change (None: kept)."""
+        if source == "dicom":
+            return None if self.received_days is None else self.received_days * 86400
+        if source == "mcp":
+            return None if self.mcp_hours is None else self.mcp_hours * 3600
+        return None if self.opened_days is None else self.opened_days * 86400
+
+    def describe(self) -> dict[str, float | None]:
+        """The policy as JSON: seconds kept per source (null: kept), and the cleanup interval."""
+        return {**{source: self.max_age_s(source) for source in SESSION_SOURCES},
+                "cleanup_interval_s": self.cleanup_interval_s}
+
+    @classmethod
+    def from_env(cls) -> RetentionPolicy:
+        """The policy from ``MEDVISION_RETAIN_*`` and ``MEDVISION_CLEANUP_INTERVAL_S``."""
+        defaults = cls()
+        return cls(
+            received_days=_env_retention("MEDVISION_RETAIN_RECEIVED_DAYS", defaults.received_days),
+            opened_days=_env_retention("MEDVISION_RETAIN_OPENED_DAYS", defaults.opened_days),
+            mcp_hours=_env_retention("MEDVISION_RETAIN_MCP_HOURS", defaults.mcp_hours),
+            cleanup_interval_s=float(env_int("MEDVISION_CLEANUP_INTERVAL_S", int(defaults.cleanup_interval_s))),
+        )
+
+
 @dataclass(frozen=True)
 class Settings:
     """Resolved engine settings; build with :meth:`from_env` or directly in tests."""
@@ -126,6 +196,8 @@ class Settings:
     limits: DecodeLimits = field(default_factory=DecodeLimits)
     decode_cache_bytes: int = DEFAULT_DECODE_CACHE_BYTES
     max_image_file_bytes: int = DEFAULT_MAX_IMAGE_FILE_BYTES
+    volume_cache_mb: int = DEFAULT_VOLUME_CACHE_MB
+    retention: RetentionPolicy = field(default_factory=RetentionPolicy)
     #: Which identifiers audit records hold (``MEDVISION_AUDIT_IDENTIFIERS``).
     audit_identifiers: tuple[str, ...] = DEFAULT_AUDIT_IDENTIFIERS
     #: Off only to measure what auditing costs (benchmarks/bench_audit.py); no variable sets it.
@@ -167,6 +239,8 @@ class Settings:
             use_keyring=env.get("MEDVISION_KEYRING", "1") != "0",
             limits=DecodeLimits.from_env(),
             decode_cache_bytes=env_int("MEDVISION_DECODE_CACHE_BYTES", DEFAULT_DECODE_CACHE_BYTES),
+            volume_cache_mb=env_int("MEDVISION_VOLUME_CACHE_MB", DEFAULT_VOLUME_CACHE_MB),
+            retention=RetentionPolicy.from_env(),
             audit_identifiers=audit_identifiers_from_env(),
         )
 

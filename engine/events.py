@@ -22,6 +22,7 @@ class EventKind(StrEnum):
     SESSION_CREATED = "session.created"
     SESSION_DELETED = "session.deleted"
     SESSION_CURRENT_IMAGE = "session.current_image"
+    SESSION_PINNED = "session.pinned"
     IMAGE_ADDED = "image.added"
     ANALYSIS_CREATED = "analysis.created"
     ANNOTATION_CREATED = "annotation.created"
@@ -72,7 +73,8 @@ class EventKind(StrEnum):
 
 
 #: Events that change what a session's worklist entry shows.
-WORKLIST_KINDS = frozenset({EventKind.SESSION_CREATED, EventKind.SESSION_DELETED, EventKind.IMAGE_ADDED,
+WORKLIST_KINDS = frozenset({EventKind.SESSION_CREATED, EventKind.SESSION_DELETED, EventKind.SESSION_PINNED,
+                            EventKind.IMAGE_ADDED,
                             EventKind.ANALYSIS_CREATED, EventKind.JOB_QUEUED, EventKind.JOB_RUNNING,
                             EventKind.JOB_DONE, EventKind.JOB_FAILED})
 ANNOTATION_KINDS = frozenset({EventKind.ANNOTATION_CREATED, EventKind.ANNOTATION_UPDATED,
@@ -84,6 +86,10 @@ JOB_KINDS = frozenset({EventKind.JOB_QUEUED, EventKind.JOB_RUNNING, EventKind.JO
 class SessionPayload(TypedDict):
     session_id: str
     source: NotRequired[str]
+    #: ``session.deleted``: ``deleted`` (asked for) or ``expired`` (purged by the retention policy).
+    reason: NotRequired[str]
+    #: ``session.pinned``: whether the session is now pinned.
+    pinned: NotRequired[bool]
 
 
 class CurrentImagePayload(TypedDict):

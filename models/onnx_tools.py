@@ -76,14 +76,16 @@ class _ArrayReader(CalibrationDataReader):
 
 def quantize_qdq(fp32_path: Path, int8_path: Path, calibration: np.ndarray, *, input_name: str,
                  exclude: Callable[[onnx.NodeProto], bool] | None = None,
-                 op_types: list[str] | None = None) -> dict:
+                 op_types: list[str] | None = None, symbolic_shapes: bool = True) -> dict:
     """Static QDQ int8 (uint8 activations, per-channel int8 weights, MinMax calibration).
 
     ``exclude`` picks nodes kept in fp32 (typically the first conv and the classifier
-    head, the layers most sensitive to quantization). Returns the recipe for the manifest.
+    head, the layers most sensitive to quantization). ``symbolic_shapes=False`` skips
+    ONNX Runtime's symbolic shape inference, which gives up on graphs with dynamic
+    spatial axes (the 3D U-Net). Returns the recipe for the manifest.
     """
     prepared = int8_path.with_suffix(".pre.onnx")
-    quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
+    quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=not symbolic_shapes)
     graph = onnx.load(str(prepared)).graph
     excluded = [n.name for n in graph.node if exclude and exclude(n)]
     types = op_types or ["Conv"]

@@ -17,7 +17,7 @@ from pathlib import Path
 import jsonschema
 
 from engine.inference.modelpack import MANIFEST_NAME, ModelPack, manifest_schema, sha256_file
-from models import BUILDER_VERSION, classifier, embedding, llm, sam, segmentation
+from models import BUILDER_VERSION, classifier, embedding, llm, sam, segmentation, volume_unet
 from models.calibration import load_images
 from models.context import BuildContext
 
@@ -32,6 +32,7 @@ COMPONENTS: list[Callable[[BuildContext], list[dict]]] = [
     embedding.build,
     sam.build,
     llm.build,
+    volume_unet.build,
 ]
 
 

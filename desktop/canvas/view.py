@@ -112,7 +112,7 @@ class CanvasView(QGraphicsView):
         return Op(self, work, lane="read").progress("Opening image").success(
             lambda result: self.show_image(session_id, *result)).run()
 
-    def show_image(self, session_id: str, row: dict, image: WindowedImage, first_frame: Any = None) -> None:
+    def _clear_scene(self) -> None:
         if self.image_item is not None:
             self.scene().removeItem(self.image_item)
         for item in list(self.items.values()) + self._organ_items:
@@ -121,6 +121,15 @@ class CanvasView(QGraphicsView):
         self.overlays.clear()
         self.tools.clear_segmentation()
         self.undo_stack.clear()
+
+    def close_image(self) -> None:
+        """Show nothing: the session on screen was erased, so its pixels leave the window too."""
+        self._clear_scene()
+        self.session_id, self.image_row, self.image, self.image_item = None, None, None, None
+        self.viewport().update()
+
+    def show_image(self, session_id: str, row: dict, image: WindowedImage, first_frame: Any = None) -> None:
+        self._clear_scene()
         self.session_id, self.image_row, self.image = session_id, row, image
         self.image_item = ImageItem(image, first_frame)
         self.image_item.setParentItem(self.layers["original"].group)

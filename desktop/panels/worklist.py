@@ -1,10 +1,13 @@
-"""Worklist: sessions with their images and analysis status; received ones get a badge."""
+"""Worklist: sessions with their images and analysis status; received ones get a badge.
+
+A session's context menu pins it (kept past the retention policy) or deletes the study."""
 
 from __future__ import annotations
 
 from desktop.qt import (
     QFont,
     QLineEdit,
+    QMenu,
     Qt,
     QTreeWidget,
     QTreeWidgetItem,
@@ -13,6 +16,7 @@ from desktop.qt import (
     Signal,
 )
 from desktop.worker import Op
+from engine.errors import ErrorCode, MedVisionError
 
 
 class WorklistPanel(QWidget):
@@ -20,6 +24,8 @@ class WorklistPanel(QWidget):
 
     session_chosen = Signal(str)
     image_chosen = Signal(str, str)
+    pin_requested = Signal(str, bool)
+    delete_requested = Signal(str)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -37,6 +43,9 @@ class WorklistPanel(QWidget):
         self.search.textChanged.connect(self._filter)
         self.tree.itemActivated.connect(self._activated)
         self.tree.itemClicked.connect(self._activated)
+        self.tree.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        self.tree.customContextMenuRequested.connect(self._context_menu)
+        self.pinned: set[str] = set()
 
     def refresh(self) -> Op | None:
         if self.engine is None:
@@ -44,17 +53,27 @@ class WorklistPanel(QWidget):
         engine = self.engine
 
         def work() -> list[dict]:
-            return [engine.get_session_status(s["session_id"]) for s in engine.list_sessions(100)]
+            statuses = []
+            for listed in engine.list_sessions(100):
+                try:
+                    statuses.append(engine.get_session_status(listed["session_id"]) | {"pinned": listed["pinned"]})
+                except MedVisionError as exc:  # erased (deleted or expired) since it was listed
+                    if exc.code not in (ErrorCode.SESSION_NOT_FOUND, ErrorCode.SESSION_EXPIRED):
+                        raise
+            return statuses
 
         return Op(self, work, lane="read").success(self._populate).run()
 
     def _populate(self, sessions: list[dict]) -> None:
         self.tree.clear()
+        self.pinned = {s["session_id"] for s in sessions if s.get("pinned")}
         for status in sessions:
             images = status["images"]
             analysed = sum(1 for i in images if i["analyzed"])
             state = self.job_status.get(status["session_id"]) or (
                 f"analysed {analysed}/{len(images)}" if images else "empty")
+            if status["session_id"] in self.pinned:
+                state += ", pinned"
             name = status["name"] or status["session_id"]
             badge = "● " if status["session_id"] in self.received else ""
             item = QTreeWidgetItem([badge + name, str(len(images)), state])
@@ -79,6 +98,22 @@ class WorklistPanel(QWidget):
             item = self.tree.topLevelItem(i)
             words = [item.text(0)] + [item.child(j).text(0) for j in range(item.childCount())]
             item.setHidden(bool(needle) and not any(needle in w.casefold() for w in words))
+
+    def _context_menu(self, position) -> None:  # noqa: ANN001 - QPoint
+        item = self.tree.itemAt(position)
+        if item is None:
+            return
+        menu = self.session_menu(item.data(0, Qt.ItemDataRole.UserRole))
+        menu.exec(self.tree.viewport().mapToGlobal(position))
+
+    def session_menu(self, session_id: str) -> QMenu:
+        """The actions on one session: Pin / Unpin, Delete study."""
+        menu = QMenu(self)
+        pinned = session_id in self.pinned
+        menu.addAction("Unpin" if pinned else "Pin (keep past the retention policy)").triggered.connect(
+            lambda: self.pin_requested.emit(session_id, not pinned))
+        menu.addAction("Delete study…").triggered.connect(lambda: self.delete_requested.emit(session_id))
+        return menu
 
     def _activated(self, item: QTreeWidgetItem, _column: int = 0) -> None:
         session_id = item.data(0, Qt.ItemDataRole.UserRole)

@@ -46,7 +46,41 @@ def cmd_sessions_list(args: argparse.Namespace) -> int:
         print(json_text(sessions))
         return 0
     for s in sessions:
-        print(f"{s['session_id']}  {s['created_at']}  images={s['images']:<3} {s['name'] or ''}")
+        pin = " pinned" if s["pinned"] else ""
+        print(f"{s['session_id']}  {s['created_at']}  {s['source']:<5}{pin:<7} images={s['images']:<3} {s['name'] or ''}")
+    return 0
+
+
+def cmd_sessions_delete(args: argparse.Namespace) -> int:
+    """Erase one session and everything derived from it."""
+    with open_engine(args) as engine:
+        result = engine.delete_session(args.session_id)
+    if args.json:
+        print(json_text(result))
+        return 0
+    print(f"erased session {result['session_id']}: {result['images']} image(s), {result['files']} file(s)")
+    return 0
+
+
+def cmd_sessions_pin(args: argparse.Namespace) -> int:
+    """Pin (keep past the retention policy) or unpin a session."""
+    with open_engine(args) as engine:
+        result = engine.pin_session(args.session_id, args.sessions_command == "pin")
+    print(f"session {result['session_id']} {'pinned' if result['pinned'] else 'unpinned'}")
+    return 0
+
+
+def cmd_sessions_purge(args: argparse.Namespace) -> int:
+    """Erase the sessions the retention policy has expired (``--dry-run``: list them only)."""
+    with open_engine(args) as engine:
+        result = engine.purge_expired_sessions(dry_run=args.dry_run)
+    if args.json:
+        print(json_text(result))
+        return 0
+    verb = "would erase" if result["dry_run"] else "erased"
+    for s in result["sessions"]:
+        print(f"{verb} {s['session_id']}  {s['source']:<5} last active {s['last_active_at']}")
+    print(f"{verb} {len(result['sessions'])} expired session(s)")
     return 0
 
 
@@ -72,7 +106,7 @@ def cmd_sessions_show(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """``annotations``, ``export`` and ``sessions list | show``."""
+    """``annotations``, ``export`` and ``sessions list | show | delete | pin | unpin | purge``."""
     annotations = sub.add_parser("annotations", help="a session's annotations")
     annotations.add_argument("session_id")
     annotations.add_argument("--image")
@@ -103,3 +137,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     show.add_argument("session_id")
     show.add_argument("--json", action="store_true")
     show.set_defaults(func=cmd_sessions_show)
+    delete = sessions.add_parser("delete", help="erase a session and everything derived from it")
+    delete.add_argument("session_id")
+    delete.add_argument("--json", action="store_true")
+    delete.set_defaults(func=cmd_sessions_delete)
+    for verb, text in (("pin", "keep a session past the retention policy"), ("unpin", "let the policy apply again")):
+        pin = sessions.add_parser(verb, help=text)
+        pin.add_argument("session_id")
+        pin.set_defaults(func=cmd_sessions_pin)
+    purge = sessions.add_parser("purge", help="erase sessions past their retention period")
+    purge.add_argument("--dry-run", action="store_true", help="list what would be erased, change nothing")
+    purge.add_argument("--json", action="store_true")
+    purge.set_defaults(func=cmd_sessions_purge)

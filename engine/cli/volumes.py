@@ -4,13 +4,16 @@
 slice order and every warning found while assembling it; ``roi`` the HU statistics and
 volume of a box of voxels; ``segment-volume`` the structures the training-free method
 finds (body, lungs, airways, bone) with their volumes. ``--json OUT`` writes the same as
-JSON (no voxels). No session is created: the files are read where they are.
+JSON (no voxels). No session is created: the files are read where they are. A SOURCE that is
+a session id (and no file of that name) reads the session's stored series instead, decrypted
+in memory: its main stack, or ``--series UID`` (``--stack KEY`` for another stack).
 """
 
 from __future__ import annotations
 
 import argparse
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,24 +51,45 @@ def format_volume(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _check_sources(sources: list[str]) -> None:
-    for source in sources:
-        if not Path(source).exists() and SESSION_ID.match(source):
-            raise MedVisionError(
-                ErrorCode.INVALID_ARGUMENT,
-                f"'{source}' looks like a session id: volumes from a session's stored series are not available yet; "
-                "give DICOM files, a folder or a NIfTI file.", source=source)
+def _session_id(sources: list[str]) -> str | None:
+    """The session id when the one source names a session (and no file of that name exists)."""
+    if len(sources) == 1 and not Path(sources[0]).exists() and SESSION_ID.match(sources[0]):
+        return sources[0]
+    if any(not Path(s).exists() and SESSION_ID.match(s) for s in sources):
+        raise MedVisionError(ErrorCode.INVALID_ARGUMENT, "a session id is a source on its own: give it alone.")
+    return None
+
+
+def _session_volumes(args: argparse.Namespace, session_id: str, every_stack: bool) -> Iterator[Any]:
+    """The session's stored stacks (every one, or the one chosen), read through the engine one at a time."""
+    from engine.cli.common import open_engine
+
+    with open_engine(args) as engine:
+        if not every_stack or args.stack:
+            yield engine.get_volume(session_id, args.series, args.stack)
+            return
+        listed = engine.list_series(session_id)["series"]
+        wanted = [(s["series_uid"], stack["stack"]) for s in listed for stack in s["stacks"]
+                  if args.series in (None, s["series_uid"])]
+        if not wanted:
+            raise MedVisionError(ErrorCode.NOT_A_VOLUME if not listed else ErrorCode.INVALID_ARGUMENT,
+                                 "the session holds no such volume series" if listed
+                                 else "the session holds no series that makes a volume", session_id=session_id)
+        for series_uid, stack in wanted:
+            yield engine.get_volume(session_id, series_uid, stack)
 
 
 def cmd_volume(args: argparse.Namespace) -> int:
     """Assemble the sources into volumes and describe each."""
     from engine.imaging.volume import is_nifti, iter_volumes, load_volume
 
-    _check_sources(args.sources)
-    if any(is_nifti(s) for s in args.sources):
+    session_id = _session_id(args.sources)
+    if session_id:
+        volumes = _session_volumes(args, session_id, every_stack=True)
+    elif any(is_nifti(s) for s in args.sources):
         volumes = [load_volume(args.sources)]
     else:
-        volumes = iter_volumes(args.sources)
+        volumes = iter_volumes(args.sources, series_uid=args.series)
     summaries = []
     for volume in volumes:  # one at a time: each volume is freed before the next is assembled
         summary = volume.summary()
@@ -75,12 +99,15 @@ def cmd_volume(args: argparse.Namespace) -> int:
     return 0
 
 
-def _one_volume(sources: list[str]):  # noqa: ANN202 - engine.imaging.volume imported lazily
-    """The main volume among the sources, its warnings printed first."""
+def _one_volume(args: argparse.Namespace):  # noqa: ANN202 - engine.imaging.volume imported lazily
+    """The main volume among the sources (or the session's), its warnings printed first."""
     from engine.imaging.volume import load_volume
 
-    _check_sources(sources)
-    volume = load_volume(sources)
+    session_id = _session_id(args.sources)
+    if session_id:
+        (volume,) = _session_volumes(args, session_id, every_stack=False)
+    else:
+        volume = load_volume(args.sources, series_uid=args.series)
     for warning in volume.warnings:
         print(f"  ! {warning.code}: {warning.message}")
     return volume
@@ -90,7 +117,7 @@ def cmd_roi(args: argparse.Namespace) -> int:
     """HU statistics and volume of a box of voxels (indices inclusive: x column, y row, z sorted slice)."""
     from engine.analysis.volume.roi import roi_box_stats
 
-    volume = _one_volume(args.sources)
+    volume = _one_volume(args)
     stats = roi_box_stats(volume.voxels, volume.spacing_zyx, args.box).to_dict()
     x1, y1, z1, x2, y2, z2 = args.box
     unit = " HU" if volume.modality == "CT" else ""
@@ -106,7 +133,7 @@ def cmd_segment_volume(args: argparse.Namespace) -> int:
     """Body, lungs, airways and bone of a CT by HU and connectivity (no trained model), with volumes in mL."""
     from engine.analysis.volume.anatomy import segment_anatomy
 
-    volume = _one_volume(args.sources)
+    volume = _one_volume(args)
     if volume.modality not in ("CT", ""):
         raise MedVisionError(ErrorCode.INVALID_IMAGE_TYPE,
                              f"segment-volume needs a CT (Hounsfield units); this volume is {volume.modality}")
@@ -119,21 +146,32 @@ def cmd_segment_volume(args: argparse.Namespace) -> int:
     return 0
 
 
+SOURCE_HELP = "DICOM files, a folder, a NIfTI file, or a session id (its stored series)"
+
+
+def _choice(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--series", metavar="UID", help="the series to use (SeriesInstanceUID)")
+    parser.add_argument("--stack", metavar="KEY", help="a session's stack other than the series' main one")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """``volume``, ``roi`` and ``segment-volume``."""
     volume = sub.add_parser("volume", help="assemble a series (files, folder) or a NIfTI file into a 3D volume")
-    volume.add_argument("sources", nargs="+", metavar="SOURCE", help="DICOM files, a folder, or a NIfTI file")
+    volume.add_argument("sources", nargs="+", metavar="SOURCE", help=SOURCE_HELP)
     volume.add_argument("--json", metavar="OUT", help="write the description as JSON")
+    _choice(volume)
     volume.set_defaults(func=cmd_volume)
     roi = sub.add_parser("roi", help="HU statistics and volume (mL) of a box of voxels in a volume")
-    roi.add_argument("sources", nargs="+", metavar="SOURCE", help="DICOM files, a folder, or a NIfTI file")
+    roi.add_argument("sources", nargs="+", metavar="SOURCE", help=SOURCE_HELP)
     roi.add_argument("--box", type=int, nargs=6, required=True, metavar=("X1", "Y1", "Z1", "X2", "Y2", "Z2"),
                      help="voxel indices, inclusive: x column, y row, z the slice's place in the sorted stack")
     roi.add_argument("--json", metavar="OUT", help="write the statistics as JSON")
+    _choice(roi)
     roi.set_defaults(func=cmd_roi)
     segment = sub.add_parser("segment-volume", help="body, lungs, airways and bone of a CT without a trained model")
-    segment.add_argument("sources", nargs="+", metavar="SOURCE", help="DICOM files, a folder, or a NIfTI file")
+    segment.add_argument("sources", nargs="+", metavar="SOURCE", help=SOURCE_HELP)
     segment.add_argument("--structures", default="body,lungs,airways,bone",
                          help="comma list of body,lungs,airways,bone (default: all)")
     segment.add_argument("--json", metavar="OUT", help="write the structures and volumes as JSON")
+    _choice(segment)
     segment.set_defaults(func=cmd_segment_volume)

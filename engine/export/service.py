@@ -419,22 +419,40 @@ def export_study(services: Services, session_id: str, format: str = "pdf", inclu
 def get_visualization(services: Services, session_id: str, image_id: str | None = None,
                       include_annotations: bool = True, include_segmentation: bool = True,
                       include_measurements: bool = True, output_path: str | Path | None = None,
-                      max_side: int | None = None, overwrite: bool = False) -> dict[str, Any]:
+                      max_side: int | None = None, overwrite: bool = False, plane: str | None = None,
+                      index: int | None = None, series_uid: str | None = None) -> dict[str, Any]:
     """The composited view of one image as a PNG, with its list of layers.
 
     The PNG comes back as ``png_base64``; it is written (in plaintext) only where the caller
     names an ``output_path`` (a ``.png`` file, or a folder for ``view-<image>.png``), with
     :func:`export_study`'s rules for an existing file. Without one, ``image_path`` and
     ``image_url`` are None and nothing is written.
+
+    With ``plane`` and ``index`` a volume series is shown instead: ``axial`` is slice ``index`` of
+    the (named or only) series with that slice's layers; ``coronal`` (row ``index``) and
+    ``sagittal`` (column ``index``) are resliced from the assembled volume, the image layer only.
     """
+    from engine.export.planes import axial_image_id, plane_picture
+
     session = services.store.get_session(session_id)
+    if plane is not None and index is None:
+        raise MedVisionError(ErrorCode.INVALID_ARGUMENT, "a plane needs an index (slice, row or column)")
+    view: dict[str, Any] = {}
+    if plane == "axial":
+        image_id = axial_image_id(services, session_id, index, series_uid)  # type: ignore[arg-type]
     image_id = image_id or session["current_image_id"]
     if image_id is None:
         raise MedVisionError(ErrorCode.IMAGE_NOT_FOUND, "the session has no images yet")
     bundle = gather(services, session_id, ExportOptions(include_images=(image_id,), include_report=False))
-    picture, layers = compose(bundle.images[0], include_annotations=include_annotations,
-                              include_segmentation=include_segmentation, include_measurements=include_measurements,
-                              max_side=max_side)
+    if plane in (None, "axial"):
+        picture, layers = compose(bundle.images[0], include_annotations=include_annotations,
+                                  include_segmentation=include_segmentation, include_measurements=include_measurements,
+                                  max_side=max_side)
+    else:
+        picture, view = plane_picture(services, session_id, plane, index, series_uid, max_side)  # type: ignore[arg-type]
+        image_id = f"{plane}-{index}"
+        layers = [{"id": "image", "name": f"{plane.capitalize()} plane {index}", "kind": "image", "count": 1,
+                   "color": None}]
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
     data = buffer.getvalue()
@@ -450,7 +468,8 @@ def get_visualization(services: Services, session_id: str, image_id: str | None 
             "png_base64": base64.b64encode(data).decode("ascii"),
             "width": picture.width, "height": picture.height, "layers": layers,
             "sha256": hashlib.sha256(data).hexdigest(), "model_trained": bundle.model_trained,
-            "banner": bundle.banner, "disclaimer": DISCLAIMER}
+            "banner": bundle.banner, "disclaimer": DISCLAIMER,
+            **({"plane": plane, "index": index, "volume": view or None} if plane else {})}
 
 
 def queue_for_destination(services: Services, session_id: str, image_id: str, formats: tuple[str, ...],

@@ -24,6 +24,11 @@ InputType = Literal["select_region", "confirm", "choose", "draw"]
 AgentMode = Literal["auto", "interactive", "step_by_step"]
 RagMode = Literal["quick", "full", "rag_only"]
 AnnotationType = Literal["bbox", "polygon", "point", "freehand", "mask"]
+SeriesUid = Annotated[str | None, Field(max_length=64, pattern=r"^[0-9.]+$", description=(
+    "A SeriesInstanceUID from list_series; default: the session's one volume series."))]
+StackKey = Annotated[str | None, Field(max_length=200, description=(
+    "A stack from list_series; default: the series' main stack."))]
+VolumeStructure = Literal["body", "lungs", "airways", "bone"]
 
 
 class AnalysisOptions(BaseModel):
@@ -64,7 +69,10 @@ class SessionCreated(Result):
 
 class SessionStatus(Result):
     session_id: str = Field(description="The session's id.")
-    images: list[dict[str, Any]] = Field(description="Its images: id, type, modality, size, spacing, analyzed.")
+    images: list[dict[str, Any]] = Field(description="Its images: id, type, modality, size, spacing, analyzed; "
+                                         "a slice of a volume also its series_uid, stack and z.")
+    series: list[dict[str, Any]] = Field(default_factory=list, description=(
+        "Volume series, one entry per stack (geometry, slice count, warnings): show these, not each slice."))
     current_image: str | None = Field(None, description="The image tools use when no image_id is given.")
     total_annotations: int = Field(0, description="Annotations in the session.")
     total_analyses: int = Field(0, description="Stored analyses in the session.")
@@ -154,6 +162,30 @@ class Answer(Result):
     answer: str = Field(description="The answer, grounded in the stored analyses.")
     sources: list[Any] = Field(default_factory=list, description="The tool outputs the answer cites.")
     confidence: Any = Field(None, description="Confidence of the answer, when known.")
+
+
+class SeriesList(Result):
+    session_id: str = Field(description="The session's id.")
+    series: list[dict[str, Any]] = Field(description=(
+        "Each volume series: series_uid, modality, description and its stacks, each with slices, shape_zyx, "
+        "spacing_zyx_mm, orientation (LPS letters), affine_lps (voxel x,y,z -> patient mm) and warnings."))
+    notes: list[str] = Field(default_factory=list, description="Images or series left out, and why.")
+
+
+class VolumeRoi(Result):
+    series_uid: str | None = Field(description="The series measured.")
+    stack: str = Field(description="The stack measured.")
+    roi: dict[str, Any] = Field(description="The box (voxel indices) or sphere (centre in mm and in voxels).")
+    statistics: dict[str, Any] = Field(description="voxel_count, volume_ml, mean/sd/min/max in HU.")
+    unit: str = Field(description="HU for CT.")
+    warnings: list[dict[str, Any]] = Field(default_factory=list, description="Irregularities of the volume.")
+
+
+class VolumeSegmentation(Result):
+    series_uid: str | None = Field(description="The series segmented.")
+    segmentation: dict[str, Any] = Field(description="method and each structure's found flag, voxels and mL.")
+    model_trained: bool = Field(description="Always false: HU thresholds and connectivity, no trained model.")
+    warnings: list[dict[str, Any]] = Field(default_factory=list, description="Irregularities of the volume.")
 
 
 class EngineResult(Result):

@@ -6,7 +6,7 @@ first. Errors surface as ``isError`` results (see :func:`engine.mcp.server.error
 """
 
 from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from mcp import types
 from mcp.server.fastmcp import Context, FastMCP
@@ -41,11 +41,17 @@ from engine.mcp.models import (
     RegionAction,
     RegionAnalysis,
     Result,
+    SeriesList,
+    SeriesUid,
     SessionCreated,
     SessionId,
     SessionStatus,
+    StackKey,
     UserInputRequest,
     Visualization,
+    VolumeRoi,
+    VolumeSegmentation,
+    VolumeStructure,
 )
 
 R = TypeVar("R", bound=Result)
@@ -75,8 +81,9 @@ def register(app: FastMCP) -> None:
         name: Annotated[str | None, Field(max_length=200, description="A name for the study (no patient names).")] = None,
         metadata: Annotated[dict[str, Any] | None, Field(description="Free JSON metadata.")] = None,
     ) -> SessionCreated:
-        """Create a new study session; returns its id and the URIs of its resources."""
-        return await _call(ctx, SessionCreated, None, Engine.create_study_session, name, metadata)
+        """Create a new study session; returns its id and the URIs of its resources. It is kept 24 hours
+        after its last change (MEDVISION_RETAIN_MCP_HOURS) unless pinned; then it answers SESSION_EXPIRED."""
+        return await _call(ctx, SessionCreated, None, Engine.create_study_session, name, metadata, "mcp")
 
     @tool()
     async def add_image_to_session(
@@ -101,10 +108,54 @@ def register(app: FastMCP) -> None:
         return await _call(ctx, SessionStatus, session_id, Engine.get_session_status, session_id)
 
     @tool()
+    async def delete_session(ctx: Context, session_id: SessionId) -> EngineResult:
+        """Erase a session and everything derived from it: images, analyses, masks, annotations,
+        cached embeddings, kept exports, queued results. It cannot be undone."""
+        return await _call(ctx, EngineResult, session_id, Engine.delete_session, session_id)
+
+    @tool()
+    async def pin_session(ctx: Context, session_id: SessionId,
+                          pinned: Annotated[bool, Field(description="False unpins it.")] = True) -> EngineResult:
+        """Keep a session past the retention policy (or, with pinned false, let the policy apply again)."""
+        return await _call(ctx, EngineResult, session_id, Engine.pin_session, session_id, pinned)
+
+    @tool()
     async def switch_image(ctx: Context, session_id: SessionId,
                            image_id: Annotated[Id, Field(description="The image to focus.")]) -> ImageSwitched:
         """Make another image of the session the current one."""
         return await _call(ctx, ImageSwitched, session_id, Engine.switch_image, session_id, image_id)
+
+    # -- volumes -----------------------------------------------------------------------
+    @tool()
+    async def list_series(ctx: Context, session_id: SessionId) -> SeriesList:
+        """The session's volume series (CT, MR...) with their stacks: slice count, voxel shape, spacing,
+        orientation, the affine to patient mm and every warning (gaps, tilt...); no pixel is decoded."""
+        return await _call(ctx, SeriesList, session_id, Engine.list_series, session_id)
+
+    @tool()
+    async def volume_roi(
+        ctx: Context, session_id: SessionId, series_uid: SeriesUid = None, stack: StackKey = None,
+        box: Annotated[list[int] | None, Field(min_length=6, max_length=6, description=(
+            "[x1, y1, z1, x2, y2, z2] voxel indices, inclusive: x column, y row, z the slice in the sorted stack."))]
+        = None,
+        center_mm: Annotated[list[float] | None, Field(min_length=3, max_length=3, description=(
+            "A sphere's centre in patient LPS mm (with radius_mm) instead of a box."))] = None,
+        radius_mm: Annotated[float | None, Field(gt=0, le=500, description="The sphere's radius in mm.")] = None,
+    ) -> VolumeRoi:
+        """HU statistics (mean, SD, min, max) and volume in mL of a 3D box or sphere of a stored series."""
+        return await _call(ctx, VolumeRoi, session_id, Engine.volume_roi, session_id, box=box, center_mm=center_mm,
+                           radius_mm=radius_mm, series_uid=series_uid, stack=stack)
+
+    @tool()
+    async def segment_volume(
+        ctx: Context, session_id: SessionId, series_uid: SeriesUid = None, stack: StackKey = None,
+        structures: Annotated[list[VolumeStructure] | None, Field(description=(
+            "Some of body, lungs, airways, bone; default all."))] = None,
+    ) -> VolumeSegmentation:
+        """Body, left and right lung, airways and bone of a stored CT with each volume in mL, from HU
+        thresholds and 3D connectivity (no trained model)."""
+        return await _call(ctx, VolumeSegmentation, session_id, Engine.segment_volume, session_id, structures,
+                           series_uid, stack)
 
     # -- analysis ----------------------------------------------------------------------
     @tool()
@@ -232,11 +283,18 @@ def register(app: FastMCP) -> None:
         include_segmentation: Annotated[bool, Field(description="Draw the organ masks.")] = True,
         include_measurements: Annotated[bool, Field(description="Draw measurements.")] = True,
         max_side: Annotated[int, Field(ge=64, le=MAX_SIDE, description="Longest side of the PNG.")] = 512,
+        plane: Annotated[Literal["axial", "coronal", "sagittal"] | None, Field(description=(
+            "Show a volume series' plane instead of an image: axial (slice z, with its layers), coronal (row y) "
+            "or sagittal (column x), resliced from the volume."))] = None,
+        index: Annotated[int | None, Field(ge=0, description="The plane's slice, row or column index.")] = None,
+        series_uid: SeriesUid = None,
     ) -> Visualization:
-        """The image with its overlays as a PNG, returned as MCP image content (no file is written)."""
+        """The image with its overlays as a PNG, or any plane of a volume series, returned as MCP image
+        content (no file is written)."""
         app = app_context(ctx)
         result = await app.call(ctx, session_id, app.engine.get_visualization, session_id, image_id, include_annotations,
-                                include_segmentation, include_measurements, None, max_side)
+                                include_segmentation, include_measurements, None, max_side, False, plane, index,
+                                series_uid)
         png = result.pop("png_base64")
         view = Visualization.model_validate(result)
         content: list[types.ContentBlock] = [types.TextContent(type="text", text=view.model_dump_json()),

@@ -20,7 +20,8 @@ from engine.services.interactive import InteractiveService
 from engine.services.regions import RegionService
 from engine.services.sessions import SessionService
 from engine.services.similar import SimilarCaseService
-from engine.store import BlobStore, Store
+from engine.services.volumes import VolumeCache, VolumeService
+from engine.store import Store
 
 
 @dataclass
@@ -38,6 +39,7 @@ class Services:
     similar: SimilarCaseService
     regions: RegionService
     sessions: SessionService
+    volumes: VolumeService
     audit: AuditTrail
 
     @classmethod
@@ -50,14 +52,15 @@ class Services:
                               max_file_bytes=settings.max_image_file_bytes)
         annotations = AnnotationService(store)
         analysis = AnalysisService(store, models, images)
-        interactive = InteractiveService(store, models, images, annotations,
-                                         BlobStore(settings.home / "cache" / "embeddings", store.key))
+        interactive = InteractiveService(store, models, images, annotations, store.embeddings)
         similar = SimilarCaseService(settings, store, models, images, analysis)
+        volumes = VolumeService(store, VolumeCache(settings.volume_cache_mb * 1024 * 1024), limits=settings.limits)
         return cls(settings=settings, store=store, models=models, images=images,
                    intake=ImageIntake(images, analysis), annotations=annotations, analysis=analysis,
                    interactive=interactive, similar=similar,
                    regions=RegionService(store, models, images, analysis, interactive, similar, annotations),
-                   sessions=SessionService(store, images, interactive), audit=AuditTrail(store.audit, settings))
+                   sessions=SessionService(store, images, interactive, settings.retention, volumes),
+                   volumes=volumes, audit=AuditTrail(store.audit, settings))
 
     def close(self) -> None:
         """Release the reference library, models and database connections."""

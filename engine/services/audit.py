@@ -63,6 +63,11 @@ ACTIONS: dict[str, Action] = {
     "delete_annotation": Action(AuditEvent.INSTANCES_ACCESSED, "D"),
     "accept_mask": Action(AuditEvent.INSTANCES_ACCESSED, "C"),
     "push_to_canvas": Action(AuditEvent.INSTANCES_ACCESSED, "U"),
+    "get_volume": Action(AuditEvent.INSTANCES_ACCESSED, "R", details=("series_uid",)),
+    "volume_slice": Action(AuditEvent.INSTANCES_ACCESSED, "R", mcp_only=True),  # each slice; get_volume opens
+    "volume_roi": _RUN,
+    "segment_volume": _RUN,
+    "list_series": _Q,
     "export_study": Action(AuditEvent.EXPORT, "R", details=("format", "include_identifiers", "include_images")),
     "get_visualization": Action(AuditEvent.EXPORT, "R"),
     "export_trace": Action(AuditEvent.EXPORT, "R", details=("run_id",)),
@@ -81,7 +86,7 @@ ACTIONS: dict[str, Action] = {
 NOT_AUDITED: dict[str, str] = {
     "close": "no patient data", "settings": "configuration", "store": "an object, not a call",
     "models": "an object", "agent": "an object", "canvas": "an object", "segmenter": "an object",
-    "library": "an object", "audit": "the audit log itself (its reads are recorded by the CLI)",
+    "library": "an object",
     "events_since": "ids and kinds only, polled by every front-end",
     "last_event_id": "an id", "claim_job": "queue bookkeeping", "finish_job": "queue bookkeeping",
     "requeue_stale_jobs": "queue bookkeeping", "switch_image": "focus only; the image opened is recorded",

@@ -21,6 +21,7 @@ from engine.files import (
 )
 from engine.imaging import DecodedImage, decode_image
 from engine.imaging.records import record_from_decoded
+from engine.imaging.volume.assemble import stored_slice_record
 from engine.store import Store
 from engine.vocabulary import IMAGE_TYPES
 
@@ -163,6 +164,8 @@ class ImageService:
         decoded_at = time.perf_counter()
         record = record_from_decoded(decoded, source_name=path.name, source_path=str(path.resolve()),
                                      image_type=image_type, quality=quality)
+        if decoded.format == "dicom" and decoded.frame_count == 1:  # a volume's slice is listed from this
+            record["metadata"]["volume_slice"] = stored_slice_record(data, path.name, self.limits)
         image = self.store.add_image(session_id, blob_data=data, record=record)
         self.store.add_interaction(session_id, "upload", {"image_id": image["id"], "source_name": path.name},
                                    image["id"])

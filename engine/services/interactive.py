@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 from typing import Any
@@ -15,6 +14,7 @@ from engine.inference.registry import ModelRegistry
 from engine.services.annotations import AnnotationService
 from engine.services.images import ImageService
 from engine.store import BlobStore, Store
+from engine.store.blobs import scoped_blob_id
 
 log = logging.getLogger(__name__)
 
@@ -82,16 +82,11 @@ class InteractiveService:
                                     notes=notes, source="user", layer="user_masks")
 
     def forget(self, image_ids: list[str]) -> None:
-        """Drop what is cached of deleted images (in memory and the encrypted embeddings)."""
-        try:
-            encoder = self.models.entry("sam_encoder")
-        except MedVisionError:
-            encoder = None  # no usable pack: no embeddings were cached with it either
+        """Drop what this process holds in memory of deleted images. Their encrypted embeddings
+        on disk are erased with the session (the store's erasure journal), under any encoder."""
         for image_id in image_ids:
             if self._segmenter is not None:
                 self._segmenter.clear(image_id)
-            if encoder is not None:
-                self.embedding_blobs.delete(_blob_id(f"{image_id}:{encoder.spec['sha256']}"))
 
     def cached_embedding(self, key: str) -> bytes | None:
         """A SAM image embedding persisted encrypted, so a restart does not re-encode."""
@@ -114,4 +109,6 @@ class InteractiveService:
 
 
 def _blob_id(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
+    """``image_id:encoder_sha256`` -> a blob id scoped to the image, so erasing the image finds it."""
+    image_id, _, encoder = key.rpartition(":")
+    return scoped_blob_id(image_id, encoder)

@@ -41,6 +41,18 @@ def derive_blob_key(store_key: bytes) -> bytes:
     )
 
 
+def scoped_blob_id(owner: str, key: str) -> str:
+    """A blob id that starts with its owner's mark (32 hex digits of SHA-256 of ``owner``),
+    so every blob of one owner (an image's cached embeddings) can be found and erased
+    without knowing the keys they were stored under."""
+    return owner_mark(owner) + hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def owner_mark(owner: str) -> str:
+    """The first 32 hex digits of every :func:`scoped_blob_id` of ``owner``."""
+    return hashlib.sha256(owner.encode()).hexdigest()[:32]
+
+
 def _aad(blob_id: str, index: int, final: bool) -> bytes:
     return blob_id.encode() + struct.pack(">I?", index, final)
 
@@ -260,6 +272,11 @@ class BlobStore:
     def delete(self, blob_id: str) -> None:
         """Remove a blob file if present."""
         self.path_for(blob_id).unlink(missing_ok=True)
+
+    def ids_of_owner(self, owner: str) -> list[str]:
+        """The committed blobs stored under a :func:`scoped_blob_id` of ``owner``."""
+        mark = owner_mark(owner)
+        return sorted(p.stem for p in (self.root / mark[:2]).glob(f"{mark}*.mvb"))
 
     def ids_on_disk(self) -> set[str]:
         """Every committed blob id found under the root (for orphan sweeps)."""

@@ -113,6 +113,8 @@ class Database:
             raise MedVisionError(ErrorCode.DATABASE_ERROR, f"cannot open the database: {reason}") from exc
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA foreign_keys = ON")
+        # Erasure is real inside the file too: deleted rows are overwritten, not left in free pages.
+        conn.execute("PRAGMA secure_delete = ON")
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if mode.lower() != "wal":
             log.warning("journal mode is %s, not WAL", mode)

@@ -4,80 +4,144 @@ from __future__ import annotations
 
 import hashlib
 
+from engine.config import SESSION_SOURCES
 from engine.errors import ErrorCode, MedVisionError
 from engine.events import EventKind
 from engine.store.blobs import BlobStore
 from engine.store.common import decode_row, dumps, loads, new_blob_id, new_id, now_iso
 from engine.store.database import Connection, Database
+from engine.store.erasure import ErasureJournal
 from engine.store.events import EventLog
 
 #: Tables whose rows :meth:`SessionRepository.count` counts per session.
 COUNTED_TABLES = frozenset({"images", "analyses", "annotations", "interactions"})
 
+#: SQL for a session ``s``'s last activity: its newest event (every change writes one), else its row's update.
+LAST_ACTIVE = ("max(s.updated_at, coalesce((SELECT e.created_at FROM events e WHERE e.session_id = s.id"
+               " ORDER BY e.id DESC LIMIT 1), s.updated_at))")
+
 
 class SessionRepository:
-    """The ``sessions`` table (and deleting a session with everything in it)."""
+    """The ``sessions`` table, their retention (pins, tombstones) and erasing a session with everything in it."""
 
-    def __init__(self, db: Database, blobs: BlobStore, events: EventLog) -> None:
+    def __init__(self, db: Database, blobs: BlobStore, events: EventLog, *, embeddings: BlobStore,
+                 journal: ErasureJournal) -> None:
         self.db, self.blobs, self.events = db, blobs, events
+        self.embeddings, self.journal = embeddings, journal
 
     def insert(self, tx: Connection, *, name: str | None, metadata: dict, study_instance_uid: str | None,
                stamp: str, source: str | None = None) -> str:
-        """Insert a session row and its ``session.created`` event inside ``tx``; returns the id."""
+        """Insert a session row and its ``session.created`` event inside ``tx``; returns the id.
+
+        ``source`` is where the session came from (``SESSION_SOURCES``; default ``file``)."""
         session_id = new_id()
+        origin = source or "file"
+        if origin not in SESSION_SOURCES:
+            raise MedVisionError(ErrorCode.INVALID_ARGUMENT, f"unknown session source {origin!r}",
+                                 allowed=list(SESSION_SOURCES))
         tx.execute(
-            "INSERT INTO sessions (id, name, study_instance_uid, metadata, created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (session_id, name, study_instance_uid, dumps(metadata), stamp, stamp),
+            "INSERT INTO sessions (id, name, study_instance_uid, metadata, created_at, updated_at, source)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (session_id, name, study_instance_uid, dumps(metadata), stamp, stamp, origin),
         )
         payload = {"session_id": session_id, **({"source": source} if source else {})}
         self.events.append(tx, session_id, EventKind.SESSION_CREATED, payload)
         return session_id
 
     def create(self, name: str | None = None, metadata: dict | None = None,
-               study_instance_uid: str | None = None) -> dict:
+               study_instance_uid: str | None = None, source: str = "file") -> dict:
         """Create a study session and announce it (``session.created``)."""
         with self.db.transaction() as tx:
             session_id = self.insert(tx, name=name, metadata=metadata or {}, study_instance_uid=study_instance_uid,
-                                     stamp=now_iso())
+                                     stamp=now_iso(), source=source)
         return self.get(session_id)
 
     def get(self, session_id: str) -> dict:
-        """One session row; ``SESSION_NOT_FOUND`` if there is none."""
+        """One session row; ``SESSION_EXPIRED`` if it was purged, else ``SESSION_NOT_FOUND`` if there is none."""
         rows = self.db.query("SELECT * FROM sessions WHERE id = ?", (session_id,))
         if not rows:
-            raise MedVisionError(
-                ErrorCode.SESSION_NOT_FOUND, f"no session with id {session_id!r}", session_id=session_id
-            )
+            raise self._missing(session_id)
         return decode_row(rows[0])
 
+    def _missing(self, session_id: str) -> MedVisionError:
+        tombstone = self.db.query("SELECT source, expired_at FROM session_tombstones WHERE session_id = ?",
+                                  (session_id,))
+        if tombstone:
+            return MedVisionError(ErrorCode.SESSION_EXPIRED,
+                                  f"session {session_id!r} expired and was erased by the retention policy",
+                                  session_id=session_id, **tombstone[0])
+        return MedVisionError(ErrorCode.SESSION_NOT_FOUND, f"no session with id {session_id!r}",
+                              session_id=session_id)
+
     def recent(self, limit: int = 100) -> list[dict]:
-        """Sessions, newest first, with their image counts."""
+        """Sessions, newest first, with their image counts and last activity."""
         rows = self.db.query(
-            "SELECT s.*, (SELECT count(*) FROM images i WHERE i.session_id = s.id) AS image_count"
-            " FROM sessions s ORDER BY s.created_at DESC, s.rowid DESC LIMIT ?",
+            f"SELECT s.*, (SELECT count(*) FROM images i WHERE i.session_id = s.id) AS image_count,"
+            f" {LAST_ACTIVE} AS last_active_at FROM sessions s ORDER BY s.created_at DESC, s.rowid DESC LIMIT ?",
             (limit,),
         )
         return [decode_row(r) for r in rows]
 
-    def delete(self, session_id: str) -> dict:
-        """Delete a session and everything in it; blob files no other image uses are removed."""
-        self.get(session_id)
+    def set_pinned(self, session_id: str, pinned: bool) -> dict:
+        """Pin (keep past the retention policy) or unpin a session (``session.pinned``)."""
         with self.db.transaction() as tx:
+            if tx.execute("UPDATE sessions SET pinned = ? WHERE id = ?", (int(pinned), session_id)).rowcount == 0:
+                raise self._missing(session_id)
+            self.events.append(tx, session_id, EventKind.SESSION_PINNED,
+                               {"session_id": session_id, "pinned": bool(pinned)})
+        return self.get(session_id)
+
+    def expired(self, cutoffs: dict[str, str]) -> list[dict]:
+        """Unpinned sessions whose last activity is older than their source's cutoff
+        (``{source: ISO time}``; a source not named is kept), oldest first."""
+        if not cutoffs:
+            return []
+        rows = self.db.query(f"SELECT s.id, s.source, {LAST_ACTIVE} AS last_active_at FROM sessions s"
+                             " WHERE s.pinned = 0 ORDER BY last_active_at")
+        return [r for r in rows if r["source"] in cutoffs and r["last_active_at"] < cutoffs[r["source"]]]
+
+    def delete(self, session_id: str, *, expired_before: str | None = None) -> dict | None:
+        """Erase a session with everything in it, its files through the erasure journal.
+
+        One transaction deletes the session's rows (cascades, plus its jobs and events),
+        the blob rows no other image uses, its kept exports' blobs, and writes the journal
+        row naming those files and the image embeddings cached for it; the files go after
+        the commit (:class:`~engine.store.erasure.ErasureJournal`). With ``expired_before``
+        (a purge) the session is erased only if it is still unpinned and inactive since
+        then, checked inside the transaction, and leaves a tombstone; otherwise ``None``.
+        """
+        stamp = now_iso()
+        with self.db.transaction() as tx:
+            row = tx.execute(f"SELECT s.source, s.pinned, {LAST_ACTIVE} FROM sessions s WHERE s.id = ?",
+                             (session_id,)).fetchone()
+            if row is None:
+                raise self._missing(session_id)
+            source, pinned, last_active = row
+            if expired_before is not None and (pinned or last_active >= expired_before):
+                return None
             image_ids = [r[0] for r in tx.execute("SELECT id FROM images WHERE session_id = ?", (session_id,))]
             blob_ids = [r[0] for r in tx.execute(
                 "SELECT DISTINCT blob_id FROM images WHERE session_id = ? AND blob_id IS NOT NULL", (session_id,))]
             export_blobs = [f["blob_id"] for r in tx.execute("SELECT files FROM exports WHERE session_id = ?",
                                                              (session_id,)) for f in loads(r[0])]
+            tx.execute("DELETE FROM jobs WHERE session_id = ?", (session_id,))
+            tx.execute("DELETE FROM events WHERE session_id = ?", (session_id,))
             tx.execute("DELETE FROM sessions WHERE id = ?", (session_id,))  # cascades to its rows
             orphans = [b for b in blob_ids
                        if tx.execute("SELECT 1 FROM images WHERE blob_id = ? LIMIT 1", (b,)).fetchone() is None]
             orphans += export_blobs
             tx.executemany("DELETE FROM blobs WHERE id = ?", [(b,) for b in orphans])
-            self.events.append(tx, session_id, EventKind.SESSION_DELETED, {"session_id": session_id})
-        for blob_id in orphans:  # after the commit: a crash here leaves a file no row points to
-            self.blobs.delete(blob_id)
-        return {"image_ids": image_ids, "blob_ids": orphans}
+            files = [self.blobs.path_for(b) for b in orphans]
+            files += [self.embeddings.path_for(b) for image_id in image_ids
+                      for b in self.embeddings.ids_of_owner(image_id)]
+            if expired_before is not None:
+                tx.execute("INSERT OR REPLACE INTO session_tombstones (session_id, source, expired_at)"
+                           " VALUES (?, ?, ?)", (session_id, source, stamp))
+            journal_id = self.journal.record(tx, session_id, files)
+            self.events.append(tx, session_id, EventKind.SESSION_DELETED,
+                               {"session_id": session_id, "reason": "expired" if expired_before else "deleted"})
+        self.journal.finish(journal_id)
+        return {"image_ids": image_ids, "blob_ids": orphans, "files": len(files), "source": source}
 
     def add_interaction(self, session_id: str, kind: str, data: dict, image_id: str | None = None) -> str:
         """Record a user/agent interaction (upload, region_select, annotation, query, export)."""

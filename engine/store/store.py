@@ -21,6 +21,7 @@ from engine.store.canvas import CanvasRepository
 from engine.store.common import new_id, now_iso
 from engine.store.database import Database
 from engine.store.dicom import DicomRepository
+from engine.store.erasure import ErasureJournal
 from engine.store.events import EventLog
 from engine.store.exports import ExportRepository
 from engine.store.inputs import AGENT_INPUT_TYPES, InputRequestRepository
@@ -28,10 +29,12 @@ from engine.store.jobs import JobRepository
 from engine.store.keys import resolve_key
 from engine.store.sessions import ImageRepository, SessionRepository
 
-__all__ = ["BLOB_DIR", "DATABASE_NAME", "Store", "new_id", "now_iso"]
+__all__ = ["BLOB_DIR", "DATABASE_NAME", "EMBEDDING_DIR", "Store", "new_id", "now_iso"]
 
 DATABASE_NAME = "medvision.db"
 BLOB_DIR = "blobs"
+#: Cached SAM image embeddings (derived from images, so erased with them).
+EMBEDDING_DIR = "cache/embeddings"
 
 
 class Store:
@@ -46,8 +49,11 @@ class Store:
         self._key = key
         self.db = Database(home / DATABASE_NAME, key)
         self.blobs = BlobStore(home / BLOB_DIR, key)
+        self.embeddings = BlobStore(home / EMBEDDING_DIR, key)
         self.events = EventLog(self.db)
-        self.sessions = SessionRepository(self.db, self.blobs, self.events)
+        self.erasures = ErasureJournal(self.db, home)
+        self.sessions = SessionRepository(self.db, self.blobs, self.events, embeddings=self.embeddings,
+                                          journal=self.erasures)
         self.images = ImageRepository(self.db, self.blobs, self.events, self.sessions)
         self.analyses = AnalysisRepository(self.db, self.events)
         self.masks = MaskRepository(self.db, self.events)
@@ -59,6 +65,20 @@ class Store:
         self.inputs = InputRequestRepository(self.db, self.events, self.sessions)
         self.canvas = CanvasRepository(self.db, self.events)
         self.audit = AuditLog(home / AUDIT_DATABASE_NAME, key, main_db=self.db)  # opened on first use
+        # A process killed mid-erasure left files no row points to: erase them now.
+        self.erasures.replay()
+        self._drop_unscoped_embeddings()
+
+    def _drop_unscoped_embeddings(self) -> None:
+        """Once per data directory: empty the embedding cache written before embeddings were
+        named after their image (erasure could not find those). A cache: they are recomputed."""
+        marker = self.embeddings.root / ".scoped"
+        if marker.exists():
+            return
+        for path in self.embeddings.root.glob("*/*.mvb"):
+            path.unlink(missing_ok=True)
+        self.embeddings.root.mkdir(parents=True, exist_ok=True)
+        marker.touch()
 
     @classmethod
     def open(cls, home: Path, *, use_keyring: bool = True, key: bytes | None = None) -> Store:
@@ -98,9 +118,9 @@ class Store:
 
     # -- sessions, interactions ------------------------------------------------------------
     def create_session(self, name: str | None = None, metadata: dict | None = None,
-                       study_instance_uid: str | None = None) -> dict:
+                       study_instance_uid: str | None = None, source: str = "file") -> dict:
         """See :meth:`SessionRepository.create`."""
-        return self.sessions.create(name, metadata, study_instance_uid)
+        return self.sessions.create(name, metadata, study_instance_uid, source)
 
     def get_session(self, session_id: str) -> dict:
         """See :meth:`SessionRepository.get`."""
@@ -110,9 +130,21 @@ class Store:
         """See :meth:`SessionRepository.recent`."""
         return self.sessions.recent(limit)
 
-    def delete_session(self, session_id: str) -> dict:
+    def delete_session(self, session_id: str, *, expired_before: str | None = None) -> dict | None:
         """See :meth:`SessionRepository.delete`."""
-        return self.sessions.delete(session_id)
+        return self.sessions.delete(session_id, expired_before=expired_before)
+
+    def finish_erasures(self) -> int:
+        """See :meth:`ErasureJournal.replay`."""
+        return self.erasures.replay()
+
+    def set_session_pinned(self, session_id: str, pinned: bool) -> dict:
+        """See :meth:`SessionRepository.set_pinned`."""
+        return self.sessions.set_pinned(session_id, pinned)
+
+    def expired_sessions(self, cutoffs: dict[str, str]) -> list[dict]:
+        """See :meth:`SessionRepository.expired`."""
+        return self.sessions.expired(cutoffs)
 
     def count(self, table: str, session_id: str) -> int:
         """See :meth:`SessionRepository.count`."""

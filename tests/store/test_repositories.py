@@ -97,13 +97,18 @@ def test_every_event_the_store_writes_is_catalogued(store: Store, image: dict) -
     store.answer_input_request(request["id"], True)
     store.create_input_request(session_id, "confirm", "again?", run_id="r1")
     store.cancel_input_requests("r1")
-    store.delete_session(session_id)
+    store.set_session_pinned(session_id, True)
     kinds = [e["kind"] for e in store.events_since(0, limit=1000)]
+    store.delete_session(session_id)
+    # Erasure removes the session's events too, leaving only its session.deleted.
+    after = [e["kind"] for e in store.events_since(0, session_id=session_id, limit=1000)]
+    assert after == ["session.deleted"]
+    kinds += after
     assert all(kind in set(EventKind) for kind in kinds)
     assert {"session.created", "image.added", "annotation.created", "annotation.updated", "annotation.deleted",
             "analysis.created", "masks.created", "job.queued", "job.running",
-            "session.current_image", "export.created", "agent.run_created", "agent.run_updated", "agent.trace",
-            "agent.turn", "agent.input_requested", "agent.input_answered", "agent.input_cancelled",
+            "session.current_image", "session.pinned", "export.created", "agent.run_created", "agent.run_updated",
+            "agent.trace", "agent.turn", "agent.input_requested", "agent.input_answered", "agent.input_cancelled",
             "session.deleted"} <= set(kinds)
 
 

@@ -32,7 +32,7 @@ def test_a_nifti_file(shared_ct_dir: Path, capsys: pytest.CaptureFixture) -> Non
     assert "122 x 101 x 30 voxels" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize(("source", "code"), [("0123456789ab", "INVALID_ARGUMENT"), ("no-such-file", "FILE_NOT_FOUND")])
+@pytest.mark.parametrize(("source", "code"), [("0123456789ab", "SESSION_NOT_FOUND"), ("no-such-file", "FILE_NOT_FOUND")])
 def test_bad_sources(source: str, code: str, capsys: pytest.CaptureFixture) -> None:
     assert main(["volume", source]) == 2
     assert capsys.readouterr().err.startswith(f"{code}: ")

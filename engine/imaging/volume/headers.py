@@ -9,9 +9,8 @@ else from the shared ones, else from the top level.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
@@ -21,6 +20,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from engine.imaging.decode import first_number, frame_value
 from engine.imaging.volume.geometry import orientation_matrix
+from engine.imaging.volume.sources import SliceSource
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class SliceHeader:
     DICOM references frames).
     """
 
-    path: Path
+    source: SliceSource
     frame: int | None
     sop_instance_uid: str
     sop_class_uid: str
@@ -165,13 +165,13 @@ def _native(ds: Dataset, pixel_offset: int | None) -> NativePixels | None:
     return NativePixels(pixel_offset, explicit, dtype, stored, 1.0 if slope is None else slope, intercept or 0.0)
 
 
-def slice_headers(ds: Dataset, path: Path, pixel_offset: int | None = None) -> list[SliceHeader]:
+def slice_headers(ds: Dataset, source: SliceSource, pixel_offset: int | None = None) -> list[SliceHeader]:
     """The slice records of one dataset read up to its pixel data (one per frame); ``pixel_offset`` is
-    where its Pixel Data element starts in the file, if known."""
+    where its Pixel Data element starts in the source's bytes, if known."""
     frames = max(_int(_value(ds, "NumberOfFrames")) or 1, 1)
     multi = frames > 1 or "PerFrameFunctionalGroupsSequence" in ds
     common = {
-        "path": path, "sop_instance_uid": _text(ds, "SOPInstanceUID"), "sop_class_uid": _text(ds, "SOPClassUID"),
+        "source": source, "sop_instance_uid": _text(ds, "SOPInstanceUID"), "sop_class_uid": _text(ds, "SOPClassUID"),
         "series_uid": _text(ds, "SeriesInstanceUID"), "modality": _text(ds, "Modality"),
         "image_type": _words(_value(ds, "ImageType")),
         "rows": _int(ds.get("Rows")) or 0, "columns": _int(ds.get("Columns")) or 0,
@@ -210,3 +210,33 @@ def slice_headers(ds: Dataset, path: Path, pixel_offset: int | None = None) -> l
 def has_geometry(header: SliceHeader) -> bool:
     """Whether the slice says where it is: a position and a valid orientation."""
     return header.position is not None and orientation_matrix(header.orientation) is not None
+
+
+#: Version of :func:`header_record`'s form; records of another version are read again from the object.
+HEADER_RECORD_VERSION = 1
+_TUPLE_FIELDS = ("image_type", "orientation", "position", "pixel_spacing")
+
+
+def header_record(header: SliceHeader) -> dict[str, Any]:
+    """A slice record as JSON (everything but its source), kept with a stored image so a series can be
+    listed and planned without decrypting or parsing its objects again."""
+    record = {f.name: getattr(header, f.name) for f in fields(header) if f.name not in ("source", "native")}
+    record["native"] = asdict(header.native) if header.native is not None else None
+    return {"version": HEADER_RECORD_VERSION, **record}
+
+
+def header_from_record(record: Any, source: SliceSource) -> SliceHeader | None:
+    """The slice record :func:`header_record` made, for ``source``; None when it is not one (another
+    version, a damaged row): the caller reads the object instead."""
+    if not isinstance(record, dict) or record.get("version") != HEADER_RECORD_VERSION:
+        return None
+    try:
+        values = {k: v for k, v in record.items() if k != "version"}
+        for name in _TUPLE_FIELDS:
+            if values.get(name) is not None:
+                values[name] = tuple(values[name])
+        if values.get("native") is not None:
+            values["native"] = NativePixels(**values["native"])
+        return SliceHeader(source=source, **values)
+    except (TypeError, ValueError):
+        return None

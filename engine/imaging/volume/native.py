@@ -2,8 +2,8 @@
 
 The header pass (:mod:`engine.imaging.volume.assemble`) has already read everything up to
 Pixel Data, checked it against the limits and noted where Pixel Data starts
-(:class:`~engine.imaging.volume.headers.NativePixels`). Here the file is read (a regular
-file, within the size cap), the element at that offset checked to be Pixel Data of
+(:class:`~engine.imaging.volume.headers.NativePixels`). Here the source's bytes (a regular
+file within the size cap, or a stored image decrypted in memory) are taken, the element at that offset checked to be Pixel Data of
 the expected length, and its values rescaled in float32 straight into the volume's
 slice, as :func:`engine.imaging.decode.modality_values` would. Anything unexpected
 (another tag there, undefined length, bits set above BitsStored) returns False and the
@@ -15,21 +15,20 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.config import DEFAULT_MAX_IMAGE_FILE_BYTES
-from engine.files import read_regular_file
 from engine.imaging.volume.headers import SliceHeader
 
 PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010), little endian
 UNDEFINED_LENGTH = 0xFFFFFFFF
 
 
-def read_native_slice(header: SliceHeader, out: np.ndarray) -> bool:
-    """Rescaled values of ``header``'s slice into ``out`` (rows, columns float32); False when this
-    file is not what the header promised (the caller then decodes it with pydicom)."""
+def read_native_slice(header: SliceHeader, content: bytes, out: np.ndarray) -> bool:
+    """Rescaled values of ``header``'s slice, read from its source's ``content``, into ``out`` (rows,
+    columns float32); False when the content is not what the header promised (the caller then decodes
+    it with pydicom)."""
     recipe = header.native
     if recipe is None:
         return False
-    data = memoryview(read_regular_file(header.path, DEFAULT_MAX_IMAGE_FILE_BYTES))
+    data = memoryview(content)
     at = recipe.offset
     element = bytes(data[at:at + 12])
     if element[:4] != PIXEL_DATA_TAG:

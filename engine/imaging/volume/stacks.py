@@ -195,7 +195,7 @@ def _frame_order_stacks(headers: list[SliceHeader]) -> list[list[SliceHeader]]:
 
 def _not_a_volume(headers: list[SliceHeader], reason: str) -> MedVisionError:
     first = headers[0]
-    name = first.path.name
+    name = first.source.name
     return MedVisionError(ErrorCode.NOT_A_VOLUME, f"'{name}' cannot be assembled into a volume: {reason}.",
                           file=name, modality=first.modality, sop_class_name=first.sop_class_name,
                           slices=len(headers))

@@ -1,0 +1,51 @@
+"""A plane of a stored volume series as a picture: axial slices with the slice's layers, coronal and
+sagittal planes resliced from the cached volume (grayscale, drawn at their true aspect)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image
+
+from engine.errors import ErrorCode, MedVisionError
+from engine.imaging.decode import window_to_uint8
+
+if TYPE_CHECKING:
+    from engine.services import Services
+
+#: CT soft-tissue window (center, width) in HU; other modalities use the plane's 1st..99th percentile.
+CT_WINDOW = (40.0, 400.0)
+
+
+def axial_image_id(services: Services, session_id: str, index: int, series_uid: str | None) -> str:
+    """The stored image that is slice ``index`` of the series' main stack (its layers are that image's)."""
+    _, info = services.volumes.plane_image(session_id, "axial", index, series_uid)
+    if info.get("image_id"):
+        return str(info["image_id"])
+    marks = services.volumes.image_stacks(session_id)
+    for image_id, mark in marks.items():
+        if mark["stack"] == info["stack"] and mark["z"] == index:
+            return image_id
+    raise MedVisionError(ErrorCode.IMAGE_NOT_FOUND, f"slice {index} is part of a multi-frame object; "
+                         "view it by its image", z=index)
+
+
+def plane_picture(services: Services, session_id: str, plane: str, index: int, series_uid: str | None,
+                  max_side: int | None) -> tuple[Image.Image, dict[str, Any]]:
+    """A coronal or sagittal (or axial) plane, windowed to 8 bits and scaled to its spacing."""
+    values, info = services.volumes.plane_image(session_id, plane, index, series_uid)
+    if info.get("modality") == "CT":
+        center, width = CT_WINDOW
+    else:
+        low, high = (float(v) for v in np.percentile(values, (1, 99)))
+        center, width = (low + high) / 2, max(high - low, 1.0)
+    picture = Image.fromarray(window_to_uint8(np.ascontiguousarray(values), center, width)).convert("RGB")
+    row_mm, column_mm = (float(v) for v in info["pixel_spacing_mm"])
+    step = min(row_mm, column_mm)
+    height, width_px = values.shape[0] * row_mm / step, values.shape[1] * column_mm / step
+    scale = min(1.0, (max_side or max(height, width_px)) / max(height, width_px))
+    size = (max(1, round(width_px * scale)), max(1, round(height * scale)))
+    if size != picture.size:
+        picture = picture.resize(size, Image.Resampling.BILINEAR)
+    return picture, info | {"window": {"center": center, "width": width}}

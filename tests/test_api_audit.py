@@ -75,3 +75,20 @@ def test_an_mcp_client_is_named_and_its_queries_are_recorded(home: Path, model_p
         ("create_study_session", "Patient Record", "mcp"), ("get_session_status", "Query", "mcp"),
         ("get_annotations", "Query", "mcp")]
     assert all(r["client"] and r["client"].startswith("mcp") for r in records)  # the SDK client's clientInfo
+
+
+def test_a_purge_leaves_one_record_per_erased_session_and_the_trail_verifies(home: Path, model_pack: Path) -> None:
+    from tests.erasure import age
+
+    with Engine(home=home, model_pack=model_pack, front_end="node") as engine:
+        expired = engine.create_study_session("agent study", source="mcp")["session_id"]
+        engine.add_image_to_session(expired, get_testdata_file("CT_small.dcm"), auto_analyze=False)
+        kept = engine.create_study_session("fresh", source="mcp")["session_id"]
+        age(engine.store, expired, days=2)
+        assert engine.purge_expired_sessions(dry_run=True)["sessions"]  # a dry run erases nothing: no record
+        assert [s["session_id"] for s in engine.purge_expired_sessions()["sessions"]] == [expired]
+        purged = [r for r in engine.audit.log.records() if r["operation"] == "purge_expired_sessions"]
+        assert engine.audit.log.verify().ok
+    assert [(r["session_id"], r["action"], r["action_code"], r["front_end"], r["study_uid"]) for r in purged] == [
+        (expired, "DICOM Study Deleted", "D", "node", None)]  # the study UID: not known before the purge
+    assert kept != expired

@@ -154,8 +154,8 @@ class AuditTrail:
             self.record(action.event, action.code, name, outcome=outcome, outcome_detail=detail,
                         session_id=session_id, image_id=image_id, **details)
             raise
-        if action.sessions_in and isinstance(result, dict) and not result.get("dry_run"):
-            for item in result.get(action.sessions_in) or ():
+        if action.sessions_in and isinstance(result, dict):  # one record per session (none for a dry run)
+            for item in () if result.get("dry_run") else result.get(action.sessions_in) or ():
                 self.record(action.event, action.code, name, session_id=_session_of(item))
             return result
         session_id, image_id = _ids(arguments, result)

@@ -6,13 +6,15 @@ one-line delegations. Every public facade method is either in :data:`ACTIONS` or
 :data:`NOT_AUDITED` with the reason (a test keeps it so). Reads that are only queries
 (statuses, lists, summaries) are recorded when an MCP client asks: the desktop repeats
 them on every refresh, and what it shows a person is recorded when the image is opened
-(``decoded_image``).
+(``decoded_image``). A call that succeeded but whose record cannot be written ends with
+``DATABASE_ERROR`` (no access goes unrecorded silently); a failed call keeps its own error.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +29,8 @@ from engine.store.audit.codes import (
     SERIOUS_FAILURE,
     SUCCESS,
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -151,8 +155,11 @@ class AuditTrail:
             result = run()
         except BaseException as exc:
             outcome, detail = outcome_of(exc)
-            self.record(action.event, action.code, name, outcome=outcome, outcome_detail=detail,
-                        session_id=session_id, image_id=image_id, **details)
+            try:
+                self.record(action.event, action.code, name, outcome=outcome, outcome_detail=detail,
+                            session_id=session_id, image_id=image_id, **details)
+            except Exception:  # noqa: BLE001 - the call's own error is the one to report (a full disk: both)
+                log.exception("the audit record of a failed %s could not be written", name)
             raise
         if action.sessions_in and isinstance(result, dict):  # one record per session (none for a dry run)
             for item in () if result.get("dry_run") else result.get(action.sessions_in) or ():

@@ -178,6 +178,7 @@ class MainWindow(QMainWindow):
         for preset in PRESETS:
             self._action(analysis_menu, f"Run {preset.replace('_', ' ')}", lambda _=False, p=preset: self.run_preset(p))
         self._action(analysis_menu, "Similar cases (RAG)", self.run_rag)
+        self._action(analysis_menu, "Compare with prior", self.compare_with_prior)
         self._action(analysis_menu, "Run the medical agent", lambda: self.run_agent("Analyse this image"), "Ctrl+R")
         node_menu = menu.addMenu("&DICOM node")
         self._action(node_menu, "Start", self.start_dicom_node)
@@ -358,6 +359,31 @@ class MainWindow(QMainWindow):
                               + (", ".join(positive) if positive else "no finding above threshold")
                               + (f"\n{result['banner']}" if result.get("banner") else ""))
         self.worklist.refresh()
+
+    def compare_with_prior(self) -> Op | None:
+        """The most recent relevant prior in the store beside the current image (none: a message)."""
+        if self.session_id is None:
+            return None
+        engine, session_id, image_id = self.engine, self.session_id, self.canvas.image_id
+
+        def work() -> tuple[dict, dict] | None:
+            priors = engine.list_priors(session_id)["priors"]
+            if not priors:
+                return None
+            prior = priors[0]["session_id"]
+            result = engine.compare_with_prior(session_id, prior, image_id=image_id, register=False)
+            return engine.compare_images(session_id, prior, image_id=image_id), result
+
+        return Op(self, work).progress("Compare with prior").success(self._show_comparison).run()
+
+    def _show_comparison(self, found: tuple[dict, dict] | None) -> None:
+        from desktop.panels.compare import CompareDialog
+
+        if found is None:
+            self.statusBar().showMessage("no earlier study of this patient (same ID and issuer) in the store", 5000)
+            return
+        self.compare_dialog = CompareDialog(self, *found)
+        self.compare_dialog.show()
 
     def run_rag(self) -> Op | None:
         if self.session_id is None:

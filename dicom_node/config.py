@@ -69,6 +69,11 @@ OUTBOX_BACKOFF_S = 5.0
 #:   class, Cxxx an unreadable one), and a Warning (B000, B006, B007) would tell the peer
 #:   the instance was stored, which it was not.
 DUPLICATE_POLICY = KEEP_FIRST
+#: Seconds an acknowledged instance may wait for its database rows: they are written
+#: many at a time (group commit), at the latest when its association is released. Its
+#: blob, durable before the acknowledgement, is the record meanwhile (a crash loses
+#: nothing: it is indexed when the store is next opened).
+INDEX_INTERVAL_S = 0.2
 
 _AE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # no backslash, no control characters
 
@@ -103,6 +108,7 @@ class NodeConfig:
     job_max_attempts: int = JOB_MAX_ATTEMPTS
     analyze: bool = True
     duplicate_policy: str = DUPLICATE_POLICY
+    index_interval_s: float = INDEX_INTERVAL_S
     destination: Destination | None = None
     outbox_max_attempts: int = OUTBOX_MAX_ATTEMPTS
     outbox_backoff_s: float = OUTBOX_BACKOFF_S
@@ -120,6 +126,8 @@ class NodeConfig:
             _bad("port", "must be 0..65535")
         if self.max_associations < 1 or self.workers < 1:
             _bad("max_associations/workers", "must be at least 1")
+        if not self.index_interval_s >= 0:
+            _bad("index_interval_s", "must be 0 or more seconds")
         if self.duplicate_policy not in DUPLICATE_POLICIES:
             _bad("duplicate_policy", f"must be one of {', '.join(DUPLICATE_POLICIES)}")
         if (self.tls_certificate is None) != (self.tls_key is None):
@@ -158,6 +166,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--no-analyze", dest="analyze", action="store_false", default=None)
     add("--duplicate-policy", choices=DUPLICATE_POLICIES,
         help="a resend of a stored instance with other content: keep_first (default), keep_newest, refuse")
+    add("--index-interval", dest="index_interval_s", type=float,
+        help="seconds an acknowledged instance may wait for its database rows (default 0.2)")
     add("--destination", help="send results to AE@host:port")
 
 

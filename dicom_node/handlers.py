@@ -29,6 +29,7 @@ from typing import Any
 from pydicom.pixels import get_decoder
 from pydicom.uid import AllTransferSyntaxes
 from pynetdicom import evt, register_uid, sop_class
+from pynetdicom.pdu_primitives import A_RELEASE
 from pynetdicom.presentation import build_context
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import _STORAGE_CLASSES, Verification
@@ -59,6 +60,8 @@ _STORAGE_UIDS = frozenset(_STORAGE_CLASSES.values())
 #: so 0.5 ms cuts ~0.5 ms per instance (benchmarks/bench_dicom_node.py), for ~2 points
 #: more of one core per idle open association (7.5% instead of 5.2%).
 DUL_POLL_S = 0.0005
+#: Longest wait of an A-RELEASE-RP for the rows of the instances acknowledged before it.
+RELEASE_FLUSH_TIMEOUT_S = 30.0
 
 
 #: Private/unknown storage classes registered with pynetdicom so far (bounded: a peer
@@ -101,7 +104,8 @@ class Handlers:
         return [(evt.EVT_REQUESTED, self.on_requested), (evt.EVT_ACCEPTED, self.on_accepted),
                 (evt.EVT_REJECTED, self.on_rejected), (evt.EVT_C_ECHO, self.on_echo),
                 (evt.EVT_C_STORE, self.on_store), (evt.EVT_RELEASED, self.on_released),
-                (evt.EVT_ABORTED, self.on_aborted), (evt.EVT_CONN_CLOSE, self.on_closed)]
+                (evt.EVT_ABORTED, self.on_aborted), (evt.EVT_CONN_CLOSE, self.on_closed),
+                (evt.EVT_ACSE_RECV, self.on_acse_received)]
 
     def _live_slots(self) -> set[Any]:
         """The slots held, less those of threads that ended on a path firing no end event."""
@@ -186,6 +190,19 @@ class Handlers:
         self._free_slot(event.assoc)
         self._record_rejection(event.assoc, "refused in negotiation")
 
+    def on_acse_received(self, event: Any) -> None:
+        """An A-RELEASE-RQ arrived (pynetdicom answers it right after this returns): write
+        the rows of every instance acknowledged so far first, so a peer that has released
+        finds all it sent in the store (they were durable already, as their blobs)."""
+        primitive = event.primitive
+        if isinstance(primitive, A_RELEASE) and primitive.result is None and self._ids.get(event.assoc):
+            try:
+                if not self.ingestor.flush(RELEASE_FLUSH_TIMEOUT_S):
+                    log.warning("rows of association %s not written within %.0f s of its release",
+                                self._ids.get(event.assoc), RELEASE_FLUSH_TIMEOUT_S)
+            except Exception:  # noqa: BLE001 - a failing handler must not take the node down
+                log.exception("writing rows before a release failed")
+
     def on_released(self, event: Any) -> None:
         self._ended(event, "released")
 
@@ -224,7 +241,7 @@ class Handlers:
         return 0x0000
 
     def on_store(self, event: Any) -> int:
-        """Store the instance durably, then answer; see :mod:`dicom_node.ingest`."""
+        """Store the instance durably, then answer (its rows follow); see :mod:`dicom_node.ingest`."""
         association_id = self._ids.get(event.assoc)
         try:
             request = event.request

@@ -1,6 +1,6 @@
 """Durable, idempotent storage of one received instance; the C-STORE status it earns.
 
-Order of a store (nothing is acknowledged before it is durable):
+Order of a store (nothing is acknowledged before it is durable; one fsync in the round trip):
 
 1. the dataset arrived, sealed as it came, in a new encrypted blob's temp file
    (random id; :mod:`dicom_node.spool`);
@@ -13,33 +13,41 @@ Order of a store (nothing is acknowledged before it is durable):
    (the temp file is deleted). A Deflated dataset is inflated in bounded steps, its
    large values dropped as they pass, never whole in memory. UIDs are checked against
    the UID grammar and never used in paths;
-3. the blob is committed: last chunk sealed, fsync, rename, fsync of the directory
-   (for an instance of <= 1 MiB on a helper thread while step 2 runs, so the fsync
-   costs no extra time; a refused one is then deleted);
-4. one database transaction: study session (created or reused; an instance without a
-   usable Study Instance UID, which real files have, goes to its association's session), blob + image rows,
-   receipt, analysis job, events (:meth:`engine.store.Store.dicom_add_instance`);
-5. only then 0x0000.
+3. the blob is committed with its *index record* sealed in it (the images row, the
+   study session's name, the association, the arrival rule's job, the duplicate
+   policy, the time: :func:`engine.store.dicom.instance_index`): record sealed, fsync,
+   rename, fsync of the directory. The blob is now the durable record. For an instance
+   of <= 1 MiB the last chunk is sealed and its writeback started on a helper thread
+   while step 2 runs, so the header check and the disk overlap;
+4. 0x0000;
+5. its rows (study session created or reused, blob + image rows, receipt, analysis
+   job, events) are written after, many instances per transaction
+   (:mod:`dicom_node.indexer`), at the latest when the association is released; a
+   crash before that leaves the blob, indexed when the store is next opened.
 
 Duplicate policy (same SOP Instance UID already stored): an identical resend is
-answered 0x0000 and its blob deleted (the instance is safely held, so a resend after a
-lost response is not an error). One whose content differs is recorded as a
-``dicom.duplicate`` event and logged (ids only), then settled by the node's
-``duplicate_policy``: ``keep_first`` (default: dropped, 0x0000), ``keep_newest`` (stored
-as a new image superseding the held one, which stays; 0x0000) or ``refuse`` (dropped,
-0x0111 Duplicate SOP Instance); see :mod:`dicom_node.config`.
+answered 0x0000 and its blob deleted when its rows are written (the instance is safely
+held, so a resend after a lost response is not an error). One whose content differs is
+recorded as a ``dicom.duplicate`` event and logged (ids only), then settled by the
+node's ``duplicate_policy``: ``keep_first`` (default: dropped, 0x0000), ``keep_newest``
+(stored as a new image superseding the held one, which stays; 0x0000) or ``refuse``
+(dropped, 0x0111 Duplicate SOP Instance); see :mod:`dicom_node.config`. Only ``refuse``
+changes the answer, so only then is the held copy looked up before answering: in the
+store and among the instances acknowledged but not yet written (:class:`Held`).
 
-Disk full -> 0xA700 and any other failure -> 0xA701, with no blob left behind (a blob
-committed before a failed transaction is deleted) and nothing in the database. Logs
-carry ids and exception types, never values.
+Disk full -> 0xA700 and any other failure before the acknowledgement -> 0xA701, with
+no blob left behind and nothing in the database. Logs carry ids and exception types,
+never values.
 """
 
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import re
 import struct
+import threading
 import time
 import traceback
 import zlib
@@ -53,12 +61,15 @@ import pydicom
 from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
 
+from dicom_node.config import INDEX_INTERVAL_S
+from dicom_node.indexer import IndexWriter
 from engine.config import DecodeLimits
 from engine.errors import ErrorCode, MedVisionError
 from engine.imaging.limits import image_too_large, read_dicom
 from engine.imaging.records import has_auto_analysis, record_from_header
 from engine.store import Store
-from engine.store.dicom import KEEP_FIRST
+from engine.store.common import now_iso
+from engine.store.dicom import KEEP_FIRST, REFUSE, instance_index
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +82,8 @@ CANNOT_UNDERSTAND = 0xC210
 #: "Duplicate SOP Instance", a Failure (see :data:`dicom_node.config.DUPLICATE_POLICY`).
 DUPLICATE_REFUSED = 0x0111
 ANALYZE_JOB = "dicom_node.analyze"
-#: Blob commits (fsync) in flight at once, one per association storing right now.
-COMMIT_THREADS = 8
+#: Blob tails sealed at once (one per association storing right now).
+SEAL_THREADS = 8
 #: Blob temp files untouched this long belong to a dead writer (another live process
 #: may be writing its own right now, so younger ones are left alone).
 STALE_TMP_S = 30.0
@@ -88,7 +99,7 @@ class Outcome:
     """What happened to one C-STORE request."""
 
     status: int
-    result: str  # stored | version (of a held instance) | duplicate | rejected | failed
+    result: str  # stored (durable, its rows follow) | duplicate (under refuse) | rejected | failed
     image_id: str | None = None
     session_id: str | None = None
     reason: str | None = None
@@ -100,98 +111,140 @@ def clean_uid(value: Any) -> str | None:
     return text if len(text) <= 64 and _UID.match(text) else None
 
 
+class Held:
+    """Under ``refuse``: the SOP instances acknowledged as new whose rows are not written
+    yet (UID -> content hash), so a resend in between is answered as the store will settle it."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self._pending: dict[str, str] = {}
+
+    def get(self, sop_instance_uid: str) -> str | None:
+        return self._pending.get(sop_instance_uid)
+
+    def add(self, sop_instance_uid: str, sha256: str) -> None:
+        self._pending[sop_instance_uid] = sha256
+
+    def forget(self, sop_instance_uid: str, sha256: str) -> None:
+        """Its rows are written (or its blob failed): the store answers for it now."""
+        with self.lock:
+            if self._pending.get(sop_instance_uid) == sha256:
+                del self._pending[sop_instance_uid]
+
+
 class Ingestor:
     """Stores instances for all associations; database writes go through one thread so
-    a node holds one connection however many associations come and go."""
+    a node holds one connection however many associations come and go (the refuse
+    policy's look-ups through a second one, never queued behind a write)."""
 
     def __init__(self, store: Store, *, analyze: bool = True, job_max_attempts: int = 3,
-                 limits: DecodeLimits | None = None) -> None:
+                 limits: DecodeLimits | None = None, index_interval_s: float = INDEX_INTERVAL_S) -> None:
         self.store = store
         self.analyze = analyze
         self.job_max_attempts = job_max_attempts
         self.limits = limits or DecodeLimits.from_env()
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dicom-db")
-        self._committer = ThreadPoolExecutor(max_workers=COMMIT_THREADS, thread_name_prefix="dicom-commit")
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dicom-read")
+        self._sealer = ThreadPoolExecutor(max_workers=SEAL_THREADS, thread_name_prefix="dicom-seal")
+        self._held = Held()
+        self._sequence = itertools.count(time.time_ns())
+        self.writer = IndexWriter(store, self.db, interval_s=index_interval_s, on_written=self._written)
 
     def db(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run one store method (bound) on the database thread and wait for it."""
         return self._db.submit(method, *args, **kwargs).result()
 
+    def flush(self, timeout: float | None = None) -> bool:
+        """Write the rows of every instance acknowledged so far (see :class:`IndexWriter`)."""
+        return self.writer.flush(timeout)
+
     def close(self) -> None:
-        self._committer.shutdown(wait=True)
+        self.writer.close()
+        self._sealer.shutdown(wait=True)
+        self._reader.shutdown(wait=True)
         self._db.shutdown(wait=True)
 
     def ingest(self, spool: Any, request_class: str, request_instance: str, *,
                association_id: str | None, calling_ae: str | None, duplicate_policy: str = KEEP_FIRST) -> Outcome:
-        """Store one received dataset (a :class:`~dicom_node.spool.SpoolFile`); never raises.
-
-        An instance still wholly in memory (<= 1 MiB, most CT and MR slices) is committed
-        (fsync) on a helper thread while its header is checked here, and deleted again if
-        the header is refused; a larger one is checked first (its header is read back from
-        the temp file, which Windows would not let the commit rename meanwhile).
-        """
+        """Store one received dataset (a :class:`~dicom_node.spool.SpoolFile`) durably and
+        queue its rows; never raises."""
         try:
             reader = spool.reader()
         except OSError as exc:  # the receive itself met a disk error
             spool.discard()
             return _storage_failure(exc)
-        durable = self._committer.submit(spool.commit) if spool.in_memory else None
+        # An instance wholly in memory (<= 1 MiB): its last chunk is sealed and its writeback
+        # started on a helper thread while the header is checked (the view reads a snapshot).
+        sealing = self._sealer.submit(spool.seal_tail) if spool.in_memory else None
         try:
             checked = _checked_header(reader, request_class, request_instance, self.limits)
         except Exception as exc:  # noqa: BLE001 - an unforeseen parser failure still cleans up below
             checked = _storage_failure(exc)
         finally:
             reader.close()
-        keep = False
+            if sealing is not None:
+                sealing.exception()  # ended (a failure shows again in the commit below)
+        if isinstance(checked, Outcome):
+            spool.discard()
+            return checked
+        record, session_name = checked
+        instance = {"blob_id": spool.blob_id, "size": spool.size, "sha256": spool.sha256, "record": record,
+                    "association_id": association_id, "calling_ae": calling_ae, "session_name": session_name,
+                    "job_kind": ANALYZE_JOB if self.analyze and has_auto_analysis(record["type"]) else None,
+                    "max_attempts": self.job_max_attempts, "duplicate_policy": duplicate_policy,
+                    "received_at": now_iso()}
+        # Under keep_first/keep_newest the answer is 0x0000 whatever the store holds; a
+        # duplicate's blob is committed too, so what its rows say is settled once, in order.
+        outcome = self._refuse_check(instance) if duplicate_policy == REFUSE else None
+        if outcome is not None and outcome.result == "failed":
+            spool.discard()
+            return outcome
         try:
-            if isinstance(checked, Outcome):
-                outcome = checked
-            else:
-                if durable is None:
-                    spool.commit()
-                outcome, keep = self._add_instance(spool, *checked, association_id, calling_ae,
-                                                   before_commit=None if durable is None else durable.result,
-                                                   duplicate_policy=duplicate_policy)
+            spool.commit(instance_index(**instance, sequence=next(self._sequence)))
         except Exception as exc:  # noqa: BLE001 - a handler answers with a status, never raises
-            outcome = _storage_failure(exc)
-        if durable is not None:
-            durable.exception()  # the commit has ended (a duplicate's transaction does not wait for it)
-        if not keep:  # refused, failed, or a copy of what is held: whatever was written goes
             spool.discard()
             self.store.blobs.delete(spool.blob_id)
-        return outcome
+            if outcome is None:
+                self._held.forget(record["sop_instance_uid"], spool.sha256)
+            return _storage_failure(exc)
+        self.writer.add(instance)
+        return outcome or Outcome(SUCCESS, "stored")
 
-    def _add_instance(self, spool: Any, record: dict, session_name: str | None, association_id: str | None,
-                      calling_ae: str | None, before_commit: Callable[[], object] | None,
-                      duplicate_policy: str = KEEP_FIRST) -> tuple[Outcome, bool]:
-        """The database transaction for the blob (``before_commit`` waits for its fsync);
-        the outcome, and whether a row now points to the blob. A resend with other content
-        is settled by ``duplicate_policy`` (:mod:`dicom_node.config`) in that transaction."""
-        job_kind = ANALYZE_JOB if self.analyze and has_auto_analysis(record["type"]) else None
-        done = self.db(self.store.dicom_add_instance, blob_id=spool.blob_id, size=spool.size, sha256=spool.sha256,
-                       record=record, association_id=association_id, calling_ae=calling_ae,
-                       session_name=session_name, job_kind=job_kind, max_attempts=self.job_max_attempts,
-                       before_commit=before_commit, duplicate_policy=duplicate_policy)
-        return _duplicate_outcome(done, association_id), done["blob_used"]
+    def _refuse_check(self, instance: dict) -> Outcome | None:
+        """Under ``refuse``: None for a new instance (now held), else its answer: 0x0000 for
+        an identical resend, 0x0111 for other content under a held UID."""
+        uid, sha256 = instance["record"]["sop_instance_uid"], instance["sha256"]
+        try:
+            with self._held.lock:
+                held = self._held.get(uid) or self._reader.submit(self.store.dicom.held_sha256, uid).result()
+                if held is None:
+                    self._held.add(uid, sha256)
+                    return None
+        except Exception as exc:  # noqa: BLE001 - a handler answers with a status, never raises
+            return _storage_failure(exc)
+        if held == sha256:
+            return Outcome(SUCCESS, "duplicate")
+        log.warning("duplicate SOP instance with different content refused (0x%04X), association %s",
+                    DUPLICATE_REFUSED, instance["association_id"])
+        return Outcome(DUPLICATE_REFUSED, "rejected", reason="duplicate SOP instance with different content")
+
+    def _written(self, instance: dict, done: dict) -> None:
+        """After an instance's rows are written: a blob no row took is deleted."""
+        if not done["blob_used"]:
+            self.store.blobs.delete(instance["blob_id"])
+        self._held.forget(instance["record"]["sop_instance_uid"], instance["sha256"])
+        _log_duplicate(done, instance["association_id"])
 
 
-def _duplicate_outcome(done: dict, association_id: str | None) -> Outcome:
-    """The C-STORE status of what the store did, logging a resend with other content (ids only)."""
+def _log_duplicate(done: dict, association_id: str | None) -> None:
+    """Log how the store settled a resend with other content (ids only)."""
     status, image_id = done["status"], done["image_id"]
-    if status in ("stored", "duplicate") and done["same_content"] is not False:
-        return Outcome(SUCCESS, status, image_id, done["session_id"])
-    if status == "refused":
-        log.warning("duplicate SOP instance with different content refused (0x%04X): image %s kept,"
-                    " association %s", DUPLICATE_REFUSED, image_id, association_id)
-        return Outcome(DUPLICATE_REFUSED, "rejected", image_id, done["session_id"],
-                       reason="duplicate SOP instance with different content")
     if status == "version":
         log.warning("duplicate SOP instance with different content stored as a new version: image %s,"
                     " association %s", image_id, association_id)
-    else:
+    elif status == "duplicate" and done["same_content"] is False:
         log.warning("duplicate SOP instance with different content dropped, first received kept: image %s,"
                     " association %s", image_id, association_id)
-    return Outcome(SUCCESS, status, image_id, done["session_id"])
 
 
 def _storage_failure(exc: Exception) -> Outcome:
@@ -274,6 +327,8 @@ def _depth_ok(ds: pydicom.Dataset, budget: int) -> bool:
         raw = ds.get_item(tag, keep_deferred=True)
         if isinstance(raw, RawDataElement) and raw.value is None and raw.length:
             continue  # deferred: left unparsed, as everything else will leave it
+        if isinstance(raw, RawDataElement) and raw.VR is not None and raw.VR not in ("SQ", "UN"):
+            continue  # explicit VR, not a sequence (nor one pydicom may read UN as): nothing nested
         element = ds[tag]
         if element.VR == "SQ":
             if budget == 0 or not all(_depth_ok(item, budget - 1) for item in element.value):
@@ -291,10 +346,27 @@ def _record(ds: pydicom.Dataset) -> tuple[dict, str | None]:
     return record, description or f"{record['modality'] or 'DICOM'} study"
 
 
+def reconcile(store: Store) -> dict:
+    """At node start: index every acknowledged instance whose rows a crash (or a failed
+    write) lost, remove what dead writers left, and report image rows whose blob is gone
+    (``DATABASE_ERROR`` in the log, ids only: that data is lost and no sweep hides it)."""
+    indexed = store.dicom.index_unindexed_blobs()
+    swept = sweep_stale_blob_temps(store)
+    if swept:
+        log.info("removed %d file(s) left by an interrupted receive", swept)
+    missing = store.dicom.rows_without_blob()
+    if missing:
+        log.error("%s: %d image row(s) point to a missing blob: %s", ErrorCode.DATABASE_ERROR.value, len(missing),
+                  ", ".join(f"image {m['image_id']} (blob {m['blob_id']})" for m in missing[:20]))
+    return {**indexed, "swept": swept, "rows_without_blob": missing}
+
+
 def sweep_stale_blob_temps(store: Store, min_age_s: float = STALE_TMP_S) -> int:
     """Remove what a writer that died (kill -9) left: blob temp files (partial) and whole
-    blobs committed to disk whose database row never was (orphans). Only files untouched
-    for ``min_age_s``: another live process may be between those two steps right now."""
+    blobs committed to disk whose database row never was and that carry no index record
+    (a blob with one is a received instance's durable record: indexed, never removed).
+    Only files untouched for ``min_age_s``: another live process may be between those two
+    steps right now."""
     root = Path(store.blobs.root)
     if not root.exists():
         return 0
@@ -302,9 +374,17 @@ def sweep_stale_blob_temps(store: Store, min_age_s: float = STALE_TMP_S) -> int:
     removed, now = 0, time.time()
     for path in [*root.glob("*/*.tmp"), *(p for p in root.glob("*/*.mvb") if p.stem not in known)]:
         try:
-            if now - path.stat().st_mtime >= min_age_s:
-                path.unlink()
-                removed += 1
+            if now - path.stat().st_mtime < min_age_s or (path.suffix == ".mvb" and _has_index(store, path.stem)):
+                continue
+            path.unlink()
+            removed += 1
         except FileNotFoundError:
             pass
     return removed
+
+
+def _has_index(store: Store, blob_id: str) -> bool:
+    try:
+        return store.blobs.read_index(blob_id) is not None
+    except MedVisionError:
+        return True  # a damaged record is still somebody's data: kept, reported by the index pass

@@ -25,8 +25,9 @@ from pynetdicom.sop_class import Verification
 from dicom_node import spool
 from dicom_node.config import NodeConfig, add_arguments, load
 from dicom_node.handlers import TRANSFER_SYNTAXES, Handlers
-from dicom_node.ingest import Ingestor, sweep_stale_blob_temps
+from dicom_node.ingest import Ingestor, reconcile
 from dicom_node.outbox import OutboxSender
+from dicom_node.pacs.priors import prior_fetcher
 from dicom_node.status import HEARTBEAT_S, HEARTBEAT_STALE_S
 from dicom_node.worker import AnalysisWorkers
 
@@ -70,9 +71,10 @@ class Node:
         self.config, self.engine = config, engine
         self.node_id = uuid.uuid4().hex[:12]
         self.ingestor = Ingestor(engine.store, analyze=config.analyze, job_max_attempts=config.job_max_attempts,
-                                 limits=engine.settings.limits)
+                                 limits=engine.settings.limits, index_interval_s=config.index_interval_s)
         self.handlers = Handlers(config, self.ingestor, self.node_id)
-        self.workers = AnalysisWorkers(engine, config, self.node_id)
+        self.priors = prior_fetcher(engine, self.ingestor)
+        self.workers = AnalysisWorkers(engine, config, self.node_id, after_job=self.priors.submit)
         self.outbox = OutboxSender(engine.store, config)
         self.server: Any = None
         self._stopped = threading.Event()
@@ -84,9 +86,7 @@ class Node:
         return int(self.server.server_address[1])
 
     def start(self) -> Node:
-        swept = sweep_stale_blob_temps(self.engine.store)
-        if swept:
-            log.info("removed %d file(s) left by an interrupted receive", swept)
+        reconcile(self.engine.store)
         spool.install(self.engine.store.blobs)
         _config.STORE_RECV_CHUNKED_DATASET = True
         ae = AE(ae_title=self.config.ae_title)
@@ -109,6 +109,7 @@ class Node:
         # backlog and peers wait a 1 s SYN retransmit. A deeper backlog absorbs the pause.
         self.server.socket.listen(LISTEN_BACKLOG)
         self.workers.start()
+        self.priors.start()
         self.outbox.start()
         stale = datetime.now(UTC) - timedelta(seconds=HEARTBEAT_STALE_S)
         self._beat_once(dead_before=stale.isoformat(timespec="milliseconds"))
@@ -163,6 +164,7 @@ class Node:
         self.server.shutdown()
         self.outbox.stop()
         self.workers.stop()
+        self.priors.stop()
         try:
             self._beat_once(stopped=True)
         finally:

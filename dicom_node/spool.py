@@ -9,7 +9,8 @@ unsealed tail stays in memory) and an accepted instance only has to be fsynced a
 renamed: no second file, no second encryption pass, memory flat for any size.
 
 Lifecycle: pynetdicom writes; :meth:`SpoolFile.reader` gives the ingest a plaintext
-view to check the header; then :meth:`commit` (fsync, rename) or :meth:`discard`. A
+view to check the header; then :meth:`commit` (with the instance's index record:
+fsync, rename) or :meth:`discard`. A
 transfer cut off mid-dataset is discarded when its connection closes
 (``handlers.on_closed``) or when the object is collected. A killed process leaves one
 ``*.tmp`` blob, swept at the next start (:func:`dicom_node.ingest.sweep_stale_blob_temps`).
@@ -76,9 +77,13 @@ class SpoolFile:
             raise self.error
         return self._writer.reader()
 
-    def commit(self) -> None:
-        """Seal the tail, fsync, rename: the blob now exists whole."""
-        self._writer.commit()
+    def seal_tail(self) -> None:
+        """Seal the last chunk and start its writeback (while the header is checked)."""
+        self._writer.seal_tail(writeback=True)
+
+    def commit(self, index: bytes | None = None) -> None:
+        """Seal the tail (and the ``index`` record), fsync, rename: the blob now exists whole."""
+        self._writer.commit(index)
 
     def discard(self) -> None:
         self._writer.abort()

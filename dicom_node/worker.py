@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -38,8 +39,10 @@ def build_results(engine: Any, session_id: str, image_id: str, config: NodeConfi
 class AnalysisWorkers:
     """``config.workers`` threads running queued analysis jobs until :meth:`stop`."""
 
-    def __init__(self, engine: Any, config: NodeConfig, node_id: str) -> None:
+    def __init__(self, engine: Any, config: NodeConfig, node_id: str,
+                 after_job: Callable[[str], None] | None = None) -> None:
         self.engine, self.config, self.node_id = engine, config, node_id
+        self.after_job = after_job  # called with the session id after each successful job (the priors)
         self.wake = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -87,4 +90,7 @@ class AnalysisWorkers:
         except Exception as exc:  # noqa: BLE001 - a job's failure is recorded, the worker lives on
             log.exception("analysis job %s failed", job["id"])
             return self.engine.finish_job(job["id"], error=type(exc).__name__)
-        return self.engine.finish_job(job["id"], result=summary)
+        outcome = self.engine.finish_job(job["id"], result=summary)
+        if self.after_job is not None:
+            self.after_job(payload["session_id"])
+        return outcome

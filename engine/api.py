@@ -385,6 +385,30 @@ class Engine:
         return self.services.volumes.segment(session_id, structures, series_uid, stack)
 
     # -- models ------------------------------------------------------------------------
+    # -- priors and compare ----------------------------------------------------------
+    def list_priors(self, session_id: str, count: int | None = None) -> dict:
+        """The same patient's earlier relevant studies held in the store, and those recorded as fetched."""
+        return self.services.priors.list_priors(session_id, count)
+
+    def study_facts(self, session_id: str) -> dict:
+        """The session's study facts the priors are matched on (Patient ID, issuer, date, modality, body part)."""
+        return self.services.priors.facts(session_id)
+
+    def record_priors(self, session_id: str, priors: list[dict[str, Any]]) -> dict:
+        """Record a session's fetched priors (``session.priors``; the worklist shows them)."""
+        return self.services.priors.record(session_id, priors)
+
+    def compare_with_prior(self, session_id: str, prior: str, image_id: str | None = None,
+                           prior_image_id: str | None = None, register: bool = True, analyze: bool = True) -> dict:
+        """Findings, measurements and registration of a session against a prior (session or Study Instance UID)."""
+        return self.services.compare.compare(session_id, prior, image_id=image_id, prior_image_id=prior_image_id,
+                                             register=register, analyze=analyze)
+
+    def compare_images(self, session_id: str, prior: str, image_id: str | None = None,
+                       prior_image_id: str | None = None) -> dict:
+        """The registration's arrays (aligned prior, difference) for side-by-side views."""
+        return self.services.compare.arrays(session_id, prior, image_id=image_id, prior_image_id=prior_image_id)
+
     def model_status(self) -> dict:
         """The pack summary, loaded models and ONNX Runtime devices."""
         import onnxruntime as ort

@@ -121,6 +121,8 @@ class DecodeLimits:
         )
 
 
+#: Relevant priors chosen per study unless ``MEDVISION_PRIOR_COUNT`` says otherwise.
+DEFAULT_PRIOR_COUNT = 2
 #: Where a session came from: received by the DICOM node, a file opened, created over MCP.
 SESSION_SOURCES = ("dicom", "file", "mcp")
 
@@ -196,6 +198,8 @@ class Settings:
     limits: DecodeLimits = field(default_factory=DecodeLimits)
     decode_cache_bytes: int = DEFAULT_DECODE_CACHE_BYTES
     max_image_file_bytes: int = DEFAULT_MAX_IMAGE_FILE_BYTES
+    #: Relevant priors chosen per study (``MEDVISION_PRIOR_COUNT``).
+    prior_count: int = DEFAULT_PRIOR_COUNT
     volume_cache_mb: int = DEFAULT_VOLUME_CACHE_MB
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
     #: Which identifiers audit records hold (``MEDVISION_AUDIT_IDENTIFIERS``).
@@ -239,6 +243,7 @@ class Settings:
             use_keyring=env.get("MEDVISION_KEYRING", "1") != "0",
             limits=DecodeLimits.from_env(),
             decode_cache_bytes=env_int("MEDVISION_DECODE_CACHE_BYTES", DEFAULT_DECODE_CACHE_BYTES),
+            prior_count=env_int("MEDVISION_PRIOR_COUNT", DEFAULT_PRIOR_COUNT),
             volume_cache_mb=env_int("MEDVISION_VOLUME_CACHE_MB", DEFAULT_VOLUME_CACHE_MB),
             retention=RetentionPolicy.from_env(),
             audit_identifiers=audit_identifiers_from_env(),

@@ -22,6 +22,7 @@ class EventKind(StrEnum):
     SESSION_CREATED = "session.created"
     SESSION_DELETED = "session.deleted"
     SESSION_CURRENT_IMAGE = "session.current_image"
+    SESSION_PRIORS = "session.priors"
     SESSION_PINNED = "session.pinned"
     IMAGE_ADDED = "image.added"
     ANALYSIS_CREATED = "analysis.created"
@@ -74,6 +75,7 @@ class EventKind(StrEnum):
 
 #: Events that change what a session's worklist entry shows.
 WORKLIST_KINDS = frozenset({EventKind.SESSION_CREATED, EventKind.SESSION_DELETED, EventKind.SESSION_PINNED,
+                            EventKind.SESSION_PRIORS,
                             EventKind.IMAGE_ADDED,
                             EventKind.ANALYSIS_CREATED, EventKind.JOB_QUEUED, EventKind.JOB_RUNNING,
                             EventKind.JOB_DONE, EventKind.JOB_FAILED})
@@ -90,6 +92,14 @@ class SessionPayload(TypedDict):
     reason: NotRequired[str]
     #: ``session.pinned``: whether the session is now pinned.
     pinned: NotRequired[bool]
+
+
+class PriorsPayload(TypedDict):
+    """The session's relevant priors were found (and those in the store are ready to compare)."""
+
+    session_id: str
+    count: int
+    prior_session_ids: list[str]
 
 
 class CurrentImagePayload(TypedDict):

@@ -10,7 +10,7 @@ flips, gamma) widen the activation ranges the calibrator sees.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +49,7 @@ class CalibrationImages:
     """
 
     items: list[tuple[str, str, DecodedImage]]
+    _sets: dict[tuple[int, int, int], CalibrationSet] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def sources(self) -> list[str]:  # noqa: D102
@@ -59,7 +60,14 @@ class CalibrationImages:
         return [decoded for _, r, decoded in self.items if r == role]
 
     def xrv_set(self, resolution: int = 224, *, augmented: int = 30, seed: int = 0) -> CalibrationSet:
-        """torchxrayvision-normalised tensors at ``resolution``, with augmented views."""
+        """torchxrayvision-normalised tensors at ``resolution``, with augmented views (computed once per
+        set of arguments; callers must not modify the arrays)."""
+        key = (resolution, augmented, seed)
+        if key not in self._sets:
+            self._sets[key] = self._xrv_set(resolution, augmented, seed)
+        return self._sets[key]
+
+    def _xrv_set(self, resolution: int, augmented: int, seed: int) -> CalibrationSet:
         rng = np.random.default_rng(seed)
         calibrate = [xrv_input(d) for d in self.by_role("calibrate")]
         holdout = [xrv_input(d) for d in self.by_role("holdout")]

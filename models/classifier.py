@@ -22,11 +22,13 @@ import torch.nn.functional as F
 import torchxrayvision as xrv
 from torch import nn
 
+from engine.inference.modelpack import sha256_file
 from models.calibration import CalibrationSet
+from models.onnx_tools import cpu_session, export_onnx, median_latency_ms, quantize_qdq
+from models.weights import loading, require_file
 
 if TYPE_CHECKING:
     from models.context import BuildContext
-from models.onnx_tools import cpu_session, export_onnx, median_latency_ms, quantize_qdq
 
 log = logging.getLogger(__name__)
 
@@ -76,15 +78,19 @@ def recalibrate_batchnorm(model: nn.Module, batch: np.ndarray) -> None:
     model.eval()
 
 
-def load_densenet(weights_dir: Path | None, calibration: CalibrationSet) -> tuple[nn.Module, dict]:
-    """The xrv DenseNet with trained weights from ``weights_dir``, or the dev initialisation."""
-    if weights_dir is not None:
-        checkpoint = weights_dir / upstream_file_name()
-        if not checkpoint.is_file():
-            raise FileNotFoundError(f"{checkpoint.name} not found in the weights directory")
-        model = xrv.models.DenseNet(weights=WEIGHTS_NAME, cache_dir=str(weights_dir)).eval()
-        from engine.inference.modelpack import sha256_file
+def load_densenet(weights_dir: Path | None, calibration: CalibrationSet | None) -> tuple[nn.Module, dict]:
+    """The xrv DenseNet with trained weights from ``weights_dir``, or the dev initialisation.
 
+    The dev initialisation needs ``calibration`` (its BatchNorm statistics come from it).
+    """
+    if weights_dir is not None:
+        name = upstream_file_name()
+        checkpoint = require_file(weights_dir, name, "torchxrayvision densenet121-res224-all")
+        # torchxrayvision's own loader: it unpickles the whole saved model and copies its
+        # state dict into a fresh DenseNet (strict), so any other network or head size fails.
+        with loading(weights_dir, name, "torchxrayvision's DenseNet-121 'all' checkpoint, a whole pickled "
+                                        "DenseNet with 18 outputs"):
+            model = xrv.models.DenseNet(weights=WEIGHTS_NAME, cache_dir=str(weights_dir)).eval()
         info = {
             "trained": True,
             "thresholds": [float(t) for t in xrv.models.model_urls[WEIGHTS_NAME]["op_threshs"]],
@@ -92,6 +98,8 @@ def load_densenet(weights_dir: Path | None, calibration: CalibrationSet) -> tupl
             "init": "torchxrayvision densenet121-res224-all checkpoint",
         }
         return model, info
+    if calibration is None:
+        raise ValueError("the dev initialisation needs calibration tensors")
     torch.manual_seed(0)
     model = xrv.models.DenseNet(weights=None)
     recalibrate_batchnorm(model, calibration.calibrate)
@@ -107,8 +115,9 @@ def load_densenet(weights_dir: Path | None, calibration: CalibrationSet) -> tupl
 def build(context: BuildContext) -> list[dict]:
     """Export fp32 + int8 ONNX into ``out_dir/classify`` and return their manifest entries."""
     out_dir, weights_dir, threads = context.out_dir, context.weights_dir, context.threads
+    # Trained weights are read before any calibration image is decoded (a bad file fails fast).
+    model, info = load_densenet(weights_dir, None if weights_dir else context.images.xrv_set(RESOLUTION))
     calibration = context.images.xrv_set(RESOLUTION)
-    model, info = load_densenet(weights_dir, calibration)
     labels = list(model.targets)
     wrapper = DenseNetLogits(model).eval()
     folder = out_dir / "classify"

@@ -50,8 +50,10 @@ from torch import nn
 from transformers import Dinov2Config, Dinov2Model
 
 from engine.analysis.embedding import pixel_values
+from engine.errors import ErrorCode, MedVisionError
 from engine.inference.modelpack import sha256_file
 from models.onnx_tools import cpu_session, export_onnx
+from models.weights import loading, require_file
 
 if TYPE_CHECKING:
     from engine.imaging import DecodedImage
@@ -141,18 +143,21 @@ def rad_dino_config() -> Dinov2Config:
 def load_rad_dino(weights_dir: Path | None) -> tuple[Dinov2Model, dict]:
     """The model with the local rad-dino snapshot from ``weights_dir``, or the dev initialisation."""
     if weights_dir is not None:
-        folder = weights_dir / WEIGHTS_FOLDER
-        weights = folder / WEIGHTS_FILE
-        if not (folder / "config.json").is_file() or not weights.is_file():
-            raise FileNotFoundError(
-                f"{WEIGHTS_FOLDER}/config.json and {WEIGHTS_FOLDER}/{WEIGHTS_FILE} not found in the weights "
-                "directory (a local copy of huggingface.co/microsoft/rad-dino)"
-            )
-        model = Dinov2Model.from_pretrained(folder, local_files_only=True, attn_implementation="eager")
-        for key in ("hidden_size", "num_hidden_layers", "patch_size", "image_size"):
-            actual, expected = getattr(model.config, key, None), RAD_DINO_CONFIG[key]
-            if actual != expected:
-                raise ValueError(f"{WEIGHTS_FOLDER}/config.json has {key}={actual}, expected {expected}")
+        what = "a local copy of huggingface.co/microsoft/rad-dino"
+        config_name, weights_name = f"{WEIGHTS_FOLDER}/config.json", f"{WEIGHTS_FOLDER}/{WEIGHTS_FILE}"
+        config_path = require_file(weights_dir, config_name, what)
+        weights = require_file(weights_dir, weights_name, what)
+        _check_config(weights_dir, config_name, config_path.parent)
+        with loading(weights_dir, weights_name, "RAD-DINO's safetensors weights (DINOv2 ViT-B/14, 768-d)"):
+            model, report = Dinov2Model.from_pretrained(config_path.parent, local_files_only=True,
+                                                        attn_implementation="eager", output_loading_info=True)
+            # transformers only warns about missing or unexpected tensors (it initialises the
+            # missing ones at random): a checkpoint that does not cover the model is refused.
+            problems = [f"{len(found)} {kind.replace('_', ' ')} (e.g. {sorted(map(str, found))[0]})"
+                        for kind in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs")
+                        if (found := report.get(kind))]
+            if problems:
+                raise ValueError("; ".join(problems))
         info = {"trained": True, "upstream_sha256": sha256_file(weights),
                 "init": "microsoft/rad-dino (local snapshot)"}
         return model.eval(), info
@@ -161,6 +166,20 @@ def load_rad_dino(weights_dir: Path | None) -> tuple[Dinov2Model, dict]:
     info = {"trained": False, "upstream_sha256": None,
             "init": f"untrained: transformers' DINOv2 init (truncated normal, std 0.02), seed {SEED}"}
     return model.eval(), info
+
+
+def _check_config(weights_dir: Path, config_name: str, folder: Path) -> None:
+    """Refuse a ``config.json`` that is not RAD-DINO's architecture, naming the differing key."""
+    with loading(weights_dir, config_name, "a Hugging Face DINOv2 config.json"):
+        config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
+    differences = [f"{key}={getattr(config, key, None)} (expected {RAD_DINO_CONFIG[key]})"
+                   for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "patch_size", "image_size")
+                   if getattr(config, key, None) != RAD_DINO_CONFIG[key]]
+    if config.model_type != "dinov2":
+        differences.insert(0, f"model_type={config.model_type} (expected dinov2)")
+    if differences:
+        raise MedVisionError(ErrorCode.MODEL_LOAD_ERROR, f"{config_name} is not RAD-DINO's architecture: "
+                             + ", ".join(differences), file=config_name)
 
 
 def check_tensors(images: list[DecodedImage]) -> np.ndarray:

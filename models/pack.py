@@ -18,7 +18,6 @@ import jsonschema
 
 from engine.inference.modelpack import MANIFEST_NAME, ModelPack, manifest_schema, sha256_file
 from models import BUILDER_VERSION, classifier, embedding, llm, sam, segmentation, volume_unet
-from models.calibration import load_images
 from models.context import BuildContext
 
 log = logging.getLogger(__name__)
@@ -56,6 +55,20 @@ def _component_names(components: list[Callable[[BuildContext], list[dict]]]) -> 
     return [component.__module__.rsplit(".", 1)[-1] for component in components]
 
 
+def family_names() -> list[str]:
+    """The model families a pack can hold, in build order (``classifier``, ``segmentation``...)."""
+    return _component_names(COMPONENTS)
+
+
+def components_named(names: list[str]) -> list[Callable[[BuildContext], list[dict]]]:
+    """The builders of the named families, in build order (``--only``); unknown names are refused."""
+    unknown = sorted(set(names) - set(family_names()))
+    if unknown:
+        raise ValueError(f"unknown model famil{'ies' if len(unknown) > 1 else 'y'} {', '.join(unknown)}; "
+                         f"choose from {', '.join(family_names())}")
+    return [component for component, name in zip(COMPONENTS, family_names(), strict=True) if name in names]
+
+
 def build_pack(out_dir: Path, *, dev: bool, weights_dir: Path | None = None,
                calibration_dir: Path | None = None, threads: int = 2,
                components: list[Callable[[BuildContext], list[dict]]] | None = None) -> dict:
@@ -70,7 +83,7 @@ def build_pack(out_dir: Path, *, dev: bool, weights_dir: Path | None = None,
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        context = BuildContext(staging, load_images(calibration_dir), weights_dir, threads)
+        context = BuildContext(staging, calibration_dir, weights_dir, threads)
         chosen = COMPONENTS if components is None else components
         entries = []
         for component in chosen:

@@ -55,6 +55,7 @@ from torch import nn
 from engine.analysis.interactive import Prompt, decoder_prompt, rgb_display, sam_image_tensor
 from engine.inference.modelpack import sha256_file
 from models.onnx_tools import cpu_session, export_onnx_graph
+from models.weights import loading, require_file
 
 with warnings.catch_warnings():
     # timm's deprecated module aliases and the TinyViT registry overwrite, at import.
@@ -151,12 +152,11 @@ def load_mobile_sam(weights_dir: Path | None) -> tuple[nn.Module, dict[str, Any]
     the biases of the random initialisation.
     """
     if weights_dir is not None:
-        checkpoint = weights_dir / WEIGHTS_FILE
-        if not checkpoint.is_file():
-            raise FileNotFoundError(f"{WEIGHTS_FILE} not found in the weights directory")
+        checkpoint = require_file(weights_dir, WEIGHTS_FILE, "MobileSAM vit_t")
         sam = sam_model_registry[MODEL_TYPE](checkpoint=None)
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        sam.load_state_dict(state)
+        with loading(weights_dir, WEIGHTS_FILE, "MobileSAM's vit_t state dict (TinyViT encoder, SAM decoder)"):
+            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+            sam.load_state_dict(state)
         info = {"trained": True, "upstream_sha256": sha256_file(checkpoint),
                 "init": f"MobileSAM checkpoint {WEIGHTS_FILE}"}
         return sam.eval(), info

@@ -35,6 +35,7 @@ from engine.inference.modelpack import sha256_file
 from models.calibration import CalibrationSet
 from models.classifier import recalibrate_batchnorm
 from models.onnx_tools import cpu_session, export_onnx, quantize_qdq
+from models.weights import loading, require_file
 
 if TYPE_CHECKING:
     import onnx
@@ -92,12 +93,14 @@ def load_pspnet(weights_dir: Path | None, calibration: CalibrationSet | None) ->
     The dev initialisation needs ``calibration`` (its BatchNorm statistics come from it).
     """
     if weights_dir is not None:
-        checkpoint = weights_dir / WEIGHTS_FILE
-        if not checkpoint.is_file():
-            raise FileNotFoundError(f"{WEIGHTS_FILE} not found in the weights directory")
+        checkpoint = require_file(weights_dir, WEIGHTS_FILE, "torchxrayvision ChestX-Det PSPNet")
         net = pspnet(len(labels()))
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        net.load_state_dict(_convert_state_dict(state))
+        # As ``xrv.baseline_models.chestx_det.PSPNet`` loads it: tensors only, "module."
+        # prefixes stripped, strict state dict.
+        with loading(weights_dir, WEIGHTS_FILE, "the ChestX-Det PSPNet state dict torchxrayvision publishes "
+                                                "(DataParallel keys, 14 labels)"):
+            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+            net.load_state_dict(_convert_state_dict(state))
         info = {"trained": True, "upstream_sha256": sha256_file(checkpoint),
                 "init": f"torchxrayvision ChestX-Det PSPNet checkpoint {WEIGHTS_FILE}"}
         return net.eval(), info
@@ -136,7 +139,6 @@ def _timed_logits(session, tensors: np.ndarray) -> tuple[np.ndarray, list[float]
 def build(context: BuildContext) -> list[dict]:
     """Export fp32 (+ int8 when it qualifies) into ``out_dir/organ_seg``; return the manifest entries."""
     started = time.perf_counter()
-    calibration = context.images.xrv_set(RESOLUTION, augmented=CALIBRATION_VIEWS)
     folder = context.out_dir / "organ_seg"
     folder.mkdir(parents=True, exist_ok=True)
     fp32_path, int8_path = folder / f"{MODEL_ID}.fp32.onnx", folder / f"{MODEL_ID}.int8.onnx"
@@ -145,7 +147,10 @@ def build(context: BuildContext) -> list[dict]:
         # pooling sizes read as Python ints, i.e. constants of the fixed 512 x 512 graph.
         warnings.filterwarnings("ignore", message=r".*upsample is deprecated", category=UserWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        net, info = load_pspnet(context.weights_dir, calibration)
+        # Trained weights are read before any calibration image is decoded (a bad file fails fast).
+        net, info = load_pspnet(context.weights_dir, None if context.weights_dir else
+                                context.images.xrv_set(RESOLUTION, augmented=CALIBRATION_VIEWS))
+        calibration = context.images.xrv_set(RESOLUTION, augmented=CALIBRATION_VIEWS)
         wrapper = PSPNetLogits(net).eval()
         loaded = time.perf_counter()
         export_onnx(wrapper, torch.from_numpy(calibration.calibrate[:1]), fp32_path,

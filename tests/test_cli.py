@@ -89,7 +89,20 @@ def test_models_build_with_a_weights_dir_lacking_the_checkpoint(home: Path, mode
                     home=home, pack=model_pack)
     assert run.returncode != 0
     assert "densenet121" in run.stderr  # names the upstream file it looked for
+    assert run.stderr.startswith("FILE_NOT_FOUND: ") and "Traceback" not in run.stderr
     assert not (tmp_path / "pack").exists()
+    run = medvision("models", "build", "--weights-dir", str(tmp_path), "--out", str(tmp_path / "pack"),
+                    "--only", "llm,sam", home=home, pack=model_pack)  # only those: SAM's file is the one missing
+    assert run.returncode == 2 and run.stderr.startswith("FILE_NOT_FOUND: mobile_sam.pt not found")
+    assert not (tmp_path / "pack").exists()
+
+
+def test_models_build_refuses_an_unknown_family(home: Path, model_pack: Path, tmp_path: Path, capsys) -> None:
+    from engine.cli import main
+
+    assert main(["--home", str(home), "--pack", str(model_pack), "models", "build", "--weights-dir", str(tmp_path),
+                 "--only", "sam,nosuch"]) == 2
+    assert capsys.readouterr().err.startswith("INVALID_ARGUMENT: unknown model family nosuch")
 
 
 def test_desktop_subcommand_starts_the_app_as_its_own_program(home: Path, model_pack: Path, capfd) -> None:

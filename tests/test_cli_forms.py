@@ -237,7 +237,7 @@ def test_the_reader_finds_every_documented_form() -> None:
                         "desktop", "mcp", "dicom-node", "models build", "models list", "models verify",
                         "models export-pack", "models import-pack", "models keygen", "sessions list",
                         "sessions show", "sessions delete", "sessions pin", "sessions unpin", "sessions purge", "audit",
-                        "pacs echo", "pacs find", "pacs get", "pacs move", "pacs store"}
+                        "pacs echo", "pacs find", "pacs get", "pacs move", "pacs store", "pacs priors", "compare"}
     node = [f for f in FORMS if f[0] == "dicom-node"]
     assert ["dicom-node", "status"] in node
     assert any(f[1] == "serve" for f in node) and any(f[1:3] == ["--config", "FILE"] for f in node)
@@ -250,7 +250,8 @@ def test_the_reader_finds_every_documented_form() -> None:
         "--bbox", "--point", "--polygon"}
     assert ["rag", "build", "DATA.csv"] in FORMS
     assert ["rag", "build", "FOLDER", "--reports", "REPORTS.csv", "--rebuild"] in FORMS
-    assert ["models", "build", "--weights-dir", "DIR", "--out", "DIR", "--calibration", "DIR", "--if-stale"] in FORMS
+    assert ["models", "build", "--weights-dir", "DIR", "--out", "DIR", "--calibration", "DIR", "--if-stale",
+            "--only", "FAMILY"] in FORMS
     assert ["segment", "FILE", "--point", "10", "20", "--point", "10", "20", "--bg", "10", "20", "--bg", "10", "20",
             "--box", "10", "20", "30", "40"] in FORMS
 

@@ -76,8 +76,14 @@ class WorklistPanel(QWidget):
                 state += ", pinned"
             name = status["name"] or status["session_id"]
             badge = "● " if status["session_id"] in self.received else ""
+            priors = status.get("priors") or []
+            if priors:
+                state += f" · {len(priors)} prior{'s' if len(priors) > 1 else ''}"
             item = QTreeWidgetItem([badge + name, str(len(images)), state])
             item.setData(0, Qt.ItemDataRole.UserRole, status["session_id"])
+            if priors:
+                item.setToolTip(2, "priors ready to compare: " + ", ".join(
+                    f"{p.get('study_date') or 'undated'} {p.get('modality') or ''}".strip() for p in priors))
             if badge:
                 font = QFont(item.font(0))
                 font.setBold(True)

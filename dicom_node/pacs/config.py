@@ -15,6 +15,7 @@ Example ``pacs.toml`` (``--config FILE``, else ``MEDVISION_PACS_CONFIG``, else
     dicomweb_url = "https://10.0.0.5/dicom-web"   # optional: QIDO-RS / WADO-RS / STOW-RS
     tls = true                              # DICOM TLS (and https certificate checks)
     ca_file = "pacs-ca.pem"                 # optional: the CA that signed the archive's certificate
+    priors = true                           # the node looks here for a received study's priors (C-FIND + C-GET)
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class Archive:
     dicomweb_url: str | None = None
     tls: bool = False
     ca_file: Path | None = None
+    priors: bool = False
 
     def __post_init__(self) -> None:
         if not _AE.match(self.ae_title) or not self.ae_title.strip():

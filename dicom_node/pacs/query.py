@@ -93,6 +93,7 @@ def identifier(query: Query, level: str) -> Dataset:
     else:
         ds.SeriesInstanceUID = query.series_uid or ""
         ds.Modality = query.modality or ""
+        ds.BodyPartExamined = ""
         ds.SeriesNumber = ""
         ds.SeriesDescription = ""
         ds.NumberOfSeriesRelatedInstances = ""
@@ -130,6 +131,7 @@ def result(ds: Dataset, level: str) -> dict[str, Any]:
                 "instances": _count(ds, "NumberOfStudyRelatedInstances")}
     else:
         row |= {"series_uid": _text(ds, "SeriesInstanceUID"), "modality": _text(ds, "Modality"),
+                "body_part": _text(ds, "BodyPartExamined"),
                 "series_number": _text(ds, "SeriesNumber"), "series_description": _text(ds, "SeriesDescription"),
                 "instances": _count(ds, "NumberOfSeriesRelatedInstances")}
     if level == "image":

@@ -320,7 +320,9 @@ class _Receiver:
 
 
 def held_instances(ingestor: Ingestor, study_uid: str) -> set[str]:
-    """SOP Instance UIDs of a study that the store behind ``ingestor`` holds."""
+    """SOP Instance UIDs of a study that the store behind ``ingestor`` holds (acknowledged
+    instances' rows are written first: the ingest writes rows after the acknowledgement)."""
+    ingestor.flush()
     rows = ingestor.db(ingestor.store.db.query, "SELECT sop_instance_uid FROM images WHERE study_instance_uid = ?",
                        (study_uid,))
     return {row["sop_instance_uid"] for row in rows if row["sop_instance_uid"]}

@@ -79,6 +79,8 @@ def build_report(facts: dict[str, Any], outputs: dict[str, Any], *, session_id: 
     ctr = next((m["value"] for m in measured if m["name"] == "cardiothoracic_ratio"), None)
     threshold = classification.get("threshold")
     model_id = classification.get("model_id")
+    prior = outputs.get("compare_prior") or {}
+    prior_rows = {row["label"]: row for row in prior.get("changed", [])}
 
     findings = []
     for finding in classification.get("findings", []):
@@ -87,6 +89,10 @@ def build_report(facts: dict[str, Any], outputs: dict[str, Any], *, session_id: 
                     f"{'>=' if finding['positive'] else '<'} threshold {threshold:.2f}"]
         if region is not None:
             evidence.append(_region_evidence(region))
+        if finding["label"] in prior_rows and prior.get("citation"):
+            row = prior_rows[finding["label"]]
+            evidence.append(f"{row['change']} since the {prior['citation']}: probability"
+                            f" {row['prior_probability']:.2f} then")
         if finding["label"] == "Cardiomegaly" and ctr is not None:
             evidence.append(f"cardiothoracic ratio {ctr:.2f} from organ masks ({segmentation.get('model_id')})")
         findings.append({

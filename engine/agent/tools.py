@@ -495,6 +495,37 @@ def measurements(call: ToolCall, args: dict[str, Any]) -> ToolResult:
 
 
 # -- follow-up -----------------------------------------------------------------------------
+#: A finding whose probability moved at least this much since the prior is listed as changed.
+PRIOR_DELTA = 0.1
+
+
+def compare_prior(call: ToolCall, args: dict[str, Any]) -> ToolResult:
+    """The most recent relevant prior in the store (same Patient ID and issuer, modality, body part),
+    compared with this image: each finding then and now, the cardiothoracic ratio; cited by the report."""
+    priors = call.services.priors
+    try:
+        held = priors.held(priors.facts(call.session_id), count=1)
+    except MedVisionError as exc:
+        return ToolResult({"prior": None, "skipped": exc.message}, skipped=True, reasoning=exc.message)
+    if not held:
+        return ToolResult({"prior": None, "skipped": "no prior study of this patient in the store"}, skipped=True,
+                          reasoning="no prior study of this patient in the store")
+    prior = held[0]
+    compared = call.services.compare.compare(call.session_id, prior["session_id"], image_id=call.image_id,
+                                             register=False, analyze=True)
+    findings = compared["findings"]
+    changed = [row for row in findings["findings"]
+               if row["change"] in ("new", "resolved") or abs(row["delta"] or 0.0) >= args.get("min_delta", PRIOR_DELTA)]
+    citation = (f"prior study of {prior['study_date']} (Study Instance UID {prior['study_uid']}),"
+                f" classified by {findings['prior_model']}")
+    output = {"prior": {k: prior.get(k) for k in ("session_id", "study_uid", "study_date", "modality", "body_part")},
+              "citation": citation, "changed": changed[:10], "ctr": compared["measurements"]["ctr"],
+              "same_model": findings["same_model"], "note": findings["note"],
+              "analysis_ids": compared["analysis_ids"]}
+    return ToolResult(output, reasoning=f"compared with the {citation}: {len(changed)} finding(s) changed",
+                      models=_pack_model(call, findings["current_model"]))
+
+
 def management_rules(call: ToolCall, args: dict[str, Any]) -> ToolResult:
     """Age, history and findings -> a management suggestion from the rules table, with its source."""
     present = (call.facts.get("findings") or {}).get("items", [])
@@ -661,6 +692,10 @@ def builtin_tools() -> list[Tool]:
              mcp_tools=("analyze_selected_region",), writes=True),
         Tool("measurements", "1.0.0", ("specialist",), "Cardiothoracic ratio, widths and organ areas from the masks",
              measurements, image_types=cxr, mcp_tools=("analyze_image",), consumes=("segment_organs",)),
+        Tool("compare_prior", "1.0.0", ("follow_up",),
+             "The most recent relevant prior in the store compared with this image (findings then and now, CTR)",
+             compare_prior, _schema({"min_delta": {"type": "number", "minimum": 0, "maximum": 1}}), cxr,
+             ("list_priors", "compare_with_prior"), consumes=("classify",), writes=True),
         Tool("management_rules", "1.0.0", ("follow_up",),
              "Follow-up suggestion from the rules table (age, history, findings), with its source",
              management_rules, consumes=("classify", "region_analysis", "measurements", "image_info")),

@@ -15,13 +15,17 @@ def cmd_models_build(args: argparse.Namespace) -> int:
 
     out = Path(args.out) if args.out else Settings.from_env(args.home, args.pack).model_pack
     try:
-        from models.pack import build_pack, is_fresh
+        from models.pack import build_pack, components_named, is_fresh
     except ImportError as exc:
         raise MedVisionError(
             ErrorCode.MODEL_LOAD_ERROR,
             f"building model packs needs the build extra (pip install 'medvision[build]'): {exc.name} is missing",
         ) from exc
-    if args.if_stale and is_fresh(out, dev=args.dev):
+    try:
+        components = components_named([n.strip() for v in args.only for n in v.split(",")]) if args.only else None
+    except ValueError as exc:
+        raise MedVisionError(ErrorCode.INVALID_ARGUMENT, str(exc)) from exc
+    if args.if_stale and is_fresh(out, dev=args.dev, components=components):
         print(f"model pack up to date: {out}")
         return 0
     weights = Path(args.weights_dir) if args.weights_dir else None
@@ -29,7 +33,8 @@ def cmd_models_build(args: argparse.Namespace) -> int:
         raise MedVisionError(ErrorCode.FILE_NOT_FOUND, f"weights directory {weights.name} does not exist")
     calibration = Path(args.calibration) if args.calibration else None
     print(f"building {'dev' if args.dev else 'site'} model pack into {out} ...")
-    manifest = build_pack(out, dev=args.dev, weights_dir=weights, calibration_dir=calibration, threads=args.threads)
+    manifest = build_pack(out, dev=args.dev, weights_dir=weights, calibration_dir=calibration, threads=args.threads,
+                          components=components)
     _print_models(manifest)
     return 0
 
@@ -116,6 +121,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--calibration", metavar="DIR", help="folder of real chest radiographs for int8 calibration")
     build.add_argument("--threads", type=int, default=2, help="threads for the build-time benchmark")
     build.add_argument("--if-stale", action="store_true", help="do nothing when the pack is current")
+    build.add_argument("--only", action="append", metavar="FAMILY[,FAMILY]",
+                       help="build only these model families (classifier, segmentation, embedding, sam, llm, "
+                            "volume_unet); repeatable")
     build.set_defaults(func=cmd_models_build)
     models.add_parser("list", help="list the pack's models").set_defaults(func=cmd_models_list)
     models.add_parser("verify", help="check every model file's sha256").set_defaults(func=cmd_models_verify)

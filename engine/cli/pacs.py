@@ -1,4 +1,4 @@
-"""``medvision pacs echo | find | get | move | store``: query/retrieve against a remote archive.
+"""``medvision pacs echo | find | get | move | priors | store``: query/retrieve against a remote archive.
 
 The network side lives in :mod:`dicom_node.pacs` (imported when a command runs). ``--pacs``
 is ``AE@HOST:PORT`` or the name of an archive in the PACS settings file (``--config``,
@@ -157,6 +157,28 @@ def cmd_pacs_move(args: argparse.Namespace) -> int:
         return _report(result, args)
 
 
+def cmd_pacs_priors(args: argparse.Namespace) -> int:
+    from dicom_node.ingest import Ingestor
+    from dicom_node.pacs.priors import fetch_priors
+
+    settings, archive = _settings(args)
+    with open_engine(args) as engine:
+        ingestor = Ingestor(engine.store, limits=engine.settings.limits)
+        try:
+            outcome = fetch_priors(engine, ingestor, settings, [archive], args.session, count=args.count)
+        finally:
+            ingestor.close()
+    if args.json:
+        print(json_text(outcome))
+        return 0
+    for prior in outcome["priors"]:
+        state = "ready" if prior.get("complete") else f"incomplete ({prior.get('error') or 'instances missing'})"
+        print(f"{prior['study_uid']}  {prior['study_date'] or '-'}  {prior['modality'] or '-'}"
+              f"  {prior['body_part'] or '-'}  session {prior['session_id'] or '-'}  {state}")
+    print(f"{len(outcome['priors'])} prior(s) in {outcome['timings_ms']['total']:.0f} ms", file=sys.stderr)
+    return 0
+
+
 def cmd_pacs_store(args: argparse.Namespace) -> int:
     from dicom_node.pacs.store import send_files
 
@@ -210,6 +232,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     move.add_argument("--listen", type=int, metavar="PORT", help="run a node on PORT for the move (AE: --dest)")
     move.add_argument("--bind", help="with --listen: the address to listen on (default 127.0.0.1)")
     move.add_argument("--node-config", metavar="FILE", help="the node's TOML settings (its AE title, port)")
+    priors = actions.add_parser("priors", parents=[common], help="find a session's relevant priors in the archive"
+                                " (same Patient ID and issuer, modality, body part), retrieve and record them")
+    priors.add_argument("session", metavar="SESSION_ID", help="the current study's session")
+    priors.add_argument("--count", type=int, help="at most this many priors (default: MEDVISION_PRIOR_COUNT, 2)")
+    priors.add_argument("--json", action="store_true", help="print the result as JSON")
+    priors.set_defaults(func=cmd_pacs_priors)
     store = actions.add_parser("store", parents=[common], help="send DICOM files (exports: SR, SEG, SC) by C-STORE")
     store.add_argument("files", nargs="+", metavar="FILE")
     store.add_argument("--web", action="store_true", help="STOW-RS instead of C-STORE")

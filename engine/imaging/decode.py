@@ -81,7 +81,7 @@ METADATA_KEYWORDS = (
     "RescaleSlope", "RescaleIntercept", "RescaleType", "VOILUTFunction",
 )
 PATIENT_KEYWORDS = (
-    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientAge",
+    "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex", "PatientAge",
     "AccessionNumber", "StudyDate", "StudyTime", "InstitutionName", "ReferringPhysicianName",
 )
 

@@ -70,6 +70,17 @@ async def _call(ctx: Context, model: type[R], key: str | None, method: Callable[
     return model.model_validate(result)
 
 
+async def _pacs_call(ctx: Context, key: str | None, operation: str, *args: Any, announce: bool = False,
+                     **kwargs: Any) -> EngineResult:
+    """``dicom_node.pacs.client.<operation>(engine, ...)``: the network side, imported when a PACS tool runs."""
+    from dicom_node.pacs import client
+
+    app = app_context(ctx)
+    function = getattr(client, operation)
+    result = await app.call(ctx, key, function, app.engine, *args, announce=announce, **kwargs)
+    return EngineResult.model_validate(result)
+
+
 def register(app: FastMCP) -> None:
     """Add every tool to ``app``."""
     tool = app.tool
@@ -382,6 +393,65 @@ def register(app: FastMCP) -> None:
         """Classifier and similar cases merged into one label list, with a suggested prompt."""
         return await _call(ctx, EngineResult, session_id, Engine.analyze_with_rag, session_id, image_id, mode, top_k,
                            announce=True)
+
+    # -- priors, compare and the PACS ------------------------------------------------------
+    @tool()
+    async def list_priors(
+        ctx: Context, session_id: SessionId,
+        pacs: Annotated[str | None, Field(max_length=200, description=(
+            "Also look in this archive: its name in pacs.toml or AE@HOST:PORT (default: the store only)."))] = None,
+        fetch: Annotated[bool, Field(description="With pacs: retrieve the chosen priors and record them.")] = False,
+        count: Annotated[int | None, Field(ge=0, le=20, description="At most this many (default: the settings').")] = None,
+    ) -> EngineResult:
+        """The same patient's earlier relevant studies (same Patient ID and issuer, modality, body part),
+        most recent first: those in the store, and with ``pacs`` those in the archive."""
+        if pacs is None:
+            return await _call(ctx, EngineResult, session_id, Engine.list_priors, session_id, count)
+        return await _pacs_call(ctx, session_id, "priors", session_id, pacs, fetch=fetch, count=count)
+
+    @tool()
+    async def compare_with_prior(
+        ctx: Context, session_id: SessionId,
+        prior: Annotated[Id, Field(description="The prior: a session id or the Study Instance UID of a study in the store.")],
+        image_id: ImageId = None,
+        prior_image_id: Annotated[Id | None, Field(description="An image of the prior; default: its current one.")] = None,
+        register: Annotated[bool, Field(description="Register the prior radiograph onto the current one.")] = True,
+    ) -> EngineResult:
+        """Compare a study with a prior: each finding's probability then and now (models and thresholds
+        named), the cardiothoracic ratio and organ areas, and the registration's transform and quality."""
+        return await _call(ctx, EngineResult, session_id, Engine.compare_with_prior, session_id, prior, image_id,
+                           prior_image_id, register, announce=True)
+
+    @tool()
+    async def query_pacs(
+        ctx: Context,
+        pacs: Annotated[str, Field(min_length=1, max_length=200, description="The archive: its name in pacs.toml or AE@HOST:PORT.")],
+        patient_id: Annotated[str | None, Field(max_length=64, description="Patient ID.")] = None,
+        issuer: Annotated[str | None, Field(max_length=64, description="Issuer of Patient ID: only that issuer's patient.")] = None,
+        study_date: Annotated[str | None, Field(max_length=17, description="YYYYMMDD or a range YYYYMMDD-YYYYMMDD.")] = None,
+        modality: Annotated[str | None, Field(max_length=16, description="A modality in the study.")] = None,
+        accession_number: Annotated[str | None, Field(max_length=64, description="Accession Number.")] = None,
+        study_uid: Annotated[str | None, Field(max_length=64, description="Study Instance UID (series level: its series).")] = None,
+        level: Annotated[str, Field(pattern="^(study|series)$", description="study or series.")] = "study",
+        limit: Annotated[int, Field(ge=1, le=1000, description="At most this many results.")] = 100,
+    ) -> EngineResult:
+        """C-FIND in an archive: studies (or a study's series) with their UIDs, dates, modalities and the
+        patient's ID and issuer (two issuers are two patients)."""
+        return await _pacs_call(ctx, None, "query", pacs, level=level, limit=limit, patient_id=patient_id,
+                                issuer=issuer, study_date=study_date, modality=modality,
+                                accession_number=accession_number, study_uid=study_uid)
+
+    @tool()
+    async def retrieve_study(
+        ctx: Context,
+        pacs: Annotated[str, Field(min_length=1, max_length=200, description="The archive: its name in pacs.toml or AE@HOST:PORT.")],
+        study_uid: Annotated[str, Field(min_length=1, max_length=64, description="Study Instance UID.")],
+        series_uid: Annotated[str | None, Field(max_length=64, description="Only this series.")] = None,
+    ) -> EngineResult:
+        """C-GET a study into the encrypted store (resumable; held instances are not asked for again);
+        returns the counts, what is missing, and the session holding it."""
+        return await _pacs_call(ctx, f"pacs:{study_uid}", "retrieve", study_uid=study_uid, pacs=pacs,
+                                series_uid=series_uid, announce=True)
 
     @tool()
     async def build_rag_index(

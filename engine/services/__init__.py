@@ -14,9 +14,11 @@ from engine.inference.registry import ModelRegistry
 from engine.services.analysis import AnalysisService
 from engine.services.annotations import AnnotationService
 from engine.services.audit import AuditTrail
+from engine.services.compare import CompareService
 from engine.services.images import DecodeCache, ImageService
 from engine.services.intake import ImageIntake
 from engine.services.interactive import InteractiveService
+from engine.services.priors import PriorService
 from engine.services.regions import RegionService
 from engine.services.sessions import SessionService
 from engine.services.similar import SimilarCaseService
@@ -40,6 +42,8 @@ class Services:
     regions: RegionService
     sessions: SessionService
     volumes: VolumeService
+    priors: PriorService
+    compare: CompareService
     audit: AuditTrail
 
     @classmethod
@@ -60,7 +64,8 @@ class Services:
                    interactive=interactive, similar=similar,
                    regions=RegionService(store, models, images, analysis, interactive, similar, annotations),
                    sessions=SessionService(store, images, interactive, settings.retention, volumes),
-                   volumes=volumes, audit=AuditTrail(store.audit, settings))
+                   volumes=volumes, priors=PriorService(store, settings.prior_count),
+                   compare=CompareService(store, images, analysis), audit=AuditTrail(store.audit, settings))
 
     def close(self) -> None:
         """Release the reference library, models and database connections."""

@@ -78,6 +78,7 @@ class SessionService:
             "current_image": session["current_image_id"],
             "total_annotations": self.store.count("annotations", session_id),
             "total_analyses": self.store.count("analyses", session_id),
+            "priors": (session["metadata"] or {}).get("priors", []),
         }
 
     def delete(self, session_id: str) -> dict:

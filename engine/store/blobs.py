@@ -6,6 +6,12 @@ associated data ``blob_id || i || final``, so chunks cannot be reordered, swappe
 between blobs or truncated without the reader noticing. Streaming keeps memory flat
 for large instances. Writes go temp file -> fsync -> rename -> fsync(dir), so a blob
 that exists is whole.
+
+``MVB2`` is the same with a sealed *index record* after the last chunk (nonce
+``prefix || 0xFFFFFFFF``, associated data ``blob_id || "index"``) and its 4-byte length
+at the very end: what the blob's database rows will say, written under the same fsync
+as the content, so the blob alone is the durable record of a received instance
+(:meth:`BlobStore.read_index`; the DICOM node indexes it after acknowledging it).
 """
 
 from __future__ import annotations
@@ -28,8 +34,13 @@ from engine.errors import ErrorCode, MedVisionError
 from engine.files import fsync_dir
 
 MAGIC = b"MVB1"
+MAGIC_INDEXED = b"MVB2"
 CHUNK_SIZE = 1 << 20
 _HEADER = struct.Struct(">4s8sI")
+_INDEX_LENGTH = struct.Struct(">I")
+_INDEX_CHUNK = 0xFFFFFFFF
+#: An index record is a few kilobytes of JSON; a larger length is a damaged file.
+MAX_INDEX_BYTES = 16 << 20
 _TAG_BYTES = 16
 _BLOB_ID = re.compile(r"^[0-9a-f]{16,64}$")
 
@@ -57,10 +68,18 @@ def _aad(blob_id: str, index: int, final: bool) -> bytes:
     return blob_id.encode() + struct.pack(">I?", index, final)
 
 
+def _index_aad(blob_id: str) -> bytes:
+    return blob_id.encode() + b"index"
+
+
 def _disk_error(exc: OSError) -> MedVisionError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return MedVisionError(ErrorCode.DISK_FULL, "no space left on the data disk")
     return MedVisionError(ErrorCode.DATABASE_ERROR, f"blob storage failed: {exc.strerror}")
+
+
+def _damaged(blob_id: str) -> MedVisionError:
+    return MedVisionError(ErrorCode.DATABASE_ERROR, f"blob {blob_id} failed its integrity check")
 
 
 class BlobWriter:
@@ -79,7 +98,7 @@ class BlobWriter:
         self.tmp_path = self.final_path.with_suffix(".tmp")
         self._file = open(self.tmp_path, "wb")  # noqa: SIM115 - closed in commit/abort
         self._file.write(_HEADER.pack(MAGIC, self._prefix, CHUNK_SIZE))
-        self.committed = False
+        self.committed = self._tail_sealed = False
 
     @property
     def sha256(self) -> str:
@@ -113,10 +132,30 @@ class BlobWriter:
         self._file.flush()
         return _PartialReader(self)
 
-    def commit(self) -> None:
-        """Seal the last chunk and make the blob durable under its final name."""
+    def seal_tail(self, *, writeback: bool = False) -> None:
+        """Seal and write the last chunk (once; nothing may be written after it). With
+        ``writeback`` (ahead of a :meth:`commit`) the disk starts writing the file now, so
+        the commit's fsync has less to wait for (Linux: ``POSIX_FADV_DONTNEED``)."""
+        if self._tail_sealed:
+            return
         self._seal(bytes(self._pending), final=True)
         self._pending.clear()
+        self._tail_sealed = True
+        if writeback:
+            self._file.flush()
+            if hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(self._file.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+
+    def commit(self, index: bytes | None = None) -> None:
+        """Seal the last chunk (and the ``index`` record, if given: ``MVB2``) and make the
+        blob durable under its final name: one fsync of the file, one of its directory."""
+        self.seal_tail()
+        if index is not None:
+            nonce = self._prefix + struct.pack(">I", _INDEX_CHUNK)
+            sealed = self._store._aes.encrypt(nonce, index, _index_aad(self.blob_id))
+            self._file.write(sealed + _INDEX_LENGTH.pack(len(sealed)))
+            self._file.seek(0)
+            self._file.write(MAGIC_INDEXED)
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
@@ -235,35 +274,68 @@ class BlobStore:
 
     def iter_chunks(self, blob_id: str) -> Iterator[bytes]:
         """Decrypt a blob chunk by chunk, verifying order, integrity and completeness."""
-        path = self.path_for(blob_id)
+        handle = self._open(blob_id)
         try:
-            handle = open(path, "rb")  # noqa: SIM115 - closed in finally
-        except FileNotFoundError as exc:
-            raise MedVisionError(ErrorCode.DATABASE_ERROR, f"blob {blob_id} is missing") from exc
-        try:
-            header = handle.read(_HEADER.size)
-            if len(header) != _HEADER.size:
-                raise MedVisionError(ErrorCode.DATABASE_ERROR, f"blob {blob_id} is truncated")
-            magic, prefix, chunk_size = _HEADER.unpack(header)
-            if magic != MAGIC:
-                raise MedVisionError(ErrorCode.DATABASE_ERROR, f"blob {blob_id} has an unknown format")
-            index = 0
-            sealed = handle.read(chunk_size + _TAG_BYTES)
+            prefix, chunk_size, end = self._layout(handle, blob_id)
+            index, position = 0, _HEADER.size
+            sealed = handle.read(min(chunk_size + _TAG_BYTES, end - position))
             while True:
-                following = handle.read(chunk_size + _TAG_BYTES)
+                position += len(sealed)
+                following = handle.read(min(chunk_size + _TAG_BYTES, end - position))
                 final = not following
                 nonce = prefix + struct.pack(">I", index)
                 try:
                     yield self._aes.decrypt(nonce, sealed, _aad(blob_id, index, final))
                 except InvalidTag as exc:
-                    raise MedVisionError(
-                        ErrorCode.DATABASE_ERROR, f"blob {blob_id} failed its integrity check"
-                    ) from exc
+                    raise _damaged(blob_id) from exc
                 if final:
                     return
                 sealed, index = following, index + 1
         finally:
             handle.close()
+
+    def read_index(self, blob_id: str) -> bytes | None:
+        """The index record sealed in an ``MVB2`` blob (None for ``MVB1``); a record that
+        fails its check raises ``DATABASE_ERROR``, a missing file ``FileNotFoundError``."""
+        handle = open(self.path_for(blob_id), "rb")  # noqa: SIM115 - closed in finally
+        try:
+            if handle.read(len(MAGIC_INDEXED)) != MAGIC_INDEXED:
+                return None
+            handle.seek(0)
+            prefix, _, end = self._layout(handle, blob_id)
+            handle.seek(end)
+            sealed = handle.read(MAX_INDEX_BYTES + 1)[: -_INDEX_LENGTH.size]
+            try:
+                return self._aes.decrypt(prefix + struct.pack(">I", _INDEX_CHUNK), sealed, _index_aad(blob_id))
+            except InvalidTag as exc:
+                raise _damaged(blob_id) from exc
+        finally:
+            handle.close()
+
+    def _open(self, blob_id: str) -> io.BufferedReader:
+        try:
+            return open(self.path_for(blob_id), "rb")
+        except FileNotFoundError as exc:
+            raise MedVisionError(ErrorCode.DATABASE_ERROR, f"blob {blob_id} is missing") from exc
+
+    @staticmethod
+    def _layout(handle: io.BufferedReader, blob_id: str) -> tuple[bytes, int, int]:
+        """``(nonce prefix, chunk size, end of the chunks)``; leaves ``handle`` after the header."""
+        header = handle.read(_HEADER.size)
+        if len(header) != _HEADER.size:
+            raise MedVisionError(ErrorCode.DATABASE_ERROR, f"blob {blob_id} is truncated")
+        magic, prefix, chunk_size = _HEADER.unpack(header)
+        if magic not in (MAGIC, MAGIC_INDEXED):
+            raise MedVisionError(ErrorCode.DATABASE_ERROR, f"blob {blob_id} has an unknown format")
+        end = os.fstat(handle.fileno()).st_size
+        if magic == MAGIC_INDEXED:
+            handle.seek(end - _INDEX_LENGTH.size)
+            (length,) = _INDEX_LENGTH.unpack(handle.read(_INDEX_LENGTH.size))
+            end -= _INDEX_LENGTH.size + length
+            if length > MAX_INDEX_BYTES or end < _HEADER.size:
+                raise _damaged(blob_id)
+            handle.seek(_HEADER.size)
+        return prefix, chunk_size, end
 
     def read_bytes(self, blob_id: str) -> bytes:
         """The whole plaintext of a blob."""

@@ -1,19 +1,27 @@
 """The DICOM node's tables: received instances, associations, node heartbeats, the C-STORE outbox.
 
-The node commits each received instance's blob (fsync + rename) first, then calls
-:meth:`DicomRepository.add_instance`: one transaction adds the study's session
-(created or reused), the blob row, the image row, the receipt, the analysis job and
-their events. An instance whose SOP Instance UID is already stored is a duplicate,
-settled by the node's duplicate policy (:data:`DUPLICATE_POLICIES`).
+A received instance's blob is its durable record: the node seals an *index record*
+(:func:`instance_index`: everything its rows will hold) into the blob, commits it (fsync +
+rename), acknowledges it, and only then calls :meth:`DicomRepository.add_instances`
+(many instances, one transaction): per instance the study's session (created or
+reused), the blob row, the image row, the receipt, the analysis job and their events.
+Indexing is idempotent (a blob with a row is skipped), so a blob whose rows a crash
+lost is indexed by :meth:`DicomRepository.index_unindexed_blobs` whenever the store is
+opened. An instance whose SOP Instance UID is already stored is a duplicate, settled
+by the node's duplicate policy (:data:`DUPLICATE_POLICIES`).
 """
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from engine.errors import MedVisionError
 from engine.events import EventKind
-from engine.store.common import loads, new_id, now_iso
+from engine.store.blobs import BlobStore
+from engine.store.common import dumps, loads, new_id, now_iso
 from engine.store.database import Connection, Database
 from engine.store.events import EventLog
 from engine.store.jobs import JobRepository
@@ -26,25 +34,68 @@ KEEP_FIRST, KEEP_NEWEST, REFUSE = "keep_first", "keep_newest", "refuse"
 DUPLICATE_POLICIES = (KEEP_FIRST, KEEP_NEWEST, REFUSE)
 #: ``dicom-node status`` lists this many of today's duplicates, newest first.
 LATEST_DUPLICATES = 5
+#: The ``kind`` of a received instance's index record (:func:`instance_index`).
+INSTANCE_INDEX = "dicom.instance"
+#: What an index record carries: :meth:`DicomRepository.add_instance`'s arguments.
+_INDEX_FIELDS = ("blob_id", "size", "sha256", "record", "association_id", "calling_ae", "session_name",
+                 "job_kind", "max_attempts", "duplicate_policy", "received_at")
+
+log = logging.getLogger(__name__)
+
+
+def instance_index(*, blob_id: str, size: int, sha256: str, record: dict, association_id: str | None,
+                   calling_ae: str | None, session_name: str | None, job_kind: str | None, max_attempts: int,
+                   duplicate_policy: str, received_at: str, sequence: int) -> bytes:
+    """The index record sealed into a received instance's blob: the arguments of its
+    :meth:`DicomRepository.add_instance` (``sequence``: the acknowledgement order)."""
+    return dumps({"kind": INSTANCE_INDEX, "version": 1, "sequence": sequence, "blob_id": blob_id, "size": size,
+                  "sha256": sha256, "record": record, "association_id": association_id, "calling_ae": calling_ae,
+                  "session_name": session_name, "job_kind": job_kind, "max_attempts": max_attempts,
+                  "duplicate_policy": duplicate_policy, "received_at": received_at}).encode()
+
+
+def read_instance_index(blobs: BlobStore, blob_id: str) -> dict | None:
+    """A blob's index record as :meth:`DicomRepository.add_instance` arguments plus
+    ``sequence``; None for a blob without one (an artefact, or an older blob)."""
+    sealed = blobs.read_index(blob_id)
+    if sealed is None:
+        return None
+    index = json.loads(sealed)
+    if not isinstance(index, dict) or index.get("kind") != INSTANCE_INDEX or index.get("blob_id") != blob_id:
+        return None
+    return {key: index[key] for key in (*_INDEX_FIELDS, "sequence")}
 
 
 class DicomRepository:
     """Instances received, associations, nodes and the outbox of results to send."""
 
     def __init__(self, db: Database, events: EventLog, sessions: SessionRepository, images: ImageRepository,
-                 jobs: JobRepository) -> None:
+                 jobs: JobRepository, blobs: BlobStore) -> None:
         self.db, self.events, self.sessions, self.images, self.jobs = db, events, sessions, images, jobs
+        self.blobs = blobs
+
+    def add_instances(self, instances: list[dict]) -> list[dict]:
+        """:meth:`add_instance` for each (keyword arguments, in acknowledgement order), all
+        in one transaction: one commit, one WAL fsync, however many instances."""
+        with self.db.transaction():
+            return [self.add_instance(**instance) for instance in instances]
+
+    def held_sha256(self, sop_instance_uid: str) -> str | None:
+        """The content hash of the newest stored copy of a SOP instance (None: not held)."""
+        rows = self.db.query("SELECT sha256 FROM images WHERE sop_instance_uid = ? ORDER BY rowid DESC LIMIT 1",
+                             (sop_instance_uid,))
+        return rows[0]["sha256"] if rows else None
 
     def add_instance(self, *, blob_id: str, size: int, sha256: str, record: dict,
                      association_id: str | None, calling_ae: str | None,
                      session_name: str | None = None, job_kind: str | None = None,
-                     max_attempts: int = 3, before_commit: Callable[[], object] | None = None,
-                     duplicate_policy: str = KEEP_FIRST) -> dict:
-        """Record a received instance; returns ``status`` (stored|duplicate|version|refused),
+                     max_attempts: int = 3, duplicate_policy: str = KEEP_FIRST,
+                     received_at: str | None = None) -> dict:
+        """Record a received instance; returns ``status`` (stored|duplicate|version|refused,
+        or ``indexed`` when a row already holds ``blob_id``: indexing is idempotent),
         ``image_id``, ``session_id``, ``same_content`` (a resend of a stored SOP Instance
         UID), ``blob_used`` (False: the caller deletes its blob file) and ``job_id``.
-        ``before_commit`` runs last inside the transaction of a stored instance; if it
-        raises, nothing is committed.
+        ``received_at``: when it was acknowledged (default: now).
 
         A resend identical to the newest stored copy is a ``duplicate`` whatever the
         policy. One with other content is settled by ``duplicate_policy``
@@ -55,8 +106,11 @@ class DicomRepository:
         """
         if duplicate_policy not in DUPLICATE_POLICIES:
             raise ValueError(f"unknown duplicate policy {duplicate_policy!r}")
-        stamp, image_id = now_iso(), new_id()
+        stamp, image_id = received_at or now_iso(), new_id()
         with self.db.transaction() as tx:
+            if tx.execute("SELECT 1 FROM blobs WHERE id = ?", (blob_id,)).fetchone() is not None:
+                return {"status": "indexed", "image_id": None, "session_id": None, "same_content": None,
+                        "blob_used": True, "job_id": None}
             row = tx.execute("SELECT id, session_id, sha256 FROM images WHERE sop_instance_uid = ?"
                              " ORDER BY rowid DESC LIMIT 1", (record["sop_instance_uid"],)).fetchone()
             if row is not None:
@@ -91,8 +145,6 @@ class DicomRepository:
             if job_kind:
                 job_id = self.jobs.enqueue(job_kind, {"session_id": session_id, "image_id": image_id},
                                            session_id=session_id, image_id=image_id, max_attempts=max_attempts)
-            if before_commit is not None:
-                before_commit()
         return {"status": "stored" if row is None else "version", "image_id": image_id, "session_id": session_id,
                 "same_content": None if row is None else False, "blob_used": existing is None, "job_id": job_id}
 
@@ -109,6 +161,49 @@ class DicomRepository:
         return self.sessions.insert(
             tx, name=session_name, study_instance_uid=study, stamp=stamp, source="dicom",
             metadata={"source": "dicom", "calling_ae": calling_ae, "association_id": association_id})
+
+    def index_unindexed_blobs(self, erasing: Callable[[], set[str]] = set) -> dict:
+        """Index every received instance whose blob has no row yet (a crash between the
+        acknowledgement and the row write, or a row write that failed), oldest first,
+        each queueing its job as it would have; returns ``indexed``, ``dropped`` (a
+        duplicate's blob, deleted as its write would have) and ``unreadable`` (blob ids
+        whose index record fails its check: kept, never deleted). Idempotent: safe while
+        a node in another process indexes the same blobs. The blobs of an erasure in
+        progress (``erasing()``, asked after the rows are read: an erasure committed in
+        between deletes a row and lists its blob in one transaction) are left alone."""
+        known = {row["id"] for row in self.db.query("SELECT id FROM blobs")}
+        known |= erasing()
+        found, unreadable = [], []
+        for blob_id in sorted(self.blobs.ids_on_disk() - known):
+            try:
+                index = read_instance_index(self.blobs, blob_id)
+            except FileNotFoundError:
+                continue  # deleted meanwhile (a duplicate dropped by its writer)
+            except (MedVisionError, ValueError, KeyError, TypeError):
+                unreadable.append(blob_id)
+                continue
+            if index is not None:
+                found.append(index)
+        found.sort(key=lambda index: (index["received_at"], index["sequence"]))
+        for index in found:
+            del index["sequence"]
+        dropped = 0
+        for instance, done in zip(found, self.add_instances(found) if found else [], strict=True):
+            if not done["blob_used"]:
+                self.blobs.delete(instance["blob_id"])
+                dropped += 1
+        if found or unreadable:
+            log.warning("indexed %d received instance(s) whose rows were missing (%d duplicate(s) dropped);"
+                        " %d blob(s) with a damaged index record kept", len(found) - dropped, dropped,
+                        len(unreadable))
+        return {"indexed": len(found) - dropped, "dropped": dropped, "unreadable": unreadable}
+
+    def rows_without_blob(self) -> list[dict]:
+        """Image rows whose blob file is gone (``image_id``, ``blob_id``): lost data to report."""
+        on_disk = self.blobs.ids_on_disk()
+        return [{"image_id": row["id"], "blob_id": row["blob_id"]} for row in
+                self.db.query("SELECT id, blob_id FROM images WHERE blob_id IS NOT NULL ORDER BY rowid")
+                if row["blob_id"] not in on_disk]
 
     def association(self, association_id: str, *, node: str | None = None, calling_ae: str | None = None,
                     called_ae: str | None = None, peer_host: str | None = None, state: str = "open",

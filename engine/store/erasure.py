@@ -67,6 +67,11 @@ class ErasureJournal:
         """Journal rows of erasures not finished yet (a process died after its commit)."""
         return [int(r["id"]) for r in self.db.query("SELECT id FROM erasures ORDER BY id")]
 
+    def pending_blob_ids(self) -> set[str]:
+        """The blob ids among the files unfinished erasures will unlink (never to be indexed again meanwhile)."""
+        return {Path(name).stem for row in self.db.query("SELECT files FROM erasures")
+                for name in loads(row["files"]) if name.endswith(".mvb")}
+
     def replay(self) -> int:
         """Finish every unfinished erasure; returns how many there were."""
         pending = self.pending()

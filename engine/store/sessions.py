@@ -63,6 +63,36 @@ class SessionRepository:
             raise self._missing(session_id)
         return decode_row(rows[0])
 
+    def by_study(self, study_instance_uid: str) -> dict | None:
+        """The session of a Study Instance UID (received or retrieved: the session's own; else the
+        newest session holding an image of it, as a file added to a session), or None."""
+        rows = self.db.query("SELECT * FROM sessions WHERE study_instance_uid = ?", (study_instance_uid,))
+        if not rows:
+            rows = self.db.query("SELECT s.* FROM sessions s JOIN images i ON i.session_id = s.id"
+                                 " WHERE i.study_instance_uid = ? ORDER BY i.created_at DESC, i.rowid DESC LIMIT 1",
+                                 (study_instance_uid,))
+        return decode_row(rows[0]) if rows else None
+
+    def of_patient(self, patient_id: str, limit: int = 1000) -> list[dict]:
+        """One image row per session whose images carry this Patient ID (any issuer: the
+        caller compares issuers), newest sessions first."""
+        rows = self.db.query(
+            "SELECT * FROM images WHERE rowid IN (SELECT min(rowid) FROM images"
+            " WHERE json_extract(patient, '$.PatientID') = ? GROUP BY session_id)"
+            " ORDER BY created_at DESC LIMIT ?", (patient_id, limit))
+        return [decode_row(r) for r in rows]
+
+    def set_priors(self, session_id: str, priors: list[dict]) -> None:
+        """Record the session's priors (in its metadata, ``priors``) and announce them (``session.priors``)."""
+        session = self.get(session_id)
+        metadata = dict(session["metadata"] or {}) | {"priors": priors}
+        with self.db.transaction() as tx:
+            tx.execute("UPDATE sessions SET metadata = ?, updated_at = ? WHERE id = ?",
+                       (dumps(metadata), now_iso(), session_id))
+            self.events.append(tx, session_id, EventKind.SESSION_PRIORS,
+                               {"session_id": session_id, "count": len(priors),
+                                "prior_session_ids": [p["session_id"] for p in priors if p.get("session_id")]})
+
     def _missing(self, session_id: str) -> MedVisionError:
         tombstone = self.db.query("SELECT source, expired_at FROM session_tombstones WHERE session_id = ?",
                                   (session_id,))

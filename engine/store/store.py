@@ -8,7 +8,6 @@ each a delegation to a repository attribute (``store.sessions``, ``store.jobs``,
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +58,7 @@ class Store:
         self.masks = MaskRepository(self.db, self.events)
         self.annotations = AnnotationRepository(self.db, self.events, self.sessions, self.images)
         self.jobs = JobRepository(self.db, self.events)
-        self.dicom = DicomRepository(self.db, self.events, self.sessions, self.images, self.jobs)
+        self.dicom = DicomRepository(self.db, self.events, self.sessions, self.images, self.jobs, self.blobs)
         self.exports = ExportRepository(self.db, self.blobs, self.events, self.sessions)
         self.agent_runs = AgentRunRepository(self.db, self.events, self.sessions)
         self.inputs = InputRequestRepository(self.db, self.events, self.sessions)
@@ -82,11 +81,21 @@ class Store:
 
     @classmethod
     def open(cls, home: Path, *, use_keyring: bool = True, key: bytes | None = None) -> Store:
-        """Open (or create) the store in ``home``, finding the key through the provider chain."""
+        """Open (or create) the store in ``home``, finding the key through the provider chain.
+
+        Received DICOM instances acknowledged but not yet indexed when a process died
+        are indexed now (:meth:`DicomRepository.index_unindexed_blobs`): their blobs are
+        the durable record."""
         home = Path(home)
         if key is None:
             key = resolve_key(home, home / DATABASE_NAME, use_keyring=use_keyring)
-        return cls(home, key)
+        store = cls(home, key)
+        try:
+            store.dicom.index_unindexed_blobs(erasing=store.erasures.pending_blob_ids)
+        except BaseException:
+            store.close()
+            raise
+        return store
 
     def close(self) -> None:
         """Write queued audit records, then close all database connections."""
@@ -129,6 +138,18 @@ class Store:
     def list_sessions(self, limit: int = 100) -> list[dict]:
         """See :meth:`SessionRepository.recent`."""
         return self.sessions.recent(limit)
+
+    def session_of_study(self, study_instance_uid: str) -> dict | None:
+        """See :meth:`SessionRepository.by_study`."""
+        return self.sessions.by_study(study_instance_uid)
+
+    def images_of_patient(self, patient_id: str, limit: int = 1000) -> list[dict]:
+        """See :meth:`SessionRepository.of_patient`."""
+        return self.sessions.of_patient(patient_id, limit)
+
+    def set_session_priors(self, session_id: str, priors: list[dict]) -> None:
+        """See :meth:`SessionRepository.set_priors`."""
+        self.sessions.set_priors(session_id, priors)
 
     def delete_session(self, session_id: str, *, expired_before: str | None = None) -> dict | None:
         """See :meth:`SessionRepository.delete`."""
@@ -242,13 +263,13 @@ class Store:
     def dicom_add_instance(self, *, blob_id: str, size: int, sha256: str, record: dict,
                            association_id: str | None, calling_ae: str | None,
                            session_name: str | None = None, job_kind: str | None = None,
-                           max_attempts: int = 3, before_commit: Callable[[], object] | None = None,
-                           duplicate_policy: str = "keep_first") -> dict:
+                           max_attempts: int = 3, duplicate_policy: str = "keep_first",
+                           received_at: str | None = None) -> dict:
         """See :meth:`DicomRepository.add_instance`."""
         return self.dicom.add_instance(blob_id=blob_id, size=size, sha256=sha256, record=record,
                                        association_id=association_id, calling_ae=calling_ae,
                                        session_name=session_name, job_kind=job_kind, max_attempts=max_attempts,
-                                       before_commit=before_commit, duplicate_policy=duplicate_policy)
+                                       duplicate_policy=duplicate_policy, received_at=received_at)
 
     def dicom_association(self, association_id: str, *, node: str | None = None, calling_ae: str | None = None,
                           called_ae: str | None = None, peer_host: str | None = None, state: str = "open",

@@ -183,3 +183,17 @@ def test_similar_cases_show_their_previews(qtbot, window, rg1_path, engine, tmp_
                                                             QUrl(_thumbnail_url(case_id)))
         assert image.height() == 160 or image.width() == 160  # the stored preview, longest side 160
     artefacts(window, "main-window-similar-cases")
+
+
+def test_a_session_with_priors_shows_them_in_the_worklist(qtbot, window, rg1_path, engine) -> None:
+    current = engine.create_study_session("with priors")["session_id"]
+    engine.add_image_to_session(current, rg1_path, auto_analyze=False)
+    engine.record_priors(current, [{"session_id": None, "study_uid": "1.2.3", "study_date": "20030115",
+                                    "modality": "CR", "body_part": "CHEST"}])  # as the node's fetcher does
+
+    def shown() -> bool:
+        tree = window.worklist.tree
+        return any(tree.topLevelItem(i).text(2).endswith("· 1 prior") and "20030115" in tree.topLevelItem(i).toolTip(2)
+                   for i in range(tree.topLevelItemCount()))
+
+    qtbot.waitUntil(shown, timeout=5000)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from engine.inference.modelpack import ModelPack
-from models import BUILDER_VERSION, classifier
-from models.pack import COMPONENTS, build_pack, is_fresh
+from models import BUILDER_VERSION, classifier, sam
+from models.pack import COMPONENTS, build_pack, components_named, family_names, is_fresh
 
 
 def test_dev_build_is_complete_fresh_and_replaces_atomically(tmp_path: Path) -> None:
@@ -31,3 +33,10 @@ def test_dev_build_is_complete_fresh_and_replaces_atomically(tmp_path: Path) -> 
     stale["builder_version"] = "0"
     (out / "manifest.json").write_text(json.dumps(stale))
     assert not is_fresh(out, dev=True)
+
+
+def test_families_are_chosen_by_name_in_build_order() -> None:
+    assert family_names() == ["classifier", "segmentation", "embedding", "sam", "llm"]
+    assert components_named(["sam", "classifier"]) == [classifier.build, sam.build]
+    with pytest.raises(ValueError, match="unknown model family densenet; choose from classifier"):
+        components_named(["classifier", "densenet"])

@@ -13,6 +13,7 @@ import torch
 from transformers import Dinov2Model
 
 from engine.analysis.embedding import pixel_values
+from engine.errors import ErrorCode, MedVisionError
 from engine.imaging import decode_image
 from engine.inference.modelpack import ModelPack, sha256_file
 from models import embedding
@@ -73,5 +74,8 @@ def test_local_snapshot_loads_offline(tmp_path: Path) -> None:
 
 
 def test_missing_snapshot_is_named(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="rad-dino/model.safetensors"):
+    (tmp_path / "rad-dino").mkdir()
+    (tmp_path / "rad-dino" / "config.json").write_text("{}")
+    with pytest.raises(MedVisionError, match="rad-dino/model.safetensors") as err:
         embedding.load_rad_dino(tmp_path)
+    assert err.value.code is ErrorCode.FILE_NOT_FOUND

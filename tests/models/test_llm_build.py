@@ -16,7 +16,7 @@ from engine.inference.llm import LlmRuntime
 from engine.inference.modelpack import ModelPack, manifest_schema, sha256_file
 from engine.inference.registry import ModelRegistry
 from models import llm
-from models.pack import COMPONENTS, build_pack
+from models.pack import COMPONENTS
 from tests.fs import linked_copy
 
 
@@ -75,28 +75,6 @@ def test_a_missing_gguf_is_named(llm_pack: Path, tmp_path: Path) -> None:
     with pytest.raises(MedVisionError) as err:
         runtime.load()
     assert err.value.code is ErrorCode.MODEL_LOAD_ERROR and entry["file"] in err.value.message
-
-
-def test_weights_dir_gguf_and_mmproj_become_a_vlm_pair(llm_pack: Path, tmp_path: Path) -> None:
-    weights = tmp_path / "weights"
-    (weights / "llm").mkdir(parents=True)
-    os.link(llm_pack / _entry(llm_pack)["file"], weights / "llm" / "site-model-q4_k_m.gguf")
-    (weights / "llm" / "site-model-mmproj-f16.gguf").write_bytes(b"GGUF" + bytes(64))  # not loaded here
-    out = tmp_path / "pack"
-    manifest = build_pack(out, dev=False, weights_dir=weights, components=[llm.build])
-    entries = {e["task"]: e for e in manifest["models"]}
-    assert set(entries) == {"llm", "vlm_mmproj"}
-    assert entries["llm"]["id"] == "site-model-q4_k_m" and entries["llm"]["precision"] == "q4_k_m"
-    assert entries["llm"]["upstream"]["sha256"] == gemma_package.EXPECTED_SHA256
-    assert entries["vlm_mmproj"]["parameters"]["model"] == "site-model-q4_k_m"
-    assert entries["vlm_mmproj"]["precision"] == "f16"
-    runtime = ModelRegistry(Settings(home=tmp_path, model_pack=out, threads=1)).llm()
-    assert runtime is not None and runtime.supports_images and not runtime.loaded
-    assert runtime.describe()["mmproj"] == "site-model-q4_k_m-mmproj"
-
-    (weights / "llm" / "second.gguf").write_bytes(b"GGUF")
-    with pytest.raises(ValueError, match="several GGUF models"):
-        llm.find_weights(weights)
 
 
 def test_assembly_checks_the_package_sha256(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from engine.analysis.interactive import rgb_display, sam_image_tensor, validate_prompt
+from engine.errors import ErrorCode, MedVisionError
 from engine.imaging import DecodedImage, decode_image
 from engine.inference.modelpack import ModelPack, manifest_schema, sha256_file
 from models import sam
@@ -182,5 +183,6 @@ def test_checkpoint_loads_and_refreshes_the_cached_attention_biases(torch_sam: t
 
 
 def test_missing_checkpoint_is_named(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=sam.WEIGHTS_FILE):
+    with pytest.raises(MedVisionError, match=sam.WEIGHTS_FILE) as err:
         sam.load_mobile_sam(tmp_path)
+    assert err.value.code is ErrorCode.FILE_NOT_FOUND

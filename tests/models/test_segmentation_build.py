@@ -15,6 +15,7 @@ import torchxrayvision as xrv
 from torchxrayvision.baseline_models.chestx_det.ptsemseg.pspnet import pspnet
 
 from engine.analysis.preprocess import xrv_tensor
+from engine.errors import ErrorCode, MedVisionError
 from engine.imaging import decode_image
 from engine.inference.modelpack import ModelPack, sha256_file
 from models import segmentation
@@ -69,8 +70,9 @@ def test_upstream_checkpoint_loads_like_xrv(tmp_path: Path) -> None:
 
 
 def test_missing_checkpoint_is_named(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=segmentation.WEIGHTS_FILE):
+    with pytest.raises(MedVisionError, match=segmentation.WEIGHTS_FILE) as err:
         segmentation.load_pspnet(tmp_path, None)
+    assert err.value.code is ErrorCode.FILE_NOT_FOUND
 
 
 def test_dice_per_label_on_known_masks() -> None:

@@ -43,7 +43,7 @@ def test_a_blob_in_progress_reads_back_at_any_offset(blobs: BlobStore, size: int
     assert writer.in_memory is (size <= CHUNK_SIZE)
     view = writer.reader()
     if writer.in_memory:
-        writer.commit()  # the node commits on another thread while the header is read
+        writer.commit()  # a commit while the view is read changes nothing
     for offset, length in [(0, 132), (size // 2, 5000), (CHUNK_SIZE - 10, 20), (max(size - 3, 0), 100),
                            (size + 5, 10)]:
         view.seek(offset)
@@ -74,6 +74,30 @@ def test_damaged_blobs_are_refused(blobs: BlobStore, damage: str) -> None:
     with pytest.raises(MedVisionError) as err:
         blobs.read_bytes(blob_id)
     assert err.value.code is ErrorCode.DATABASE_ERROR
+
+
+@pytest.mark.parametrize("size", [0, 1000, CHUNK_SIZE * 2 + 777])
+def test_an_index_record_is_sealed_with_the_blob(blobs: BlobStore, size: int) -> None:
+    """``MVB2``: the record after the chunks, under the same seal; the content reads as before."""
+    data, record = os.urandom(size), b'{"kind": "dicom.instance", "patient": "Doe^Jane"}'
+    writer = blobs.writer("f" * 32)
+    writer.write(data)
+    writer.commit(record)
+    assert blobs.read_bytes("f" * 32) == data and blobs.read_index("f" * 32) == record
+    assert b"Doe^Jane" not in blobs.path_for("f" * 32).read_bytes()
+    blobs.write_bytes("a" * 32, data)  # MVB1: no record
+    assert blobs.read_index("a" * 32) is None and blobs.read_bytes("a" * 32) == data
+    path, raw = blobs.path_for("f" * 32), blobs.path_for("f" * 32).read_bytes()
+    for damaged in (raw[:-8] + bytes([raw[-8] ^ 1]) + raw[-7:], raw[:-2], raw[:-4] + b"\xff\xff\xff\xff"):
+        path.write_bytes(damaged)
+        with pytest.raises(MedVisionError) as err:
+            blobs.read_index("f" * 32)
+        assert err.value.code is ErrorCode.DATABASE_ERROR
+    path.write_bytes(raw)
+    blobs.write_bytes("e" * 32, b"")
+    blobs.path_for("e" * 32).write_bytes(raw)  # a record cannot be moved to another blob
+    with pytest.raises(MedVisionError):
+        blobs.read_index("e" * 32)
 
 
 def test_blobs_cannot_be_swapped_between_ids(blobs: BlobStore) -> None:

@@ -18,6 +18,7 @@ from engine.store.agent_runs import AgentRunRepository
 from engine.store.analyses import AnalysisRepository, MaskRepository
 from engine.store.annotations import AnnotationRepository
 from engine.store.canvas import CanvasRepository
+from engine.store.common import loads
 from engine.store.dicom import DicomRepository
 from engine.store.events import EventLog
 from engine.store.exports import ExportRepository
@@ -132,6 +133,53 @@ def test_dicom_instance_reuses_the_session_and_image_writers(store: Store) -> No
     assert session["current_image_id"] == stored["image_id"] and session["metadata"]["source"] == "dicom"
 
 
+def _received(store: Store, blob_id: str, data: bytes, sequence: int, *, uid: str = "1.2.3",
+              policy: str = "keep_first") -> None:
+    """A blob as the DICOM node leaves it after its acknowledgement: index record sealed in, no row."""
+    import hashlib
+
+    from engine.store.dicom import instance_index
+
+    record = {"type": "CXR", "format": "dicom", "sop_instance_uid": uid, "study_instance_uid": "9.9", "rows": 4,
+              "columns": 4, "metadata": {"k": 1}, "patient": {"name": "Doe^Jane"}}
+    writer = store.blobs.writer(blob_id)
+    writer.write(data)
+    writer.commit(instance_index(blob_id=blob_id, size=len(data), sha256=hashlib.sha256(data).hexdigest(),
+                                 record=record, association_id="a1", calling_ae="MOD", session_name="CXR study",
+                                 job_kind="dicom_node.analyze", max_attempts=2, duplicate_policy=policy,
+                                 received_at="2026-01-01T00:00:00.000+00:00", sequence=sequence))
+
+
+def test_acknowledged_blobs_without_rows_are_indexed_once_when_the_store_opens(home: Path) -> None:
+    store = Store.open(home)
+    try:
+        store.dicom_association("a1", node="n", calling_ae="MOD", called_ae="MV", peer_host="h")
+        _received(store, "1" * 32, b"first", 1, policy="keep_newest")
+        _received(store, "2" * 32, b"corrected", 2, policy="keep_newest")  # same UID: a version, in order
+        _received(store, "3" * 32, b"corrected", 3, policy="keep_newest")  # an identical resend of the newest
+        store.blobs.write_bytes("4" * 32, b"an artefact, not a received instance")
+    finally:
+        store.close()
+    for _ in range(2):  # and again: nothing twice
+        store = Store.open(home)
+        try:
+            images = store.db.query("SELECT id, session_id, blob_id, metadata, created_at FROM images ORDER BY rowid")
+            assert [r["blob_id"] for r in images] == ["1" * 32, "2" * 32]
+            assert loads(images[1]["metadata"])["supersedes"] == images[0]["id"]
+            assert images[0]["created_at"] == "2026-01-01T00:00:00.000+00:00"
+            session = store.get_session(images[0]["session_id"])
+            assert session["name"] == "CXR study" and session["study_instance_uid"] == "9.9"
+            jobs = store.db.query("SELECT kind, status, image_id, max_attempts FROM jobs ORDER BY id")
+            assert [(j["kind"], j["status"], j["image_id"], j["max_attempts"]) for j in jobs] == [
+                ("dicom_node.analyze", "queued", r["id"], 2) for r in images]
+            assert store.db.query("SELECT received, duplicates FROM dicom_associations")[0] == {
+                "received": 2, "duplicates": 2}
+            assert {p.stem for p in store.blobs.root.glob("*/*.mvb")} == {"1" * 32, "2" * 32, "4" * 32}
+            assert store.blobs.read_bytes("2" * 32) == b"corrected"
+        finally:
+            store.close()
+
+
 def test_annotation_repository_takes_validated_values(store: Store, image: dict) -> None:
     session_id = image["session_id"]
     fields = rules.validate_fields(label="l", confidence=1, source="ai", notes="", layer=None, style=None,
@@ -192,3 +240,22 @@ def test_no_repository_or_the_canvas_reaches_into_private_names() -> None:
     paths += [REPO / "engine" / "canvas.py", REPO / "engine" / "analysis" / "annotations.py"]
     assert [use for path in paths for use in _private_uses(path)] == []
     assert "_event" not in (REPO / "engine" / "canvas.py").read_text()
+
+
+def test_the_blob_of_an_erasure_in_progress_is_not_indexed_again(home: Path) -> None:
+    """Another process has committed a session's erasure (rows gone, journal written) and not yet
+    unlinked its blob: indexing at store open leaves that blob alone; the erasure then finishes."""
+    store = Store.open(home)
+    try:
+        store.dicom_association("a1", node="n", calling_ae="MOD", called_ae="MV", peer_host="h")
+        _received(store, "5" * 32, b"received", 1)
+        store.dicom.index_unindexed_blobs()
+        (image,) = store.db.query("SELECT session_id, blob_id FROM images")
+        with store.db.transaction() as tx:  # what a session's erasure commits before its unlinks
+            tx.execute("DELETE FROM images WHERE session_id = ?", (image["session_id"],))
+            tx.execute("DELETE FROM blobs WHERE id = ?", (image["blob_id"],))
+            store.erasures.record(tx, image["session_id"], [store.blobs.path_for(image["blob_id"])])
+        assert store.dicom.index_unindexed_blobs(erasing=store.erasures.pending_blob_ids)["indexed"] == 0
+        assert store.dicom.index_unindexed_blobs()["indexed"] == 1  # without the journal it would come back
+    finally:
+        store.close()

@@ -1,4 +1,4 @@
-"""The node's audit records: an instance received (C-STORE, C-GET, WADO-RS), a result sent to a peer.
+"""The node's audit records: an instance received (pushed, or fetched by C-GET/C-MOVE/WADO-RS), a result sent.
 
 Each is queued for the audit log's writer thread (:meth:`engine.store.audit.AuditLog.record_soon`),
 so a burst of instances costs one audit transaction, not one fsync each on the C-STORE path.
@@ -34,16 +34,32 @@ def receipt_outcome(status: int) -> int:
 
 def record_receipt(store: Any, outcome: Any, sop_instance_uid: Any, *, via: str, peer_ae: str | None,
                    peer_host: str | None = None, front_end: str = "node") -> None:
-    """An instance received (``via``: C-STORE, C-GET, WADO-RS) and what we answered (``outcome``: an
-    :class:`dicom_node.ingest.Outcome`). Never raises: the peer's answer does not depend on it."""
+    """An instance refused or failed (``via``: C-STORE, C-GET, WADO-RS; ``outcome``: an
+    :class:`dicom_node.ingest.Outcome`). One answered 0x0000 is recorded by :func:`record_stored`
+    once its rows are written (only then are its session and image known). Never raises."""
+    if outcome.status == 0:
+        return
     try:
-        entry = AuditEntry(
+        store.audit.record_soon(AuditEntry(
             front_end, AuditEvent.INSTANCES_TRANSFERRED, "C", via, receipt_outcome(outcome.status),
-            None if outcome.result == "stored" else f"0x{outcome.status:04X} {outcome.result}",
-            session_id=outcome.session_id, image_id=outcome.image_id, sop_uid=str(sop_instance_uid or "") or None,
-            details={"peer_ae": peer_ae, "peer_host": peer_host})
-        store.audit.record_soon(entry)
+            f"0x{outcome.status:04X} {outcome.result}", sop_uid=str(sop_instance_uid or "") or None,
+            details={"peer_ae": peer_ae, "peer_host": peer_host}))
     except Exception:  # noqa: BLE001 - logged; the instance's fate is already settled
+        log.exception("the audit record of a refused instance could not be queued")
+
+
+def record_stored(store: Any, instance: dict, done: dict) -> None:
+    """A received instance whose rows are written (``instance``: what the ingest queued; ``done``:
+    what the store did: stored, a duplicate, a new version). Never raises."""
+    try:
+        record = instance["record"]
+        store.audit.record_soon(AuditEntry(
+            "node", AuditEvent.INSTANCES_TRANSFERRED, "C", "received", SUCCESS,
+            None if done["status"] == "stored" else f"0x0000 {done['status']}",
+            **({"time": instance["received_at"]} if instance.get("received_at") else {}), session_id=done.get("session_id"), image_id=done.get("image_id"),
+            study_uid=record.get("study_instance_uid"), sop_uid=record.get("sop_instance_uid"),
+            details={"peer_ae": instance.get("calling_ae")}))
+    except Exception:  # noqa: BLE001 - logged; the instance is stored
         log.exception("the audit record of a received instance could not be queued")
 
 

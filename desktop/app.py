@@ -46,6 +46,7 @@ from desktop.sync import EventFollower
 from desktop.worker import Op, tracker
 from engine.config import Settings
 from engine.events import JOB_KINDS, WORKLIST_KINDS, EventKind
+from engine.vocabulary import UNTRAINED_OVERLAYS_HIDDEN, qualified
 
 IMAGE_SUFFIXES = {".dcm", ".dicom", ".png", ".jpg", ".jpeg", ""}
 EXPORT_FORMATS = {"pdf": "PDF report (*.pdf)", "html": "HTML report (*.html)", "json": "JSON report + trace (*.json)",
@@ -235,6 +236,8 @@ class MainWindow(QMainWindow):
         trained = pack.get("trained")
         self.banner_label.setVisible(trained is False)
         self.banner_label.setText("UNTRAINED development models: output not meaningful")
+        self.canvas.layers.set_models_untrained(
+            trained is False, f"{UNTRAINED_OVERLAYS_HIDDEN} Tick a layer to show it anyway (it stays labelled).")
         gpu = "CUDAExecutionProvider" in status.get("available_providers", [])
         self.device_label.setText("GPU (CUDA)" if gpu else f"CPU ({status.get('threads')} threads)")
         if importlib.util.find_spec("dicom_node.__main__") is None:
@@ -355,8 +358,9 @@ class MainWindow(QMainWindow):
         if result["image_id"] == self.canvas.image_id:
             self.show_analysis(result)
         positive = (result.get("classification") or {}).get("positive") or []
-        self.chat.add_message("system", f"Analysis ({result.get('preset') or 'custom'}) done: "
-                              + (", ".join(positive) if positive else "no finding above threshold")
+        text = (f"Analysis ({result.get('preset') or 'custom'}) done: "
+                + (", ".join(positive) if positive else "no finding above threshold"))
+        self.chat.add_message("system", qualified(text, result.get("model_trained"))
                               + (f"\n{result['banner']}" if result.get("banner") else ""))
         self.worklist.refresh()
 

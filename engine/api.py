@@ -334,25 +334,29 @@ class Engine:
                      include_report: bool = True, include_annotations: bool = True,
                      include_measurements: bool = True, template: str | None = None,
                      output_path: str | Path | None = None, include_identifiers: bool = False,
-                     institution: str = "", overwrite: bool = False) -> dict:
+                     institution: str = "", overwrite: bool = False, show_untrained_overlays: bool = False) -> dict:
         """Export a session's results as files people and PACS use; an existing file is replaced
-        only with ``overwrite``; see :func:`engine.export.service.export_study`."""
+        only with ``overwrite``; overlays of untrained models are drawn only with
+        ``show_untrained_overlays``; see :func:`engine.export.service.export_study`."""
         from engine.export.service import export_study
 
         return export_study(self.services, session_id, format, include_images, include_report, include_annotations,
-                            include_measurements, template, output_path, include_identifiers, institution, overwrite)
+                            include_measurements, template, output_path, include_identifiers, institution, overwrite,
+                            show_untrained_overlays)
 
     def get_visualization(self, session_id: str, image_id: str | None = None, include_annotations: bool = True,
                           include_segmentation: bool = True, include_measurements: bool = True,
                           output_path: str | Path | None = None, max_side: int | None = None,
                           overwrite: bool = False, plane: str | None = None, index: int | None = None,
-                          series_uid: str | None = None) -> dict:
+                          series_uid: str | None = None, show_untrained_overlays: bool = False) -> dict:
         """The composited view (image + chosen layers, or a volume series' plane) as a PNG (``png_base64``),
-        with the list of layers; written to a file only when ``output_path`` is given."""
+        with the list of layers (those of untrained models hidden unless ``show_untrained_overlays``);
+        written to a file only when ``output_path`` is given."""
         from engine.export.service import get_visualization
 
         return get_visualization(self.services, session_id, image_id, include_annotations, include_segmentation,
-                                 include_measurements, output_path, max_side, overwrite, plane, index, series_uid)
+                                 include_measurements, output_path, max_side, overwrite, plane, index, series_uid,
+                                 show_untrained_overlays)
 
     def send_results_to(self, session_id: str, image_id: str, formats: tuple[str, ...],
                         destination: dict[str, Any], max_attempts: int) -> list[int]:

@@ -242,6 +242,10 @@ class Store:
         """See :meth:`JobRepository.requeue_stale`."""
         return self.jobs.requeue_stale(stale_worker_prefixes)
 
+    def list_jobs(self, kind: str, session_id: str | None = None) -> list[dict]:
+        """See :meth:`JobRepository.of_kind`."""
+        return self.jobs.of_kind(kind, session_id)
+
     def get_job(self, job_id: int) -> dict:
         """See :meth:`JobRepository.get`."""
         return self.jobs.get(job_id)

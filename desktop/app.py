@@ -676,7 +676,7 @@ class MainWindow(QMainWindow):
             if os.name == "nt":  # Windows cannot rename a folder whose files are open (llama.cpp maps the GGUF)
                 old.models.unload()
             result = import_signed_pack(source, settings.model_pack, trusted_keys=trusted_keys)
-            return result, Engine(settings)
+            return result, Engine(settings, front_end="desktop")
 
         def done(outcome: tuple[dict, Any]) -> None:
             result, engine = outcome
@@ -778,7 +778,7 @@ def _open_engine():  # noqa: ANN202 - engine.api.Engine
 
     pack = os.environ.get("MEDVISION_MODEL_PACK") or QSettings(
         str(Settings.from_env().home / "desktop.ini"), QSettings.Format.IniFormat).value("model_pack")
-    return Engine(Settings.from_env(model_pack=pack))
+    return Engine(Settings.from_env(model_pack=pack), front_end="desktop")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -61,6 +61,7 @@ import pydicom
 from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
 
+from dicom_node.audit import record_stored
 from dicom_node.config import INDEX_INTERVAL_S
 from dicom_node.indexer import IndexWriter
 from engine.config import DecodeLimits
@@ -231,7 +232,8 @@ class Ingestor:
         return Outcome(DUPLICATE_REFUSED, "rejected", reason="duplicate SOP instance with different content")
 
     def _written(self, instance: dict, done: dict) -> None:
-        """After an instance's rows are written: a blob no row took is deleted."""
+        """After an instance's rows are written: its audit record; a blob no row took is deleted."""
+        record_stored(self.store, instance, done)
         if not done["blob_used"]:
             self.store.blobs.delete(instance["blob_id"])
         self._held.forget(instance["record"]["sop_instance_uid"], instance["sha256"])

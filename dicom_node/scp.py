@@ -210,7 +210,7 @@ def serve(args: argparse.Namespace) -> int:
     done = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: done.set())
-    with Engine(home=args.home, model_pack=args.model_pack) as engine, Node(config, engine) as node:
+    with Engine(home=args.home, model_pack=args.model_pack, front_end="node") as engine, Node(config, engine) as node:
         log.info("ready on port %d", node.port)
         done.wait()
     return 0

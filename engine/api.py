@@ -20,6 +20,7 @@ import numpy as np
 from engine.config import Settings
 from engine.events import Event
 from engine.services import Services
+from engine.services.audit import AuditTrail, audited
 
 if TYPE_CHECKING:  # the agent, canvas and export load on first use: a cold CLI stays fast
     from engine.agent.service import MedicalAgent
@@ -29,12 +30,15 @@ if TYPE_CHECKING:  # the agent, canvas and export load on first use: a cold CLI 
     from engine.store import Store
 
 
+@audited  # the calls that touch patient data leave an audit record: engine/services/audit.py
 class Engine:
-    """One engine per process, over one data directory and one model pack."""
+    """One engine per process, over one data directory and one model pack, named ``front_end`` in audit records."""
 
     def __init__(self, settings: Settings | None = None, *, home: str | Path | None = None,
-                 model_pack: str | Path | None = None) -> None:
+                 model_pack: str | Path | None = None, front_end: str = "api") -> None:
         self.services = Services.open(settings or Settings.from_env(home, model_pack))
+        self.audit: AuditTrail = self.services.audit  # audit.log reads and verifies the records
+        self.audit.identify(front_end)
         self._agent: MedicalAgent | None = None
         self._canvas: Canvas | None = None
         self._lock = threading.Lock()

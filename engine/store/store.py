@@ -14,6 +14,7 @@ from typing import Any
 from engine.store.agent_runs import AGENT_RUN_STATUSES, AgentRunRepository
 from engine.store.analyses import AnalysisRepository, MaskRepository
 from engine.store.annotations import AnnotationRepository
+from engine.store.audit import AUDIT_DATABASE_NAME, AuditLog
 from engine.store.blobs import BlobStore
 from engine.store.canvas import CanvasRepository
 from engine.store.common import new_id, now_iso
@@ -62,6 +63,7 @@ class Store:
         self.agent_runs = AgentRunRepository(self.db, self.events, self.sessions)
         self.inputs = InputRequestRepository(self.db, self.events, self.sessions)
         self.canvas = CanvasRepository(self.db, self.events)
+        self.audit = AuditLog(home / AUDIT_DATABASE_NAME, key, main_db=self.db)  # opened on first use
         # A process killed mid-erasure left files no row points to: erase them now.
         self.erasures.replay()
         self._drop_unscoped_embeddings()
@@ -96,7 +98,8 @@ class Store:
         return store
 
     def close(self) -> None:
-        """Close all database connections."""
+        """Write queued audit records, then close all database connections."""
+        self.audit.close()
         self.db.close()
 
     @property

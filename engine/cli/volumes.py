@@ -3,7 +3,8 @@
 ``volume`` prints, for each stack the sources hold, its dimensions, spacing, orientation,
 slice order and every warning found while assembling it; ``roi`` the HU statistics and
 volume of a box of voxels; ``segment-volume`` the structures the training-free method
-finds (body, lungs, airways, bone) with their volumes. ``--json OUT`` writes the same as
+finds (body, lungs, airways, bone) with their volumes, ``--seg OUT.dcm`` them as one
+multi-frame DICOM SEG referencing every source slice. ``--json OUT`` writes the same as
 JSON (no voxels). No session is created: the files are read where they are. A SOURCE that is
 a session id (and no file of that name) reads the session's stored series instead, decrypted
 in memory: its main stack, or ``--series UID`` (``--stack KEY`` for another stack).
@@ -143,7 +144,43 @@ def cmd_segment_volume(args: argparse.Namespace) -> int:
         found = f"{structure.volume_ml:10.1f} mL" if structure.found else "   not found"
         print(f"  {structure.name:<12} {found}" + (f"  ({structure.note})" if structure.note else ""))
     write_json(args.json, {"volume": volume.summary(), "segmentation": result.to_dict()})
+    if args.seg:
+        write_seg(args, volume, result)
     return 0
+
+
+def _source_headers(args: argparse.Namespace, volume: Any) -> list[Any]:
+    """The header of each slice's instance in the volume's z order: from the session's store, or the files."""
+    from engine.imaging.volume import is_nifti
+    from engine.imaging.volume.assemble import header_datasets, scan_sources
+
+    session_id = _session_id(args.sources)
+    if session_id:
+        from engine.cli.common import open_engine
+
+        with open_engine(args) as engine:
+            return engine.volume_source_headers(session_id, args.series, args.stack)
+    if volume.source_format != "dicom" or any(is_nifti(s) for s in args.sources):
+        raise MedVisionError(ErrorCode.INVALID_ARGUMENT,
+                             "--seg needs DICOM slices to reference: a NIfTI volume has none")
+    headers, _ = scan_sources(args.sources)
+    return header_datasets(headers, volume.source_uids)
+
+
+def write_seg(args: argparse.Namespace, volume: Any, result: Any) -> None:
+    """The structures as one multi-frame DICOM SEG referencing every source slice (``--seg OUT.dcm``)."""
+    import time
+
+    from engine.export.dicom_common import dicom_bytes
+    from engine.export.volume_seg import volume_segmentation
+
+    started = time.perf_counter()
+    seg = volume_segmentation(result, _source_headers(args, volume))
+    target = Path(args.seg)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(dicom_bytes(seg))
+    print(f"SEG written to {target}: {len(seg.SegmentSequence)} segments, {seg.NumberOfFrames} frames over "
+          f"{len(volume.source_uids)} slices ({time.perf_counter() - started:.2f} s)")
 
 
 SOURCE_HELP = "DICOM files, a folder, a NIfTI file, or a session id (its stored series)"
@@ -173,5 +210,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     segment.add_argument("--structures", default="body,lungs,airways,bone",
                          help="comma list of body,lungs,airways,bone (default: all)")
     segment.add_argument("--json", metavar="OUT", help="write the structures and volumes as JSON")
+    segment.add_argument("--seg", metavar="OUT.dcm",
+                         help="write the structures as one DICOM SEG referencing every source slice")
     _choice(segment)
     segment.set_defaults(func=cmd_segment_volume)

@@ -30,7 +30,13 @@ from engine.analysis.volume.roi import roi_box_stats, roi_sphere_stats
 from engine.config import DecodeLimits
 from engine.errors import ErrorCode, MedVisionError
 from engine.imaging.volume import SliceSource, Volume, assemble_stack
-from engine.imaging.volume.assemble import OpenSource, decode_slice, scan_one, slice_frame
+from engine.imaging.volume.assemble import (
+    OpenSource,
+    decode_slice,
+    header_datasets,
+    scan_one,
+    slice_frame,
+)
 from engine.imaging.volume.headers import SliceHeader, header_from_record
 from engine.imaging.volume.model import orientation_code
 from engine.imaging.volume.planes import PLANES, plane_pixels, plane_spacing
@@ -367,6 +373,13 @@ class VolumeService:
         return {"series_uid": volume.series_uid, "stack": volume.stack_key or "main",
                 "segmentation": result.to_dict(), "model_trained": False,
                 "warnings": [w.to_dict() for w in volume.warnings]}
+
+    def source_headers(self, session_id: str, series_uid: str | None = None, stack: str | None = None) -> list[Any]:
+        """The header (no pixels) of each slice's stored instance, in the volume's z order, for a derived
+        object (a SEG): each blob decrypted in memory, never written out."""
+        plan = self._plan(session_id, series_uid, stack)
+        volume = self._assembled(session_id, plan)
+        return header_datasets(plan.slices, volume.source_uids, self.limits)
 
     def forget(self, session_id: str, image_ids: list[str] | set[str]) -> None:
         """Drop a deleted session's volumes and headers."""

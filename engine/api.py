@@ -389,9 +389,10 @@ class Engine:
         return self.services.volumes.source_headers(session_id, series_uid, stack)
 
     def segment_volume(self, session_id: str, structures: list[str] | str | None = None,
-                       series_uid: str | None = None, stack: str | None = None) -> dict:
-        """Body, lungs, airways and bone of a stored CT without a trained model, with volumes in mL."""
-        return self.services.volumes.segment(session_id, structures, series_uid, stack)
+                       series_uid: str | None = None, stack: str | None = None, annotate: bool = False) -> dict:
+        """Body, lungs, airways and bone of a stored CT without a trained model, with volumes in mL
+        (``annotate``: each structure stored as a ``volume_roi`` annotation)."""
+        return self.services.volumes.segment(session_id, structures, series_uid, stack, annotate)
 
     # -- models ------------------------------------------------------------------------
     # -- priors and compare ----------------------------------------------------------

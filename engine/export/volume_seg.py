@@ -65,12 +65,13 @@ def volume_segmentation(result: AnatomyResult, sources: Sequence[pydicom.Dataset
     names = structure_names(result)
     if not names:
         raise MedVisionError(ErrorCode.EXPORT_FAILED, "no structure was found: nothing to write as a SEG")
-    stack = np.empty((*result.labels.shape, len(names)), dtype=np.uint8)
+    planes = np.empty((len(names), *result.labels.shape), dtype=np.bool_)  # segment-major: each frame contiguous
     for index, name in enumerate(names):
         if name == "body":
-            np.not_equal(result.labels, 0, out=stack[..., index])
+            np.not_equal(result.labels, 0, out=planes[index])
         else:
-            np.equal(result.labels, LABELS[name], out=stack[..., index])
+            np.equal(result.labels, LABELS[name], out=planes[index])
+    stack = np.moveaxis(planes, 0, -1)  # highdicom's (frames, rows, columns, segments), a view
     first = copy.deepcopy(sources[0])  # a header: the caller's dataset is left as it was
     for keyword in TYPE2_STUDY:
         if keyword not in first:

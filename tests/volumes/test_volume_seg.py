@@ -40,12 +40,42 @@ def segment_masks(ds: pydicom.Dataset, uids: tuple[str, ...]) -> dict[str, np.nd
     return masks
 
 
+def content_items(item: pydicom.Dataset) -> list[pydicom.Dataset]:
+    """Every SR content item under ``item``, depth first."""
+    found = []
+    for child in item.get("ContentSequence", []):
+        found += [child, *content_items(child)]
+    return found
+
+
+def check_report(sr: pydicom.Dataset, seg: pydicom.Dataset, volume, result) -> None:  # noqa: ANN001
+    """One TID 1411 group per segment: its segment referenced, volume (mL) and mean HU of its mask."""
+    assert sr.ContentTemplateSequence[0].TemplateIdentifier == "1500"
+    groups = [i for i in content_items(sr) if i.ValueType == "CONTAINER"
+              and i.ConceptNameCodeSequence[0].CodeValue == "125007"]  # Measurement Group
+    labels = {item.SegmentNumber: item.SegmentLabel.replace(" ", "_") for item in seg.SegmentSequence}
+    assert len(groups) == len(labels)
+    voxel_ml = float(np.prod(volume.spacing_zyx)) / 1000
+    for group in groups:
+        items = content_items(group)
+        (segment,) = [i for i in items if i.ValueType == "IMAGE" and "ReferencedSegmentNumber" in
+                      i.ReferencedSOPSequence[0]]
+        assert segment.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == seg.SOPInstanceUID
+        mask = result.mask(labels[segment.ReferencedSOPSequence[0].ReferencedSegmentNumber])
+        values = {i.ConceptNameCodeSequence[0].CodeValue: float(i.MeasuredValueSequence[0].NumericValue)
+                  for i in items if i.ValueType == "NUM"}
+        assert values["118565006"] == pytest.approx(mask.sum() * voxel_ml, abs=1e-3)  # Volume, mL
+        assert values["112031"] == pytest.approx(float(volume.voxels[mask].mean()), abs=0.01)  # mean HU
+
+
 def test_segment_volume_writes_a_seg_over_every_slice(ct_series: Path, tmp_path: Path,
                                                       capsys: pytest.CaptureFixture) -> None:
-    out = tmp_path / "anatomy-seg.dcm"
-    assert main(["segment-volume", str(ct_series), "--seg", str(out)]) == 0
-    assert f"SEG written to {out}: 4 segments" in capsys.readouterr().out  # no trachea in this CT's slices
+    out, report = tmp_path / "anatomy-seg.dcm", tmp_path / "anatomy-sr.dcm"
+    assert main(["segment-volume", str(ct_series), "--seg", str(out), "--sr", str(report)]) == 0
+    text = capsys.readouterr().out
+    assert f"SEG written to {out}: 4 segments" in text and f"SR written to {report}" in text  # no trachea here
     dciodvfy(out)
+    dciodvfy(report)
     ds = pydicom.dcmread(out)
     assert ds.SOPClassUID == SegmentationStorage and ds.SegmentationType == "BINARY"
     assert [item.SegmentLabel for item in ds.SegmentSequence] == ["body", "bone", "lung left", "lung right"]
@@ -67,6 +97,7 @@ def test_segment_volume_writes_a_seg_over_every_slice(ct_series: Path, tmp_path:
     assert not result.mask("airways").any()
     for name, label in list(SEGMENT_LABELS.items())[:4]:
         assert np.array_equal(masks[label], result.mask(name)), name
+    check_report(pydicom.dcmread(report), ds, volume, result)
     position = {f.SOPInstanceUID: [float(v) for v in f.ImagePositionPatient] for f in files}
     for group in ds.PerFrameFunctionalGroupsSequence[:50]:
         source = group.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
@@ -79,6 +110,8 @@ def test_seg_refusals(ct_series: Path, shared_ct_dir: Path, tmp_path: Path, caps
     assert main(["segment-volume", str(shared_ct_dir / "example_ct_sm.nii.gz"), "--seg", str(out)]) == 2
     assert capsys.readouterr().err.startswith("INVALID_ARGUMENT: --seg needs DICOM slices")
     assert not out.exists()
+    assert main(["segment-volume", str(ct_series), "--sr", str(out)]) == 2
+    assert capsys.readouterr().err.startswith("INVALID_ARGUMENT: --sr references the SEG's segments")
     volume = load_volume(ct_series)
     result = segment_anatomy(volume.voxels, volume.affine, structures="lungs")
     with pytest.raises(MedVisionError) as refused:

@@ -383,10 +383,16 @@ class Engine:
         """HU statistics and mL of a voxel box or a sphere in patient mm of a stored series."""
         return self.services.volumes.roi(session_id, **roi)
 
+    def volume_source_headers(self, session_id: str, series_uid: str | None = None, stack: str | None = None
+                              ) -> list[Any]:
+        """The stored slices' headers (pydicom datasets without pixels) in the volume's z order."""
+        return self.services.volumes.source_headers(session_id, series_uid, stack)
+
     def segment_volume(self, session_id: str, structures: list[str] | str | None = None,
-                       series_uid: str | None = None, stack: str | None = None) -> dict:
-        """Body, lungs, airways and bone of a stored CT without a trained model, with volumes in mL."""
-        return self.services.volumes.segment(session_id, structures, series_uid, stack)
+                       series_uid: str | None = None, stack: str | None = None, annotate: bool = False) -> dict:
+        """Body, lungs, airways and bone of a stored CT without a trained model, with volumes in mL
+        (``annotate``: each structure stored as a ``volume_roi`` annotation)."""
+        return self.services.volumes.segment(session_id, structures, series_uid, stack, annotate)
 
     # -- models ------------------------------------------------------------------------
     # -- priors and compare ----------------------------------------------------------

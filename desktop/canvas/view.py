@@ -37,6 +37,7 @@ from desktop.qt import (
     Signal,
 )
 from desktop.worker import Op
+from engine.analysis.volume.annotation import VOLUME_ROI
 from engine.events import ANNOTATION_KINDS, EventKind
 
 log = logging.getLogger(__name__)
@@ -176,7 +177,7 @@ class CanvasView(QGraphicsView):
         if image_id != self.image_id:
             return
         decoded = self.image.decoded
-        fresh = {a["annotation_id"]: a for a in rows}
+        fresh = {a["annotation_id"]: a for a in rows if a["type"] != VOLUME_ROI}  # 3D: not a shape on this slice
         selected = {i for i, item in self.items.items() if item.isSelected()}
         for annotation_id in [i for i in self.items if i not in fresh or fresh[i] != self.items[i].annotation]:
             self.scene().removeItem(self.items.pop(annotation_id))

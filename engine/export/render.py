@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
+from engine.analysis.volume.annotation import VOLUME_ROI
 from engine.export.artifact import Artifact
 from engine.export.bundle import ExportBundle, ImageExport
 from engine.imaging.masks import decode_rle
@@ -47,6 +48,9 @@ ANNOTATION_STYLES: dict[str, tuple[str, Color, bool]] = {
     "system": ("System annotations", (200, 200, 200), True),
 }
 FILL_ALPHA = 70
+#: Annotation types the annotation layers leave out: masks and measurements have their own layers, a
+#: ``volume_roi`` holds a 3D region's voxel coordinates, not a shape on the slice.
+NOT_DRAWN = ("mask", "measurement", VOLUME_ROI)
 LINE_ALPHA = 235
 STRIP_BANNER_COLOR: Color = (170, 0, 0)
 STRIP_PLAIN_COLOR: Color = (40, 40, 40)
@@ -260,7 +264,7 @@ def _placed_layers(item: ImageExport, canvas: _Canvas, *, include_annotations: b
                 lambda: _mask_layer(canvas, untrained_masks, MASK_COLOR), True)
     if include_annotations:
         for group, (name, color, dashed) in ANNOTATION_STYLES.items():
-            mine = [a for a in item.annotations if a["type"] not in ("mask", "measurement") and _group(a) == group]
+            mine = [a for a in item.annotations if a["type"] not in NOT_DRAWN and _group(a) == group]
             trained = [a for a in mine if not item.annotation_untrained(a)]
             untrained = [a for a in mine if item.annotation_untrained(a)]
             add(f"annotations-{group}", name, "annotation", len(trained), color, drawn(trained, color, dashed))

@@ -68,6 +68,7 @@ ACTIONS: dict[str, Action] = {
     "accept_mask": Action(AuditEvent.INSTANCES_ACCESSED, "C"),
     "push_to_canvas": Action(AuditEvent.INSTANCES_ACCESSED, "U"),
     "get_volume": Action(AuditEvent.INSTANCES_ACCESSED, "R", details=("series_uid",)),
+    "volume_source_headers": Action(AuditEvent.INSTANCES_ACCESSED, "R", details=("series_uid",)),  # for a SEG/SR
     "volume_slice": Action(AuditEvent.INSTANCES_ACCESSED, "R", mcp_only=True),  # each slice; get_volume opens
     "volume_roi": _RUN,
     "segment_volume": _RUN,

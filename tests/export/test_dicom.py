@@ -5,8 +5,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import shutil
-import subprocess
 from pathlib import Path
 
 import highdicom as hd
@@ -27,19 +25,7 @@ from engine.export.service import rendered_overlays
 from engine.imaging.decode import window_to_uint8
 from engine.imaging.masks import decode_rle
 from engine.vocabulary import UNTRAINED_OUTPUTS, UNTRAINED_OVERLAYS_HIDDEN
-
-
-def dciodvfy(path: Path) -> list[str]:
-    """dciodvfy's warnings for ``path``; fails the test on any error or a missing tool."""
-    tool = shutil.which("dciodvfy")
-    if tool is None:
-        pytest.fail("dciodvfy is not installed (apt-get install dicom3tools): the DICOM exports cannot be checked")
-    run = subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=120)
-    lines = [line.strip() for line in (run.stdout + run.stderr).splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("Error")]
-    warnings = [line for line in lines if line.startswith("Warning")]
-    assert not errors, "dciodvfy errors:\n" + "\n".join(errors) + "\nwarnings:\n" + "\n".join(warnings)
-    return warnings
+from tests.dciodvfy import dciodvfy
 
 
 def written(tmp_path: Path, artifact) -> Path:

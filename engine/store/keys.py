@@ -173,3 +173,11 @@ def resolve_key(home: Path, database: Path, *, use_keyring: bool = True) -> byte
         _write_key_file(key_file, [key])
     log.info("created a new database key")
     return key
+
+
+def load_key_file(path: Path) -> bytes:
+    """The key in a key file (a copy of another data directory's ``db.key``)."""
+    keys = _read_key_file(Path(path))
+    if keys is None:
+        raise MedVisionError(ErrorCode.FILE_NOT_FOUND, f"no key file {Path(path).name}")
+    return keys[0]

@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import sqlcipher3
@@ -34,6 +35,7 @@ MANIFEST_NAME = "manifest.json"
 #: Folders of encrypted blobs that a backup carries (the embedding cache is recomputed).
 BLOB_DIRS = ("blobs", "rag/index")
 _COPY_BYTES = 8 << 20
+_THREADS = 4
 
 
 def _keyed(path: Path, key: bytes) -> sqlcipher3.Connection:
@@ -65,7 +67,8 @@ def _digest(path: Path) -> tuple[int, str]:
 
 
 def _copy(source: Path, target: Path) -> tuple[int, str]:
-    """Copy a file, fsync it, and return the size and SHA-256 of what was read."""
+    """Copy a file and return the size and SHA-256 of what was read (made durable later by
+    :func:`_sync_all`: a wait for each file in turn would serialise the writes)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     sha, size = hashlib.sha256(), 0
     with open(source, "rb") as src, open(target, "wb") as dst:
@@ -73,9 +76,35 @@ def _copy(source: Path, target: Path) -> tuple[int, str]:
             sha.update(block)
             dst.write(block)
             size += len(block)
-        dst.flush()
-        os.fsync(dst.fileno())
     return size, sha.hexdigest()
+
+
+def _copy_if_present(source: Path, target: Path) -> tuple[int, str] | None:
+    try:
+        return _copy(source, target)
+    except FileNotFoundError:
+        return None
+
+
+def _parallel(function, items: list) -> list:  # noqa: ANN001
+    """``function`` over ``items`` on a few threads, in order: hashing (which releases the
+    GIL) overlaps the reads and writes of the other files."""
+    with ThreadPoolExecutor(max_workers=_THREADS) as pool:
+        return list(pool.map(function, items))
+
+
+def _sync_all(root: Path, entries: list[dict]) -> None:
+    """fsync every copied file, once the kernel has been writing them back, then their folders."""
+    def sync(entry: dict) -> None:
+        fd = os.open(root / entry["path"], os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    _parallel(sync, entries)
+    for folder in {(root / e["path"]).parent for e in entries} | {root}:
+        fsync_dir(folder)
 
 
 def _require_empty(path: Path) -> None:
@@ -126,16 +155,12 @@ def _write_backup(home: Path, out: Path, key: bytes) -> dict:
     if envelope.exists():
         size, digest = _copy(envelope, out / ENVELOPE_NAME)
         files.append({"path": ENVELOPE_NAME, "size": size, "sha256": digest})
-    for folder in BLOB_DIRS:  # listed after the snapshot: a superset of the blobs its rows name
-        for path in sorted((home / folder).glob("*/*.mvb")):
-            relative = path.relative_to(home).as_posix()
-            try:
-                size, digest = _copy(path, out / relative)
-            except FileNotFoundError:
-                continue  # erased since it was listed
-            files.append({"path": relative, "size": size, "sha256": digest})
-    for folder in {(out / f["path"]).parent for f in files} | {out}:
-        fsync_dir(folder)
+    listed = [path.relative_to(home).as_posix()  # listed after the snapshot: a superset of the blobs its rows name
+              for folder in BLOB_DIRS for path in sorted((home / folder).glob("*/*.mvb"))]
+    for relative, copied in zip(listed, _parallel(lambda r: _copy_if_present(home / r, out / r), listed), strict=True):
+        if copied is not None:  # None: erased since it was listed
+            files.append({"path": relative, "size": copied[0], "sha256": copied[1]})
+    _sync_all(out, [*databases, *files])
     manifest = {"version": 1, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "key_id": key_id(key), "databases": databases, "files": files}
     verify(out, manifest)
@@ -164,13 +189,16 @@ def read_manifest(folder: Path) -> dict:
 
 def verify(folder: Path, manifest: dict) -> None:
     """Every file of ``manifest`` is in ``folder`` with its size and digest (``DATABASE_ERROR``)."""
-    for entry in [*manifest["databases"], *manifest["files"]]:
-        path = Path(folder) / entry["path"]
-        if ".." in Path(entry["path"]).parts or Path(entry["path"]).is_absolute():
+    entries = [*manifest["databases"], *manifest["files"]]
+    for entry in entries:
+        relative = Path(entry["path"])
+        if ".." in relative.parts or relative.is_absolute():
             raise MedVisionError(ErrorCode.INVALID_ARGUMENT, "the backup's manifest names a path outside it")
-        if not path.is_file():
+        if not (Path(folder) / relative).is_file():
             raise MedVisionError(ErrorCode.DATABASE_ERROR, f"the backup lacks {entry['path']}")
-        if _digest(path) != (entry["size"], entry["sha256"]):
+    digests = _parallel(lambda entry: _digest(Path(folder) / entry["path"]), entries)
+    for entry, found in zip(entries, digests, strict=True):
+        if found != (entry["size"], entry["sha256"]):
             raise MedVisionError(ErrorCode.DATABASE_ERROR, f"{entry['path']} in the backup failed its digest check")
 
 
@@ -187,10 +215,9 @@ def restore(source: Path, home: Path, key: bytes) -> dict:
         unwrap(wraps, key)  # another site's key fails here, before anything is written
     created = not home.exists()
     try:
-        for entry in [*manifest["databases"], *manifest["files"]]:
-            _copy(source / entry["path"], home / entry["path"])
-        for folder in {(home / e["path"]).parent for e in manifest["files"] + manifest["databases"]} | {home}:
-            fsync_dir(folder)
+        entries = [*manifest["databases"], *manifest["files"]]
+        _parallel(lambda entry: _copy(source / entry["path"], home / entry["path"]), entries)
+        _sync_all(home, [*manifest["databases"], *manifest["files"]])
     except OSError as exc:
         _clear(home, created)
         raise _disk_error(exc) from exc

@@ -125,3 +125,25 @@ def test_kill_9_during_rotation_leaves_a_consistent_directory(home: Path, point:
             Store.open(home, key=old)
     rotate(home, use_keyring=False)  # and a later rotation works
     _check_readable(home, session)
+
+
+def test_rotation_rekeys_the_reference_library_too(home: Path) -> None:
+    from engine.rag import ReferenceLibrary
+
+    def library(key: bytes, data_key: bytes) -> ReferenceLibrary:
+        return ReferenceLibrary(home, key, blob_key=data_key, embedder=lambda image: None, embedder_id="test")
+
+    old, session = _populate(home)
+    store = Store.open(home, use_keyring=False)
+    data_key = store.data_key
+    store.close()
+    library(old, data_key).close()
+    assert rotate(home, use_keyring=False)["databases"] == ["medvision.db", "rag/reference.db"]
+    store = Store.open(home, use_keyring=False)
+    new, same_data_key = store.key, store.data_key
+    store.close()
+    assert same_data_key == data_key
+    library(new, data_key).close()
+    with pytest.raises(MedVisionError) as raised:
+        library(old, data_key)
+    assert raised.value.code == ErrorCode.DATABASE_ERROR

@@ -74,8 +74,10 @@ def unwrap(wraps: list[dict], key: bytes) -> bytes:
     raise MedVisionError(ErrorCode.DATABASE_ERROR, "this key does not open the data key (wrong key or retired key)")
 
 
-def write_wraps(home: Path, data_key: bytes, keys: list[bytes]) -> None:
-    """Replace the envelope with one wrap of ``data_key`` per key: temp, fsync, rename, fsync(dir)."""
+def write_wraps(home: Path, data_key: bytes, keys: list[bytes], *, exclusive: bool = False) -> None:
+    """Replace the envelope with one wrap of ``data_key`` per key: temp, fsync, rename, fsync(dir).
+    ``exclusive``: create it only if there is none (``FileExistsError`` otherwise), so two
+    processes opening a new data directory at once cannot each make their own data key."""
     wraps = []
     for key in keys:
         nonce = os.urandom(12)
@@ -83,12 +85,18 @@ def write_wraps(home: Path, data_key: bytes, keys: list[bytes]) -> None:
         wraps.append({"key_id": key_id(key), "nonce": nonce.hex(), "wrapped": wrapped.hex()})
     home.mkdir(parents=True, exist_ok=True)
     path = home / ENVELOPE_NAME
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
     with open(tmp, "w") as handle:
         json.dump({"version": 1, "wraps": wraps}, handle)
         handle.flush()
         os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        if exclusive:
+            os.link(tmp, path)
+        else:
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     fsync_dir(home)
 
 
@@ -98,6 +106,9 @@ def open_data_key(home: Path, key: bytes, *, database_existed: bool) -> bytes:
     wraps = read_wraps(home)
     if wraps is None:
         data_key = key if database_existed else new_data_key()
-        write_wraps(home, data_key, [key])
-        return data_key
+        try:
+            write_wraps(home, data_key, [key], exclusive=True)
+            return data_key
+        except FileExistsError:  # another process made it first: use its data key
+            wraps = read_wraps(home) or []
     return unwrap(wraps, key)

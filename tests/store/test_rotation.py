@@ -147,3 +147,16 @@ def test_rotation_rekeys_the_reference_library_too(home: Path) -> None:
     with pytest.raises(MedVisionError) as raised:
         library(old, data_key)
     assert raised.value.code == ErrorCode.DATABASE_ERROR
+
+
+def test_two_processes_opening_a_new_data_directory_share_one_data_key(home: Path) -> None:
+    from engine.store.envelope import open_data_key, unwrap, write_wraps
+
+    key = os.urandom(32)
+    first = open_data_key(home, key, database_existed=False)
+    with pytest.raises(FileExistsError):  # what the slower of two racing processes meets
+        write_wraps(home, os.urandom(32), [key], exclusive=True)
+    assert unwrap(read_wraps(home), key) == first and list(home.glob("*.tmp")) == []
+    assert open_data_key(home, key, database_existed=False) == first
+    (home / "keys.json").unlink()
+    assert open_data_key(home, key, database_existed=True) == key  # made before envelopes

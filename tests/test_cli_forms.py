@@ -236,7 +236,7 @@ def test_the_reader_finds_every_documented_form() -> None:
                         "annotations", "agent", "export",
                         "desktop", "mcp", "dicom-node", "models build", "models list", "models verify",
                         "models export-pack", "models import-pack", "models keygen", "sessions list",
-                        "sessions show", "sessions delete", "sessions pin", "sessions unpin", "sessions purge",
+                        "sessions show", "sessions delete", "sessions pin", "sessions unpin", "sessions purge", "audit",
                         "pacs echo", "pacs find", "pacs get", "pacs move", "pacs store", "pacs priors", "compare",
                         "keys rotate", "backup", "restore"}
     node = [f for f in FORMS if f[0] == "dicom-node"]

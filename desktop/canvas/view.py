@@ -52,6 +52,9 @@ class CanvasView(QGraphicsView):
     window_changed = Signal(float, float)
     mask_updated = Signal(dict)
     tool_changed = Signal(str)
+    slice_step = Signal(int)  # wheel or Up/Down/PageUp/PageDown over a slice of a volume stack
+
+    STACK_KEYS = {Qt.Key.Key_Up: -1, Qt.Key.Key_Down: 1, Qt.Key.Key_PageUp: -10, Qt.Key.Key_PageDown: 10}
 
     def __init__(self, parent: Any = None) -> None:
         super().__init__(parent)
@@ -72,6 +75,8 @@ class CanvasView(QGraphicsView):
         self.undo_stack = QUndoStack(self)
         self.items: dict[str, AnnotationItem] = {}
         self.deidentify = True
+        self.scrolls_stack = False  # set by the window while the image shown is a slice of a volume stack
+        self.stack_text: list[str] = []  # the slice's place in its stack (index, position, thickness, spacing)
         self._wl_drag: tuple[QPointF, float, float] | None = None
         self._pending_window: tuple[float, float] | None = None
         self._organ_items: list[QGraphicsItem] = []
@@ -129,12 +134,19 @@ class CanvasView(QGraphicsView):
         self.viewport().update()
 
     def show_image(self, session_id: str, row: dict, image: WindowedImage, first_frame: Any = None) -> None:
+        # Scrolling a stack keeps the zoom, pan and window of the slice before.
+        keep = (self.scrolls_stack and self.image is not None and self.image_item is not None
+                and (self.image.decoded.columns, self.image.decoded.rows) == (image.decoded.columns, image.decoded.rows))
+        window = (self.image_item.center, self.image_item.width) if keep else (None, None)
         self._clear_scene()
         self.session_id, self.image_row, self.image = session_id, row, image
         self.image_item = ImageItem(image, first_frame)
         self.image_item.setParentItem(self.layers["original"].group)
         self.scene().setSceneRect(QRectF(0, 0, image.decoded.columns, image.decoded.rows))
-        self.fit()
+        if not keep:
+            self.fit()
+        elif window != (None, None):
+            self.image_item.set_window(*window)
         self.refresh_annotations()
         self.refresh_ai_masks()
         self.image_shown.emit(row)
@@ -219,6 +231,12 @@ class CanvasView(QGraphicsView):
             self.schedule_sync()
 
     def wheelEvent(self, event) -> None:  # noqa: ANN001, N802 - Qt override
+        """The wheel zooms; over a slice of a volume stack it scrolls the stack and Ctrl+wheel zooms."""
+        steps = event.angleDelta().y() // 120
+        if self.scrolls_stack and not event.modifiers() & Qt.KeyboardModifier.ControlModifier:
+            if steps:
+                self.slice_step.emit(-int(steps))
+            return
         self.zoom_by(1.25 if event.angleDelta().y() > 0 else 0.8)
 
     def set_window(self, center: float | None, width: float | None) -> None:
@@ -333,8 +351,12 @@ class CanvasView(QGraphicsView):
         return super().mouseDoubleClickEvent(event)
 
     def keyPressEvent(self, event) -> None:  # noqa: ANN001, N802 - Qt override
-        if not self.tools.key_press(event.key()):
-            super().keyPressEvent(event)
+        if self.tools.key_press(event.key()):
+            return
+        if self.scrolls_stack and event.key() in self.STACK_KEYS:
+            self.slice_step.emit(self.STACK_KEYS[event.key()])
+            return
+        super().keyPressEvent(event)
 
     # -- the tool controller's API, as the window and panels use it ----------------------
     @property
@@ -416,7 +438,7 @@ class CanvasView(QGraphicsView):
             "top_right": [f"{row['modality'] or row['format']}  {row['type']}", row["source_name"] if not self.deidentify
                           else f"image {row['id']}"],
             "bottom_left": [f"WL {center:.0f}  WW {width:.0f}", f"zoom {self.scale_factor() * 100:.0f}%"],
-            "bottom_right": [f"{d.columns} x {d.rows}", f"{d.bits_stored}-bit"],
+            "bottom_right": [*self.stack_text, f"{d.columns} x {d.rows}", f"{d.bits_stored}-bit"],
         }
 
     def drawForeground(self, painter: QPainter, rect: QRectF) -> None:  # noqa: N802 - Qt override

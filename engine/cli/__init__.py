@@ -18,6 +18,7 @@ import sys
 
 from engine.cli import (
     agent,
+    audit,
     compare,
     data,
     images,
@@ -32,7 +33,7 @@ from engine.cli.common import EXIT_BAD_INPUT
 from engine.errors import MedVisionError
 
 #: The command families, in the order ``medvision --help`` lists them.
-FAMILIES = (images, volumes, library, sessions, packs, agent, pacs, compare, data, programs)
+FAMILIES = (images, volumes, library, sessions, audit, packs, agent, pacs, compare, data, programs)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,6 +13,7 @@ from engine.config import Settings
 from engine.inference.registry import ModelRegistry
 from engine.services.analysis import AnalysisService
 from engine.services.annotations import AnnotationService
+from engine.services.audit import AuditTrail
 from engine.services.compare import CompareService
 from engine.services.images import DecodeCache, ImageService
 from engine.services.intake import ImageIntake
@@ -43,6 +44,7 @@ class Services:
     volumes: VolumeService
     priors: PriorService
     compare: CompareService
+    audit: AuditTrail
 
     @classmethod
     def open(cls, settings: Settings) -> Services:
@@ -63,7 +65,7 @@ class Services:
                    regions=RegionService(store, models, images, analysis, interactive, similar, annotations),
                    sessions=SessionService(store, images, interactive, settings.retention, volumes),
                    volumes=volumes, priors=PriorService(store, settings.prior_count),
-                   compare=CompareService(store, images, analysis))
+                   compare=CompareService(store, images, analysis), audit=AuditTrail(store.audit, settings))
 
     def close(self) -> None:
         """Release the reference library, models and database connections."""

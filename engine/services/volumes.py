@@ -33,12 +33,12 @@ from engine.imaging.volume import SliceSource, Volume, assemble_stack
 from engine.imaging.volume.assemble import OpenSource, decode_slice, scan_one, slice_frame
 from engine.imaging.volume.headers import SliceHeader, header_from_record
 from engine.imaging.volume.model import orientation_code
+from engine.imaging.volume.planes import PLANES, plane_pixels, plane_spacing
 from engine.imaging.volume.stacks import PROJECTION_MODALITIES, StackPlan, plan_stacks
 from engine.store import Store
 
 log = logging.getLogger(__name__)
 MiB = 1024 * 1024
-PLANES = ("axial", "coronal", "sagittal")
 #: Slice headers kept per process (a few hundred bytes each): enough for tens of large series.
 MAX_CACHED_HEADERS = 200_000
 
@@ -322,13 +322,7 @@ class VolumeService:
         if not isinstance(index, int) or not 0 <= index < size:
             raise MedVisionError(ErrorCode.INVALID_REGION, f"{plane} index {index!r} is outside 0..{size - 1}",
                                  plane=plane, index=index)
-        dz, dy, dx = volume.spacing_zyx
-        if plane == "axial":
-            image, spacing = volume.voxels[index], (dy, dx)
-        elif plane == "coronal":
-            image, spacing = volume.voxels[::-1, index, :], (dz, dx)
-        else:
-            image, spacing = volume.voxels[::-1, :, index], (dz, dy)
+        image, spacing = plane_pixels(volume.voxels, plane, index), plane_spacing(volume.spacing_zyx, plane)
         return image, {"plane": plane, "index": index, "shape": list(image.shape), "pixel_spacing_mm": list(spacing),
                        "series_uid": volume.series_uid, "stack": volume.stack_key or "main", "from": "volume",
                        "modality": volume.modality}

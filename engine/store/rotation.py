@@ -28,9 +28,9 @@ from engine.errors import ErrorCode, MedVisionError
 from engine.store.envelope import key_id, read_wraps, unwrap, write_wraps
 from engine.store.keys import ENV_KEY, KEY_BYTES, resolve_keys, write_keys
 
-#: The databases of a data directory keyed with the key-chain key (the reference-case
-#: library's file, ``rag/reference.db``, is named here: the store layer cannot import it).
-KEYED_DATABASES = ("medvision.db", "rag/reference.db")
+#: The databases of a data directory keyed with the key-chain key: the store, its audit trail
+#: and the reference-case library (named here: the store layer cannot import engine.rag).
+KEYED_DATABASES = ("medvision.db", "audit.db", "rag/reference.db")
 
 Step = Callable[[str], None]
 

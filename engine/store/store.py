@@ -14,6 +14,7 @@ from typing import Any
 from engine.store.agent_runs import AGENT_RUN_STATUSES, AgentRunRepository
 from engine.store.analyses import AnalysisRepository, MaskRepository
 from engine.store.annotations import AnnotationRepository
+from engine.store.audit import AUDIT_DATABASE_NAME, AuditLog
 from engine.store.blobs import BlobStore
 from engine.store.canvas import CanvasRepository
 from engine.store.common import new_id, now_iso
@@ -71,6 +72,7 @@ class Store:
         self.agent_runs = AgentRunRepository(self.db, self.events, self.sessions)
         self.inputs = InputRequestRepository(self.db, self.events, self.sessions)
         self.canvas = CanvasRepository(self.db, self.events)
+        self.audit = AuditLog(home / AUDIT_DATABASE_NAME, key, main_db=self.db)  # opened on first use
         # A process killed mid-erasure left files no row points to: erase them now.
         self.erasures.replay()
         self._drop_unscoped_embeddings()
@@ -106,7 +108,8 @@ class Store:
         return store
 
     def close(self) -> None:
-        """Close all database connections."""
+        """Write queued audit records, then close all database connections."""
+        self.audit.close()
         self.db.close()
 
     @property
@@ -253,6 +256,10 @@ class Store:
     def requeue_stale_jobs(self, stale_worker_prefixes: list[str] | None = None) -> int:
         """See :meth:`JobRepository.requeue_stale`."""
         return self.jobs.requeue_stale(stale_worker_prefixes)
+
+    def list_jobs(self, kind: str, session_id: str | None = None) -> list[dict]:
+        """See :meth:`JobRepository.of_kind`."""
+        return self.jobs.of_kind(kind, session_id)
 
     def get_job(self, job_id: int) -> dict:
         """See :meth:`JobRepository.get`."""

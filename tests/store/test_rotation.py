@@ -127,7 +127,7 @@ def test_kill_9_during_rotation_leaves_a_consistent_directory(home: Path, point:
     _check_readable(home, session)
 
 
-def test_rotation_rekeys_the_reference_library_too(home: Path) -> None:
+def test_rotation_rekeys_the_audit_trail_and_the_reference_library_too(home: Path) -> None:
     from engine.rag import ReferenceLibrary
 
     def library(key: bytes, data_key: bytes) -> ReferenceLibrary:
@@ -136,11 +136,13 @@ def test_rotation_rekeys_the_reference_library_too(home: Path) -> None:
     old, session = _populate(home)
     store = Store.open(home, use_keyring=False)
     data_key = store.data_key
+    store.audit.db.query("SELECT 1")  # the audit trail's database exists from its first use
     store.close()
     library(old, data_key).close()
-    assert rotate(home, use_keyring=False)["databases"] == ["medvision.db", "rag/reference.db"]
+    assert rotate(home, use_keyring=False)["databases"] == ["medvision.db", "audit.db", "rag/reference.db"]
     store = Store.open(home, use_keyring=False)
     new, same_data_key = store.key, store.data_key
+    assert store.audit.db.query("SELECT count(*) AS n FROM sqlite_master")[0]["n"] > 0
     store.close()
     assert same_data_key == data_key
     library(new, data_key).close()

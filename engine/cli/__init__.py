@@ -20,6 +20,7 @@ from engine.cli import (
     agent,
     audit,
     compare,
+    data,
     images,
     library,
     packs,
@@ -32,7 +33,7 @@ from engine.cli.common import EXIT_BAD_INPUT
 from engine.errors import MedVisionError
 
 #: The command families, in the order ``medvision --help`` lists them.
-FAMILIES = (images, volumes, library, sessions, audit, packs, agent, pacs, compare, programs)
+FAMILIES = (images, volumes, library, sessions, audit, packs, agent, pacs, compare, data, programs)
 
 
 def build_parser() -> argparse.ArgumentParser:

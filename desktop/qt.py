@@ -15,6 +15,7 @@ try:
         QPoint,
         QPointF,
         QProcess,
+        QRect,
         QRectF,
         QRunnable,
         QSettings,
@@ -99,7 +100,7 @@ __all__ = [
     "QIcon", "QImage", "QInputDialog", "QKeySequence", "QLabel", "QLineEdit", "QLineF",
     "QListWidget", "QListWidgetItem", "QMainWindow", "QMenu", "QMessageBox", "QObject", "QPainter",
     "QPainterPath", "QPen", "QPixmap", "QPoint", "QPointF", "QPolygonF", "QProcess", "QTransform", "QProgressBar",
-    "QPushButton", "QRectF", "QRunnable", "QSettings", "QSize", "QSlider", "QSpinBox", "QSplitter",
+    "QPushButton", "QRect", "QRectF", "QRunnable", "QSettings", "QSize", "QSlider", "QSpinBox", "QSplitter",
     "QTextBrowser", "QTextDocument", "QThreadPool", "QTimer", "QToolBar", "QTreeWidget", "QTreeWidgetItem",
     "QUndoCommand", "QUndoStack", "QUrl", "QVBoxLayout", "QVariantAnimation", "QWidget", "Qt", "Signal", "Slot", "isValid",
 ]

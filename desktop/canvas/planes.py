@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from desktop.canvas.corners import paint_corner_text
 from desktop.qt import (
     QColor,
-    QFont,
     QGraphicsItem,
     QGraphicsLineItem,
     QGraphicsPixmapItem,
@@ -262,20 +262,7 @@ class PlaneView(QGraphicsView):
         self.fit()
 
     def drawForeground(self, painter: QPainter, rect: QRectF) -> None:  # noqa: N802 - Qt override
-        corners = self.corner_text()
-        if not corners:
-            return
-        painter.save()
-        painter.resetTransform()
-        painter.setFont(QFont("Sans", 8))
-        painter.setPen(QColor(230, 230, 120))
-        area = self.viewport().rect().adjusted(4, 2, -4, -2)
-        flags = {"top_left": Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft,
-                 "top_right": Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignRight,
-                 "bottom_left": Qt.AlignmentFlag.AlignBottom | Qt.AlignmentFlag.AlignLeft}
-        for corner, lines in corners.items():
-            painter.drawText(area, flags[corner], "\n".join(line for line in lines if line))
-        painter.restore()
+        paint_corner_text(painter, self.viewport().rect(), self.corner_text(), point_size=8, margin=(4, 2))
 
 
 __all__ = ["PLANES", "PlaneView", "pixel_of", "plane_pixels", "plane_spacing", "render_plane", "voxel_of"]

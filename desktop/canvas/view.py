@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from desktop.canvas.commands import Ref
+from desktop.canvas.corners import paint_corner_text
 from desktop.canvas.image import CT_PRESETS, ImageItem, WindowedImage
 from desktop.canvas.items import COLORS, ORGAN_COLORS, AnnotationItem, mask_overlay
 from desktop.canvas.layers import LayerModel, layer_for
@@ -21,7 +22,6 @@ from desktop.canvas.tools import TOOLS, ToolController
 from desktop.qt import (
     QAction,
     QColor,
-    QFont,
     QGraphicsItem,
     QGraphicsPixmapItem,
     QGraphicsScene,
@@ -443,21 +443,7 @@ class CanvasView(QGraphicsView):
         }
 
     def drawForeground(self, painter: QPainter, rect: QRectF) -> None:  # noqa: N802 - Qt override
-        corners = self.corner_text()
-        if not corners:
-            return
-        painter.save()
-        painter.resetTransform()
-        painter.setFont(QFont("Sans", 9))
-        painter.setPen(QColor(230, 230, 120))
-        area = self.viewport().rect().adjusted(6, 4, -6, -4)
-        flags = {"top_left": Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft,
-                 "top_right": Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignRight,
-                 "bottom_left": Qt.AlignmentFlag.AlignBottom | Qt.AlignmentFlag.AlignLeft,
-                 "bottom_right": Qt.AlignmentFlag.AlignBottom | Qt.AlignmentFlag.AlignRight}
-        for corner, lines in corners.items():
-            painter.drawText(area, flags[corner], "\n".join(line for line in lines if line))
-        painter.restore()
+        paint_corner_text(painter, self.viewport().rect(), self.corner_text(), point_size=9, margin=(6, 4))
 
     # -- actions and shortcuts ---------------------------------------------------------------
     def _make_actions(self) -> dict[str, QAction]:

@@ -389,10 +389,25 @@ class Engine:
         return self.services.volumes.source_headers(session_id, series_uid, stack)
 
     def segment_volume(self, session_id: str, structures: list[str] | str | None = None,
-                       series_uid: str | None = None, stack: str | None = None, annotate: bool = False) -> dict:
-        """Body, lungs, airways and bone of a stored CT without a trained model, with volumes in mL
-        (``annotate``: each structure stored as a ``volume_roi`` annotation)."""
-        return self.services.volumes.segment(session_id, structures, series_uid, stack, annotate)
+                       series_uid: str | None = None, stack: str | None = None, annotate: bool = False,
+                       method: str = "classical") -> dict:
+        """Structures of a stored CT with volumes in mL and mean HU: ``classical`` (body, lungs, airways,
+        bone without a trained model; ``annotate`` stores each as a ``volume_roi`` annotation) or ``unet``
+        (the pack's 3D U-Net; the result names the model and backend, and says when it is untrained)."""
+        return self.services.volumes.segment(session_id, structures, series_uid, stack, annotate, method)
+
+    def plane_roi(self, session_id: str, plane: str, index: int, shape: str, points: Any, *,
+                  series_uid: str | None = None, stack: str | None = None, annotate: bool = True,
+                  label: str = "") -> dict:
+        """HU statistics and mL of a polygon, rectangle or ellipse drawn on an axial, coronal or sagittal
+        plane of a stored series (2D points on the plane), stored as a ``volume_roi`` annotation."""
+        return self.services.volumes.plane_roi(session_id, plane, index, shape, points, series_uid=series_uid,
+                                               stack=stack, annotate=annotate, label=label)
+
+    def measure_distance(self, session_id: str, points: list[dict], series_uid: str | None = None,
+                         stack: str | None = None) -> dict:
+        """Distance in mm between two points of a stored series, each on any plane, a voxel or patient mm."""
+        return self.services.volumes.measure_distance(session_id, points, series_uid, stack)
 
     # -- models ------------------------------------------------------------------------
     # -- priors and compare ----------------------------------------------------------

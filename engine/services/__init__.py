@@ -59,7 +59,7 @@ class Services:
         interactive = InteractiveService(store, models, images, annotations, store.embeddings)
         similar = SimilarCaseService(settings, store, models, images, analysis)
         volumes = VolumeService(store, VolumeCache(settings.volume_cache_mb * 1024 * 1024), limits=settings.limits,
-                                annotations=annotations)
+                                annotations=annotations, models=models)
         return cls(settings=settings, store=store, models=models, images=images,
                    intake=ImageIntake(images, analysis), annotations=annotations, analysis=analysis,
                    interactive=interactive, similar=similar,

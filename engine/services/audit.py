@@ -71,7 +71,9 @@ ACTIONS: dict[str, Action] = {
     "volume_source_headers": Action(AuditEvent.INSTANCES_ACCESSED, "R", details=("series_uid",)),  # for a SEG/SR
     "volume_slice": Action(AuditEvent.INSTANCES_ACCESSED, "R", mcp_only=True),  # each slice; get_volume opens
     "volume_roi": _RUN,
-    "segment_volume": _RUN,
+    "segment_volume": Action(AuditEvent.INSTANCES_ACCESSED, "E", details=("method",)),
+    "plane_roi": _RUN,
+    "measure_distance": _RUN,
     "list_series": _Q,
     "list_priors": _Q,
     "study_facts": Action(AuditEvent.PATIENT_RECORD, "R"),

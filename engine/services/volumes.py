@@ -26,8 +26,21 @@ from typing import Any
 import numpy as np
 
 from engine.analysis.volume.anatomy import segment_anatomy
-from engine.analysis.volume.annotation import structure_annotation, volume_annotation
-from engine.analysis.volume.roi import roi_box_stats, roi_sphere_stats
+from engine.analysis.volume.annotation import mask_geometry, structure_annotation, volume_annotation
+from engine.analysis.volume.plane_coords import (
+    patient_to_voxel_mm,
+    plane_to_voxel,
+    voxel_to_patient_mm,
+    voxel_to_plane,
+)
+from engine.analysis.volume.roi import (
+    label_stats,
+    roi_box_stats,
+    roi_mask_stats,
+    roi_plane_stats,
+    roi_sphere_stats,
+)
+from engine.analysis.volume.unet import segment_ct_with_pack
 from engine.config import DecodeLimits
 from engine.errors import ErrorCode, MedVisionError
 from engine.imaging.volume import SliceSource, Volume, assemble_stack
@@ -42,13 +55,17 @@ from engine.imaging.volume.headers import SliceHeader, header_from_record
 from engine.imaging.volume.model import orientation_code
 from engine.imaging.volume.planes import PLANES, plane_pixels, plane_spacing
 from engine.imaging.volume.stacks import PROJECTION_MODALITIES, StackPlan, plan_stacks
+from engine.inference.registry import ModelRegistry
 from engine.services.annotations import AnnotationService
 from engine.store import Store
+from engine.vocabulary import UNTRAINED_OUTPUTS
 
 log = logging.getLogger(__name__)
 MiB = 1024 * 1024
 #: Slice headers kept per process (a few hundred bytes each): enough for tens of large series.
 MAX_CACHED_HEADERS = 200_000
+#: How a stored CT may be segmented: HU and connectivity, or the pack's 3D U-Net (``segment3d``).
+SEGMENT_METHODS = ("classical", "unet")
 
 
 @dataclass(frozen=True)
@@ -113,8 +130,8 @@ class VolumeService:
     """A session's series as volumes: listing, assembly from the store, slices, planes, ROI, anatomy."""
 
     def __init__(self, store: Store, cache: VolumeCache, limits: DecodeLimits | None = None,
-                 annotations: AnnotationService | None = None) -> None:
-        self.store, self.cache, self.annotations = store, cache, annotations
+                 annotations: AnnotationService | None = None, models: ModelRegistry | None = None) -> None:
+        self.store, self.cache, self.annotations, self.models = store, cache, annotations, models
         self.limits = limits or DecodeLimits.from_env()
         self._headers: dict[str, tuple[list[SliceHeader], str | None]] = {}
         self._headers_lock = threading.Lock()
@@ -386,18 +403,85 @@ class VolumeService:
             result["annotation_id"] = self._annotate(session_id, volume, payload, label, "user")
         return result
 
+    def plane_roi(self, session_id: str, plane: str, index: int, shape: str, points: Any, *,
+                  series_uid: str | None = None, stack: str | None = None, annotate: bool = True,
+                  label: str = "") -> dict[str, Any]:
+        """HU statistics and mL of a shape (``polygon``, ``rectangle``, ``ellipse``) drawn with 2D points on
+        plane ``index`` of ``plane`` (axial, coronal, sagittal: :mod:`engine.analysis.volume.plane_coords`);
+        ``annotate`` stores it as a ``volume_roi`` mask annotation (``annotation_id``)."""
+        volume = self.volume(session_id, series_uid, stack)
+        stats, offset, mask = roi_plane_stats(volume.voxels, volume.spacing_zyx, plane, index, shape, points)
+        z, y, x = offset
+        dz, dy, dx = mask.shape
+        result = {"series_uid": volume.series_uid, "stack": volume.stack_key or "main",
+                  "roi": {"plane": plane, "index": index, "shape": shape, "points": points,
+                          "voxel_box": [x, y, z, x + dx - 1, y + dy - 1, z + dz - 1]},
+                  "statistics": stats.to_dict(), "unit": "HU" if volume.modality == "CT" else "stored value",
+                  "warnings": [w.to_dict() for w in volume.warnings]}
+        if annotate:
+            geometry = mask_geometry(mask, offset) | {"plane": plane, "index": index, "roi_shape": shape,
+                                                      "points": points}
+            payload = volume_annotation(stats, shape="mask", geometry=geometry, method="plane_roi",
+                                        volume_shape=volume.shape_zyx, series_uid=volume.series_uid,
+                                        frame_of_reference_uid=volume.frame_of_reference_uid,
+                                        stack_key=volume.stack_key or None)
+            result["annotation_id"] = self._annotate(session_id, volume, payload, label, "user")
+        return result
+
+    def measure_distance(self, session_id: str, points: list[dict[str, Any]], series_uid: str | None = None,
+                         stack: str | None = None) -> dict[str, Any]:
+        """Distance in mm between two points of a stored series, each given on any plane (``{"plane",
+        "index", "point": [x, y]}``), as a voxel (``{"voxel": [x, y, z]}``) or in patient mm
+        (``{"patient_mm": [x, y, z]}``); both are returned in voxels and patient LPS mm."""
+        if not isinstance(points, list) or len(points) != 2:
+            raise MedVisionError(ErrorCode.INVALID_REGION, "measure_distance needs two points")
+        volume = self.volume(session_id, series_uid, stack)
+        placed = []
+        for point in points:
+            if not isinstance(point, dict) or len({"plane", "voxel", "patient_mm"} & set(point)) != 1:
+                raise MedVisionError(ErrorCode.INVALID_REGION, 'each point is {"plane", "index", "point"}, '
+                                     '{"voxel": [x, y, z]} or {"patient_mm": [x, y, z]}')
+            if "plane" in point:
+                voxel = plane_to_voxel(point["plane"], point.get("index"), point.get("point"), volume.shape_zyx)
+            elif "voxel" in point:
+                voxel = np.asarray(point["voxel"], dtype=np.float64) if _is_xyz(point["voxel"]) else None
+                if voxel is not None:
+                    voxel_to_plane("axial", voxel, volume.shape_zyx)  # INVALID_REGION off the volume
+            else:
+                voxel = patient_to_voxel_mm(point["patient_mm"], volume.affine) if _is_xyz(point["patient_mm"]) \
+                    else None
+            if voxel is None:
+                raise MedVisionError(ErrorCode.INVALID_REGION, "a point must be three finite numbers")
+            placed.append({"voxel_xyz": [round(float(v), 3) for v in voxel],
+                           "patient_mm": [round(float(v), 3) for v in voxel_to_patient_mm(voxel, volume.affine)]})
+        distance = float(np.linalg.norm(np.subtract(placed[0]["patient_mm"], placed[1]["patient_mm"])))
+        return {"series_uid": volume.series_uid, "stack": volume.stack_key or "main", "points": placed,
+                "distance_mm": round(distance, 2)}
+
     def segment(self, session_id: str, structures: list[str] | str | None = None, series_uid: str | None = None,
-                stack: str | None = None, annotate: bool = False) -> dict[str, Any]:
-        """Body, lungs, airways and bone of a stored CT (HU and connectivity, no trained model), in mL;
-        ``annotate`` stores each structure found as a ``volume_roi`` mask annotation (``annotation_ids``)."""
+                stack: str | None = None, annotate: bool = False, method: str = "classical") -> dict[str, Any]:
+        """Structures of a stored CT with each volume (mL) and mean HU: ``classical`` finds body, lungs,
+        airways and bone from HU and connectivity (no trained model); ``unet`` runs the pack's 3D U-Net
+        (``segment3d``) and lists every label it finds, named from the pack's label map. ``annotate``
+        stores each classical structure found as a ``volume_roi`` mask annotation (``annotation_ids``)."""
+        if method not in SEGMENT_METHODS:
+            raise MedVisionError(ErrorCode.INVALID_ARGUMENT,
+                                 f"method must be one of {', '.join(SEGMENT_METHODS)}, not {method!r}")
         volume = self.volume(session_id, series_uid, stack)
         if volume.modality not in ("CT", ""):
             raise MedVisionError(ErrorCode.INVALID_IMAGE_TYPE,
                                  f"segment_volume needs a CT (Hounsfield units); this series is {volume.modality}")
+        if method == "unet":
+            return self._segment_unet(volume, structures, annotate)
         result = segment_anatomy(volume.voxels, volume.affine,
                                  structures=structures or ("body", "lungs", "airways", "bone"))
-        found = {"series_uid": volume.series_uid, "stack": volume.stack_key or "main",
-                 "segmentation": result.to_dict(), "model_trained": False,
+        segmentation = result.to_dict()
+        for entry, structure in zip(segmentation["structures"], result.structures, strict=True):
+            stats = roi_mask_stats(volume.voxels, volume.spacing_zyx, result.mask(structure.name)) \
+                if structure.found else None
+            entry.update({"mean_hu": _hu(stats, "mean_hu"), "sd_hu": _hu(stats, "sd_hu")})
+        found = {"series_uid": volume.series_uid, "stack": volume.stack_key or "main", "method": "classical",
+                 "segmentation": segmentation, "model_trained": False, "model": None,
                  "warnings": [w.to_dict() for w in volume.warnings]}
         if annotate:
             found["annotation_ids"] = {}
@@ -408,6 +492,40 @@ class VolumeService:
                                                stack_key=volume.stack_key or None)
                 found["annotation_ids"][structure.name] = self._annotate(session_id, volume, payload,
                                                                          structure.name, "ai")
+        return found
+
+    def _segment_unet(self, volume: Volume, structures: list[str] | str | None, annotate: bool) -> dict[str, Any]:
+        """The pack's 3D U-Net over the volume: every label found, with mL and mean HU; the model and
+        backend named; an untrained model's output says so and is never stored as annotations."""
+        if self.models is None:
+            raise MedVisionError(ErrorCode.MODEL_NOT_FOUND, "this volume service has no model registry")
+        if structures:
+            raise MedVisionError(ErrorCode.INVALID_ARGUMENT, "structures chooses among the classical method's "
+                                 "structures; the U-Net lists every label it finds")
+        result = segment_ct_with_pack(self.models, volume.voxels, volume.spacing_zyx, orientation=volume.orientation)
+        per_label = label_stats(volume.voxels, result.label_map, len(result.labels))
+        listed = []
+        for structure in result.structures:
+            mean, sd = per_label[structure.label]
+            listed.append({"label": structure.label, "name": structure.name, "found": True,
+                           "voxel_count": structure.voxels, "volume_ml": structure.volume_ml,
+                           "mean_hu": mean, "sd_hu": sd})
+        summary = result.to_dict()
+        segmentation = {"method": "unet_3d", "task": summary["task"], "backend": result.backend,
+                        "model": result.model, "model_trained": result.trained, "banner": result.banner,
+                        "structures": listed, "labels": {s["name"]: s["label"] for s in listed},
+                        "label_map_size": len(result.labels), "windows": result.windows,
+                        "network_shape_zyx": summary["network_shape_zyx"], "orientation": result.orientation,
+                        "elapsed_s": summary["seconds"]}
+        found = {"series_uid": volume.series_uid, "stack": volume.stack_key or "main", "method": "unet",
+                 "segmentation": segmentation, "model_trained": result.trained, "model": result.model,
+                 "backend": result.backend, "warnings": [w.to_dict() for w in volume.warnings]}
+        if not result.trained:
+            found |= {"banner": result.banner, "note": UNTRAINED_OUTPUTS}
+        if annotate:
+            found["annotation_ids"] = {}
+            if not result.trained:
+                found["annotations_note"] = "Masks of an untrained model are not stored as annotations."
         return found
 
     def source_headers(self, session_id: str, series_uid: str | None = None, stack: str | None = None) -> list[Any]:
@@ -436,3 +554,13 @@ def _patient_to_voxel(point_mm: Any, affine: np.ndarray) -> list[float]:
         raise MedVisionError(ErrorCode.INVALID_REGION, f"center_mm must be three numbers (LPS mm), not {point_mm!r}")
     xyz = np.linalg.solve(np.asarray(affine, dtype=np.float64)[:3, :3], point - affine[:3, 3])
     return [float(v) for v in xyz]
+
+
+def _is_xyz(value: Any) -> bool:
+    return isinstance(value, list | tuple) and len(value) == 3 and all(
+        isinstance(v, int | float) and not isinstance(v, bool) and np.isfinite(v) for v in value)
+
+
+def _hu(stats: Any, key: str) -> float | None:
+    value = getattr(stats, key, None) if stats is not None else None
+    return round(float(value), 2) if value is not None else None

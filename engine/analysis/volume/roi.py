@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from engine.analysis.volume.plane_coords import plane_shape, plane_to_voxel
 from engine.errors import ErrorCode, MedVisionError
 from engine.imaging.regions import parse_region, region_mask
 
@@ -232,6 +233,82 @@ def roi_slice_stats(hu: np.ndarray, spacing_zyx: Sequence[float], z: Any, shape:
     zi = _index(z, "z", hu.shape[0])
     mask = slice_shape_mask(hu.shape[1], hu.shape[2], shape, geometry)
     return masked_stats(hu[zi: zi + 1], mask[None], f"slice_{shape}", spacing, zi)
+
+
+def plane_geometry(shape: str, points: Any) -> Any:
+    """The :func:`slice_shape_mask` geometry of a shape given as 2D points on a plane.
+
+    ``polygon``: the vertices (3 or more); ``rectangle``: two opposite corners (whole pixel
+    indices, both included); ``ellipse``: two opposite corners of its bounding box (the
+    ellipse drawn by dragging a box, axis-aligned on the plane).
+    """
+    if shape == "polygon":
+        return [list(p) for p in _points(points, "polygon", 3)]
+    if shape not in SLICE_SHAPES:
+        raise _invalid_argument(f"unknown plane shape {shape!r}; expected one of {', '.join(SLICE_SHAPES)}")
+    corners = _points(points, shape, 2)
+    if len(corners) != 2:
+        raise _invalid_region(f"a {shape} is given by two opposite corners [[x1, y1], [x2, y2]]")
+    (x1, y1), (x2, y2) = corners
+    if shape == "rectangle":
+        return [float(x1), float(y1), float(x2), float(y2)]
+    return {"center": [(x1 + x2) / 2, (y1 + y2) / 2], "radii": [abs(x2 - x1) / 2, abs(y2 - y1) / 2]}
+
+
+def plane_shape_mask(volume_shape: tuple[int, int, int], plane: str, index: Any, shape: str,
+                     points: Any) -> tuple[tuple[int, int, int], np.ndarray]:
+    """A shape drawn on a plane as a 3D mask: ``(offset_zyx, bool mask cropped to the shape's box)``.
+
+    The plane's pixels under the shape are mapped to voxels by
+    :func:`engine.analysis.volume.plane_coords.plane_to_voxel` (the one plane layout), so the
+    mask covers the voxels the plane shows under the shape; memory is one plane at most.
+    """
+    rows, columns = plane_shape(plane, volume_shape)
+    flat = slice_shape_mask(rows, columns, shape, plane_geometry(shape, points))
+    pixels = np.argwhere(flat)  # (row, column)
+    if not pixels.size:
+        raise _invalid_region(f"the {shape} covers no pixel of the {plane} plane")
+    voxels = np.rint(plane_to_voxel(plane, index, pixels[:, ::-1].astype(np.float64), volume_shape)).astype(np.intp)
+    zyx = voxels[:, ::-1]
+    low = zyx.min(axis=0)
+    mask = np.zeros(tuple(zyx.max(axis=0) - low + 1), dtype=bool)
+    mask[tuple((zyx - low).T)] = True
+    return (int(low[0]), int(low[1]), int(low[2])), mask
+
+
+def roi_plane_stats(hu: np.ndarray, spacing_zyx: Sequence[float], plane: str, index: Any, shape: str,
+                    points: Any) -> tuple[RoiStats, tuple[int, int, int], np.ndarray]:
+    """Statistics of a shape drawn on any plane (see :func:`plane_shape_mask`), with its cropped mask and offset.
+
+    The volume counts each voxel the shape covers once (one voxel thick across the plane).
+    """
+    hu, spacing = check_volume(hu, spacing_zyx)
+    offset, mask = plane_shape_mask(hu.shape, plane, index, shape, points)
+    block = hu[tuple(slice(o, o + n) for o, n in zip(offset, mask.shape, strict=True))]
+    return masked_stats(block, mask, f"{plane}_{shape}", spacing, offset[0]), offset, mask
+
+
+def label_stats(hu: np.ndarray, label_map: np.ndarray, count: int) -> list[tuple[float | None, float | None]]:
+    """Mean and population SD of HU per label ``0..count-1`` of a label map (None for an absent label).
+
+    Sums are gathered slice by slice in float64 (``np.bincount`` with weights), so the
+    temporaries are one slice whatever the volume's size.
+    """
+    if label_map.shape != hu.shape:
+        raise _invalid_argument(f"the label map {label_map.shape} is not the volume's shape {hu.shape}")
+    n, total, squares = np.zeros(count), np.zeros(count), np.zeros(count)
+    for z in range(hu.shape[0]):
+        labels = label_map[z].ravel()
+        values = hu[z].astype(np.float64, copy=False).ravel()
+        n += np.bincount(labels, minlength=count)[:count]
+        total += np.bincount(labels, weights=values, minlength=count)[:count]
+    mean = np.divide(total, n, out=np.zeros(count), where=n > 0)
+    for z in range(hu.shape[0]):
+        labels = label_map[z].ravel()
+        deviations = hu[z].astype(np.float64, copy=False).ravel() - mean[labels]
+        squares += np.bincount(labels, weights=deviations * deviations, minlength=count)[:count]
+    return [(round(float(mean[i]), 2), round(float(np.sqrt(squares[i] / n[i])), 2)) if n[i] else (None, None)
+            for i in range(count)]
 
 
 def voxel_to_patient(point_xyz: Sequence[Any], affine: np.ndarray) -> np.ndarray:

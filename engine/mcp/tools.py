@@ -207,7 +207,7 @@ def register(app: FastMCP) -> None:
         and connectivity, or the pack's 3D U-Net (the result names model and backend; an untrained
         model's output says it is not a finding)."""
         return await _call(ctx, VolumeSegmentation, session_id, Engine.segment_volume, session_id, structures,
-                           series_uid, stack, method=method)
+                           series_uid, stack, False, method)
 
     # -- analysis ----------------------------------------------------------------------
     @tool()

@@ -472,7 +472,7 @@ class VolumeService:
             raise MedVisionError(ErrorCode.INVALID_IMAGE_TYPE,
                                  f"segment_volume needs a CT (Hounsfield units); this series is {volume.modality}")
         if method == "unet":
-            return self._segment_unet(volume, structures, annotate)
+            return self._segment_unet(session_id, volume, structures, annotate)
         result = segment_anatomy(volume.voxels, volume.affine,
                                  structures=structures or ("body", "lungs", "airways", "bone"))
         segmentation = result.to_dict()
@@ -494,9 +494,10 @@ class VolumeService:
                                                                          structure.name, "ai")
         return found
 
-    def _segment_unet(self, volume: Volume, structures: list[str] | str | None, annotate: bool) -> dict[str, Any]:
+    def _segment_unet(self, session_id: str, volume: Volume, structures: list[str] | str | None,
+                      annotate: bool) -> dict[str, Any]:
         """The pack's 3D U-Net over the volume: every label found, with mL and mean HU; the model and
-        backend named; an untrained model's output says so and is never stored as annotations."""
+        backend named; an untrained model's output says so and its masks are never stored as annotations."""
         if self.models is None:
             raise MedVisionError(ErrorCode.MODEL_NOT_FOUND, "this volume service has no model registry")
         if structures:
@@ -522,10 +523,17 @@ class VolumeService:
                  "backend": result.backend, "warnings": [w.to_dict() for w in volume.warnings]}
         if not result.trained:
             found |= {"banner": result.banner, "note": UNTRAINED_OUTPUTS}
-        if annotate:
+        if annotate and not result.trained:
+            found |= {"annotation_ids": {}, "annotations_note": "Masks of an untrained model are not stored."}
+        elif annotate:
             found["annotation_ids"] = {}
-            if not result.trained:
-                found["annotations_note"] = "Masks of an untrained model are not stored as annotations."
+            for structure in result.structures:
+                payload = structure_annotation(volume.voxels, volume.spacing_zyx, result.mask(structure.label),
+                                               method=f"unet_3d:{result.model['id']}", series_uid=volume.series_uid,
+                                               frame_of_reference_uid=volume.frame_of_reference_uid,
+                                               stack_key=volume.stack_key or None)
+                found["annotation_ids"][structure.name] = self._annotate(session_id, volume, payload,
+                                                                         structure.name, "ai")
         return found
 
     def source_headers(self, session_id: str, series_uid: str | None = None, stack: str | None = None) -> list[Any]:

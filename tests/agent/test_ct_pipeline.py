@@ -102,3 +102,19 @@ def test_a_ct_image_that_is_no_series_stops_at_the_gate(engine: Engine) -> None:
     result = engine.invoke_medical_agent(session, "Report this CT", context={"use_llm": False})
     assert result["status"] == "failed"
     assert "not a slice of one" in result["error"]["message"]
+
+
+def test_an_mr_series_gets_its_geometry_and_warnings_but_no_hounsfield_measurements(engine: Engine) -> None:
+    session = engine.create_study_session("mr")["session_id"]
+    engine.add_image_to_session(session, get_testdata_file("emri_small.dcm"), auto_analyze=False)  # multi-frame MR
+    result = engine.invoke_medical_agent(session, "Report this MR", context={"use_llm": False})
+    assert result["status"] == "completed", result.get("error")
+    trace = engine.export_trace(result["run_id"])
+    ran = {e["tool_id"] for e in trace["events"] if e["kind"] == "tool_call"}
+    assert "volume_info" in ran and "segment_volume" not in ran and "volume_measurements" not in ran
+    report = result["result"]["report"]
+    codes = {w["code"] for w in report["quality"]["warnings"]}
+    assert "NO_PER_FRAME_POSITION" in codes and "not_hounsfield" in codes and "volume_warnings" in codes
+    assert report["measurements"] == []
+    narrative = report["narrative"]
+    assert check_narrative({k: narrative[k] for k in ("findings", "impression")}, report) == []

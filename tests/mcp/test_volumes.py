@@ -94,6 +94,11 @@ def test_plane_tools_and_the_unet_over_stdio(home: Path, model_pack: Path, serie
                          if a["annotation_id"] == roi["annotation_id"]]
             assert stored["coordinates"]["geometry"]["plane"] == "coronal"
             assert stored["coordinates"]["stats"]["voxel_count"] == block.size
+            # get_visualization draws it where it crosses a plane: coronal 50 and sagittal 20, not coronal 40
+            for plane, index, drawn in (("coronal", 50, True), ("sagittal", 20, True), ("coronal", 40, False)):
+                view = await ok(client, "get_visualization", session_id=session_id, plane=plane, index=index)
+                counts = {layer["id"]: layer["count"] for layer in view["layers"]}
+                assert counts.get("volume_roi_user") == (1 if drawn else None), (plane, index, counts)
             polygon = await ok(client, "plane_roi", session_id=session_id, plane="sagittal", index=60,
                                shape="polygon", points=[[20, 1], [80, 1], [50, 14]], annotate=False)
             assert polygon["statistics"]["voxel_count"] > 0 and "annotation_id" not in polygon

@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from engine.analysis.volume.annotation import volume_roi_mask
 from engine.analysis.volume.plane_coords import (
     patient_to_voxel_mm,
+    plane_section,
     plane_shape,
     plane_to_patient,
     plane_to_voxel,
@@ -104,3 +106,19 @@ def test_sagittal_ellipse_by_its_box_is_symmetric() -> None:
     with pytest.raises(MedVisionError) as caught:
         plane_shape_mask((20, 30, 40), "sagittal", 7, "rectangle", [[5, 4]])
     assert caught.value.code == ErrorCode.INVALID_REGION
+
+
+def test_a_3d_box_crosses_each_plane_where_it_lies() -> None:
+    shape = (20, 30, 40)
+    coordinates = {"shape": "box", "geometry": {"box": [5, 6, 7, 9, 12, 10]}, "volume_shape": list(shape),
+                   "spacing_zyx": [1.0, 1.0, 1.0]}
+    offset, crop = volume_roi_mask(coordinates)
+    assert offset == (7, 6, 5) and crop.shape == (4, 7, 5)
+    sagittal = plane_section(offset, crop, "sagittal", 8, shape)
+    expected = np.zeros((20, 30), dtype=bool)
+    expected[20 - 1 - 10: 20 - 1 - 7 + 1, 6:13] = True  # rows: z 10..7 top down; columns: y 6..12
+    assert np.array_equal(sagittal, expected)
+    assert plane_section(offset, crop, "sagittal", 10, shape) is None
+    axial = plane_section(offset, crop, "axial", 7, shape)
+    assert axial.sum() == 7 * 5 and axial[6:13, 5:10].all()
+    assert plane_section(offset, crop, "coronal", 12, shape).sum() == 4 * 5

@@ -3,10 +3,14 @@ its model is trained; an untrained one's result says it is no finding."""
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from engine.api import Engine
 from engine.errors import ErrorCode, MedVisionError
@@ -48,6 +52,14 @@ def test_unet_masks_are_stored_only_from_a_trained_model(tmp_path: Path, model_p
             assert stored["soft_tissue"]["coordinates"]["method"] == "unet_3d:tiny-unet-fp32"
             soft = next(s for s in result["segmentation"]["structures"] if s["name"] == "soft_tissue")
             assert stored["soft_tissue"]["coordinates"]["stats"]["voxel_count"] == soft["voxel_count"]
+            # the stored masks are drawn where they cross a coronal plane, in the AI colour
+            drawn = engine.get_visualization(session, plane="coronal", index=50)
+            plain = engine.get_visualization(session, plane="coronal", index=50, include_annotations=False)
+            layer = next(layer for layer in drawn["layers"] if layer["id"] == "volume_roi_ai")
+            assert layer["count"] >= 1 and layer["visible"] is True
+            assert drawn["sha256"] != plain["sha256"] and "volume_roi_ai" not in {x["id"] for x in plain["layers"]}
+            picture = np.asarray(Image.open(io.BytesIO(base64.b64decode(drawn["png_base64"]))).convert("RGB"))
+            assert (picture[..., 2].astype(int) - picture[..., 0] > 100).any()  # cyan-tinted pixels: AI regions
         else:
             assert result["note"] == "These are outputs of untrained development models, not findings."
             assert result["annotation_ids"] == {} and annotations == []

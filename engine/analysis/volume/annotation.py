@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from engine.analysis.volume.grow import GrowResult
-from engine.analysis.volume.roi import RoiStats, roi_mask_stats
+from engine.analysis.volume.roi import RoiStats, roi_mask_stats, slice_shape_mask, sphere_mask
 from engine.errors import ErrorCode, MedVisionError
 from engine.imaging.masks import decode_rle, encode_rle
 
@@ -161,6 +161,31 @@ def structure_annotation(hu: np.ndarray, spacing_zyx: tuple[float, float, float]
     return volume_annotation(stats, shape="mask", geometry=mask_geometry(mask[crop], tuple(int(v) for v in low)),
                              method=method, volume_shape=mask.shape, series_uid=series_uid,
                              frame_of_reference_uid=frame_of_reference_uid, stack_key=stack_key)
+
+
+def volume_roi_mask(coordinates: dict[str, Any]) -> tuple[tuple[int, int, int], np.ndarray]:
+    """``(offset_zyx, bool mask cropped to its box)`` of a checked ``volume_roi`` annotation, any shape.
+
+    Memory is the shape's box (a slice shape: one slice), never the whole volume.
+    """
+    shape, geometry = coordinates["shape"], coordinates["geometry"]
+    depth, rows, columns = coordinates["volume_shape"]
+    if shape == "mask":
+        return mask_from_geometry(geometry)
+    if shape == "box":
+        x1, y1, z1, x2, y2, z2 = _box(geometry.get("box"))
+        return (z1, y1, x1), np.ones((z2 - z1 + 1, y2 - y1 + 1, x2 - x1 + 1), dtype=bool)
+    if shape == "sphere":
+        bounds, inside = sphere_mask((depth, rows, columns), coordinates["spacing_zyx"], geometry.get("center"),
+                                     geometry.get("radius_mm"))
+        return (bounds[0].start, bounds[1].start, bounds[2].start), inside
+    kind = shape.removeprefix("slice_")
+    z = geometry.get("z")
+    if not isinstance(z, int) or isinstance(z, bool) or not 0 <= z < depth:
+        raise _invalid(f"a slice shape needs z in 0..{depth - 1}")
+    key = {"polygon": "polygon", "rectangle": "rectangle"}.get(kind)
+    flat = slice_shape_mask(rows, columns, kind, geometry.get(key) if key else geometry)
+    return (z, 0, 0), flat[None]
 
 
 def check_anchor(image_row: dict[str, Any], coordinates: dict[str, Any]) -> None:

@@ -136,3 +136,28 @@ def _affine(affine: Any) -> np.ndarray:
     if matrix.shape != (4, 4) or not np.isfinite(matrix).all() or math.isclose(np.linalg.det(matrix[:3, :3]), 0.0):
         raise MedVisionError(ErrorCode.INVALID_ARGUMENT, "affine must be a finite, invertible 4x4 matrix")
     return matrix
+
+
+def plane_section(offset_zyx: Sequence[int], crop: np.ndarray, plane: str, index: int,
+                  shape: Sequence[int]) -> np.ndarray | None:
+    """Where a cropped 3D mask (first voxel at ``offset_zyx``) meets plane ``index``: a bool image of the
+    plane's ``(rows, columns)``, or None when it does not reach that plane. Memory: one slab of the crop."""
+    normal = _plane(plane)[0]
+    offset_xyz = (int(offset_zyx[2]), int(offset_zyx[1]), int(offset_zyx[0]))
+    local = int(index) - offset_xyz[normal]
+    size_xyz = crop.shape[::-1]
+    if not 0 <= local < size_xyz[normal]:
+        return None
+    slab = np.take(crop, local, axis=2 - normal)  # the crop's (z, y, x) axis of the plane's normal
+    found = np.argwhere(slab)
+    if not found.size:
+        return None
+    voxels = np.empty((len(found), 3), dtype=np.float64)
+    kept = [axis for axis in (2, 1, 0) if axis != normal]  # slab axes in (z, y, x) order, as xyz indices
+    for column, axis in enumerate(kept):
+        voxels[:, axis] = found[:, column] + offset_xyz[axis]
+    voxels[:, normal] = int(index)
+    _, planar = voxel_to_plane(plane, voxels, shape)
+    out = np.zeros(plane_shape(plane, shape), dtype=bool)
+    out[planar[:, 1].astype(np.intp), planar[:, 0].astype(np.intp)] = True
+    return out

@@ -25,14 +25,21 @@ def _fields(annotation: dict) -> dict[str, Any]:
 
 
 class CreateAnnotation(QUndoCommand):
-    """Add an annotation; undo deletes it."""
+    """Add an annotation; undo deletes it.
 
-    def __init__(self, canvas, ref: Ref, annotation: dict) -> None:  # noqa: ANN001 - CanvasView
+    ``add`` (engine -> the new id) stores it another way than ``add_annotation``: a volume plane's
+    shape is measured by the engine and stored with its statistics."""
+
+    def __init__(self, canvas, ref: Ref, annotation: dict,  # noqa: ANN001 - CanvasView or MprPanel
+                 add: Callable[[Any], str] | None = None) -> None:
         super().__init__(f"Create {annotation['type']}")
-        self.canvas, self.ref, self.annotation = canvas, ref, annotation
+        self.canvas, self.ref, self.annotation, self.add = canvas, ref, annotation, add
 
     def redo(self) -> None:
         def create(engine) -> None:  # noqa: ANN001
+            if self.add is not None:
+                self.ref.id = self.add(engine)
+                return
             a = self.annotation
             self.ref.id = engine.add_annotation(self.canvas.session_id, a["image_id"], a["type"], a["coordinates"],
                                                 **_fields(a))["annotation_id"]

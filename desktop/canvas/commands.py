@@ -46,7 +46,10 @@ class CreateAnnotation(QUndoCommand):
         self.canvas.engine_write(create)
 
     def undo(self) -> None:
-        self.canvas.engine_write(lambda engine: engine.delete_annotation(self.canvas.session_id, self.ref.id))
+        def delete(engine) -> None:  # noqa: ANN001 - runs after the creation on the one engine lane
+            if self.ref.id is not None:  # None: the store refused it (an empty shape), nothing to take back
+                engine.delete_annotation(self.canvas.session_id, self.ref.id)
+        self.canvas.engine_write(delete)
 
 
 class DeleteAnnotation(CreateAnnotation):

@@ -4,6 +4,7 @@ annotations that come back with their slice, the layer list, and undo."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ from PySide6.QtCore import QLineF, QPointF
 
 from desktop.canvas.planes import plane_pixels
 from desktop.qt import Qt
+from engine.analysis.volume.roi import roi_slice_stats
 from tests.desktop.conftest import idle
 from tests.volumes.ctseries import expected_lps, sub_volume, write_ct_series
 
@@ -107,6 +109,35 @@ def test_plane_tools_measure_in_mm_store_show_again_and_undo(qtbot, window, tmp_
     qtbot.keyClick(sagittal, Qt.Key.Key_Up)
     assert shown_ids(sagittal).count(ellipse_id) == 1
 
+    # A rectangle on the coronal plane holds the pixel centres inside it; a polygon on the axial plane is the
+    # axial slice shape the engine already measures (roi_slice_stats over the same vertices).
+    mpr.set_tool("bbox")
+    rect = drag(qtbot, coronal, QPointF(100.0, 20.0), QPointF(130.0, 52.0))
+    idle(qtbot)
+    x1, y1, x2, y2 = mpr.last_result["roi"]["geometry"]
+    assert abs(x1 - (rect.p1().x() / 3.0 - 0.5)) < 0.01 and abs(y2 - (rect.p2().y() / SLICE_MM - 0.5)) < 0.01
+    block = plane_pixels(hu, "coronal", coronal.index)[math.ceil(y1): math.floor(y2) + 1,
+                                                       math.ceil(x1): math.floor(x2) + 1].astype(np.float64)
+    assert mpr.last_result["statistics"]["voxel_count"] == block.size == 10 * 6
+    assert abs(mpr.last_result["statistics"]["mean_hu"] - block.mean()) < 1e-6
+    mpr.set_tool("polygon")
+    axial.resetTransform()
+    axial.scale(2.0, 2.0)
+    vertices = [QPointF(120.0, 90.0), QPointF(180.0, 100.0), QPointF(150.0, 150.0)]
+    axial.centerOn(QPointF(150.0, 115.0))
+    for vertex in vertices:
+        qtbot.mouseClick(axial.viewport(), Qt.MouseButton.LeftButton, pos=axial.mapFromScene(vertex))
+    axial.setFocus()
+    qtbot.keyClick(axial, Qt.Key.Key_Return)
+    idle(qtbot)
+    polygon = mpr.last_result["roi"]["geometry"]
+    assert len(polygon) == 3 and mpr.last_result["roi"]["plane"] == "axial"
+    expected = roi_slice_stats(hu, SPACING_ZYX, axial.index, "polygon", polygon)
+    assert mpr.last_result["statistics"]["voxel_count"] == expected.voxel_count > 100
+    assert mpr.last_result["statistics"]["mean_hu"] == expected.mean_hu
+    polygon_shown = [i for i in axial.items.values() if i.annotation["type"] == "polygon"]
+    assert len(polygon_shown) == 1
+
     # A distance across planes: a point on the axial plane, then one on the coronal plane.
     mpr.set_tool("distance3d")
     mpr.set_position((3, 40, 50))
@@ -119,15 +150,16 @@ def test_plane_tools_measure_in_mm_store_show_again_and_undo(qtbot, window, tmp_
     assert np.allclose(a, [50, 40, 3], atol=0.3) and np.allclose(b, [70, 40, hu.shape[0] - 1 - 2], atol=0.3)
     patient = [(affine @ [*p, 1.0])[:3] for p in (a, b)]
     assert abs(across["length_mm"] - np.linalg.norm(patient[0] - patient[1])) < 1e-6
-    assert len(stored(window)) == 3
+    assert len(stored(window)) == 5
 
     # Undo removes the last measurement (store, planes, layer list); redo stores it again.
     mpr.undo_button.click()
     idle(qtbot)
-    assert across["annotation_id"] not in stored(window) and len(stored(window)) == 2
+    assert across["annotation_id"] not in stored(window) and len(stored(window)) == 4
     assert across["annotation_id"] not in window.layers.volume_annotation_ids()
-    mpr.undo_button.click()
-    idle(qtbot)
+    for _ in range(3):  # the polygon, the rectangle, the ellipse
+        mpr.undo_button.click()
+        idle(qtbot)
     assert ellipse_id not in stored(window) and ellipse_id not in shown_ids(sagittal)
     mpr.redo_button.click()
     idle(qtbot)

@@ -72,15 +72,16 @@ class PlaneToolController(ToolController):
 
 
 def roi_text(stats: dict, unit: str) -> str:
-    """One line of an ROI's statistics: mean, SD, min, max, voxel count, area and the slab's mL."""
+    """One line of a 3D annotation's result: a length, or mean, SD, min, max, voxel count, the area of a
+    shape drawn on a plane and the mL (of its one-voxel slab)."""
     if stats.get("length_mm") is not None:
         return f"{stats['length_mm']:.1f} mm"
     if not stats.get("voxel_count"):
         return "empty"
     unit = f" {unit}" if unit else ""
+    area = f"  {stats['area_mm2']:.1f} mm²" if stats.get("area_mm2") is not None else ""  # a shape on a plane
     return (f"mean {stats['mean_hu']:.1f}{unit}  SD {stats['sd_hu']:.1f}  min {stats['min_hu']:.0f}  "
-            f"max {stats['max_hu']:.0f}  n {stats['voxel_count']}  {stats.get('area_mm2', 0.0):.1f} mm²  "
-            f"{stats['volume_ml']:.2f} mL")
+            f"max {stats['max_hu']:.0f}  n {stats['voxel_count']}{area}  {stats['volume_ml']:.2f} mL")
 
 
 def plane_of(coordinates: dict) -> tuple[str, int] | None:

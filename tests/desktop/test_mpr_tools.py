@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from PySide6.QtCore import QLineF, QPointF
 
+from desktop.canvas.plane_tools import display_annotations, roi_text
 from desktop.canvas.planes import plane_pixels
 from desktop.qt import Qt
 from engine.analysis.volume.roi import roi_slice_stats
@@ -49,7 +50,7 @@ def stored(window) -> dict[str, dict]:  # noqa: ANN001
     return {a["annotation_id"]: a for a in rows if a["type"] == "volume_roi"}
 
 
-def test_plane_tools_measure_in_mm_store_show_again_and_undo(qtbot, window, tmp_path: Path) -> None:  # noqa: ANN001
+def test_plane_tools_measure_in_mm_store_show_again_and_undo(qtbot, window, artefacts, tmp_path: Path) -> None:  # noqa: ANN001
     volume = anisotropic_ct()
     write_ct_series(tmp_path / "ct", volume=volume, seed=11)
     hu, affine = expected_lps(volume)
@@ -166,3 +167,36 @@ def test_plane_tools_measure_in_mm_store_show_again_and_undo(qtbot, window, tmp_
     assert len(stored(window)) == 2 and len(window.layers.volume_annotation_ids()) == 2
     mpr.set_position((*mpr.position[:2], index))  # back to the sagittal slice the ellipse was drawn on
     assert any(item.annotation["type"] == "ellipse" for item in sagittal.items.values())  # stored again, new id
+    for view in mpr.views.values():
+        view.fit()
+    artefacts(mpr, "mpr-tools")
+
+
+def test_stored_shapes_show_on_their_plane_and_slice_only() -> None:
+    """A shape drawn on a plane shows there at its index; a distance across slices shows its end points on the
+    slices that hold them; a 3D box (no plane) shows on none; a box's text has no area."""
+    shape_zyx, spacing = (10, 20, 30), (5.0, 2.0, 1.0)
+    common = {"space": "voxel_xyz", "volume_shape": list(shape_zyx), "spacing_zyx": list(spacing), "method": "roi"}
+    rows = [
+        {"annotation_id": "ell", "type": "volume_roi", "source": "user", "coordinates": common | {
+            "shape": "slice_ellipse", "geometry": {"plane": "sagittal", "index": 7, "center": [4.0, 2.0],
+                                                   "radii": [3.0, 1.0]},
+            "stats": {"voxel_count": 5, "volume_ml": 0.05, "mean_hu": 1.0, "sd_hu": 0.0, "min_hu": 1.0,
+                      "max_hu": 1.0, "area_mm2": 50.0}}},
+        {"annotation_id": "line", "type": "volume_roi", "source": "user", "coordinates": common | {
+            "shape": "line", "geometry": {"points_xyz": [[3.0, 4.0, 1.0], [9.0, 4.0, 6.0]]},
+            "stats": {"voxel_count": 0, "volume_ml": 0.0, "length_mm": 26.0}}},
+        {"annotation_id": "box", "type": "volume_roi", "source": "user", "coordinates": common | {
+            "shape": "box", "geometry": {"box": [0, 0, 0, 2, 2, 2]},
+            "stats": {"voxel_count": 27, "volume_ml": 0.27, "mean_hu": 2.0, "sd_hu": 0.0, "min_hu": 2.0,
+                      "max_hu": 2.0}}},
+    ]
+    sagittal = display_annotations(rows, "sagittal", 7, spacing, shape_zyx, "HU")
+    assert [(s["annotation_id"], s["type"]) for s in sagittal] == [("ell", "ellipse")]
+    ellipse = sagittal[0]["coordinates"]  # columns are y (2 mm), rows z (5 mm): (px + 0.5) * spacing
+    assert ellipse == {"center": [9.0, 12.5], "radii": [6.0, 5.0]} and "50.0 mm²" in sagittal[0]["label"]
+    assert display_annotations(rows, "sagittal", 6, spacing, shape_zyx, "HU") == []
+    axial_1, axial_6 = (display_annotations(rows, "axial", z, spacing, shape_zyx, "HU") for z in (1, 6))
+    assert [(s["type"], s["coordinates"], s["label"]) for s in axial_1] == [("point", [3.5, 9.0], "26.0 mm")]
+    assert [s["coordinates"] for s in axial_6] == [[9.5, 9.0]]
+    assert "mm²" not in roi_text(rows[2]["coordinates"]["stats"], "HU")

@@ -380,8 +380,12 @@ class Engine:
         return self.services.volumes.plane_image(session_id, plane, z, series_uid, stack)
 
     def volume_roi(self, session_id: str, **roi: Any) -> dict:
-        """HU statistics and mL of a voxel box or a sphere in patient mm of a stored series."""
+        """HU statistics and mL of a voxel box, a sphere in patient mm or a shape drawn on a plane of a stored series."""
         return self.services.volumes.roi(session_id, **roi)
+
+    def volume_distance(self, session_id: str, points_xyz: list, **where: Any) -> dict:
+        """The distance in mm between two voxel positions of a stored series (on one plane or across slices)."""
+        return self.services.volumes.distance(session_id, points_xyz, **where)
 
     def volume_source_headers(self, session_id: str, series_uid: str | None = None, stack: str | None = None
                               ) -> list[Any]:

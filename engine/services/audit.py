@@ -71,6 +71,7 @@ ACTIONS: dict[str, Action] = {
     "volume_source_headers": Action(AuditEvent.INSTANCES_ACCESSED, "R", details=("series_uid",)),  # for a SEG/SR
     "volume_slice": Action(AuditEvent.INSTANCES_ACCESSED, "R", mcp_only=True),  # each slice; get_volume opens
     "volume_roi": _RUN,
+    "volume_distance": _RUN,
     "segment_volume": _RUN,
     "list_series": _Q,
     "list_priors": _Q,

@@ -26,8 +26,20 @@ from typing import Any
 import numpy as np
 
 from engine.analysis.volume.anatomy import segment_anatomy
-from engine.analysis.volume.annotation import structure_annotation, volume_annotation
-from engine.analysis.volume.roi import roi_box_stats, roi_sphere_stats
+from engine.analysis.volume.annotation import (
+    line_annotation,
+    plane_roi_annotation,
+    structure_annotation,
+    volume_annotation,
+)
+from engine.analysis.volume.plane_coords import plane_to_voxel
+from engine.analysis.volume.roi import (
+    distance_mm,
+    plane_area_mm2,
+    roi_box_stats,
+    roi_plane_stats,
+    roi_sphere_stats,
+)
 from engine.config import DecodeLimits
 from engine.errors import ErrorCode, MedVisionError
 from engine.imaging.volume import SliceSource, Volume, assemble_stack
@@ -359,10 +371,17 @@ class VolumeService:
 
     def roi(self, session_id: str, *, box: list[int] | None = None, center_mm: list[float] | None = None,
             radius_mm: float | None = None, series_uid: str | None = None, stack: str | None = None,
-            annotate: bool = False, label: str = "") -> dict[str, Any]:
-        """HU statistics and mL of a box of voxel indices ``[x1, y1, z1, x2, y2, z2]`` (inclusive) or of a
-        sphere around a patient point (LPS mm) of ``radius_mm``; ``annotate`` stores it as a ``volume_roi``
-        annotation (``annotation_id`` in the result)."""
+            annotate: bool = False, label: str = "", plane: str | None = None, index: int | None = None,
+            shape: str | None = None, geometry: Any = None) -> dict[str, Any]:
+        """HU statistics and mL of a box of voxel indices ``[x1, y1, z1, x2, y2, z2]`` (inclusive), of a
+        sphere around a patient point (LPS mm) of ``radius_mm``, or of a ``shape`` drawn on a ``plane`` at
+        ``index`` (:meth:`plane_roi`); ``annotate`` stores it as a ``volume_roi`` annotation
+        (``annotation_id`` in the result)."""
+        if shape is not None or plane is not None:
+            if box is not None or center_mm is not None:
+                raise MedVisionError(ErrorCode.INVALID_ARGUMENT, "give one ROI: a box, a sphere or a plane shape")
+            return self.plane_roi(session_id, plane, index, shape, geometry, series_uid=series_uid, stack=stack,
+                                  annotate=annotate, label=label)
         if (box is None) == (center_mm is None):
             raise MedVisionError(ErrorCode.INVALID_ARGUMENT, "give either box or center_mm with radius_mm")
         volume = self.volume(session_id, series_uid, stack)
@@ -383,6 +402,59 @@ class VolumeService:
                                         method="roi", volume_shape=volume.shape_zyx, series_uid=volume.series_uid,
                                         frame_of_reference_uid=volume.frame_of_reference_uid,
                                         stack_key=volume.stack_key or None)
+            result["annotation_id"] = self._annotate(session_id, volume, payload, label, "user")
+        return result
+
+    def plane_roi(self, session_id: str, plane: Any, index: Any, shape: Any, geometry: Any, *,
+                  series_uid: str | None = None, stack: str | None = None, annotate: bool = False,
+                  label: str = "") -> dict[str, Any]:
+        """HU statistics of a ``polygon``, ``ellipse`` or ``rectangle`` drawn on an axial, coronal or sagittal
+        plane at ``index``, in the plane's pixel coordinates (``reslice``'s layout), with its area in mm2
+        and the mL of its one-voxel slab."""
+        volume = self.volume(session_id, series_uid, stack)
+        stats = roi_plane_stats(volume.voxels, volume.spacing_zyx, plane, index, shape, geometry)
+        area = plane_area_mm2(stats.voxel_count, volume.spacing_zyx, plane)
+        if shape == "ellipse":
+            vertices = [geometry["center"]]
+        elif shape == "rectangle":
+            x1, y1, x2, y2 = geometry
+            vertices = [[x1, y1], [x2, y1], [x2, y2], [x1, y2]]
+        else:
+            vertices = geometry
+        points_xyz = plane_to_voxel(plane, index, vertices, volume.voxels.shape).tolist()
+        result = {"series_uid": volume.series_uid, "stack": volume.stack_key or "main",
+                  "roi": {"plane": plane, "index": index, "shape": shape, "geometry": geometry,
+                          "points_xyz": points_xyz},
+                  "statistics": stats.to_dict() | {"area_mm2": area},
+                  "unit": "HU" if volume.modality == "CT" else "stored value",
+                  "warnings": [w.to_dict() for w in volume.warnings]}
+        if annotate:
+            if stats.voxel_count == 0:
+                raise MedVisionError(ErrorCode.INVALID_REGION, "the shape holds no voxel centre; nothing to store")
+            payload = plane_roi_annotation(stats, plane=plane, index=index, shape=shape, geometry=geometry,
+                                           points_xyz=points_xyz, area_mm2=area, volume_shape=volume.shape_zyx,
+                                           series_uid=volume.series_uid,
+                                           frame_of_reference_uid=volume.frame_of_reference_uid,
+                                           stack_key=volume.stack_key or None)
+            result["annotation_id"] = self._annotate(session_id, volume, payload, label, "user")
+        return result
+
+    def distance(self, session_id: str, points_xyz: Any, *, series_uid: str | None = None, stack: str | None = None,
+                 plane: str | None = None, index: int | None = None, annotate: bool = False,
+                 label: str = "") -> dict[str, Any]:
+        """The distance in mm between two voxel positions ``[[x, y, z], [x, y, z]]`` of a stack, on one plane
+        (``plane``, ``index``) or across slices and planes, through the volume's affine."""
+        volume = self.volume(session_id, series_uid, stack)
+        if not isinstance(points_xyz, list | tuple) or len(points_xyz) != 2:
+            raise MedVisionError(ErrorCode.INVALID_REGION, "a distance needs two [x, y, z] points")
+        length = distance_mm(points_xyz[0], points_xyz[1], volume.affine)
+        payload = line_annotation([list(p) for p in points_xyz], length, volume_shape=volume.shape_zyx,
+                                  spacing_zyx=volume.spacing_zyx, series_uid=volume.series_uid,
+                                  frame_of_reference_uid=volume.frame_of_reference_uid,
+                                  stack_key=volume.stack_key or None, plane=plane, index=index)
+        result = {"series_uid": volume.series_uid, "stack": volume.stack_key or "main", "length_mm": length,
+                  "points_xyz": payload["coordinates"]["geometry"]["points_xyz"]}
+        if annotate:
             result["annotation_id"] = self._annotate(session_id, volume, payload, label, "user")
         return result
 

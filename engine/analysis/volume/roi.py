@@ -16,13 +16,15 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
+from engine.analysis.volume.plane_coords import check_plane
 from engine.errors import ErrorCode, MedVisionError
 from engine.imaging.regions import parse_region, region_mask
+from engine.imaging.volume.planes import plane_pixels, plane_spacing
 
 #: Shapes a slice ROI may have.
 SLICE_SHAPES = ("polygon", "ellipse", "rectangle")
@@ -232,6 +234,51 @@ def roi_slice_stats(hu: np.ndarray, spacing_zyx: Sequence[float], z: Any, shape:
     zi = _index(z, "z", hu.shape[0])
     mask = slice_shape_mask(hu.shape[1], hu.shape[2], shape, geometry)
     return masked_stats(hu[zi: zi + 1], mask[None], f"slice_{shape}", spacing, zi)
+
+
+def _inward_rectangle(geometry: Any, rows: int, columns: int) -> list[int]:
+    """A rectangle ``[x1, y1, x2, y2]`` of any (fractional) corners as the whole pixel indices whose centres
+    it holds, clipped to the plane; ``INVALID_REGION`` when it holds none."""
+    if not isinstance(geometry, Sequence) or isinstance(geometry, str) or len(geometry) != 4:
+        raise _invalid_region(f"rectangle must be [x1, y1, x2, y2], not {geometry!r}")
+    x1, y1, x2, y2 = (_number(v, n) for v, n in zip(geometry, ("x1", "y1", "x2", "y2"), strict=True))
+    c0, c1 = max(math.ceil(min(x1, x2)), 0), min(math.floor(max(x1, x2)), columns - 1)
+    r0, r1 = max(math.ceil(min(y1, y2)), 0), min(math.floor(max(y1, y2)), rows - 1)
+    if c1 < c0 or r1 < r0:
+        raise _invalid_region(f"the rectangle {geometry!r} holds no pixel centre of the plane")
+    return [c0, r0, c1, r1]
+
+
+def roi_plane_stats(hu: np.ndarray, spacing_zyx: Sequence[float], plane: Any, index: Any, shape: str,
+                    geometry: Any) -> RoiStats:
+    """Statistics of a shape drawn on an axial, coronal or sagittal plane at ``index``.
+
+    ``geometry`` is in the plane's pixel coordinates (``(px, py)``, centres at whole numbers,
+    laid out as :func:`engine.imaging.volume.planes.plane_pixels`), as for
+    :func:`slice_shape_mask`; a rectangle may have fractional corners (the pixels whose
+    centres it holds). The volume is that of the voxels (a slab one voxel thick along
+    the plane's normal); ``z_range`` spans the slices the shape crosses.
+    """
+    hu, spacing = check_volume(hu, spacing_zyx)
+    plane, index, depth = check_plane(plane, index, hu.shape)
+    pixels = plane_pixels(hu, plane, index)
+    rows, columns = pixels.shape
+    if shape == "rectangle":
+        geometry = _inward_rectangle(geometry, rows, columns)
+    mask = slice_shape_mask(rows, columns, shape, geometry)
+    stats = masked_stats(pixels[None], mask[None], f"slice_{shape}", spacing)
+    if stats.voxel_count == 0:
+        return stats
+    if plane == "axial":
+        return replace(stats, z_range=(index, index))
+    hit = np.flatnonzero(mask.any(axis=1))  # plane rows hold z = depth - 1 - row
+    return replace(stats, z_range=(depth - 1 - int(hit[-1]), depth - 1 - int(hit[0])))
+
+
+def plane_area_mm2(voxel_count: int, spacing_zyx: Sequence[float], plane: str) -> float:
+    """The area in mm2 of ``voxel_count`` pixels of a plane (its row and column spacing)."""
+    rows_mm, columns_mm = plane_spacing(tuple(float(s) for s in spacing_zyx), plane)  # type: ignore[arg-type]
+    return voxel_count * rows_mm * columns_mm
 
 
 def voxel_to_patient(point_xyz: Sequence[Any], affine: np.ndarray) -> np.ndarray:

@@ -398,6 +398,16 @@ class Engine:
         (``annotate``: each structure stored as a ``volume_roi`` annotation)."""
         return self.services.volumes.segment(session_id, structures, series_uid, stack, annotate)
 
+    def export_volume_report(self, session_id: str, output_path: str | Path | None = None,
+                             structures: list[str] | str | None = None, series_uid: str | None = None,
+                             stack: str | None = None, overwrite: bool = False) -> dict:
+        """A stored CT's structures (no trained model) as a PDF: key slices and the measurement table
+        (see :func:`engine.export.volume_pdf.export_volume_report`)."""
+        from engine.export.volume_pdf import export_volume_report
+
+        return export_volume_report(self.services, session_id, output_path, structures, series_uid, stack,
+                                    overwrite)
+
     # -- models ------------------------------------------------------------------------
     # -- priors and compare ----------------------------------------------------------
     def list_priors(self, session_id: str, count: int | None = None) -> dict:

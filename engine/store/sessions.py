@@ -7,6 +7,7 @@ import hashlib
 from engine.config import SESSION_SOURCES
 from engine.errors import ErrorCode, MedVisionError
 from engine.events import EventKind
+from engine.imaging.records import is_document
 from engine.store.blobs import BlobStore
 from engine.store.common import decode_row, dumps, loads, new_blob_id, new_id, now_iso
 from engine.store.database import Connection, Database
@@ -209,14 +210,18 @@ class ImageRepository:
 
     def insert(self, tx: Connection, session_id: str, record: dict, *, image_id: str, blob_id: str, sha256: str,
                stamp: str, source: str | None = None) -> None:
-        """Insert an image row, make it the session's current image, announce it (``image.added``)."""
+        """Insert an image row, make it the session's current image (a document never is), announce it
+        (``image.added``)."""
         columns = dict(record, id=image_id, session_id=session_id, blob_id=blob_id, sha256=sha256, created_at=stamp)
         for key in ("metadata", "patient"):
             columns[key] = dumps(columns.get(key) or {})
         tx.execute(f"INSERT INTO images ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})",
                    tuple(columns.values()))
-        tx.execute("UPDATE sessions SET current_image_id = ?, updated_at = ? WHERE id = ?",
-                   (image_id, stamp, session_id))
+        if is_document(record):
+            tx.execute("UPDATE sessions SET updated_at = ? WHERE id = ?", (stamp, session_id))
+        else:
+            tx.execute("UPDATE sessions SET current_image_id = ?, updated_at = ? WHERE id = ?",
+                       (image_id, stamp, session_id))
         payload = {"image_id": image_id, "type": record.get("type"), **({"source": source} if source else {})}
         self.events.append(tx, session_id, EventKind.IMAGE_ADDED, payload)
 

@@ -5,7 +5,8 @@ Measurements container (DCM 126010) holds Measurement Group containers (DCM 1250
 is a lesion when it carries a Tracking Unique Identifier (DCM 112040), with its Tracking
 Identifier (DCM 112039), its numeric measurements (NUM: concept, value, UCUM unit), its
 region (SCOORD on an image, or SCOORD3D in a frame of reference) and the images it references.
-The walk is bounded (depth and items), so a hostile document costs little more than its parse.
+The walk is three levels deep and bounded in items, so a hostile document costs no more than its parse
+(which the ingest's limits bound).
 """
 
 from __future__ import annotations
@@ -22,9 +23,8 @@ MEASUREMENT_GROUP = ("125007", "DCM")
 TRACKING_IDENTIFIER = ("112039", "DCM")
 TRACKING_UID = ("112040", "DCM")
 FINDING = ("121071", "DCM")
-#: Deepest content item nesting walked, and most content items visited in one document.
-MAX_DEPTH = 32
-MAX_ITEMS = 200_000
+#: Most content items visited in one document (the walk goes three levels down, never recursing).
+MAX_ITEMS = 100_000
 #: UCUM units as the engine writes them (mm, mm2, px, px2, deg) and the factor to get there.
 UNITS = {"mm": ("mm", 1.0), "cm": ("mm", 10.0), "um": ("mm", 0.001), "mm2": ("mm2", 1.0), "cm2": ("mm2", 100.0),
          "{pixels}": ("px", 1.0), "{pixel}": ("px", 1.0), "{square pixels}": ("px2", 1.0), "deg": ("deg", 1.0),
@@ -51,9 +51,7 @@ class _Walk:
     def __init__(self) -> None:
         self.visited = 0
 
-    def children(self, item: Any, depth: int) -> list[Any]:
-        if depth > MAX_DEPTH:
-            raise MedVisionError(ErrorCode.INVALID_ARGUMENT, f"the SR's content nests deeper than {MAX_DEPTH}")
+    def children(self, item: Any) -> list[Any]:
         items = list(item.get("ContentSequence") or [])
         self.visited += len(items)
         if self.visited > MAX_ITEMS:
@@ -82,7 +80,7 @@ def _references(item: Any) -> list[str]:
             if ref.get("ReferencedSOPInstanceUID")]
 
 
-def _region(item: Any, walk: _Walk, depth: int) -> dict[str, Any]:
+def _region(item: Any, walk: _Walk) -> dict[str, Any]:
     """A SCOORD (image pixels, with the images it is on) or SCOORD3D (patient mm, with its frame of reference)."""
     flat = [float(v) for v in (item.get("GraphicData") or [])]
     if item.ValueType == "SCOORD3D":
@@ -90,17 +88,17 @@ def _region(item: Any, walk: _Walk, depth: int) -> dict[str, Any]:
                 "points": [flat[i:i + 3] for i in range(0, len(flat) - 2, 3)],
                 "frame_of_reference_uid": str(item.get("ReferencedFrameOfReferenceUID") or "") or None,
                 "referenced_sop_instance_uids": []}
-    images = [uid for child in walk.children(item, depth + 1) if child.get("ValueType") == "IMAGE"
+    images = [uid for child in walk.children(item) if child.get("ValueType") == "IMAGE"
               for uid in _references(child)]
     return {"graphic_type": str(item.get("GraphicType") or ""), "space": "image",
             "points": [flat[i:i + 2] for i in range(0, len(flat) - 1, 2)], "referenced_sop_instance_uids": images}
 
 
-def _group(group: Any, walk: _Walk, depth: int) -> dict[str, Any] | None:
+def _group(group: Any, walk: _Walk) -> dict[str, Any] | None:
     """One measurement group as a lesion; None without a Tracking Unique Identifier."""
     lesion: dict[str, Any] = {"identifier": None, "uid": None, "finding": None, "measurements": [], "regions": [],
                               "referenced_sop_instance_uids": []}
-    for item in walk.children(group, depth + 1):
+    for item in walk.children(group):
         kind = item.get("ValueType")
         if kind == "TEXT" and _is(item, TRACKING_IDENTIFIER):
             lesion["identifier"] = str(item.get("TextValue") or "")
@@ -111,7 +109,7 @@ def _group(group: Any, walk: _Walk, depth: int) -> dict[str, Any] | None:
         elif kind == "NUM" and (number := _number(item)) is not None:
             lesion["measurements"].append(number)
         elif kind in ("SCOORD", "SCOORD3D"):
-            lesion["regions"].append(_region(item, walk, depth + 1))
+            lesion["regions"].append(_region(item, walk))
         elif kind == "IMAGE":
             lesion["referenced_sop_instance_uids"] += _references(item)
     if not lesion["uid"]:
@@ -135,15 +133,15 @@ def read_tracked_measurements(dataset: pydicom.Dataset) -> dict[str, Any]:
     if not str(dataset.get("SOPClassUID") or "").startswith(SR_SOP_CLASS_PREFIX):
         raise MedVisionError(ErrorCode.INVALID_ARGUMENT, "not a DICOM Structured Report (SOP class is not SR)")
     walk = _Walk()
-    containers = [item for item in walk.children(dataset, 0)
+    containers = [item for item in walk.children(dataset)
                   if item.get("ValueType") == "CONTAINER" and _is(item, IMAGING_MEASUREMENTS)]
     if not containers:
         raise MedVisionError(ErrorCode.INVALID_ARGUMENT, "the SR holds no Imaging Measurements (not a TID 1500 report)")
     lesions = []
     for container in containers:
-        for group in walk.children(container, 1):
+        for group in walk.children(container):
             if group.get("ValueType") == "CONTAINER" and _is(group, MEASUREMENT_GROUP):
-                lesion = _group(group, walk, 2)
+                lesion = _group(group, walk)
                 if lesion is not None:
                     lesions.append(lesion)
     return {"sop_instance_uid": str(dataset.get("SOPInstanceUID") or ""),

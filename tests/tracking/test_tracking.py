@@ -194,3 +194,15 @@ def test_a_lesion_followed_from_a_prior_in_the_store(engine, prior_session, tmp_
                  "--json", str(tmp_path / "compare.json")]) == 0
     assert "lesion target 1: 10.0 -> 12.0 mm (+2.0 mm, +20.0 %) in 411 days" in capsys.readouterr().out
     assert json.loads((tmp_path / "compare.json").read_text())["lesions"]["lesions"][0]["uid"] == uid
+
+
+def test_a_report_past_the_item_bound_is_refused(rg1_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.analysis import sr_read
+
+    sr = other_producer_sr(pydicom.dcmread(rg1_path), identifier="x", uid=str(generate_uid()), length_mm=1.0,
+                           points=[[1.0, 1.0], [2.0, 2.0]])
+    assert read_tracked_measurements(sr)["lesions"]
+    monkeypatch.setattr(sr_read, "MAX_ITEMS", 10)
+    with pytest.raises(MedVisionError) as caught:
+        read_tracked_measurements(sr)
+    assert caught.value.code == ErrorCode.INVALID_ARGUMENT and "content items" in caught.value.message

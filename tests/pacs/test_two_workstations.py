@@ -70,6 +70,7 @@ def test_a_lesion_measured_on_one_workstation_is_followed_on_another(orthanc, ar
         assert sorted(r["modality"] for r in rows) == ["CR", "SR"]
         current_image = b.store.get_session(prior_session)["current_image_id"]
         assert next(r for r in rows if r["id"] == current_image)["modality"] == "CR"
+        b.export_study(prior_session, "html", output_path=tmp_path / "prior.html")  # the SR is not drawn
 
         (seed,) = b.tracked_lesions(current)["seeds"]
         assert (seed["uid"], seed["identifier"], seed["source"]) == (link["uid"], "target 1", "sr")

@@ -129,6 +129,8 @@ class TrackingService:
         current = self.lesions(session_id)
         if prior is not None:
             prior_session: str | None = resolve_prior(self.store, prior)
+            if prior_session == session_id:
+                raise MedVisionError(ErrorCode.INVALID_ARGUMENT, "the prior is the current session itself")
         else:
             prior_session = next((s["prior_session_id"] for s in self.seeds(session_id)), None)
         before = self.lesions(prior_session) if prior_session else []

@@ -182,6 +182,9 @@ def test_a_lesion_followed_from_a_prior_in_the_store(engine, prior_session, tmp_
     assert (row["prior"], row["current"], row["change"], row["change_percent"], row["days"]) == \
         (pytest.approx(10.0), pytest.approx(12.0), pytest.approx(2.0), pytest.approx(20.0), 411)
 
+    with pytest.raises(MedVisionError) as itself:
+        engine.lesion_changes(current, current)
+    assert itself.value.code == ErrorCode.INVALID_ARGUMENT
     compared = engine.compare_with_prior(current, prior, register=False, analyze=False)
     assert compared["lesions"]["lesions"] == changes["lesions"]
     out = tmp_path / "report.html"

@@ -428,6 +428,24 @@ class Engine:
         return self.services.compare.compare(session_id, prior, image_id=image_id, prior_image_id=prior_image_id,
                                              register=register, analyze=analyze)
 
+    # -- lesions over time (TID 1500 tracking) ------------------------------------------
+    def track_lesion(self, session_id: str, annotation_id: str, identifier: str | None = None,
+                     uid: str | None = None) -> dict:
+        """Link a measurement or region to a lesion (a prior lesion's UID, or a new one)."""
+        return self.services.tracking.track(session_id, annotation_id, identifier, uid)
+
+    def untrack_lesion(self, session_id: str, annotation_id: str) -> dict:
+        """Remove an annotation's lesion link."""
+        return self.services.tracking.untrack(session_id, annotation_id)
+
+    def tracked_lesions(self, session_id: str) -> dict:
+        """The session's lesions and its priors' lesions not yet linked (the seeds)."""
+        return self.services.tracking.tracked(session_id)
+
+    def lesion_changes(self, session_id: str, prior: str | None = None) -> dict:
+        """Each tracked lesion's change against a prior (mm and %, days between the studies)."""
+        return self.services.tracking.changes(session_id, prior)
+
     def compare_images(self, session_id: str, prior: str, image_id: str | None = None,
                        prior_image_id: str | None = None) -> dict:
         """The registration's arrays (aligned prior, difference) for side-by-side views."""

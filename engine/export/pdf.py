@@ -30,8 +30,10 @@ from engine.export.artifact import Artifact
 from engine.export.bundle import ExportBundle, ImageExport
 from engine.export.render import compose, hidden_caption, legend
 from engine.export.tables import (
+    LESION_HEADERS,
     finding_rows,
     guard_status,
+    lesion_rows,
     measurement_rows,
     model_output_lead,
     narrative_paragraphs,
@@ -207,6 +209,9 @@ def _story(bundle: ExportBundle, width: float) -> list[Any]:
     story += _findings(bundle) + _narrative(bundle)
     for item in bundle.images:
         story += _per_image(bundle, item, excerpts=template != "clinical")
+    if lesions := lesion_rows(bundle):
+        story += [_p("Tracked lesions", HEADING), _table(LESION_HEADERS, [list(r.values()) for r in lesions],
+                                                          [45 * mm, 27 * mm, 27 * mm, 27 * mm, 27 * mm, 17 * mm])]
     if template != "clinical":
         story += _trace(bundle)
     story += _models(bundle, full=template == "research")

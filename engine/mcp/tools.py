@@ -247,6 +247,25 @@ def register(app: FastMCP) -> None:
         return await _call(ctx, AnnotationResult, session_id, Engine.delete_annotation, session_id, annotation_id)
 
     @tool()
+    async def track_lesion(
+        ctx: Context, session_id: SessionId,
+        annotation_id: Annotated[Id, Field(description="The measurement or region that is the lesion.")],
+        identifier: Annotated[str | None, Field(max_length=64, description=(
+            "Tracking Identifier (DCM 112039); default: the prior lesion's, else the label."))] = None,
+        uid: Annotated[Id | None, Field(description=(
+            "Tracking Unique Identifier (DCM 112040) of a prior's lesion (tracked_lesions' seeds); default: new."))] = None,
+    ) -> EngineResult:
+        """Link an annotation to a lesion followed across studies (TID 1500 tracking identifier and UID):
+        the SR carries the link and compare_with_prior reports the lesion's change (unit, %, days)."""
+        return await _call(ctx, EngineResult, session_id, Engine.track_lesion, session_id, annotation_id, identifier,
+                           uid, announce=True)
+
+    @tool()
+    async def tracked_lesions(ctx: Context, session_id: SessionId) -> EngineResult:
+        """The session's tracked lesions and its priors' lesions not yet linked here (seeds, with their UIDs)."""
+        return await _call(ctx, EngineResult, session_id, Engine.tracked_lesions, session_id)
+
+    @tool()
     async def get_annotations(
         ctx: Context, session_id: SessionId, image_id: ImageId = None,
         source: Annotated[str, Field(pattern="^(all|ai|user|system)$", description="all, ai, user or system.")] = "all",
@@ -422,7 +441,8 @@ def register(app: FastMCP) -> None:
         register: Annotated[bool, Field(description="Register the prior radiograph onto the current one.")] = True,
     ) -> EngineResult:
         """Compare a study with a prior: each finding's probability then and now (models and thresholds
-        named), the cardiothoracic ratio and organ areas, and the registration's transform and quality."""
+        named), the cardiothoracic ratio and organ areas, the registration's transform and quality, and
+        each tracked lesion's change (``lesions``: prior, current, change in its unit and %, days)."""
         return await _call(ctx, EngineResult, session_id, Engine.compare_with_prior, session_id, prior, image_id,
                            prior_image_id, register, announce=True)
 

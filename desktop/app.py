@@ -133,6 +133,7 @@ class MainWindow(QMainWindow):
         self.mpr.volume_shown.connect(lambda _info: self.update_stack_text())
         self.stack_ids: list[str] = []  # the image ids of the stack on the canvas, by z
         self.mpr.cursor_moved.connect(self.cursor_label.setText)
+        self.mpr.annotations_changed.connect(self.layers.set_volume_annotations)
         self.canvas.region_drawn.connect(lambda region: self.statusBar().showMessage(
             f"{region['type']} drawn: type a question in the chat to analyse it", 4000))
         tracker.changed.connect(self._ops_changed)
@@ -528,6 +529,7 @@ class MainWindow(QMainWindow):
         """Route one store event (this process's or another's) to the panels and canvas."""
         kind, payload, session_id = EventKind(event["kind"]), event.get("payload") or {}, event.get("session_id")
         self.canvas.on_store_event(event)
+        self.mpr.on_store_event(event)
         if kind is EventKind.SESSION_CREATED and session_id not in self.own_sessions:
             self.worklist.received.add(session_id)
         if kind in JOB_KINDS:

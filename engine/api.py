@@ -380,8 +380,13 @@ class Engine:
         return self.services.volumes.plane_image(session_id, plane, z, series_uid, stack)
 
     def volume_roi(self, session_id: str, **roi: Any) -> dict:
-        """HU statistics and mL of a voxel box or a sphere in patient mm of a stored series."""
+        """HU statistics and mL of a voxel box, a sphere in patient mm or a shape drawn on a plane of a stored series."""
         return self.services.volumes.roi(session_id, **roi)
+
+    def volume_distance(self, session_id: str, points_xyz: list, **where: Any) -> dict:
+        """The distance in mm between two points of a stored series (voxels ``[x, y, z]``, or each on any plane
+        ``{"plane", "index", "point"}``, ``{"voxel"}`` or ``{"patient_mm"}``), on one plane or across slices."""
+        return self.services.volumes.distance(session_id, points_xyz, **where)
 
     def volume_source_headers(self, session_id: str, series_uid: str | None = None, stack: str | None = None
                               ) -> list[Any]:
@@ -396,18 +401,15 @@ class Engine:
         (the pack's 3D U-Net; the result names the model and backend, and says when it is untrained)."""
         return self.services.volumes.segment(session_id, structures, series_uid, stack, annotate, method)
 
-    def plane_roi(self, session_id: str, plane: str, index: int, shape: str, points: Any, *,
-                  series_uid: str | None = None, stack: str | None = None, annotate: bool = True,
-                  label: str = "") -> dict:
-        """HU statistics and mL of a polygon, rectangle or ellipse drawn on an axial, coronal or sagittal
-        plane of a stored series (2D points on the plane), stored as a ``volume_roi`` annotation."""
-        return self.services.volumes.plane_roi(session_id, plane, index, shape, points, series_uid=series_uid,
-                                               stack=stack, annotate=annotate, label=label)
+    def export_volume_report(self, session_id: str, output_path: str | Path | None = None,
+                             structures: list[str] | str | None = None, series_uid: str | None = None,
+                             stack: str | None = None, overwrite: bool = False) -> dict:
+        """A stored CT's structures (no trained model) as a PDF: key slices and the measurement table
+        (see :func:`engine.export.volume_pdf.export_volume_report`)."""
+        from engine.export.volume_pdf import export_volume_report
 
-    def measure_distance(self, session_id: str, points: list[dict], series_uid: str | None = None,
-                         stack: str | None = None) -> dict:
-        """Distance in mm between two points of a stored series, each on any plane, a voxel or patient mm."""
-        return self.services.volumes.measure_distance(session_id, points, series_uid, stack)
+        return export_volume_report(self.services, session_id, output_path, structures, series_uid, stack,
+                                    overwrite)
 
     # -- models ------------------------------------------------------------------------
     # -- priors and compare ----------------------------------------------------------
@@ -428,6 +430,24 @@ class Engine:
         """Findings, measurements and registration of a session against a prior (session or Study Instance UID)."""
         return self.services.compare.compare(session_id, prior, image_id=image_id, prior_image_id=prior_image_id,
                                              register=register, analyze=analyze)
+
+    # -- lesions over time (TID 1500 tracking) ------------------------------------------
+    def track_lesion(self, session_id: str, annotation_id: str, identifier: str | None = None,
+                     uid: str | None = None) -> dict:
+        """Link a measurement or region to a lesion (a prior lesion's UID, or a new one)."""
+        return self.services.tracking.track(session_id, annotation_id, identifier, uid)
+
+    def untrack_lesion(self, session_id: str, annotation_id: str) -> dict:
+        """Remove an annotation's lesion link."""
+        return self.services.tracking.untrack(session_id, annotation_id)
+
+    def tracked_lesions(self, session_id: str) -> dict:
+        """The session's lesions and its priors' lesions not yet linked (the seeds)."""
+        return self.services.tracking.tracked(session_id)
+
+    def lesion_changes(self, session_id: str, prior: str | None = None) -> dict:
+        """Each tracked lesion's change against a prior (mm and %, days between the studies)."""
+        return self.services.tracking.changes(session_id, prior)
 
     def compare_images(self, session_id: str, prior: str, image_id: str | None = None,
                        prior_image_id: str | None = None) -> dict:

@@ -25,21 +25,31 @@ def _fields(annotation: dict) -> dict[str, Any]:
 
 
 class CreateAnnotation(QUndoCommand):
-    """Add an annotation; undo deletes it."""
+    """Add an annotation; undo deletes it.
 
-    def __init__(self, canvas, ref: Ref, annotation: dict) -> None:  # noqa: ANN001 - CanvasView
+    ``add`` (engine -> the new id) stores it another way than ``add_annotation``: a volume plane's
+    shape is measured by the engine and stored with its statistics."""
+
+    def __init__(self, canvas, ref: Ref, annotation: dict,  # noqa: ANN001 - CanvasView or MprPanel
+                 add: Callable[[Any], str] | None = None) -> None:
         super().__init__(f"Create {annotation['type']}")
-        self.canvas, self.ref, self.annotation = canvas, ref, annotation
+        self.canvas, self.ref, self.annotation, self.add = canvas, ref, annotation, add
 
     def redo(self) -> None:
         def create(engine) -> None:  # noqa: ANN001
+            if self.add is not None:
+                self.ref.id = self.add(engine)
+                return
             a = self.annotation
             self.ref.id = engine.add_annotation(self.canvas.session_id, a["image_id"], a["type"], a["coordinates"],
                                                 **_fields(a))["annotation_id"]
         self.canvas.engine_write(create)
 
     def undo(self) -> None:
-        self.canvas.engine_write(lambda engine: engine.delete_annotation(self.canvas.session_id, self.ref.id))
+        def delete(engine) -> None:  # noqa: ANN001 - runs after the creation on the one engine lane
+            if self.ref.id is not None:  # None: the store refused it (an empty shape), nothing to take back
+                engine.delete_annotation(self.canvas.session_id, self.ref.id)
+        self.canvas.engine_write(delete)
 
 
 class DeleteAnnotation(CreateAnnotation):

@@ -110,10 +110,22 @@ def with_vertex(kind: str, coordinates: object, index: int, x: float, y: float) 
     return points
 
 
+def ellipse_of(box: list[float]) -> dict[str, list[float]]:
+    """The axis-aligned ellipse ``{"center", "radii"}`` inscribed in a box ``[x1, y1, x2, y2]``."""
+    x1, y1, x2, y2 = box
+    return {"center": [round((x1 + x2) / 2, 2), round((y1 + y2) / 2, 2)],
+            "radii": [round(abs(x2 - x1) / 2, 2), round(abs(y2 - y1) / 2, 2)]}
+
+
 def shape_path(kind: str, coordinates: object, point_radius: float = 6.0) -> QPainterPath:
-    """The outline of an annotation (or of a shape being drawn)."""
+    """The outline of an annotation (or of a shape being drawn); ``line`` is an open polyline."""
     path = QPainterPath()
-    if kind == "bbox":
+    if kind == "ellipse":
+        (cx, cy), (rx, ry) = coordinates["center"], coordinates["radii"]
+        path.addEllipse(QPointF(cx, cy), rx, ry)
+    elif kind == "line":
+        path.addPolygon(QPolygonF([QPointF(x, y) for x, y in coordinates]))
+    elif kind == "bbox":
         x1, y1, x2, y2 = coordinates
         path.addRect(min(x1, x2), min(y1, y2), abs(x2 - x1), abs(y2 - y1))
     elif kind == "point":
@@ -131,9 +143,9 @@ class AnnotationItem(QGraphicsPathItem):
     """One stored annotation: an outline (or mask pixmap) plus a label that ignores zoom."""
 
     def __init__(self, annotation: dict, spacing: tuple | None, spacing_source: str,
-                 overlay: tuple[QImage, int, int] | None = None) -> None:
+                 overlay: tuple[QImage, int, int] | None = None, editable: bool = True) -> None:
         super().__init__()
-        self.annotation = annotation
+        self.annotation, self.editable = annotation, editable
         kind, coords = annotation["type"], annotation["coordinates"]
         suggestion = annotation.get("layer") in ("suggestions", "ai_suggestions") or bool(
             (annotation.get("style") or {}).get("lineDash"))
@@ -169,7 +181,7 @@ class AnnotationItem(QGraphicsPathItem):
             label.setPos(anchor[0], anchor[1])
             label.setFlag(QGraphicsItem.GraphicsItemFlag.ItemIgnoresTransformations, True)
             label.setY(anchor[1] - 2)
-        movable = kind != "mask"
+        movable = kind != "mask" and editable
         self.setFlag(QGraphicsItem.GraphicsItemFlag.ItemIsSelectable, True)
         self.setFlag(QGraphicsItem.GraphicsItemFlag.ItemIsMovable, movable)
         self.handles: list[VertexHandle] = []
@@ -199,7 +211,7 @@ class AnnotationItem(QGraphicsPathItem):
                 if handle.scene() is not None:
                     handle.scene().removeItem(handle)
             self.handles = []
-            if value:
+            if value and self.editable:
                 coordinates = self.annotation["coordinates"]
                 self.handles = [VertexHandle(self, i, QPointF(x, y))
                                 for i, (x, y) in enumerate(vertices(self.annotation["type"], coordinates))]

@@ -15,6 +15,12 @@ from typing import Any
 import numpy as np
 
 from desktop.canvas.corners import paint_corner_text
+from desktop.canvas.items import AnnotationItem
+from desktop.canvas.plane_tools import (
+    PlaneToolController,
+    display_annotations,
+    voxel_of_plane_point,
+)
 from desktop.qt import (
     QColor,
     QGraphicsItem,
@@ -33,29 +39,11 @@ from desktop.qt import (
     Qt,
     Signal,
 )
+from engine.analysis.volume.plane_coords import PLANE_AXIS, plane_to_voxel, voxel_to_plane
 from engine.imaging.decode import window_to_uint8
 from engine.imaging.volume.planes import PLANES, plane_pixels, plane_spacing
 
-AXIS = {"axial": 0, "coronal": 1, "sagittal": 2}  # the voxel axis (z, y, x) a plane's index runs along
-
-
-def voxel_of(plane: str, index: int, row: int, column: int, depth: int) -> tuple[int, int, int]:
-    """The voxel (z, y, x) under pixel (row, column) of a plane; ``depth`` is the volume's z size."""
-    if plane == "axial":
-        return index, row, column
-    if plane == "coronal":
-        return depth - 1 - row, index, column
-    return depth - 1 - row, column, index
-
-
-def pixel_of(plane: str, position: tuple[int, int, int], depth: int) -> tuple[int, int]:
-    """(row, column) of voxel ``position`` (z, y, x) in a plane (the inverse of :func:`voxel_of`)."""
-    z, y, x = position
-    if plane == "axial":
-        return y, x
-    if plane == "coronal":
-        return depth - 1 - z, x
-    return depth - 1 - z, y
+AXIS = PLANE_AXIS  # the voxel axis (z, y, x) a plane's index runs along
 
 
 def render_plane(pixels: np.ndarray, center: float, width: float) -> QImage:
@@ -68,12 +56,17 @@ def render_plane(pixels: np.ndarray, center: float, width: float) -> QImage:
 
 class PlaneView(QGraphicsView):
     """One plane of the volume. Wheel, Up/Down, PageUp/PageDown and Ctrl+left-drag scroll;
-    a left click moves the shared position (the other planes follow); the cursor reads HU;
-    Shift+left-drag measures a distance in mm (shown, not stored: a resliced plane is no stored image)."""
+    with the navigate tool a left click moves the shared position (the other planes follow);
+    the cursor reads HU; Shift+left-drag measures a distance in mm (shown, not stored). The
+    drawing tools (:mod:`desktop.canvas.plane_tools`) store what they draw through ``host``
+    (the panel: the engine, the volume's key, the shared undo stack)."""
 
     position_picked = Signal(object)  # (z, y, x)
     index_stepped = Signal(str, int)  # plane, step
     cursor_moved = Signal(str)
+    region_drawn = Signal(dict)  # the tool controller's host signals (CanvasHost)
+    mask_updated = Signal(dict)
+    tool_changed = Signal(str)
 
     def __init__(self, plane: str, parent: Any = None) -> None:
         super().__init__(parent)
@@ -107,6 +100,32 @@ class PlaneView(QGraphicsView):
             self.scene().addItem(item)
         self.measurement_mm: float | None = None
         self._measuring = False
+        self.host: Any = None  # the panel: engine, session, undo stack, store_plane_roi / store_distance
+        self.session_id: str | None = None
+        self.image_id: str | None = None
+        self.actions_by_name: dict[str, Any] = {}
+        self.annotations: list[dict] = []  # the volume's stored 3D annotations (all planes)
+        self.items: dict[str, AnnotationItem] = {}  # those shown on this plane at this index
+        self.tools = PlaneToolController(self)
+
+    # -- the tool controller's host (CanvasHost) ---------------------------------------------
+    @property
+    def engine(self) -> Any:
+        return None if self.host is None else self.host.engine
+
+    @property
+    def undo_stack(self) -> Any:
+        return self.host.undo_stack
+
+    def scale_factor(self) -> float:
+        return self.transform().m11() or 1.0
+
+    def schedule_sync(self) -> None:
+        """Nothing to tell the engine: the volume planes are no canvas state."""
+
+    def schedule_refresh(self) -> None:
+        if self.host is not None:
+            self.host.refresh_annotations()
 
     # -- state ---------------------------------------------------------------------------------
     @property
@@ -131,9 +150,32 @@ class PlaneView(QGraphicsView):
         """Re-render at ``position`` (z, y, x) under ``window`` (center, width)."""
         if self.volume is None:
             return
+        index_changed = position[AXIS[self.plane]] != self.index
         self.position, self.window = position, window
         self.pixmap_item.setPixmap(QPixmap.fromImage(render_plane(self.pixels(), *window)))
         self._place_crosshair()
+        if index_changed or not self.items:
+            self._show_items()
+        self.viewport().update()
+
+    def show_annotations(self, rows: list[dict]) -> None:
+        """The volume's stored 3D annotations; those drawn on this plane at this index are shown."""
+        self.annotations = rows
+        self._show_items()
+
+    def _show_items(self) -> None:
+        for item in self.items.values():
+            self.scene().removeItem(item)
+        self.items = {}
+        if self.volume is None:
+            return
+        unit = "HU" if self.volume.modality == "CT" else ""
+        for shown in display_annotations(self.annotations, self.plane, self.index, self.volume.spacing_zyx,
+                                         self.volume.voxels.shape, unit):
+            item = AnnotationItem(shown, (1.0, 1.0), "scene_mm", editable=False)
+            item.setZValue(10)
+            self.scene().addItem(item)
+            self.items[f"{shown['annotation_id']}:{len(self.items)}"] = item
         self.viewport().update()
 
     def move_crosshair(self, position: tuple[int, int, int]) -> None:
@@ -149,7 +191,8 @@ class PlaneView(QGraphicsView):
 
     def _place_crosshair(self) -> None:
         rows_mm, cols_mm = plane_spacing(self.volume.spacing_zyx, self.plane)
-        row, column = pixel_of(self.plane, self.position, self.volume.voxels.shape[0])
+        z, y, x = self.position
+        (column, row), = voxel_to_plane(self.plane, [[x, y, z]], self.volume.voxels.shape)[0].tolist()
         rect = self.scene().sceneRect()
         x, y = (column + 0.5) * cols_mm, (row + 0.5) * rows_mm
         self.lines[0].setLine(x, rect.top(), x, rect.bottom())
@@ -165,7 +208,21 @@ class PlaneView(QGraphicsView):
         row, column = int(scene_point.y() // rows_mm), int(scene_point.x() // cols_mm)
         if not (0 <= row < rows and 0 <= column < columns):
             return None
-        return voxel_of(self.plane, self.index, row, column, self.volume.voxels.shape[0])
+        x, y, z = (int(v) for v in plane_to_voxel(self.plane, self.index, [[column, row]], self.volume.voxels.shape)[0])
+        return z, y, x
+
+    def plane_point(self, scene_point: QPointF) -> list[float]:
+        """The plane's pixel coordinates ``[px, py]`` (centres at whole numbers) of a scene point (mm),
+        kept on the plane."""
+        rows_mm, cols_mm = plane_spacing(self.volume.spacing_zyx, self.plane)
+        rows, columns = self.pixels().shape
+        px = min(max(scene_point.x() / cols_mm - 0.5, -0.5), columns - 0.5)
+        py = min(max(scene_point.y() / rows_mm - 0.5, -0.5), rows - 0.5)
+        return [round(px, 3), round(py, 3)]
+
+    def voxel_point(self, scene_point: QPointF) -> list[float]:
+        """Voxel coordinates ``[x, y, z]`` (fractional) of a scene point on this plane at its index."""
+        return voxel_of_plane_point(self.plane, self.index, self.plane_point(scene_point), self.volume.voxels.shape)
 
     def slice_position_mm(self) -> float:
         """Position of the current plane along its normal, in patient mm (LPS)."""
@@ -212,6 +269,8 @@ class PlaneView(QGraphicsView):
             self.index_stepped.emit(self.plane, -int(steps))
 
     def keyPressEvent(self, event) -> None:  # noqa: ANN001, N802 - Qt override
+        if self.tools.key_press(event.key()):
+            return
         step = {Qt.Key.Key_Up: -1, Qt.Key.Key_Down: 1, Qt.Key.Key_PageUp: -10, Qt.Key.Key_PageDown: 10}.get(event.key())
         if step is None:
             super().keyPressEvent(event)
@@ -228,6 +287,10 @@ class PlaneView(QGraphicsView):
             start = self.mapToScene(event.position().toPoint())
             self._measuring = True
             self.measure(start, start)
+            return None
+        point = self._scene_point(event)
+        self.tools.press_pos = point
+        if self.tools.press(event.button(), point):
             return None
         voxel = self.voxel_at(self.mapToScene(event.position().toPoint()))
         if voxel is not None:
@@ -246,6 +309,8 @@ class PlaneView(QGraphicsView):
         if self._measuring:
             self.measure(self.ruler.line().p1(), self.mapToScene(event.position().toPoint()))
             return None
+        if self.tools.tool not in self.tools.view_tools:
+            self.tools.move(event.buttons(), self._scene_point(event))
         voxel = self.voxel_at(self.mapToScene(event.position().toPoint()))
         if voxel is not None:
             self.readout_text = self.readout(voxel)
@@ -254,8 +319,21 @@ class PlaneView(QGraphicsView):
         return super().mouseMoveEvent(event)
 
     def mouseReleaseEvent(self, event) -> None:  # noqa: ANN001, N802 - Qt override
+        dragged = self._drag is not None or self._measuring
         self._drag, self._measuring = None, False
+        if not dragged and self.volume is not None and self.tools.release(event.button(), self._scene_point(event)):
+            return None
         return super().mouseReleaseEvent(event)
+
+    def mouseDoubleClickEvent(self, event) -> None:  # noqa: ANN001, N802 - Qt override
+        if self.volume is not None and self.tools.double_click():
+            return None
+        return super().mouseDoubleClickEvent(event)
+
+    def _scene_point(self, event) -> QPointF:  # noqa: ANN001
+        """The event's scene point (mm), kept inside the plane."""
+        point, rect = self.mapToScene(event.position().toPoint()), self.scene().sceneRect()
+        return QPointF(min(max(point.x(), rect.left()), rect.right()), min(max(point.y(), rect.top()), rect.bottom()))
 
     def resizeEvent(self, event) -> None:  # noqa: ANN001, N802 - Qt override
         super().resizeEvent(event)
@@ -265,4 +343,4 @@ class PlaneView(QGraphicsView):
         paint_corner_text(painter, self.viewport().rect(), self.corner_text(), point_size=8, margin=(4, 2))
 
 
-__all__ = ["PLANES", "PlaneView", "pixel_of", "plane_pixels", "plane_spacing", "render_plane", "voxel_of"]
+__all__ = ["PLANES", "PlaneView", "plane_pixels", "plane_spacing", "render_plane"]

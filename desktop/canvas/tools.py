@@ -10,6 +10,7 @@ from desktop.canvas.items import (
     COLORS,
     AnnotationItem,
     cosmetic_pen,
+    ellipse_of,
     mask_overlay,
     shape_path,
     translated,
@@ -41,7 +42,14 @@ _CLICK_KINDS = {"polygon": 3, "area": 3, "angle": 3}  # fewest points; angle fin
 
 
 class ToolController:
-    """The current tool: mouse and key input in image pixels -> annotations, edits, segmentation prompts."""
+    """The current tool: mouse and key input in image pixels -> annotations, edits, segmentation prompts.
+
+    A view with other tools (the volume planes) subclasses it with its own ``tools``, the tools it
+    drags (``drag_kinds``) and those the view handles itself (``view_tools``)."""
+
+    tools: dict[str, tuple[str, str]] = TOOLS
+    drag_kinds: frozenset[str] = frozenset(_DRAG_KINDS)
+    view_tools: tuple[str, ...] = ("select", "pan")
 
     def __init__(self, view: CanvasHost) -> None:
         self.view = view
@@ -60,7 +68,7 @@ class ToolController:
 
     def set_tool(self, name: str) -> None:
         view = self.view
-        if name not in TOOLS:
+        if name not in self.tools:
             raise ValueError(f"unknown tool {name!r}")
         self.tool = name
         view.schedule_sync()
@@ -79,9 +87,9 @@ class ToolController:
     # -- mouse and keys (the view maps events to image points) ---------------------------
     def press(self, button: Qt.MouseButton, point: QPointF) -> bool:
         """A mouse press; False when the view handles it (select, pan, other buttons)."""
-        if button != Qt.MouseButton.LeftButton or self.tool in ("select", "pan"):
+        if button != Qt.MouseButton.LeftButton or self.tool in self.view_tools:
             return False
-        if self.tool in _DRAG_KINDS or self.tool == "segment":
+        if self.tool in self.drag_kinds or self.tool == "segment":
             self._drawing = [point]
         elif self.tool in _CLICK_KINDS:
             self._drawing.append(point)
@@ -116,7 +124,7 @@ class ToolController:
             self._drawing = []
             self.update_preview(point)
             return True
-        if button == Qt.MouseButton.LeftButton and self.tool in _DRAG_KINDS and self._drawing:
+        if button == Qt.MouseButton.LeftButton and self.tool in self.drag_kinds and self._drawing:
             if self.tool != "freehand":
                 self._drawing.append(point)
             if moved:
@@ -149,10 +157,11 @@ class ToolController:
 
     def update_preview(self, cursor: QPointF) -> None:
         points = [*self._drawing, cursor] if self.tool in _CLICK_KINDS and self._drawing else list(self._drawing)
-        if self.tool in ("bbox", "segment") and len(points) >= 1 and self._drawing:
+        if self.tool in ("bbox", "segment", "ellipse") and len(points) >= 1 and self._drawing:
             points = [self._drawing[0], cursor]
             x1, y1, x2, y2 = points[0].x(), points[0].y(), points[1].x(), points[1].y()
-            self._preview.setPath(shape_path("bbox", [x1, y1, x2, y2]))
+            self._preview.setPath(shape_path("ellipse", ellipse_of([x1, y1, x2, y2])) if self.tool == "ellipse"
+                                  else shape_path("bbox", [x1, y1, x2, y2]))
         elif self.tool == "distance" and self._drawing:
             self._preview.setPath(shape_path("measurement", {"kind": "distance", "points": [
                 [p.x(), p.y()] for p in (self._drawing[0], cursor)]}))
@@ -169,6 +178,8 @@ class ToolController:
         if kind == "bbox" and len(points) >= 2:
             (x1, y1), (x2, y2) = points[0], points[-1]
             self.create_annotation("bbox", [min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)])
+        elif kind == "ellipse" and len(points) >= 2:
+            self.create_annotation("ellipse", ellipse_of([*points[0], *points[-1]]))
         elif kind in ("polygon", "freehand") and len(points) >= 3:
             self.create_annotation(kind, points)
         elif kind == "distance" and len(points) >= 2:

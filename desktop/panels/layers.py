@@ -1,8 +1,10 @@
-"""Layer list: per-layer visibility and opacity, and the annotations each layer holds."""
+"""Layer list: per-layer visibility and opacity, the annotations each layer holds, and the measurements
+drawn on the volume planes (listed under their own heading: they belong to the volume, not to the image)."""
 
 from __future__ import annotations
 
 from desktop.canvas.layers import layer_for
+from desktop.canvas.plane_tools import plane_of, roi_text
 from desktop.qt import (
     QHBoxLayout,
     QLabel,
@@ -47,6 +49,10 @@ class LayersPanel(QWidget):
             self.tree.addTopLevelItem(item)
             self.layer_items[layer.key] = item
             layer.changed.connect(lambda layer=layer: self._layer_changed(layer))
+        self.volume_item = QTreeWidgetItem(["Volume measurements (planes)", ""])
+        self.volume_item.setData(0, Qt.ItemDataRole.UserRole, ("volume", None))
+        self.volume_item.setExpanded(True)
+        self.tree.addTopLevelItem(self.volume_item)
         canvas.layers.untrained_changed.connect(self._untrained_changed)
         self.tree.itemChanged.connect(self._item_changed)
         self.tree.currentItemChanged.connect(self._current_changed)
@@ -81,7 +87,8 @@ class LayersPanel(QWidget):
         item = self.tree.currentItem()
         while item is not None and item.parent() is not None:
             item = item.parent()
-        return item.data(0, Qt.ItemDataRole.UserRole)[1] if item is not None else None
+        data = item.data(0, Qt.ItemDataRole.UserRole) if item is not None else None
+        return data[1] if data and data[0] == "layer" else None
 
     def _current_changed(self, current: QTreeWidgetItem, _previous: QTreeWidgetItem) -> None:
         key = self._current_layer()
@@ -110,6 +117,26 @@ class LayersPanel(QWidget):
             child.setFlags(child.flags() | Qt.ItemFlag.ItemIsEditable)
             self.layer_items[layer_for(annotation)].addChild(child)
         self._updating = False
+
+    def set_volume_annotations(self, annotations: list[dict]) -> None:
+        """The shown volume's 3D annotations (``MprPanel.annotations_changed``): plane, slice and result."""
+        self._updating = True
+        self.volume_item.takeChildren()
+        for annotation in annotations:
+            coordinates = annotation["coordinates"]
+            drawn_on = plane_of(coordinates)
+            where = f"{drawn_on[0]} {drawn_on[1] + 1}" if drawn_on else "across slices"
+            label = annotation.get("label") or f"{coordinates['shape'].removeprefix('slice_')} ({where})"
+            child = QTreeWidgetItem([label, f"{annotation['source']} · {roi_text(coordinates['stats'], '')}"])
+            child.setData(0, Qt.ItemDataRole.UserRole, ("volume_annotation", annotation["annotation_id"]))
+            self.volume_item.addChild(child)
+        self.volume_item.setExpanded(True)
+        self._updating = False
+
+    def volume_annotation_ids(self) -> list[str]:
+        """The volume measurements listed."""
+        return [self.volume_item.child(i).data(0, Qt.ItemDataRole.UserRole)[1]
+                for i in range(self.volume_item.childCount())]
 
     def annotation_ids(self) -> list[str]:
         """The annotation ids listed, for tests and the layer filter."""

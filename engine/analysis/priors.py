@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from engine.config import DEFAULT_PRIOR_COUNT
+from engine.imaging.records import is_document
 
 
 def _text(value: Any) -> str:
@@ -83,11 +84,12 @@ def choose_priors(current: dict[str, Any], candidates: Iterable[dict[str, Any]],
 
 def study_facts(images: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
     """The facts of the study the image rows (the store's ``images``) belong to, from the
-    first row with a Patient ID; None when none has one."""
+    first row with a Patient ID that is an image (a document's modality, SR, says nothing of
+    the study's); None when none has one."""
     for image in images:
         patient = image.get("patient") or {}
         metadata = image.get("metadata") or {}
-        if not _text(patient.get("PatientID")):
+        if not _text(patient.get("PatientID")) or is_document(image):
             continue
         return {"study_uid": image.get("study_instance_uid"), "patient_id": _text(patient.get("PatientID")),
                 "issuer": _text(patient.get("IssuerOfPatientID")) or None,

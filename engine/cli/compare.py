@@ -1,4 +1,5 @@
-"""``medvision compare CURRENT --prior PRIOR``: a study against a prior (findings, measurements, registration).
+"""``medvision compare CURRENT --prior PRIOR``: a study against a prior (findings, measurements, registration,
+tracked lesions).
 
 CURRENT is an image file (a new session is made for it) or a session id; PRIOR is an image
 file, a session id or the Study Instance UID of a study already in the data directory
@@ -29,6 +30,15 @@ def _line(row: dict) -> str:
     return f"  {row['label']:<28} {p(row['prior_probability'])} -> {p(row['current_probability'])}  {delta}  {row['change']}"
 
 
+def _lesion_line(lesion: dict) -> str:
+    """``lesion nodule: 10.0 -> 12.0 mm (+2.0 mm, +20.0 %) in 365 days``."""
+    unit = lesion["unit"] or ""
+    change = "no change computed" if lesion["change"] is None else f"{lesion['change']:+} {unit}".rstrip() + (
+        "" if lesion["change_percent"] is None else f", {lesion['change_percent']:+} %")
+    days = "" if lesion["days"] is None else f" in {lesion['days']} days"
+    return f"lesion {lesion['identifier']}: {lesion['prior']} -> {lesion['current']} {unit} ({change}){days}"
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     with open_engine(args) as engine:
         current = _session(engine, args.current, study_uid_ok=False)
@@ -54,6 +64,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
                   f" correlation {q['ncc_before']} -> {q['ncc_after']}{'' if q['good'] else ' (doubtful)'}")
         elif registration:
             print(f"registration: {registration['reason']}")
+        for lesion in result["lesions"]["lesions"]:
+            print(_lesion_line(lesion))
+        for lesion in result["lesions"]["new"]:
+            print(f"lesion {lesion['identifier']}: new ({lesion['value']} {lesion['unit'] or ''})".rstrip())
         write_json(args.json, result)
         print(disclaimer())
     return 0

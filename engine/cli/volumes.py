@@ -6,8 +6,8 @@ volume of a box of voxels; ``segment-volume`` the structures the training-free m
 finds (body, lungs, airways, bone) with their volumes (``--method unet``: every label the
 model pack's 3D U-Net finds, with volume and mean HU, its model named), ``--seg OUT.dcm`` them as one
 multi-frame DICOM SEG referencing every source slice and ``--sr OUT.dcm`` their volumes and
-mean HU as a TID 1500 SR referencing its segments. ``--json OUT`` writes the same as
-JSON (no voxels). No session is created: the files are read where they are. A SOURCE that is
+mean HU as a TID 1500 SR referencing its segments, ``--pdf OUT.pdf`` a report with each
+structure's key slices and the measurement table. ``--json OUT`` writes the same as JSON (no voxels). No session is created: the files are read where they are. A SOURCE that is
 a session id (and no file of that name) reads the session's stored series instead, decrypted
 in memory: its main stack, or ``--series UID`` (``--stack KEY`` for another stack).
 """
@@ -139,8 +139,8 @@ def cmd_segment_volume(args: argparse.Namespace) -> int:
 
     if args.sr and not args.seg:
         raise MedVisionError(ErrorCode.INVALID_ARGUMENT, "--sr references the SEG's segments: give --seg OUT.dcm too")
-    if args.method == "unet" and (args.seg or args.structures != DEFAULT_STRUCTURES):
-        raise MedVisionError(ErrorCode.INVALID_ARGUMENT, "--seg, --sr and --structures are for the classical "
+    if args.method == "unet" and (args.seg or args.pdf or args.structures != DEFAULT_STRUCTURES):
+        raise MedVisionError(ErrorCode.INVALID_ARGUMENT, "--seg, --sr, --pdf and --structures are for the classical "
                              "method; --method unet lists every label the U-Net finds")
     volume = _one_volume(args)
     if volume.modality not in ("CT", ""):
@@ -153,7 +153,9 @@ def cmd_segment_volume(args: argparse.Namespace) -> int:
     for structure in result.structures:
         found = f"{structure.volume_ml:10.1f} mL" if structure.found else "   not found"
         print(f"  {structure.name:<12} {found}" + (f"  ({structure.note})" if structure.note else ""))
-    write_json(args.json, {"volume": volume.summary(), "segmentation": result.to_dict()})
+    report = write_pdf(args.pdf, volume, result) if args.pdf else None
+    write_json(args.json, {"volume": volume.summary(), "segmentation": result.to_dict()}
+               | ({"report": report} if report else {}))
     if args.seg:
         write_seg(args, volume, result)
     return 0
@@ -235,6 +237,19 @@ def write_seg(args: argparse.Namespace, volume: Any, result: Any) -> None:
         print(f"SR written to {target}: volume and mean HU of each segment (TID 1500)")
 
 
+def write_pdf(path: str, volume: Any, result: Any) -> dict[str, Any]:
+    """Key slices and the measurement table as a PDF (``--pdf OUT.pdf``); what it prints, for the JSON."""
+    from engine.export.volume_pdf import anatomy_source, volume_report
+
+    report = volume_report(volume, anatomy_source(result))
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(report.pdf)
+    print(f"PDF written to {target}: {report.images} key slices and the measurements of "
+          f"{len(report.measurements)} structures")
+    return report.summary()
+
+
 DEFAULT_STRUCTURES = "body,lungs,airways,bone"
 SOURCE_HELP = "DICOM files, a folder, a NIfTI file, or a session id (its stored series)"
 
@@ -270,5 +285,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                          help="write the structures as one DICOM SEG referencing every source slice")
     segment.add_argument("--sr", metavar="OUT.dcm",
                          help="with --seg: write each segment's volume (mL) and mean HU as a DICOM SR (TID 1500)")
+    segment.add_argument("--pdf", metavar="OUT.pdf",
+                         help="write a report: each structure's key slices (axial and coronal, largest area) and "
+                              "the measurement table (volume, mean HU, SD, voxels)")
     _choice(segment)
     segment.set_defaults(func=cmd_segment_volume)

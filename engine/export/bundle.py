@@ -20,6 +20,7 @@ import pydicom
 from engine.errors import ErrorCode, MedVisionError
 from engine.imaging import DecodedImage
 from engine.imaging.masks import decode_rle
+from engine.imaging.records import is_document
 from engine.services.annotations import annotation_view
 from engine.vocabulary import UNTRAINED_BANNER
 
@@ -151,6 +152,8 @@ class ExportBundle:
     run: dict[str, Any] | None = None
     models: list[dict[str, Any]] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    #: Tracked lesions against the most recent prior with lesions (``TrackingService.changes``), if any.
+    lesions: dict[str, Any] | None = None
     generated_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
     @property
@@ -214,7 +217,7 @@ def gather(services: Services, session_id: str, options: ExportOptions) -> Expor
         raise MedVisionError(ErrorCode.INVALID_ARGUMENT, f"template must be one of {', '.join(TEMPLATES)}")
     store = services.store
     session = store.get_session(session_id)
-    rows = store.list_images(session_id)
+    rows = [r for r in store.list_images(session_id) if not is_document(r)]  # an SR held is no picture
     known = {r["id"] for r in rows}
     unknown = [i for i in options.include_images if i not in known]
     if unknown:
@@ -260,8 +263,10 @@ def gather(services: Services, session_id: str, options: ExportOptions) -> Expor
             trace = export_trace(store, run["id"], session_id)
         else:
             missing.append("no completed agent run: the export has no narrative report or trace")
+    tracked = any(a.get("tracking") for item in images for a in item.annotations)
     bundle = ExportBundle(session=session, images=images, options=options, report=report, trace=trace, run=run,
-                          models=_models(images, run), missing=missing)
+                          models=_models(images, run), missing=missing,
+                          lesions=services.tracking.changes(session_id) if tracked else None)
     untrained = {m["id"] for m in bundle.models if m.get("trained") is False}
     for model_id in {m.model_id for item in images for m in item.masks} - {m["id"] for m in bundle.models} - {None}:
         try:  # a mask's model that no stored analysis names (an interactive SAM mask): the pack says

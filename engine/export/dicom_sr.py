@@ -52,6 +52,14 @@ def tracking(identifier: str) -> hd.sr.TrackingIdentifier:
     return hd.sr.TrackingIdentifier(uid=new_uid(), identifier=identifier[:64])
 
 
+def annotation_tracking(annotation: dict[str, Any], default: str) -> hd.sr.TrackingIdentifier:
+    """A tracked lesion's own identifier and UID (the same UID in every study of it), else a new UID."""
+    link = annotation.get("tracking")
+    if link:
+        return hd.sr.TrackingIdentifier(uid=link["uid"], identifier=link["identifier"])
+    return tracking(default)
+
+
 def finding_site(site: str, side: str | None = None, zone: str | None = None) -> hd.sr.FindingSite:
     """The site (a lung zone when the report names one) with its laterality."""
     table = codes()
@@ -141,7 +149,7 @@ def _measurement(coords: dict[str, Any]) -> hd.sr.Measurement | None:
         return None
     if coords["kind"] == "angle":
         return hd.sr.Measurement(name=term("angle"), value=float(result["value"]), unit=unit("deg"))
-    if coords["kind"] == "distance":
+    if coords["kind"] in ("distance", "polyline"):
         code = "mm" if result.get("unit") == "mm" else "{pixels}"
         return hd.sr.Measurement(name=term("length"), value=float(result["value"]), unit=unit(code))
     if coords["kind"] == "area":
@@ -159,7 +167,8 @@ def region_groups(item: ImageExport, source: pydicom.Dataset) -> list[Group]:
         if annotation["type"] == "mask":
             value, area_unit = _area(item, int(decode_rle(annotation["coordinates"]).sum()))
             groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
-                tracking_identifier=tracking(f"annotation {annotation['annotation_id']} {annotation.get('label')}"),
+                tracking_identifier=annotation_tracking(
+                    annotation, f"annotation {annotation['annotation_id']} {annotation.get('label')}"),
                 finding_type=term("region_of_interest"),
                 measurements=[hd.sr.Measurement(name=term("area"), value=value, unit=unit(area_unit))],
                 source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)],
@@ -171,7 +180,7 @@ def region_groups(item: ImageExport, source: pydicom.Dataset) -> list[Group]:
         label = annotation.get("label") or annotation["type"]
         finding = codes()["findings"].get(label.replace("_", " "))
         groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=tracking(f"annotation {annotation['annotation_id']} {label}"),
+            tracking_identifier=annotation_tracking(annotation, f"annotation {annotation['annotation_id']} {label}"),
             referenced_region=hd.sr.ImageRegion(graphic_type=graphic_type, graphic_data=points,
                                                 source_image=reference),
             finding_type=concept(finding["code"]) if finding else term("region_of_interest"),

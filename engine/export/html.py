@@ -18,8 +18,10 @@ from engine.export.artifact import Artifact
 from engine.export.bundle import ExportBundle, ImageExport
 from engine.export.render import base_image, hidden_caption, layer_images
 from engine.export.tables import (
+    LESION_HEADERS,
     finding_rows,
     guard_status,
+    lesion_rows,
     measurement_rows,
     model_output_lead,
     narrative_paragraphs,
@@ -139,6 +141,8 @@ def _sections(bundle: ExportBundle) -> str:
             out.append(_section(f"Similar cases, image {item.image_id}", lead=lead, body=_table(
                 ["Case", "Similarity", "Report excerpt"],
                 [[c["case_id"], c["similarity"], c["excerpt"]] for c in similar_rows(item)])))
+    if lesions := lesion_rows(bundle):
+        out.append(_section("Tracked lesions", _table(LESION_HEADERS, [list(r.values()) for r in lesions])))
     paragraphs = narrative_paragraphs(bundle) if report else []
     if paragraphs:
         out.append(_section("Report", "".join(f"<p>{escape(text)}</p>" for text in paragraphs)

@@ -30,8 +30,10 @@ from engine.export.artifact import Artifact
 from engine.export.bundle import ExportBundle, ImageExport
 from engine.export.render import compose, hidden_caption, legend
 from engine.export.tables import (
+    LESION_HEADERS,
     finding_rows,
     guard_status,
+    lesion_rows,
     measurement_rows,
     model_output_lead,
     narrative_paragraphs,
@@ -62,13 +64,13 @@ GRID = TableStyle([
 ])
 
 
-def _p(text: Any, style: ParagraphStyle = BODY) -> Paragraph:
+def paragraph(text: Any, style: ParagraphStyle = BODY) -> Paragraph:
     """A paragraph of plain text (escaped: reportlab reads its own markup)."""
     return Paragraph(escape("" if text is None else str(text)), style)
 
 
-def _table(headers: list[str], rows: list[list[Any]], widths: list[float] | None = None) -> Table:
-    cells = [headers] + [[_p(c, SMALL) if isinstance(c, str) and len(c) > 20 else c for c in row] for row in rows]
+def grid_table(headers: list[str], rows: list[list[Any]], widths: list[float] | None = None) -> Table:
+    cells = [headers] + [[paragraph(c, SMALL) if isinstance(c, str) and len(c) > 20 else c for c in row] for row in rows]
     table = Table(cells, colWidths=widths, repeatRows=1, hAlign="LEFT")
     table.setStyle(GRID)
     return table
@@ -102,32 +104,32 @@ def _image(bundle: ExportBundle, item: ImageExport, width: float) -> list[Any]:
     buffer.seek(0)
     height = min(width * composed.height / composed.width, 150 * mm)
     meta = item.image
-    flow: list[Any] = [_p(f"Image {item.image_id}: {meta.get('type', '')} {meta.get('modality') or ''}, "
+    flow: list[Any] = [paragraph(f"Image {item.image_id}: {meta.get('type', '')} {meta.get('modality') or ''}, "
                           f"{meta.get('columns')} x {meta.get('rows')} px", HEADING),
                        Image(buffer, width=height * composed.width / composed.height, height=height)]
     key = _legend(layers)
     note = hidden_caption(layers)
     return [KeepTogether(flow + ([Spacer(1, 2 * mm), key] if key else [])
-                         + ([Spacer(1, 1 * mm), _p(note, BANNER_STYLE)] if note else []))]
+                         + ([Spacer(1, 1 * mm), paragraph(note, BANNER_STYLE)] if note else []))]
 
 
 def _findings(bundle: ExportBundle) -> list[Any]:
     rows = finding_rows(bundle)
     if not rows:
         return []
-    table = _table(["Finding", "Probability", "Threshold", "Result", "Evidence"],
+    table = grid_table(["Finding", "Probability", "Threshold", "Result", "Evidence"],
                    [[f["label"], "" if f["probability"] is None else f"{f['probability']:.3f}", f["threshold"],
                      "positive" if f["positive"] else "negative", f["evidence"]] for f in rows],
                    [32 * mm, 20 * mm, 18 * mm, 18 * mm, 92 * mm])
     table.setStyle(TableStyle([("TEXTCOLOR", (3, i), (3, i), BANNER_RED)
                                for i, f in enumerate(rows, start=1) if f["positive"]]))
-    return [_p("Findings", HEADING), *_lead(bundle), table]
+    return [paragraph("Findings", HEADING), *_lead(bundle), table]
 
 
 def _lead(bundle: ExportBundle) -> list[Any]:
     """The untrained-models sentence opening a section of model output (nothing when trained)."""
     lead = model_output_lead(bundle)
-    return [_p(lead, BANNER_STYLE)] if lead else []
+    return [paragraph(lead, BANNER_STYLE)] if lead else []
 
 
 def _per_image(bundle: ExportBundle, item: ImageExport, excerpts: bool) -> list[Any]:
@@ -135,18 +137,18 @@ def _per_image(bundle: ExportBundle, item: ImageExport, excerpts: bool) -> list[
     flow: list[Any] = []
     rows = measurement_rows(item) if bundle.options.include_measurements else []
     if rows:
-        flow += [_p(f"Measurements, image {item.image_id}", HEADING), *_lead(bundle),
-                 _table(["Measurement", "Value", "Note"], [[r["name"], r["value"], r["note"]] for r in rows],
+        flow += [paragraph(f"Measurements, image {item.image_id}", HEADING), *_lead(bundle),
+                 grid_table(["Measurement", "Value", "Note"], [[r["name"], r["value"], r["note"]] for r in rows],
                         [50 * mm, 35 * mm, 95 * mm])]
     organs = organ_rows(item)
     if organs:
-        flow += [_p(f"Organs, image {item.image_id}", HEADING), *_lead(bundle),
-                 _table(["Organ", "Area"], [[r["name"], r["value"]] for r in organs], [60 * mm, 60 * mm])]
+        flow += [paragraph(f"Organs, image {item.image_id}", HEADING), *_lead(bundle),
+                 grid_table(["Organ", "Area"], [[r["name"], r["value"]] for r in organs], [60 * mm, 60 * mm])]
     cases = similar_rows(item)
     if cases:
         headers = ["Case", "Similarity"] + (["Report excerpt"] if excerpts else [])
-        flow += [_p(f"Similar cases, image {item.image_id}", HEADING), *_lead(bundle),
-                 _table(headers, [[c["case_id"], c["similarity"]] + ([c["excerpt"]] if excerpts else [])
+        flow += [paragraph(f"Similar cases, image {item.image_id}", HEADING), *_lead(bundle),
+                 grid_table(headers, [[c["case_id"], c["similarity"]] + ([c["excerpt"]] if excerpts else [])
                                   for c in cases], [45 * mm, 20 * mm] + ([115 * mm] if excerpts else []))]
     return flow
 
@@ -155,18 +157,18 @@ def _narrative(bundle: ExportBundle) -> list[Any]:
     paragraphs = narrative_paragraphs(bundle)
     if not paragraphs:
         return []
-    return [_p("Report", HEADING), *[_p(text) for text in paragraphs], _p(f"Narrative: {guard_status(bundle)}", SMALL)]
+    return [paragraph("Report", HEADING), *[paragraph(text) for text in paragraphs], paragraph(f"Narrative: {guard_status(bundle)}", SMALL)]
 
 
 def _models(bundle: ExportBundle, full: bool) -> list[Any]:
     if not bundle.models:
         return []
     if full:
-        return [_p("Models", HEADING), _table(
+        return [paragraph("Models", HEADING), grid_table(
             ["Model", "Task", "Version", "Precision", "Trained", "sha256"],
             [[m.get("id"), m.get("task"), m.get("version"), m.get("precision"), str(m.get("trained")),
               (m.get("sha256") or "")[:16]] for m in bundle.models])]
-    return [_p("Models", HEADING), _table(["Model", "Task", "Version", "Trained"],
+    return [paragraph("Models", HEADING), grid_table(["Model", "Task", "Version", "Trained"],
                                           [[m.get("id"), m.get("task"), m.get("version"), str(m.get("trained"))]
                                            for m in bundle.models])]
 
@@ -177,18 +179,18 @@ def _trace(bundle: ExportBundle) -> list[Any]:
         return []
     trace = trace_summary(bundle)
     totals = trace["totals"]
-    flow: list[Any] = [PageBreak(), _p("Agent trace", HEADING), *_lead(bundle), _p(
+    flow: list[Any] = [PageBreak(), paragraph("Agent trace", HEADING), *_lead(bundle), paragraph(
         f"Run {trace['run_id']}, task {trace['task']}, pipeline {trace['pipeline']}, status {trace['status']}: "
         f"{totals.get('tool_calls', 0)} tool calls ({totals.get('failed', 0)} failed, "
         f"{totals.get('low_confidence', 0)} low confidence), {totals.get('steps_ms', 0):.0f} ms in steps."),
-        _table(["Step", "Agent", "Status", "Latency (ms)", "Tools"],
+        grid_table(["Step", "Agent", "Status", "Latency (ms)", "Tools"],
                [[s["step"], s["agent"], s["status"], s["latency_ms"], s["tools"]] for s in trace["steps"]],
                [28 * mm, 38 * mm, 24 * mm, 20 * mm, 70 * mm])]
     if trace["issues"]:
-        flow.append(_p("Issues", HEADING))
-        flow += [_p(issue, SMALL) for issue in trace["issues"][:MAX_TRACE_ISSUES]]
+        flow.append(paragraph("Issues", HEADING))
+        flow += [paragraph(issue, SMALL) for issue in trace["issues"][:MAX_TRACE_ISSUES]]
         if len(trace["issues"]) > MAX_TRACE_ISSUES:
-            flow.append(_p(f"... and {len(trace['issues']) - MAX_TRACE_ISSUES} more in the JSON trace.", SMALL))
+            flow.append(paragraph(f"... and {len(trace['issues']) - MAX_TRACE_ISSUES} more in the JSON trace.", SMALL))
     return flow
 
 
@@ -197,29 +199,31 @@ def _story(bundle: ExportBundle, width: float) -> list[Any]:
     template = options.template
     block = bundle.patient_block()
     story: list[Any] = [
-        _p(options.institution or "MedVision", TITLE),
-        _p(f"Session {bundle.session_id}, template {template}, generated {bundle.generated_at}"),
-        _p("Patient" + (" (de-identified)" if block.get("deidentified") else ""), HEADING),
-        _table(["Field", "Value"], [[k, str(v)] for k, v in block.items() if k != "deidentified"], [45 * mm, 90 * mm]),
+        paragraph(options.institution or "MedVision", TITLE),
+        paragraph(f"Session {bundle.session_id}, template {template}, generated {bundle.generated_at}"),
+        paragraph("Patient" + (" (de-identified)" if block.get("deidentified") else ""), HEADING),
+        grid_table(["Field", "Value"], [[k, str(v)] for k, v in block.items() if k != "deidentified"], [45 * mm, 90 * mm]),
     ]
     for item in bundle.images:
         story += _image(bundle, item, width)
     story += _findings(bundle) + _narrative(bundle)
     for item in bundle.images:
         story += _per_image(bundle, item, excerpts=template != "clinical")
+    if lesions := lesion_rows(bundle):
+        story += [_p("Tracked lesions", HEADING), _table(LESION_HEADERS, [list(r.values()) for r in lesions],
+                                                          [45 * mm, 27 * mm, 27 * mm, 27 * mm, 27 * mm, 17 * mm])]
     if template != "clinical":
         story += _trace(bundle)
     story += _models(bundle, full=template == "research")
     if bundle.missing:
-        story += [_p("Not included", HEADING)] + [_p(f"- {m}") for m in bundle.missing]
-    story += [Spacer(1, 4 * mm), _p(DISCLAIMER, HEADING)]
+        story += [paragraph("Not included", HEADING)] + [paragraph(f"- {m}") for m in bundle.missing]
+    story += [Spacer(1, 4 * mm), paragraph(DISCLAIMER, HEADING)]
     return story
 
 
-def pdf_report(bundle: ExportBundle) -> list[Artifact]:
-    """The session as one PDF (see the module docstring)."""
-    banner = bundle.banner
-    top = MARGIN + (BANNER_HEIGHT if banner else 0)
+def page_decorator(banner: str | None, footer: str) -> Any:
+    """What every page carries: the red banner when a model was untrained, the disclaimer and ``footer``
+    (``{page}`` replaced by the page number) at the bottom."""
 
     def decorate(canvas: Any, document: Any) -> None:
         width, height = A4
@@ -233,13 +237,27 @@ def pdf_report(bundle: ExportBundle) -> list[Artifact]:
         canvas.setFillColor(colors.black)
         canvas.setFont("Helvetica", 7.5)
         canvas.drawString(MARGIN, 8 * mm, DISCLAIMER)
-        canvas.drawRightString(width - MARGIN, 8 * mm, f"MedVision, session {bundle.session_id}, page {document.page}")
+        canvas.drawRightString(width - MARGIN, 8 * mm, footer.replace("{page}", str(document.page)))
         canvas.restoreState()
 
+    return decorate
+
+
+def build_pdf(story: list[Any], *, banner: str | None, title: str, footer: str) -> bytes:
+    """An A4 PDF of ``story`` with :func:`page_decorator` on every page."""
+    decorate = page_decorator(banner, footer)
     buffer = io.BytesIO()
     document = SimpleDocTemplate(
-        buffer, pagesize=A4, leftMargin=MARGIN, rightMargin=MARGIN, topMargin=top, bottomMargin=MARGIN,
-        title=f"MedVision report, session {bundle.session_id}", author="MedVision", creator="MedVision",
+        buffer, pagesize=A4, leftMargin=MARGIN, rightMargin=MARGIN, topMargin=MARGIN + (BANNER_HEIGHT if banner else 0),
+        bottomMargin=MARGIN, title=title, author="MedVision", creator="MedVision",
         subject=" ".join(p for p in (DISCLAIMER, banner) if p))
-    document.build(_story(bundle, A4[0] - 2 * MARGIN), onFirstPage=decorate, onLaterPages=decorate)
-    return [Artifact(f"{bundle.session_id}_report.pdf", buffer.getvalue(), "application/pdf")]
+    document.build(story, onFirstPage=decorate, onLaterPages=decorate)
+    return buffer.getvalue()
+
+
+def pdf_report(bundle: ExportBundle) -> list[Artifact]:
+    """The session as one PDF (see the module docstring)."""
+    data = build_pdf(_story(bundle, A4[0] - 2 * MARGIN), banner=bundle.banner,
+                     title=f"MedVision report, session {bundle.session_id}",
+                     footer=f"MedVision, session {bundle.session_id}, page " + "{page}")
+    return [Artifact(f"{bundle.session_id}_report.pdf", data, "application/pdf")]

@@ -1,6 +1,6 @@
-"""A plane of a stored volume series as a picture: axial slices with the slice's layers, coronal and
-sagittal planes resliced from the cached volume (grayscale, drawn at their true aspect) with the
-series' 3D annotations (``volume_roi``) where they cross the plane."""
+"""A plane of a volume as a picture: axial slices with the slice's layers, coronal and sagittal planes
+resliced from the cached volume (grayscale, drawn at their true aspect), optionally a mask drawn over it,
+and a stored series' 3D annotations (``volume_roi``) where they cross a coronal or sagittal plane."""
 
 from __future__ import annotations
 
@@ -13,14 +13,20 @@ from scipy import ndimage
 from engine.analysis.volume.annotation import VOLUME_ROI, volume_roi_mask
 from engine.analysis.volume.plane_coords import plane_section
 from engine.errors import ErrorCode, MedVisionError
-from engine.export.render import ANNOTATION_STYLES, FILL_ALPHA, LINE_ALPHA
-from engine.imaging.decode import window_to_uint8
+from engine.export.render import (
+    ANNOTATION_STYLES,
+    FILL_ALPHA,
+    LINE_ALPHA,
+    mask_patch,
+    resample_mask,
+)
+from engine.imaging.decode import CT_PRESETS, window_to_uint8
 
 if TYPE_CHECKING:
     from engine.services import Services
 
 #: CT soft-tissue window (center, width) in HU; other modalities use the plane's 1st..99th percentile.
-CT_WINDOW = (40.0, 400.0)
+CT_WINDOW = CT_PRESETS["Soft tissue (mediastinum, abdomen)"]
 
 
 def axial_image_id(services: Services, session_id: str, index: int, series_uid: str | None) -> str:
@@ -36,23 +42,35 @@ def axial_image_id(services: Services, session_id: str, index: int, series_uid: 
                          "view it by its image", z=index)
 
 
-def plane_picture(services: Services, session_id: str, plane: str, index: int, series_uid: str | None,
-                  max_side: int | None) -> tuple[Image.Image, dict[str, Any]]:
-    """A coronal or sagittal (or axial) plane, windowed to 8 bits and scaled to its spacing."""
-    values, info = services.volumes.plane_image(session_id, plane, index, series_uid)
-    if info.get("modality") == "CT":
-        center, width = CT_WINDOW
-    else:
-        low, high = (float(v) for v in np.percentile(values, (1, 99)))
-        center, width = (low + high) / 2, max(high - low, 1.0)
+def plane_window(values: np.ndarray, modality: str | None) -> tuple[float, float]:
+    """(center, width) for a plane: CT's soft-tissue window, else the plane's 1st..99th percentile."""
+    if modality == "CT":
+        return CT_WINDOW
+    low, high = (float(v) for v in np.percentile(values, (1, 99)))
+    return (low + high) / 2, max(high - low, 1.0)
+
+
+def windowed_picture(values: np.ndarray, pixel_spacing_mm: tuple[float, float], window: tuple[float, float],
+                     max_side: int | None) -> Image.Image:
+    """A plane's values windowed to 8-bit RGB, scaled to its (row, column) spacing and fitted in ``max_side``."""
+    center, width = window
     picture = Image.fromarray(window_to_uint8(np.ascontiguousarray(values), center, width)).convert("RGB")
-    row_mm, column_mm = (float(v) for v in info["pixel_spacing_mm"])
+    row_mm, column_mm = (float(v) for v in pixel_spacing_mm)
     step = min(row_mm, column_mm)
     height, width_px = values.shape[0] * row_mm / step, values.shape[1] * column_mm / step
     scale = min(1.0, (max_side or max(height, width_px)) / max(height, width_px))
     size = (max(1, round(width_px * scale)), max(1, round(height * scale)))
     if size != picture.size:
         picture = picture.resize(size, Image.Resampling.BILINEAR)
+    return picture
+
+
+def plane_picture(services: Services, session_id: str, plane: str, index: int, series_uid: str | None,
+                  max_side: int | None) -> tuple[Image.Image, dict[str, Any]]:
+    """A coronal or sagittal (or axial) plane, windowed to 8 bits and scaled to its spacing."""
+    values, info = services.volumes.plane_image(session_id, plane, index, series_uid)
+    center, width = plane_window(values, info.get("modality"))
+    picture = windowed_picture(values, info["pixel_spacing_mm"], (center, width), max_side)
     return picture, info | {"window": {"center": center, "width": width}}
 
 
@@ -69,7 +87,8 @@ def draw_volume_rois(services: Services, session_id: str, picture: Image.Image, 
                 or (coordinates.get("stack_key") or "main") != info["stack"] \
                 or coordinates.get("volume_shape") != list(shape):
             continue
-        section = plane_section(*volume_roi_mask(coordinates), plane, index, shape)
+        found = volume_roi_mask(coordinates)
+        section = plane_section(*found, plane, index, shape) if found is not None else None
         if section is not None:
             groups.setdefault(row["source"] if row["source"] in ANNOTATION_STYLES else "system", []).append(section)
     layers = []
@@ -85,3 +104,10 @@ def draw_volume_rois(services: Services, session_id: str, picture: Image.Image, 
                        "count": len(sections), "color": "#{:02x}{:02x}{:02x}".format(*color), "untrained": False,
                        "visible": True})
     return layers
+def picture_with_mask(picture: Image.Image, mask: np.ndarray, color: tuple[int, int, int]) -> Image.Image:
+    """``picture`` (a :func:`windowed_picture`) with the plane's boolean ``mask`` filled and outlined over it."""
+    union = resample_mask(mask, picture.size)
+    patch, corner = mask_patch(union, max(2, round(max(picture.size) / 300)), color)
+    layer = Image.new("RGBA", picture.size, (0, 0, 0, 0))
+    layer.paste(patch, corner)
+    return Image.alpha_composite(picture.convert("RGBA"), layer).convert("RGB")

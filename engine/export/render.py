@@ -96,11 +96,7 @@ class _Canvas:
 
     def resample(self, mask: np.ndarray) -> np.ndarray:
         """Nearest-neighbour resample of a boolean source-size mask to the output size."""
-        if mask.shape == (self.size[1], self.size[0]):
-            return mask
-        rows = (np.arange(self.size[1]) * (mask.shape[0] / self.size[1])).astype(np.intp)
-        columns = (np.arange(self.size[0]) * (mask.shape[1] / self.size[0])).astype(np.intp)
-        return mask[rows][:, columns]
+        return resample_mask(mask, self.size)
 
     def label(self, draw: ImageDraw.ImageDraw, at: tuple[float, float], text: str, color: Color) -> None:
         draw.text(at, text, fill=color + (255,), font=self.font, stroke_width=2, stroke_fill=(0, 0, 0, 255))
@@ -113,22 +109,28 @@ def base_image(item: ImageExport, max_side: int | None = None) -> Image.Image:
     return image if image.size == size else image.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
 
 
-def _mask_layer(canvas: _Canvas, masks: list[np.ndarray], color: Color) -> tuple[Image.Image, tuple[int, int]]:
-    """A semi-transparent fill with an opaque outline ``canvas.line`` pixels wide.
+def resample_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resample of a boolean mask to ``size`` (width, height)."""
+    if mask.shape == (size[1], size[0]):
+        return mask
+    rows = (np.arange(size[1]) * (mask.shape[0] / size[1])).astype(np.intp)
+    columns = (np.arange(size[0]) * (mask.shape[1] / size[0])).astype(np.intp)
+    return mask[rows][:, columns]
 
-    Returns the RGBA patch covering the masks' bounding box (plus a one-pixel margin, so
+
+def mask_patch(union: np.ndarray, line: int, color: Color) -> tuple[Image.Image, tuple[int, int]]:
+    """A semi-transparent fill of an output-size boolean mask with an opaque outline ``line`` pixels wide.
+
+    Returns the RGBA patch covering the mask's bounding box (plus a one-pixel margin, so
     the outline closes there) and its top-left corner in the output image.
     """
-    union = canvas.resample(masks[0]).copy()
-    for mask in masks[1:]:
-        union |= canvas.resample(mask)
     rows, columns = np.flatnonzero(union.any(axis=1)), np.flatnonzero(union.any(axis=0))
     if rows.size == 0:
         return Image.new("RGBA", (1, 1), (0, 0, 0, 0)), (0, 0)
     top, left = max(int(rows[0]) - 1, 0), max(int(columns[0]) - 1, 0)
     union = union[top:int(rows[-1]) + 2, left:int(columns[-1]) + 2]
     inner = union.copy()
-    for _ in range(canvas.line):  # erosion by 4-neighbour shifts: what it takes off is the outline
+    for _ in range(line):  # erosion by 4-neighbour shifts: what it takes off is the outline
         previous = inner.copy()
         inner[1:] &= previous[:-1]
         inner[:-1] &= previous[1:]
@@ -139,6 +141,14 @@ def _mask_layer(canvas: _Canvas, masks: list[np.ndarray], color: Color) -> tuple
     size = (alpha.shape[1], alpha.shape[0])
     bands = [Image.new("L", size, c) for c in color] + [Image.fromarray(alpha, "L")]
     return Image.merge("RGBA", bands), (left, top)
+
+
+def _mask_layer(canvas: _Canvas, masks: list[np.ndarray], color: Color) -> tuple[Image.Image, tuple[int, int]]:
+    """The union of ``masks`` (source size) as a :func:`mask_patch` on the canvas."""
+    union = canvas.resample(masks[0]).copy()
+    for mask in masks[1:]:
+        union |= canvas.resample(mask)
+    return mask_patch(union, canvas.line, color)
 
 
 def _dashed(draw: ImageDraw.ImageDraw, points: list[tuple[float, float]], fill: tuple[int, ...],

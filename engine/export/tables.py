@@ -37,6 +37,26 @@ def measurement_rows(item: ImageExport) -> list[dict[str, str]]:
     return rows
 
 
+def lesion_rows(bundle: ExportBundle) -> list[dict[str, str]]:
+    """Each tracked lesion: identifier, prior and current value, change (unit and %) and days between."""
+    def shown(value: Any, unit: str | None, sign: bool = False) -> str:
+        if value is None:
+            return "-"
+        return f"{value:+.2f} {unit or ''}".strip() if sign else f"{value:.2f} {unit or ''}".strip()
+
+    changes = bundle.lesions or {}
+    rows = [{"identifier": lesion["identifier"], "prior": shown(lesion["prior"], lesion["unit"]),
+             "current": shown(lesion["current"], lesion["unit"]), "change": shown(lesion["change"], lesion["unit"], True),
+             "percent": "-" if lesion["change_percent"] is None else f"{lesion['change_percent']:+.1f} %",
+             "days": "-" if lesion["days"] is None else str(lesion["days"])} for lesion in changes.get("lesions") or []]
+    rows += [{"identifier": lesion["identifier"], "prior": "-", "current": shown(lesion["value"], lesion["unit"]),
+              "change": "new", "percent": "-", "days": "-"} for lesion in changes.get("new") or []]
+    return rows
+
+
+LESION_HEADERS = ["Lesion", "Prior", "Current", "Change", "Change %", "Days"]
+
+
 def organ_rows(item: ImageExport) -> list[dict[str, str]]:
     """Organ areas (cm2 when calibrated, else px) and the cardiothoracic ratio, when segmented."""
     seg = item.segmentation or {}

@@ -160,6 +160,14 @@ class DecodedImage:
         return window_to_uint8(self.pixels, center, width, function, invert=self.invert)
 
 
+#: CT window presets (center, width) in HU: the CT defaults OHIF Viewers ships
+#: (extensions/cornerstone/src/components/WindowLevelActionMenu/defaultWindowLevelPresets.ts:
+#: Soft tissue W400/L40, Lung W1500/L-600, Liver W150/L90, Bone W2500/L480, Brain W80/L40).
+#: OHIF has no separate mediastinum or abdomen window: its soft-tissue window is used for both.
+CT_PRESETS = {"Soft tissue (mediastinum, abdomen)": (40.0, 400.0), "Lung": (-600.0, 1500.0),
+              "Liver": (90.0, 150.0), "Bone": (480.0, 2500.0), "Brain": (40.0, 80.0)}
+
+
 def window_to_uint8(
     values: np.ndarray, center: float, width: float, function: str = "LINEAR",
     *, invert: bool = False,

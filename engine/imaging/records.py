@@ -23,6 +23,18 @@ AUTO_ANALYSIS_TYPES = frozenset({"CXR"})
 VOLUME_MODALITIES = frozenset({"CT", "MR"})
 
 
+#: SR Storage SOP classes (Basic Text, Enhanced, Comprehensive, Comprehensive 3D, Key Object Selection...).
+SR_SOP_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
+#: Stored instances that are documents, not images: SR and encapsulated documents (PDF, CDA...).
+DOCUMENT_SOP_CLASS_PREFIXES = (SR_SOP_CLASS_PREFIX, "1.2.840.10008.5.1.4.1.1.104.")
+
+
+def is_document(record: dict[str, Any]) -> bool:
+    """Whether an ``images`` row holds a document (an SR, an encapsulated PDF): kept with its study,
+    never decoded as pixels, never the session's current image."""
+    return str(record.get("sop_class_uid") or "").startswith(DOCUMENT_SOP_CLASS_PREFIXES)
+
+
 def has_auto_analysis(image_type: str | None) -> bool:
     """Whether an image of this type is analysed on arrival (the engine and the node share this rule)."""
     return image_type in AUTO_ANALYSIS_TYPES
@@ -37,7 +49,7 @@ def is_series_slice(record: dict[str, Any]) -> bool:
 
 def arrival_job(record: dict[str, Any]) -> bool:
     """The arrival rule for one image: an image job unless it is a series slice (see above)."""
-    return has_auto_analysis(record.get("type")) and not is_series_slice(record)
+    return has_auto_analysis(record.get("type")) and not is_series_slice(record) and not is_document(record)
 
 
 def image_record(*, fields: dict[str, Any], rows: int | None, columns: int | None, frame_count: int,

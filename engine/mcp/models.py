@@ -32,7 +32,6 @@ VolumeStructure = Literal["body", "lungs", "airways", "bone"]
 SegmentMethod = Literal["classical", "unet"]
 Plane = Literal["axial", "coronal", "sagittal"]
 PlaneShape = Literal["polygon", "rectangle", "ellipse"]
-PlanePoint = Annotated[list[float], Field(min_length=2, max_length=2, description="[x, y]: column, row.")]
 
 
 class VolumePoint(BaseModel):
@@ -41,7 +40,7 @@ class VolumePoint(BaseModel):
     model_config = ConfigDict(extra="forbid")
     plane: Plane | None = Field(None, description="axial, coronal or sagittal, with index and point.")
     index: int | None = Field(None, ge=0, description="The plane's slice, row or column index.")
-    point: PlanePoint | None = Field(None, description="[x, y] pixel of the plane (column, row).")
+    point: list[float] | None = Field(None, min_length=2, max_length=2, description="[x, y] pixel of the plane.")
     voxel: list[float] | None = Field(None, min_length=3, max_length=3, description="[x, y, z] voxel coordinates.")
     patient_mm: list[float] | None = Field(None, min_length=3, max_length=3, description="[x, y, z] patient LPS mm.")
 

@@ -36,7 +36,6 @@ from engine.mcp.models import (
     ImageType,
     InputType,
     Plane,
-    PlanePoint,
     PlaneShape,
     Preset,
     RagMode,
@@ -168,31 +167,33 @@ def register(app: FastMCP) -> None:
         plane: Annotated[Plane, Field(description="axial (slice z), coronal (row y) or sagittal (column x).")],
         index: Annotated[int, Field(ge=0, description="The plane's slice, row or column index.")],
         shape: Annotated[PlaneShape, Field(description="polygon, rectangle or ellipse.")],
-        points: Annotated[list[PlanePoint], Field(min_length=2, max_length=4096, description=(
-            "[x, y] pixels of the plane as get_visualization draws it unscaled (x column, y row, origin top-left; "
-            "coronal and sagittal planes have the highest z at the top): polygon vertices (3 or more), a "
-            "rectangle's two opposite corners, or the two opposite corners of an ellipse's bounding box."))],
+        geometry: Annotated[Any, Field(description=(
+            "In pixels of the plane as get_visualization draws it before scaling (x column, y row, origin "
+            "top-left; coronal and sagittal planes have the highest z at the top): polygon [[x, y], ...] (3 or "
+            "more), rectangle [x1, y1, x2, y2], ellipse {\"center\": [x, y], \"radii\": [rx, ry]}."))],
         series_uid: SeriesUid = None, stack: StackKey = None,
         label: Annotated[str, Field(max_length=200, description="Label of the stored annotation.")] = "",
         annotate: Annotated[bool, Field(description="Store the ROI as a volume_roi annotation.")] = True,
     ) -> VolumeRoi:
-        """HU statistics (mean, SD, min, max) and mL of a shape drawn on any plane of a stored series;
-        stored as a volume_roi annotation (annotation_id)."""
-        return await _call(ctx, VolumeRoi, session_id, Engine.plane_roi, session_id, plane, index, shape,
-                           [list(p) for p in points], series_uid=series_uid, stack=stack, annotate=annotate,
+        """HU statistics (mean, SD, min, max), area in mm2 and mL of a shape drawn on any plane of a stored
+        series; stored as a volume_roi annotation (annotation_id)."""
+        return await _call(ctx, VolumeRoi, session_id, Engine.volume_roi, session_id, plane=plane, index=index,
+                           shape=shape, geometry=geometry, series_uid=series_uid, stack=stack, annotate=annotate,
                            label=label, announce=annotate)
 
     @tool()
     async def measure_distance(
         ctx: Context, session_id: SessionId,
         points: Annotated[list[VolumePoint], Field(min_length=2, max_length=2, description=(
-            "Two points, each on its own plane if you like."))],
+            "Two points, each on any plane, as a voxel or in patient mm."))],
         series_uid: SeriesUid = None, stack: StackKey = None,
+        annotate: Annotated[bool, Field(description="Store the distance as a volume_roi line annotation.")] = False,
     ) -> EngineResult:
         """Distance in mm between two points of a stored series given on any planes (or as voxels or patient
-        mm); returns each point as voxel [x, y, z] and patient LPS mm, and distance_mm."""
-        return await _call(ctx, EngineResult, session_id, Engine.measure_distance, session_id,
-                           [p.model_dump(exclude_none=True) for p in points], series_uid, stack)
+        mm), through the volume's affine; returns length_mm and both points as voxels [x, y, z]."""
+        return await _call(ctx, EngineResult, session_id, Engine.volume_distance, session_id,
+                           [p.model_dump(exclude_none=True) for p in points], series_uid=series_uid, stack=stack,
+                           annotate=annotate, announce=annotate)
 
     @tool()
     async def segment_volume(
@@ -286,6 +287,25 @@ def register(app: FastMCP) -> None:
                                 annotation_id: Annotated[Id, Field(description="The annotation.")]) -> AnnotationResult:
         """Delete an annotation."""
         return await _call(ctx, AnnotationResult, session_id, Engine.delete_annotation, session_id, annotation_id)
+
+    @tool()
+    async def track_lesion(
+        ctx: Context, session_id: SessionId,
+        annotation_id: Annotated[Id, Field(description="The measurement or region that is the lesion.")],
+        identifier: Annotated[str | None, Field(max_length=64, description=(
+            "Tracking Identifier (DCM 112039); default: the prior lesion's, else the label."))] = None,
+        uid: Annotated[Id | None, Field(description=(
+            "Tracking Unique Identifier (DCM 112040) of a prior's lesion (tracked_lesions' seeds); default: new."))] = None,
+    ) -> EngineResult:
+        """Link an annotation to a lesion followed across studies (TID 1500 tracking identifier and UID):
+        the SR carries the link and compare_with_prior reports the lesion's change (unit, %, days)."""
+        return await _call(ctx, EngineResult, session_id, Engine.track_lesion, session_id, annotation_id, identifier,
+                           uid, announce=True)
+
+    @tool()
+    async def tracked_lesions(ctx: Context, session_id: SessionId) -> EngineResult:
+        """The session's tracked lesions and its priors' lesions not yet linked here (seeds, with their UIDs)."""
+        return await _call(ctx, EngineResult, session_id, Engine.tracked_lesions, session_id)
 
     @tool()
     async def get_annotations(
@@ -463,7 +483,8 @@ def register(app: FastMCP) -> None:
         register: Annotated[bool, Field(description="Register the prior radiograph onto the current one.")] = True,
     ) -> EngineResult:
         """Compare a study with a prior: each finding's probability then and now (models and thresholds
-        named), the cardiothoracic ratio and organ areas, and the registration's transform and quality."""
+        named), the cardiothoracic ratio and organ areas, the registration's transform and quality, and
+        each tracked lesion's change (``lesions``: prior, current, change in its unit and %, days)."""
         return await _call(ctx, EngineResult, session_id, Engine.compare_with_prior, session_id, prior, image_id,
                            prior_image_id, register, announce=True)
 

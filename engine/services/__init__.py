@@ -22,6 +22,7 @@ from engine.services.priors import PriorService
 from engine.services.regions import RegionService
 from engine.services.sessions import SessionService
 from engine.services.similar import SimilarCaseService
+from engine.services.tracking import TrackingService
 from engine.services.volumes import VolumeCache, VolumeService
 from engine.store import Store
 
@@ -44,6 +45,7 @@ class Services:
     volumes: VolumeService
     priors: PriorService
     compare: CompareService
+    tracking: TrackingService
     audit: AuditTrail
 
     @classmethod
@@ -58,6 +60,8 @@ class Services:
         analysis = AnalysisService(store, models, images)
         interactive = InteractiveService(store, models, images, annotations, store.embeddings)
         similar = SimilarCaseService(settings, store, models, images, analysis)
+        priors = PriorService(store, settings.prior_count)
+        tracking = TrackingService(store, priors)
         volumes = VolumeService(store, VolumeCache(settings.volume_cache_mb * 1024 * 1024), limits=settings.limits,
                                 annotations=annotations, models=models)
         return cls(settings=settings, store=store, models=models, images=images,
@@ -65,8 +69,8 @@ class Services:
                    interactive=interactive, similar=similar,
                    regions=RegionService(store, models, images, analysis, interactive, similar, annotations),
                    sessions=SessionService(store, images, interactive, settings.retention, volumes),
-                   volumes=volumes, priors=PriorService(store, settings.prior_count),
-                   compare=CompareService(store, images, analysis), audit=AuditTrail(store.audit, settings))
+                   volumes=volumes, priors=priors, compare=CompareService(store, images, analysis, tracking),
+                   tracking=tracking, audit=AuditTrail(store.audit, settings))
 
     def close(self) -> None:
         """Release the reference library, models and database connections."""

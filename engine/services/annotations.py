@@ -13,7 +13,7 @@ def annotation_view(row: dict) -> dict:
     return {"annotation_id": row["id"], "image_id": row["image_id"], "type": row["type"],
             "coordinates": row["coordinates"], "label": row["label"], "confidence": row["confidence"],
             "source": row["source"], "notes": row["notes"], "layer": row["layer"], "style": row["style"],
-            "analysis_id": row["analysis_id"], "created_at": row["created_at"], "updated_at": row["updated_at"]}
+            "analysis_id": row["analysis_id"], "tracking": row.get("tracking"), "created_at": row["created_at"], "updated_at": row["updated_at"]}
 
 
 class AnnotationService:

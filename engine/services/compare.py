@@ -16,9 +16,11 @@ from engine.analysis.compare import (
 )
 from engine.analysis.priors import same_patient, study_facts
 from engine.errors import ErrorCode, MedVisionError
-from engine.imaging.records import has_auto_analysis
+from engine.imaging.records import has_auto_analysis, is_document
 from engine.services.analysis import AnalysisService
 from engine.services.images import ImageService
+from engine.services.priors import resolve_prior
+from engine.services.tracking import TrackingService
 from engine.store import Store
 from engine.vocabulary import DISCLAIMER
 
@@ -28,27 +30,19 @@ ANALYSIS_KINDS = ("analyze_image",)
 class CompareService:
     """Current against prior, for two sessions of the store."""
 
-    def __init__(self, store: Store, images: ImageService, analysis: AnalysisService) -> None:
-        self.store, self.images, self.analysis = store, images, analysis
+    def __init__(self, store: Store, images: ImageService, analysis: AnalysisService,
+                 tracking: TrackingService) -> None:
+        self.store, self.images, self.analysis, self.tracking = store, images, analysis, tracking
 
     def resolve(self, prior: str) -> str:
         """A session id, or the Study Instance UID of a study already in the store: its session id."""
-        try:
-            return self.store.get_session(prior)["id"]
-        except MedVisionError as exc:
-            if exc.code != ErrorCode.SESSION_NOT_FOUND:
-                raise
-        session = self.store.session_of_study(prior)
-        if session is None:
-            raise MedVisionError(ErrorCode.SESSION_NOT_FOUND, "the prior is neither a session nor a study held in the"
-                                 " store (retrieve it first: medvision pacs get)", prior=prior)
-        return session["id"]
+        return resolve_prior(self.store, prior)
 
     def _image(self, session_id: str, image_id: str | None) -> dict:
         if image_id is not None:
             return self.store.get_image(image_id, session_id=session_id)
         session = self.store.get_session(session_id)
-        images = self.store.list_images(session_id)
+        images = [row for row in self.store.list_images(session_id) if not is_document(row)]
         if not images:
             raise MedVisionError(ErrorCode.IMAGE_NOT_FOUND, "the session has no images yet", session_id=session_id)
         current = session["current_image_id"]
@@ -113,6 +107,7 @@ class CompareService:
                                   "prior": (prior_classified or {}).get("analysis_id"),
                                   "current_segmentation": (current_segmented or {}).get("analysis_id"),
                                   "prior_segmentation": (prior_segmented or {}).get("analysis_id")}
+        result["lesions"] = self.tracking.changes(session_id, prior_session)
         analysed = time.perf_counter()
         if register:
             try:

@@ -11,6 +11,20 @@ from engine.errors import ErrorCode, MedVisionError
 from engine.store import Store
 
 
+def resolve_prior(store: Store, prior: str) -> str:
+    """A session id, or the Study Instance UID of a study already in the store: its session id."""
+    try:
+        return store.get_session(prior)["id"]
+    except MedVisionError as exc:
+        if exc.code != ErrorCode.SESSION_NOT_FOUND:
+            raise
+    session = store.session_of_study(prior)
+    if session is None:
+        raise MedVisionError(ErrorCode.SESSION_NOT_FOUND, "the prior is neither a session nor a study held in the"
+                             " store (retrieve it first: medvision pacs get)", prior=prior)
+    return session["id"]
+
+
 class PriorService:
     """Finds relevant priors among the store's sessions (:func:`choose_priors`) and records them."""
 

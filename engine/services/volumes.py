@@ -26,15 +26,17 @@ from typing import Any
 import numpy as np
 
 from engine.analysis.volume.anatomy import segment_anatomy
-from engine.analysis.volume.annotation import mask_geometry, structure_annotation, volume_annotation
-from engine.analysis.volume.plane_coords import (
-    patient_to_voxel_mm,
-    plane_to_voxel,
-    voxel_to_patient_mm,
-    voxel_to_plane,
+from engine.analysis.volume.annotation import (
+    line_annotation,
+    plane_roi_annotation,
+    structure_annotation,
+    volume_annotation,
 )
+from engine.analysis.volume.plane_coords import plane_to_voxel
 from engine.analysis.volume.roi import (
+    distance_mm,
     label_stats,
+    plane_area_mm2,
     roi_box_stats,
     roi_mask_stats,
     roi_plane_stats,
@@ -376,10 +378,17 @@ class VolumeService:
 
     def roi(self, session_id: str, *, box: list[int] | None = None, center_mm: list[float] | None = None,
             radius_mm: float | None = None, series_uid: str | None = None, stack: str | None = None,
-            annotate: bool = False, label: str = "") -> dict[str, Any]:
-        """HU statistics and mL of a box of voxel indices ``[x1, y1, z1, x2, y2, z2]`` (inclusive) or of a
-        sphere around a patient point (LPS mm) of ``radius_mm``; ``annotate`` stores it as a ``volume_roi``
-        annotation (``annotation_id`` in the result)."""
+            annotate: bool = False, label: str = "", plane: str | None = None, index: int | None = None,
+            shape: str | None = None, geometry: Any = None) -> dict[str, Any]:
+        """HU statistics and mL of a box of voxel indices ``[x1, y1, z1, x2, y2, z2]`` (inclusive), of a
+        sphere around a patient point (LPS mm) of ``radius_mm``, or of a ``shape`` drawn on a ``plane`` at
+        ``index`` (:meth:`plane_roi`); ``annotate`` stores it as a ``volume_roi`` annotation
+        (``annotation_id`` in the result)."""
+        if shape is not None or plane is not None:
+            if box is not None or center_mm is not None:
+                raise MedVisionError(ErrorCode.INVALID_ARGUMENT, "give one ROI: a box, a sphere or a plane shape")
+            return self.plane_roi(session_id, plane, index, shape, geometry, series_uid=series_uid, stack=stack,
+                                  annotate=annotate, label=label)
         if (box is None) == (center_mm is None):
             raise MedVisionError(ErrorCode.INVALID_ARGUMENT, "give either box or center_mm with radius_mm")
         volume = self.volume(session_id, series_uid, stack)
@@ -403,60 +412,61 @@ class VolumeService:
             result["annotation_id"] = self._annotate(session_id, volume, payload, label, "user")
         return result
 
-    def plane_roi(self, session_id: str, plane: str, index: int, shape: str, points: Any, *,
-                  series_uid: str | None = None, stack: str | None = None, annotate: bool = True,
+    def plane_roi(self, session_id: str, plane: Any, index: Any, shape: Any, geometry: Any, *,
+                  series_uid: str | None = None, stack: str | None = None, annotate: bool = False,
                   label: str = "") -> dict[str, Any]:
-        """HU statistics and mL of a shape (``polygon``, ``rectangle``, ``ellipse``) drawn with 2D points on
-        plane ``index`` of ``plane`` (axial, coronal, sagittal: :mod:`engine.analysis.volume.plane_coords`);
-        ``annotate`` stores it as a ``volume_roi`` mask annotation (``annotation_id``)."""
+        """HU statistics of a ``polygon``, ``ellipse`` or ``rectangle`` drawn on an axial, coronal or sagittal
+        plane at ``index``, in the plane's pixel coordinates (``reslice``'s layout), with its area in mm2
+        and the mL of its one-voxel slab."""
         volume = self.volume(session_id, series_uid, stack)
-        stats, offset, mask = roi_plane_stats(volume.voxels, volume.spacing_zyx, plane, index, shape, points)
-        z, y, x = offset
-        dz, dy, dx = mask.shape
+        stats = roi_plane_stats(volume.voxels, volume.spacing_zyx, plane, index, shape, geometry)
+        area = plane_area_mm2(stats.voxel_count, volume.spacing_zyx, plane)
+        if shape == "ellipse":
+            vertices = [geometry["center"]]
+        elif shape == "rectangle":
+            x1, y1, x2, y2 = geometry
+            vertices = [[x1, y1], [x2, y1], [x2, y2], [x1, y2]]
+        else:
+            vertices = geometry
+        points_xyz = plane_to_voxel(plane, index, vertices, volume.voxels.shape).tolist()
         result = {"series_uid": volume.series_uid, "stack": volume.stack_key or "main",
-                  "roi": {"plane": plane, "index": index, "shape": shape, "points": points,
-                          "voxel_box": [x, y, z, x + dx - 1, y + dy - 1, z + dz - 1]},
-                  "statistics": stats.to_dict(), "unit": "HU" if volume.modality == "CT" else "stored value",
+                  "roi": {"plane": plane, "index": index, "shape": shape, "geometry": geometry,
+                          "points_xyz": points_xyz},
+                  "statistics": stats.to_dict() | {"area_mm2": area},
+                  "unit": "HU" if volume.modality == "CT" else "stored value",
                   "warnings": [w.to_dict() for w in volume.warnings]}
         if annotate:
-            geometry = mask_geometry(mask, offset) | {"plane": plane, "index": index, "roi_shape": shape,
-                                                      "points": points}
-            payload = volume_annotation(stats, shape="mask", geometry=geometry, method="plane_roi",
-                                        volume_shape=volume.shape_zyx, series_uid=volume.series_uid,
-                                        frame_of_reference_uid=volume.frame_of_reference_uid,
-                                        stack_key=volume.stack_key or None)
+            if stats.voxel_count == 0:
+                raise MedVisionError(ErrorCode.INVALID_REGION, "the shape holds no voxel centre; nothing to store")
+            payload = plane_roi_annotation(stats, plane=plane, index=index, shape=shape, geometry=geometry,
+                                           points_xyz=points_xyz, area_mm2=area, volume_shape=volume.shape_zyx,
+                                           series_uid=volume.series_uid,
+                                           frame_of_reference_uid=volume.frame_of_reference_uid,
+                                           stack_key=volume.stack_key or None)
             result["annotation_id"] = self._annotate(session_id, volume, payload, label, "user")
         return result
 
-    def measure_distance(self, session_id: str, points: list[dict[str, Any]], series_uid: str | None = None,
-                         stack: str | None = None) -> dict[str, Any]:
-        """Distance in mm between two points of a stored series, each given on any plane (``{"plane",
-        "index", "point": [x, y]}``), as a voxel (``{"voxel": [x, y, z]}``) or in patient mm
-        (``{"patient_mm": [x, y, z]}``); both are returned in voxels and patient LPS mm."""
-        if not isinstance(points, list) or len(points) != 2:
-            raise MedVisionError(ErrorCode.INVALID_REGION, "measure_distance needs two points")
+    def distance(self, session_id: str, points_xyz: Any, *, series_uid: str | None = None, stack: str | None = None,
+                 plane: str | None = None, index: int | None = None, annotate: bool = False,
+                 label: str = "") -> dict[str, Any]:
+        """The distance in mm between two voxel positions ``[[x, y, z], [x, y, z]]`` of a stack, on one plane
+        (``plane``, ``index``) or across slices and planes, through the volume's affine. A point may also
+        be given on any plane (``{"plane", "index", "point": [x, y]}``), as ``{"voxel": [x, y, z]}`` or in
+        patient mm (``{"patient_mm": [x, y, z]}``)."""
         volume = self.volume(session_id, series_uid, stack)
-        placed = []
-        for point in points:
-            if not isinstance(point, dict) or len({"plane", "voxel", "patient_mm"} & set(point)) != 1:
-                raise MedVisionError(ErrorCode.INVALID_REGION, 'each point is {"plane", "index", "point"}, '
-                                     '{"voxel": [x, y, z]} or {"patient_mm": [x, y, z]}')
-            if "plane" in point:
-                voxel = plane_to_voxel(point["plane"], point.get("index"), point.get("point"), volume.shape_zyx)
-            elif "voxel" in point:
-                voxel = np.asarray(point["voxel"], dtype=np.float64) if _is_xyz(point["voxel"]) else None
-                if voxel is not None:
-                    voxel_to_plane("axial", voxel, volume.shape_zyx)  # INVALID_REGION off the volume
-            else:
-                voxel = patient_to_voxel_mm(point["patient_mm"], volume.affine) if _is_xyz(point["patient_mm"]) \
-                    else None
-            if voxel is None:
-                raise MedVisionError(ErrorCode.INVALID_REGION, "a point must be three finite numbers")
-            placed.append({"voxel_xyz": [round(float(v), 3) for v in voxel],
-                           "patient_mm": [round(float(v), 3) for v in voxel_to_patient_mm(voxel, volume.affine)]})
-        distance = float(np.linalg.norm(np.subtract(placed[0]["patient_mm"], placed[1]["patient_mm"])))
-        return {"series_uid": volume.series_uid, "stack": volume.stack_key or "main", "points": placed,
-                "distance_mm": round(distance, 2)}
+        if not isinstance(points_xyz, list | tuple) or len(points_xyz) != 2:
+            raise MedVisionError(ErrorCode.INVALID_REGION, "a distance needs two [x, y, z] points")
+        points_xyz = [_voxel_point(p, volume) for p in points_xyz]
+        length = distance_mm(points_xyz[0], points_xyz[1], volume.affine)
+        payload = line_annotation([list(p) for p in points_xyz], length, volume_shape=volume.shape_zyx,
+                                  spacing_zyx=volume.spacing_zyx, series_uid=volume.series_uid,
+                                  frame_of_reference_uid=volume.frame_of_reference_uid,
+                                  stack_key=volume.stack_key or None, plane=plane, index=index)
+        result = {"series_uid": volume.series_uid, "stack": volume.stack_key or "main", "length_mm": length,
+                  "points_xyz": payload["coordinates"]["geometry"]["points_xyz"]}
+        if annotate:
+            result["annotation_id"] = self._annotate(session_id, volume, payload, label, "user")
+        return result
 
     def segment(self, session_id: str, structures: list[str] | str | None = None, series_uid: str | None = None,
                 stack: str | None = None, annotate: bool = False, method: str = "classical") -> dict[str, Any]:
@@ -564,9 +574,18 @@ def _patient_to_voxel(point_mm: Any, affine: np.ndarray) -> list[float]:
     return [float(v) for v in xyz]
 
 
-def _is_xyz(value: Any) -> bool:
-    return isinstance(value, list | tuple) and len(value) == 3 and all(
-        isinstance(v, int | float) and not isinstance(v, bool) and np.isfinite(v) for v in value)
+def _voxel_point(point: Any, volume: Volume) -> Any:
+    """A distance's end as voxel ``[x, y, z]``: given so, on a plane, as a voxel, or in patient mm."""
+    if not isinstance(point, dict):
+        return point
+    if len({"plane", "voxel", "patient_mm"} & set(point)) != 1:
+        raise MedVisionError(ErrorCode.INVALID_REGION, 'a point is [x, y, z], {"plane", "index", "point": [x, y]}, '
+                             '{"voxel": [x, y, z]} or {"patient_mm": [x, y, z]}')
+    if "voxel" in point:
+        return point["voxel"]
+    if "patient_mm" in point:
+        return _patient_to_voxel(point["patient_mm"], volume.affine)
+    return plane_to_voxel(point["plane"], point.get("index"), [point.get("point")], volume.shape_zyx)[0].tolist()
 
 
 def _hu(stats: Any, key: str) -> float | None:

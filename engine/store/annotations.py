@@ -13,7 +13,7 @@ from engine.store.events import EventLog
 from engine.store.sessions import ImageRepository, SessionRepository
 
 #: Columns stored as JSON text.
-JSON_FIELDS = ("coordinates", "style")
+JSON_FIELDS = ("coordinates", "style", "tracking")
 
 
 def annotation_not_found(annotation_id: str) -> MedVisionError:

@@ -36,7 +36,7 @@ def loads(text: str | None) -> Any:
 #: Columns holding JSON text, whatever the table.
 JSON_COLUMNS = frozenset({
     "rle", "metadata", "patient", "classification", "detections", "segmentation", "vqa_history",
-    "result", "coordinates", "style", "data", "payload", "files", "options", "missing",
+    "result", "coordinates", "style", "data", "payload", "files", "options", "missing", "tracking",
 })
 
 

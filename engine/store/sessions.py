@@ -7,6 +7,7 @@ import hashlib
 from engine.config import SESSION_SOURCES
 from engine.errors import ErrorCode, MedVisionError
 from engine.events import EventKind
+from engine.imaging.records import DOCUMENT_SOP_CLASS_PREFIXES, is_document
 from engine.store.blobs import BlobStore
 from engine.store.common import decode_row, dumps, loads, new_blob_id, new_id, now_iso
 from engine.store.database import Connection, Database
@@ -19,6 +20,10 @@ COUNTED_TABLES = frozenset({"images", "analyses", "annotations", "interactions"}
 #: SQL for a session ``s``'s last activity: its newest event (every change writes one), else its row's update.
 LAST_ACTIVE = ("max(s.updated_at, coalesce((SELECT e.created_at FROM events e WHERE e.session_id = s.id"
                " ORDER BY e.id DESC LIMIT 1), s.updated_at))")
+
+
+#: SQL condition: an ``images`` row that is no document (:func:`engine.imaging.records.is_document`).
+NOT_DOCUMENT = " AND ".join(f"coalesce(sop_class_uid, '') NOT LIKE '{prefix}%'" for prefix in DOCUMENT_SOP_CLASS_PREFIXES)
 
 
 class SessionRepository:
@@ -75,10 +80,11 @@ class SessionRepository:
 
     def of_patient(self, patient_id: str, limit: int = 1000) -> list[dict]:
         """One image row per session whose images carry this Patient ID (any issuer: the
-        caller compares issuers), newest sessions first."""
+        caller compares issuers), newest sessions first; documents (an SR held with the study)
+        are not the study's image."""
         rows = self.db.query(
             "SELECT * FROM images WHERE rowid IN (SELECT min(rowid) FROM images"
-            " WHERE json_extract(patient, '$.PatientID') = ? GROUP BY session_id)"
+            f" WHERE json_extract(patient, '$.PatientID') = ? AND {NOT_DOCUMENT} GROUP BY session_id)"
             " ORDER BY created_at DESC LIMIT ?", (patient_id, limit))
         return [decode_row(r) for r in rows]
 
@@ -209,14 +215,18 @@ class ImageRepository:
 
     def insert(self, tx: Connection, session_id: str, record: dict, *, image_id: str, blob_id: str, sha256: str,
                stamp: str, source: str | None = None) -> None:
-        """Insert an image row, make it the session's current image, announce it (``image.added``)."""
+        """Insert an image row, make it the session's current image (a document never is), announce it
+        (``image.added``)."""
         columns = dict(record, id=image_id, session_id=session_id, blob_id=blob_id, sha256=sha256, created_at=stamp)
         for key in ("metadata", "patient"):
             columns[key] = dumps(columns.get(key) or {})
         tx.execute(f"INSERT INTO images ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})",
                    tuple(columns.values()))
-        tx.execute("UPDATE sessions SET current_image_id = ?, updated_at = ? WHERE id = ?",
-                   (image_id, stamp, session_id))
+        if is_document(record):
+            tx.execute("UPDATE sessions SET updated_at = ? WHERE id = ?", (stamp, session_id))
+        else:
+            tx.execute("UPDATE sessions SET current_image_id = ?, updated_at = ? WHERE id = ?",
+                       (image_id, stamp, session_id))
         payload = {"image_id": image_id, "type": record.get("type"), **({"source": source} if source else {})}
         self.events.append(tx, session_id, EventKind.IMAGE_ADDED, payload)
 

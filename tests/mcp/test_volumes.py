@@ -84,12 +84,13 @@ def test_plane_tools_and_the_unet_over_stdio(home: Path, model_pack: Path, serie
                          auto_analyze=False)
             # a rectangle on coronal row y=50: plane rows 2..9 are z depth-10..depth-3, columns 10..30 are x
             roi = await ok(client, "plane_roi", session_id=session_id, plane="coronal", index=50, shape="rectangle",
-                           points=[[10, 2], [30, 9]], label="coronal box")
+                           geometry=[10, 2, 30, 9], label="coronal box")
             block = expected.voxels[depth - 10: depth - 2, 50, 10:31]
             assert roi["statistics"]["voxel_count"] == block.size
             assert roi["statistics"]["mean_hu"] == pytest.approx(float(block.mean(dtype=np.float64)))
             assert roi["statistics"]["volume_ml"] == pytest.approx(block.size * 27 / 1000)
-            assert roi["roi"]["voxel_box"] == [10, 50, depth - 10, 30, 50, depth - 3]
+            assert roi["statistics"]["area_mm2"] == pytest.approx(block.size * 9)
+            assert roi["statistics"]["z_range"] == [depth - 10, depth - 3]
             (stored,) = [a for a in (await ok(client, "get_annotations", session_id=session_id))["annotations"]
                          if a["annotation_id"] == roi["annotation_id"]]
             assert stored["coordinates"]["geometry"]["plane"] == "coronal"
@@ -100,21 +101,22 @@ def test_plane_tools_and_the_unet_over_stdio(home: Path, model_pack: Path, serie
                 counts = {layer["id"]: layer["count"] for layer in view["layers"]}
                 assert counts.get("volume_roi_user") == (1 if drawn else None), (plane, index, counts)
             polygon = await ok(client, "plane_roi", session_id=session_id, plane="sagittal", index=60,
-                               shape="polygon", points=[[20, 1], [80, 1], [50, 14]], annotate=False)
+                               shape="polygon", geometry=[[20, 1], [80, 1], [50, 14]], annotate=False)
             assert polygon["statistics"]["voxel_count"] > 0 and "annotation_id" not in polygon
             error = await failed(client, "plane_roi", session_id=session_id, plane="sagittal", index=122,
-                                 shape="rectangle", points=[[0, 0], [1, 1]])
+                                 shape="rectangle", geometry=[0, 0, 1, 1])
             assert error["code"] == "INVALID_REGION"
             # voxel (60, 50, 8) picked on the axial plane and on the sagittal plane: 0 mm apart; 5 slices: 15 mm
             same = await ok(client, "measure_distance", session_id=session_id, points=[
                 {"plane": "axial", "index": 8, "point": [60, 50]},
                 {"plane": "sagittal", "index": 60, "point": [50, depth - 1 - 8]}])
-            assert same["distance_mm"] == 0.0 and same["points"][0]["voxel_xyz"] == [60, 50, 8]
+            assert same["length_mm"] == 0.0 and same["points_xyz"][0] == [60, 50, 8]
             apart = await ok(client, "measure_distance", session_id=session_id, points=[
                 {"plane": "coronal", "index": 50, "point": [60, depth - 1 - 8]}, {"voxel": [60, 50, 13]}])
-            assert apart["distance_mm"] == pytest.approx(15.0)
-            assert apart["points"][0]["patient_mm"] == pytest.approx(expected.voxel_to_patient([60, 50, 8]).tolist(),
-                                                                     abs=1e-3)
+            assert apart["length_mm"] == pytest.approx(15.0)
+            in_mm = await ok(client, "measure_distance", session_id=session_id, points=[
+                {"patient_mm": expected.voxel_to_patient([60, 50, 8]).tolist()}, {"voxel": [60, 50, 13]}])
+            assert in_mm["length_mm"] == pytest.approx(15.0) and in_mm["points_xyz"][0] == pytest.approx([60, 50, 8])
             unet = await ok(client, "segment_volume", session_id=session_id, method="unet")
             assert unet["method"] == "unet" and unet["model_trained"] is False
             assert unet["model"]["id"] == "tiny-unet-fp32" and unet["segmentation"]["backend"].startswith("onnxruntime")

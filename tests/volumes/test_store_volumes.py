@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.analysis.volume.roi import roi_box_stats
+from engine.analysis.volume.roi import roi_box_stats, roi_plane_stats
 from engine.api import Engine
 from engine.config import Settings
 from engine.errors import ErrorCode, MedVisionError
@@ -146,6 +146,38 @@ def test_roi_and_anatomy_of_a_stored_series(stored, two_series) -> None:  # noqa
     segmented = engine.segment_volume(session_id, structures="body,bone")
     names = {s["name"]: s for s in segmented["segmentation"]["structures"]}
     assert names["body"]["found"] and names["bone"]["volume_ml"] > 10 and not segmented["model_trained"]
+
+
+def test_plane_shapes_and_distances_of_a_stored_series(stored, two_series) -> None:  # noqa: ANN001
+    engine, session_id = stored
+    expected = load_volume(two_series[0])
+    geometry = {"center": [50.0, 10.0], "radii": [6.0, 4.0]}  # coronal: columns x, rows z (highest z first)
+    result = engine.volume_roi(session_id, plane="coronal", index=45, shape="ellipse", geometry=geometry,
+                               annotate=True, label="coronal ellipse")
+    assert result["statistics"] == roi_plane_stats(expected.voxels, expected.spacing_zyx, "coronal", 45, "ellipse",
+                                                   geometry).to_dict() | {"area_mm2": pytest.approx(
+                                                       result["statistics"]["voxel_count"] * 9.0)}
+    assert result["roi"]["points_xyz"] == [[50.0, 45.0, 23.0 - 10.0]]
+    (row,) = [a for a in engine.get_annotations(session_id)["annotations"] if a["type"] == "volume_roi"]
+    assert row["coordinates"]["geometry"]["plane"] == "coronal" and row["label"] == "coronal ellipse"
+    assert row["coordinates"]["z_range"] == result["statistics"]["z_range"]
+    across = engine.volume_distance(session_id, [[10, 20, 2], [13, 24, 14]], annotate=True)
+    assert across["length_mm"] == pytest.approx(float(np.linalg.norm(
+        expected.voxel_to_patient([10, 20, 2]) - expected.voxel_to_patient([13, 24, 14]))))
+    assert across["length_mm"] == pytest.approx(3.0 * np.sqrt(9 + 16 + 144))
+    before = len(engine.get_annotations(session_id)["annotations"])
+    for bad in (dict(plane="coronal", index=101, shape="ellipse", geometry=geometry),
+                dict(plane="oblique", index=1, shape="ellipse", geometry=geometry),
+                dict(plane="sagittal", index=3, shape="rectangle", geometry=[1.1, 1.1, 1.4, 1.4]),
+                dict(plane="axial", index=2, shape="polygon", geometry=[[0, 0], [1, 1]])):
+        with pytest.raises(MedVisionError) as caught:
+            engine.volume_roi(session_id, annotate=True, **bad)
+        assert caught.value.code in (ErrorCode.INVALID_REGION, ErrorCode.INVALID_ARGUMENT)
+    for points in ([[0, 0, 0]], [[0, 0, 0], [0, 0, 99]]):
+        with pytest.raises(MedVisionError) as caught:
+            engine.volume_distance(session_id, points, annotate=True)
+        assert caught.value.code == ErrorCode.INVALID_REGION
+    assert len(engine.get_annotations(session_id)["annotations"]) == before  # nothing stored from bad input
 
 
 def test_a_session_without_a_volume(engine: Engine, rg1_path: Path) -> None:

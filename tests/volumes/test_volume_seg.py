@@ -3,8 +3,10 @@ dciodvfy-clean, its frames equal to the label map, from files and from a session
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
+import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
@@ -16,8 +18,14 @@ from engine.cli import main
 from engine.config import Settings
 from engine.errors import ErrorCode, MedVisionError
 from engine.export.dicom_common import dicom_bytes
-from engine.export.volume_seg import volume_segmentation
+from engine.export.volume_seg import (
+    StatedOverlapSegmentation,
+    segmentation_arguments,
+    structure_names,
+    volume_segmentation,
+)
 from engine.imaging.volume import load_volume
+from engine.imaging.volume.assemble import header_datasets, scan_sources
 from tests.dciodvfy import dciodvfy
 from tests.volumes.ctseries import sub_volume, write_ct_series
 
@@ -141,3 +149,41 @@ def test_a_stored_series_is_referenced_from_the_store(tmp_path: Path, model_pack
     assert [item.SegmentLabel for item in ds.SegmentSequence] == ["body", "bone"]
     masks = segment_masks(ds, volume.source_uids)
     assert np.array_equal(masks["bone"], result.mask("bone"))
+
+
+def highdicom_masks(data: bytes, uids: tuple[str, ...]) -> np.ndarray:
+    """The SEG read back by highdicom: (slices, rows, columns, segments) over every source slice."""
+    seg = hd.seg.segread(io.BytesIO(data))
+    return seg.get_pixels_by_source_instance(list(uids), assert_missing_frames_are_empty=True,
+                                             ignore_spatial_locations=True).astype(bool)
+
+
+@pytest.mark.parametrize("structures", ["body,lungs,airways,bone", "lungs"])
+def test_the_stated_overlap_gives_highdicoms_own_segmentation(ct_series: Path, structures: str) -> None:
+    """Stating SegmentsOverlap (instead of highdicom summing the masks) changes nothing in the SEG: the same
+    overlap value, frames (segment, source slice), pixel data and masks read back with highdicom."""
+    volume = load_volume(ct_series)
+    result = segment_anatomy(volume.voxels, volume.affine, structures=structures)
+    headers, _ = scan_sources([ct_series])
+    sources = header_datasets(headers, volume.source_uids)
+    ours = volume_segmentation(result, sources)
+    theirs = hd.seg.Segmentation(**segmentation_arguments(result, sources))
+    assert isinstance(ours, StatedOverlapSegmentation) and type(theirs) is hd.seg.Segmentation
+    assert ours.SegmentsOverlap == theirs.SegmentsOverlap == ("YES" if "body" in structures else "NO")
+    assert ours.NumberOfFrames == theirs.NumberOfFrames and ours.PixelData == theirs.PixelData
+
+    def frames(seg: pydicom.Dataset) -> list[tuple[int, str]]:
+        return [(g.SegmentIdentificationSequence[0].ReferencedSegmentNumber,
+                 g.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)
+                for g in seg.PerFrameFunctionalGroupsSequence]
+
+    assert frames(ours) == frames(theirs)
+    masks = highdicom_masks(dicom_bytes(ours), volume.source_uids)
+    assert np.array_equal(masks, highdicom_masks(dicom_bytes(theirs), volume.source_uids))
+    for index, name in enumerate(structure_names(result)):
+        assert np.array_equal(masks[..., index], result.mask(name)), name
+
+
+def test_highdicom_still_has_the_check_we_override() -> None:
+    """A highdicom without the overridden method would silently infer the overlap again (slow, not wrong)."""
+    assert "_check_and_cast_pixel_array" in vars(hd.seg.Segmentation)

@@ -5,7 +5,7 @@ An annotation row holds ``type`` and a JSON ``coordinates`` (``engine/store``'s
 
     {"space": "voxel_xyz", "series_uid": ..., "frame_of_reference_uid": ..., "stack_key": ...,
      "volume_shape": [z, y, x], "spacing_zyx": [dz, dy, dx], "z_range": [z0, z1],
-     "shape": "box" | "sphere" | "slice_polygon" | "slice_ellipse" | "slice_rectangle" | "mask",
+     "shape": "box" | "sphere" | "slice_polygon" | "slice_ellipse" | "slice_rectangle" | "mask" | "line",
      "geometry": {...},            # the shape's own parameters, voxel coordinates (x, y, z)
      "method": "...",              # how it was made ("roi", "seeded_region_growing_hu_window", ...)
      "stats": {... "volume_ml": ...}}
@@ -13,6 +13,11 @@ An annotation row holds ``type`` and a JSON ``coordinates`` (``engine/store``'s
 Geometry per shape: box ``{"box": [x1, y1, z1, x2, y2, z2]}``; sphere ``{"center": [x, y, z],
 "radius_mm": r}``; slice shapes ``{"z": z, "polygon": [[x, y], ...]}`` /
 ``{"z": z, "center": [x, y], "radii": [rx, ry]}`` / ``{"z": z, "rectangle": [x1, y1, x2, y2]}``;
+a shape drawn on a plane (:func:`plane_roi_annotation`) adds ``"plane"`` (axial, coronal,
+sagittal), ``"index"`` (its place along the plane's normal) and ``"points_xyz"`` (its vertices,
+or an ellipse's centre, in voxel coordinates), its own keys then being the plane's pixel
+coordinates (``plane_pixels``' layout); line ``{"points_xyz": [[x, y, z], [x, y, z]]}`` (a
+distance, ``stats.length_mm``; with ``plane`` and ``index`` when drawn on one plane);
 mask ``{"box": [x1, y1, z1, x2, y2, z2], "rle": ...}`` (the mask cropped to its box,
 flattened z, y, x and run-length encoded by :mod:`engine.imaging.masks` as a
 ``(dz * dy, dx)`` plane). The row's image is the series' slice at ``z_range[0]`` (an
@@ -27,12 +32,21 @@ from typing import Any
 import numpy as np
 
 from engine.analysis.volume.grow import GrowResult
-from engine.analysis.volume.roi import RoiStats, roi_mask_stats, slice_shape_mask, sphere_mask
+from engine.analysis.volume.plane_coords import PLANE_AXIS, plane_pixel_shape, plane_to_voxel
+from engine.analysis.volume.roi import (
+    RoiStats,
+    inward_rectangle,
+    roi_mask_stats,
+    slice_shape_mask,
+    sphere_mask,
+)
 from engine.errors import ErrorCode, MedVisionError
 from engine.imaging.masks import decode_rle, encode_rle
 
 VOLUME_ROI = "volume_roi"
-VOLUME_SHAPES = ("box", "sphere", "slice_polygon", "slice_ellipse", "slice_rectangle", "mask")
+VOLUME_SHAPES = ("box", "sphere", "slice_polygon", "slice_ellipse", "slice_rectangle", "mask", "line")
+#: The key of a plane shape's own coordinates in its geometry.
+SHAPE_KEYS = {"polygon": "polygon", "rectangle": "rectangle"}
 #: Most runs a stored 3D mask may have (bounds a hostile payload's decoded size and the row's JSON).
 MAX_RLE_RUNS = 2_000_000
 
@@ -76,13 +90,15 @@ def _box(value: Any) -> tuple[int, int, int, int, int, int]:
 
 def volume_annotation(stats: RoiStats, *, shape: str, geometry: dict[str, Any], method: str,
                       volume_shape: tuple[int, int, int], series_uid: str | None,
-                      frame_of_reference_uid: str | None = None, stack_key: str | None = None) -> dict[str, Any]:
-    """The ``{"type", "coordinates"}`` of a 3D annotation (checked by :func:`validate_volume_roi`)."""
+                      frame_of_reference_uid: str | None = None, stack_key: str | None = None,
+                      measurements: dict[str, float] | None = None) -> dict[str, Any]:
+    """The ``{"type", "coordinates"}`` of a 3D annotation (checked by :func:`validate_volume_roi`);
+    ``measurements`` (an area, a length) join the statistics."""
     z_range = list(stats.z_range) if stats.z_range is not None else None
     coordinates = {"space": "voxel_xyz", "series_uid": series_uid, "frame_of_reference_uid": frame_of_reference_uid,
                    "stack_key": stack_key, "volume_shape": [int(v) for v in volume_shape],
                    "spacing_zyx": list(stats.spacing_zyx), "z_range": z_range, "shape": shape,
-                   "geometry": geometry, "method": method, "stats": stats.to_dict()}
+                   "geometry": geometry, "method": method, "stats": stats.to_dict() | (measurements or {})}
     return {"type": VOLUME_ROI, "coordinates": validate_volume_roi(coordinates)}
 
 
@@ -125,6 +141,9 @@ def validate_volume_roi(coordinates: Any) -> dict[str, Any]:
             raise _invalid("the box reaches past the volume")
         if shape == "mask":
             mask_from_geometry(geometry)
+    _check_plane_fields(geometry, volume_shape)
+    if shape == "line":
+        _check_line(geometry, coordinates.get("stats"), volume_shape)
     stats = coordinates.get("stats")
     if not isinstance(stats, dict) or not isinstance(stats.get("voxel_count"), int) \
             or not isinstance(stats.get("volume_ml"), int | float):
@@ -135,6 +154,70 @@ def validate_volume_roi(coordinates: Any) -> dict[str, Any]:
     if not isinstance(coordinates.get("method"), str) or not coordinates["method"]:
         raise _invalid("method must name how the region was made")
     return coordinates
+
+
+def _check_plane_fields(geometry: dict[str, Any], volume_shape: list[int]) -> None:
+    """A plane shape's ``plane`` and ``index`` (both or neither), and its ``points_xyz`` within the volume."""
+    if ("plane" in geometry) != ("index" in geometry):
+        raise _invalid("a plane shape needs both plane and index")
+    if "plane" in geometry:
+        plane, index = geometry["plane"], geometry["index"]
+        if plane not in PLANE_AXIS:
+            raise _invalid(f"plane must be one of {', '.join(PLANE_AXIS)}, not {plane!r}")
+        size = volume_shape[PLANE_AXIS[plane]]
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < size:
+            raise _invalid(f"{plane} index must be a whole number in 0..{size - 1}, not {index!r}")
+    if "points_xyz" in geometry:
+        points = geometry["points_xyz"]
+        if not isinstance(points, list) or not points or not all(
+                isinstance(p, list) and len(p) == 3 and all(
+                    isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in p)
+                for p in points):
+            raise _invalid("points_xyz must be [[x, y, z], ...] voxel coordinates")
+        z_size, y_size, x_size = volume_shape
+        for x, y, z in points:
+            if not (-0.5 <= x <= x_size - 0.5 and -0.5 <= y <= y_size - 0.5 and -0.5 <= z <= z_size - 0.5):
+                raise _invalid(f"the point {[x, y, z]} lies outside the volume")
+
+
+def _check_line(geometry: dict[str, Any], stats: Any, volume_shape: list[int]) -> None:
+    if len(geometry.get("points_xyz") or []) != 2:
+        raise _invalid("a line needs points_xyz: two [x, y, z] points")
+    length = stats.get("length_mm") if isinstance(stats, dict) else None
+    if not isinstance(length, int | float) or isinstance(length, bool) or not math.isfinite(length) or length < 0:
+        raise _invalid("a line's stats must hold length_mm, a finite number >= 0")
+
+
+def plane_roi_annotation(stats: RoiStats, *, plane: str, index: int, shape: str, geometry: Any,
+                         points_xyz: list[list[float]], area_mm2: float, volume_shape: tuple[int, int, int],
+                         series_uid: str | None, frame_of_reference_uid: str | None = None,
+                         stack_key: str | None = None) -> dict[str, Any]:
+    """The 3D annotation of a shape drawn on a plane: its plane, index, plane coordinates (``geometry``
+    as :func:`engine.analysis.volume.roi.roi_plane_stats` took it), vertices in voxel coordinates, the
+    HU statistics, the area in mm2 and the slab's mL."""
+    own = dict(geometry) if shape == "ellipse" else {SHAPE_KEYS[shape]: geometry}
+    placed = {"plane": plane, "index": int(index), **own,
+              "points_xyz": [[round(float(v), 3) for v in p] for p in points_xyz]}
+    if plane == "axial":
+        placed["z"] = int(index)  # the axial slice shapes' own form
+    return volume_annotation(stats, shape=f"slice_{shape}", geometry=placed, method="roi", volume_shape=volume_shape,
+                             series_uid=series_uid, frame_of_reference_uid=frame_of_reference_uid,
+                             stack_key=stack_key, measurements={"area_mm2": float(area_mm2)})
+
+
+def line_annotation(points_xyz: list[list[float]], length_mm: float, *, volume_shape: tuple[int, int, int],
+                    spacing_zyx: tuple[float, float, float], series_uid: str | None,
+                    frame_of_reference_uid: str | None = None, stack_key: str | None = None,
+                    plane: str | None = None, index: int | None = None) -> dict[str, Any]:
+    """The 3D annotation of a distance between two voxel positions (on one plane, or across slices)."""
+    zs = [min(max(round(float(p[2])), 0), volume_shape[0] - 1) for p in points_xyz]
+    stats = RoiStats("line", 0, 0.0, None, None, None, None, (min(zs), max(zs)), spacing_zyx)
+    geometry: dict[str, Any] = {"points_xyz": [[round(float(v), 3) for v in p] for p in points_xyz]}
+    if plane is not None:
+        geometry |= {"plane": plane, "index": index}
+    return volume_annotation(stats, shape="line", geometry=geometry, method="distance_mm", volume_shape=volume_shape,
+                             series_uid=series_uid, frame_of_reference_uid=frame_of_reference_uid,
+                             stack_key=stack_key, measurements={"length_mm": float(length_mm)})
 
 
 def grown_region_annotation(result: GrowResult, *, series_uid: str | None, frame_of_reference_uid: str | None = None,
@@ -163,29 +246,41 @@ def structure_annotation(hu: np.ndarray, spacing_zyx: tuple[float, float, float]
                              frame_of_reference_uid=frame_of_reference_uid, stack_key=stack_key)
 
 
-def volume_roi_mask(coordinates: dict[str, Any]) -> tuple[tuple[int, int, int], np.ndarray]:
-    """``(offset_zyx, bool mask cropped to its box)`` of a checked ``volume_roi`` annotation, any shape.
+def volume_roi_mask(coordinates: dict[str, Any]) -> tuple[tuple[int, int, int], np.ndarray] | None:
+    """``(offset_zyx, bool mask cropped to its box)`` of a checked ``volume_roi`` annotation (None for a
+    line, which holds no voxels). A shape drawn on a plane covers the voxels that plane shows under it.
 
-    Memory is the shape's box (a slice shape: one slice), never the whole volume.
+    Memory is the shape's box (a plane shape: one plane), never the whole volume.
     """
     shape, geometry = coordinates["shape"], coordinates["geometry"]
-    depth, rows, columns = coordinates["volume_shape"]
+    volume_shape = tuple(coordinates["volume_shape"])
+    if shape == "line":
+        return None
     if shape == "mask":
         return mask_from_geometry(geometry)
     if shape == "box":
         x1, y1, z1, x2, y2, z2 = _box(geometry.get("box"))
         return (z1, y1, x1), np.ones((z2 - z1 + 1, y2 - y1 + 1, x2 - x1 + 1), dtype=bool)
     if shape == "sphere":
-        bounds, inside = sphere_mask((depth, rows, columns), coordinates["spacing_zyx"], geometry.get("center"),
+        bounds, inside = sphere_mask(volume_shape, coordinates["spacing_zyx"], geometry.get("center"),
                                      geometry.get("radius_mm"))
         return (bounds[0].start, bounds[1].start, bounds[2].start), inside
     kind = shape.removeprefix("slice_")
-    z = geometry.get("z")
-    if not isinstance(z, int) or isinstance(z, bool) or not 0 <= z < depth:
-        raise _invalid(f"a slice shape needs z in 0..{depth - 1}")
-    key = {"polygon": "polygon", "rectangle": "rectangle"}.get(kind)
-    flat = slice_shape_mask(rows, columns, kind, geometry.get(key) if key else geometry)
-    return (z, 0, 0), flat[None]
+    plane = geometry.get("plane", "axial")
+    index = geometry.get("index", geometry.get("z"))
+    rows, columns = plane_pixel_shape(plane, volume_shape)
+    own = geometry.get(SHAPE_KEYS[kind]) if kind in SHAPE_KEYS else geometry
+    if kind == "rectangle":
+        own = inward_rectangle(own, rows, columns)
+    pixels = np.argwhere(slice_shape_mask(rows, columns, kind, own))  # (row, column)
+    if not pixels.size:
+        return None
+    voxels = np.rint(plane_to_voxel(plane, index, pixels[:, ::-1].astype(np.float64), volume_shape)).astype(np.intp)
+    zyx = voxels[:, ::-1]
+    low = zyx.min(axis=0)
+    crop = np.zeros(tuple(zyx.max(axis=0) - low + 1), dtype=bool)
+    crop[tuple((zyx - low).T)] = True
+    return (int(low[0]), int(low[1]), int(low[2])), crop
 
 
 def check_anchor(image_row: dict[str, Any], coordinates: dict[str, Any]) -> None:

@@ -16,14 +16,15 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from engine.analysis.volume.plane_coords import plane_shape, plane_to_voxel
+from engine.analysis.volume.plane_coords import check_plane
 from engine.errors import ErrorCode, MedVisionError
 from engine.imaging.regions import parse_region, region_mask
+from engine.imaging.volume.planes import plane_pixels, plane_spacing
 
 #: Shapes a slice ROI may have.
 SLICE_SHAPES = ("polygon", "ellipse", "rectangle")
@@ -235,57 +236,49 @@ def roi_slice_stats(hu: np.ndarray, spacing_zyx: Sequence[float], z: Any, shape:
     return masked_stats(hu[zi: zi + 1], mask[None], f"slice_{shape}", spacing, zi)
 
 
-def plane_geometry(shape: str, points: Any) -> Any:
-    """The :func:`slice_shape_mask` geometry of a shape given as 2D points on a plane.
-
-    ``polygon``: the vertices (3 or more); ``rectangle``: two opposite corners (whole pixel
-    indices, both included); ``ellipse``: two opposite corners of its bounding box (the
-    ellipse drawn by dragging a box, axis-aligned on the plane).
-    """
-    if shape == "polygon":
-        return [list(p) for p in _points(points, "polygon", 3)]
-    if shape not in SLICE_SHAPES:
-        raise _invalid_argument(f"unknown plane shape {shape!r}; expected one of {', '.join(SLICE_SHAPES)}")
-    corners = _points(points, shape, 2)
-    if len(corners) != 2:
-        raise _invalid_region(f"a {shape} is given by two opposite corners [[x1, y1], [x2, y2]]")
-    (x1, y1), (x2, y2) = corners
-    if shape == "rectangle":
-        return [float(x1), float(y1), float(x2), float(y2)]
-    return {"center": [(x1 + x2) / 2, (y1 + y2) / 2], "radii": [abs(x2 - x1) / 2, abs(y2 - y1) / 2]}
+def inward_rectangle(geometry: Any, rows: int, columns: int) -> list[int]:
+    """A rectangle ``[x1, y1, x2, y2]`` of any (fractional) corners as the whole pixel indices whose centres
+    it holds, clipped to the plane; ``INVALID_REGION`` when it holds none."""
+    if not isinstance(geometry, Sequence) or isinstance(geometry, str) or len(geometry) != 4:
+        raise _invalid_region(f"rectangle must be [x1, y1, x2, y2], not {geometry!r}")
+    x1, y1, x2, y2 = (_number(v, n) for v, n in zip(geometry, ("x1", "y1", "x2", "y2"), strict=True))
+    c0, c1 = max(math.ceil(min(x1, x2)), 0), min(math.floor(max(x1, x2)), columns - 1)
+    r0, r1 = max(math.ceil(min(y1, y2)), 0), min(math.floor(max(y1, y2)), rows - 1)
+    if c1 < c0 or r1 < r0:
+        raise _invalid_region(f"the rectangle {geometry!r} holds no pixel centre of the plane")
+    return [c0, r0, c1, r1]
 
 
-def plane_shape_mask(volume_shape: tuple[int, int, int], plane: str, index: Any, shape: str,
-                     points: Any) -> tuple[tuple[int, int, int], np.ndarray]:
-    """A shape drawn on a plane as a 3D mask: ``(offset_zyx, bool mask cropped to the shape's box)``.
+def roi_plane_stats(hu: np.ndarray, spacing_zyx: Sequence[float], plane: Any, index: Any, shape: str,
+                    geometry: Any) -> RoiStats:
+    """Statistics of a shape drawn on an axial, coronal or sagittal plane at ``index``.
 
-    The plane's pixels under the shape are mapped to voxels by
-    :func:`engine.analysis.volume.plane_coords.plane_to_voxel` (the one plane layout), so the
-    mask covers the voxels the plane shows under the shape; memory is one plane at most.
-    """
-    rows, columns = plane_shape(plane, volume_shape)
-    flat = slice_shape_mask(rows, columns, shape, plane_geometry(shape, points))
-    pixels = np.argwhere(flat)  # (row, column)
-    if not pixels.size:
-        raise _invalid_region(f"the {shape} covers no pixel of the {plane} plane")
-    voxels = np.rint(plane_to_voxel(plane, index, pixels[:, ::-1].astype(np.float64), volume_shape)).astype(np.intp)
-    zyx = voxels[:, ::-1]
-    low = zyx.min(axis=0)
-    mask = np.zeros(tuple(zyx.max(axis=0) - low + 1), dtype=bool)
-    mask[tuple((zyx - low).T)] = True
-    return (int(low[0]), int(low[1]), int(low[2])), mask
-
-
-def roi_plane_stats(hu: np.ndarray, spacing_zyx: Sequence[float], plane: str, index: Any, shape: str,
-                    points: Any) -> tuple[RoiStats, tuple[int, int, int], np.ndarray]:
-    """Statistics of a shape drawn on any plane (see :func:`plane_shape_mask`), with its cropped mask and offset.
-
-    The volume counts each voxel the shape covers once (one voxel thick across the plane).
+    ``geometry`` is in the plane's pixel coordinates (``(px, py)``, centres at whole numbers,
+    laid out as :func:`engine.imaging.volume.planes.plane_pixels`), as for
+    :func:`slice_shape_mask`; a rectangle may have fractional corners (the pixels whose
+    centres it holds). The volume is that of the voxels (a slab one voxel thick along
+    the plane's normal); ``z_range`` spans the slices the shape crosses.
     """
     hu, spacing = check_volume(hu, spacing_zyx)
-    offset, mask = plane_shape_mask(hu.shape, plane, index, shape, points)
-    block = hu[tuple(slice(o, o + n) for o, n in zip(offset, mask.shape, strict=True))]
-    return masked_stats(block, mask, f"{plane}_{shape}", spacing, offset[0]), offset, mask
+    plane, index, depth = check_plane(plane, index, hu.shape)
+    pixels = plane_pixels(hu, plane, index)
+    rows, columns = pixels.shape
+    if shape == "rectangle":
+        geometry = inward_rectangle(geometry, rows, columns)
+    mask = slice_shape_mask(rows, columns, shape, geometry)
+    stats = masked_stats(pixels[None], mask[None], f"slice_{shape}", spacing)
+    if stats.voxel_count == 0:
+        return stats
+    if plane == "axial":
+        return replace(stats, z_range=(index, index))
+    hit = np.flatnonzero(mask.any(axis=1))  # plane rows hold z = depth - 1 - row
+    return replace(stats, z_range=(depth - 1 - int(hit[-1]), depth - 1 - int(hit[0])))
+
+
+def plane_area_mm2(voxel_count: int, spacing_zyx: Sequence[float], plane: str) -> float:
+    """The area in mm2 of ``voxel_count`` pixels of a plane (its row and column spacing)."""
+    rows_mm, columns_mm = plane_spacing(tuple(float(s) for s in spacing_zyx), plane)  # type: ignore[arg-type]
+    return voxel_count * rows_mm * columns_mm
 
 
 def label_stats(hu: np.ndarray, label_map: np.ndarray, count: int) -> list[tuple[float | None, float | None]]:

@@ -9,12 +9,6 @@ from __future__ import annotations
 import numpy as np
 
 PLANES = ("axial", "coronal", "sagittal")
-#: Each plane's layout, the one table :func:`plane_pixels` slices by and
-#: :mod:`engine.analysis.volume.plane_coords` maps points by: the voxel axis (0 x, 1 y, 2 z)
-#: the plane's index runs along, the axes its columns and its rows run along, and whether
-#: its rows run against their axis (highest first).
-PLANE_AXES: dict[str, tuple[int, int, int, bool]] = {
-    "axial": (2, 0, 1, False), "coronal": (1, 0, 2, True), "sagittal": (0, 1, 2, True)}
 
 
 def plane_pixels(voxels: np.ndarray, plane: str, index: int) -> np.ndarray:

@@ -86,6 +86,7 @@ ACTIONS: dict[str, Action] = {
     "export_study": Action(AuditEvent.EXPORT, "R", details=("format", "include_identifiers", "include_images")),
     "get_visualization": Action(AuditEvent.EXPORT, "R"),
     "export_trace": Action(AuditEvent.EXPORT, "R", details=("run_id",)),
+    "export_volume_report": Action(AuditEvent.EXPORT, "R", details=("structures",)),
     "send_results_to": Action(AuditEvent.EXPORT, "R", details=("formats",)),
     "list_sessions": _Q,
     "get_session_status": _Q,

@@ -210,8 +210,9 @@ def _story(bundle: ExportBundle, width: float) -> list[Any]:
     for item in bundle.images:
         story += _per_image(bundle, item, excerpts=template != "clinical")
     if lesions := lesion_rows(bundle):
-        story += [_p("Tracked lesions", HEADING), _table(LESION_HEADERS, [list(r.values()) for r in lesions],
-                                                          [45 * mm, 27 * mm, 27 * mm, 27 * mm, 27 * mm, 17 * mm])]
+        story += [paragraph("Tracked lesions", HEADING),
+                  grid_table(LESION_HEADERS, [list(r.values()) for r in lesions],
+                             [45 * mm, 27 * mm, 27 * mm, 27 * mm, 27 * mm, 17 * mm])]
     if template != "clinical":
         story += _trace(bundle)
     story += _models(bundle, full=template == "research")

@@ -384,7 +384,8 @@ class Engine:
         return self.services.volumes.roi(session_id, **roi)
 
     def volume_distance(self, session_id: str, points_xyz: list, **where: Any) -> dict:
-        """The distance in mm between two voxel positions of a stored series (on one plane or across slices)."""
+        """The distance in mm between two points of a stored series (voxels ``[x, y, z]``, or each on any plane
+        ``{"plane", "index", "point"}``, ``{"voxel"}`` or ``{"patient_mm"}``), on one plane or across slices."""
         return self.services.volumes.distance(session_id, points_xyz, **where)
 
     def volume_source_headers(self, session_id: str, series_uid: str | None = None, stack: str | None = None
@@ -393,10 +394,12 @@ class Engine:
         return self.services.volumes.source_headers(session_id, series_uid, stack)
 
     def segment_volume(self, session_id: str, structures: list[str] | str | None = None,
-                       series_uid: str | None = None, stack: str | None = None, annotate: bool = False) -> dict:
-        """Body, lungs, airways and bone of a stored CT without a trained model, with volumes in mL
-        (``annotate``: each structure stored as a ``volume_roi`` annotation)."""
-        return self.services.volumes.segment(session_id, structures, series_uid, stack, annotate)
+                       series_uid: str | None = None, stack: str | None = None, annotate: bool = False,
+                       method: str = "classical") -> dict:
+        """Structures of a stored CT with volumes in mL and mean HU: ``classical`` (body, lungs, airways,
+        bone without a trained model; ``annotate`` stores each as a ``volume_roi`` annotation) or ``unet``
+        (the pack's 3D U-Net; the result names the model and backend, and says when it is untrained)."""
+        return self.services.volumes.segment(session_id, structures, series_uid, stack, annotate, method)
 
     def export_volume_report(self, session_id: str, output_path: str | Path | None = None,
                              structures: list[str] | str | None = None, series_uid: str | None = None,

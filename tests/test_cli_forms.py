@@ -250,6 +250,8 @@ def test_the_reader_finds_every_documented_form() -> None:
     assert {next(w for w in f if w in ("--bbox", "--point", "--polygon")) for f in region} == {
         "--bbox", "--point", "--polygon"}
     assert ["rag", "build", "DATA.csv"] in FORMS
+    assert {f[f.index("--method") + 1] for f in FORMS if f[0] == "segment-volume" and "--method" in f} == {
+        "classical", "unet"}
     assert ["rag", "build", "FOLDER", "--reports", "REPORTS.csv", "--rebuild"] in FORMS
     assert ["models", "build", "--weights-dir", "DIR", "--out", "DIR", "--calibration", "DIR", "--if-stale",
             "--only", "FAMILY"] in FORMS

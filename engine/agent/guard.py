@@ -25,8 +25,10 @@ Findings
       it is present on: "no right pneumothorax" with a left one is true); when the report
       does not assess the label at all, ``unsupported_finding``.
     - Phrases asserting normality ("heart size is normal", "lungs are clear", "no acute
-      cardiopulmonary abnormality") negate their labels; they are only checked for
-      contradictions.
+      cardiopulmonary abnormality") negate their labels; they are checked for
+      contradictions, and need the report to assess at least one of their labels (a
+      report of organ volumes alone assesses no finding, so "no abnormality" is
+      ``unsupported_finding`` there).
     - Other findings (outside the 18 labels) are supported only if the report's text
       (labels, diagnoses, suggestion, evidence, locations, warnings) uses one of their
       terms; negating one that a diagnosis or lesion names is a contradiction.
@@ -63,6 +65,9 @@ Unknown words
 
 Numbers
     Every number (and number word "two".."twelve") must match a number of the report.
+    A minus sign right before a number that follows a space, a bracket or the start keeps
+    its sign ("-850 HU" matches a mean attenuation of -850.2, never 850); a hyphen after a
+    letter or digit ("T4-5", "3-5 mm") is not a sign.
     The tolerance is half a unit of the last digit the narrative writes ("12.3" matches
     12.34, "12" matches 12.3), and a whole number never matches a value below 1.
 
@@ -107,7 +112,7 @@ _DATE_TIME = re.compile(
     r"\b\d{4}-\d{1,2}-\d{1,2}\b|\b\d{1,2}[/.]\d{1,2}[/.]\d{2,4}\b|\b\d{1,2}:\d{2}(?::\d{2})?\b"
 )
 _NUMBER = re.compile(
-    r"(?<![\w.])(\d+(?:\.\d+)?)(?:\s*(%|percent|per cent|mm2|mm\u00b2|cm2|cm\u00b2|mm|cm|months?|weeks?|"
+    r"(?<![\w.])(-?\d+(?:\.\d+)?)(?:\s*(%|percent|per cent|mm2|mm\u00b2|cm2|cm\u00b2|mm|cm|months?|weeks?|"
     r"years?|days?|degrees?|\u00b0|deg|px))?(?![\w\u00b2])(?![/:.]\d)"
 )
 #: A word for the unknown-word rule; tokens with digits ("t4", "2nd", "12mm") are not words.
@@ -721,9 +726,10 @@ def _finding_violations(mention: _Mention, support: _Support, side_hits: list,
                 return [_violation("contradicted_negation", mention.text,
                                    f"the report has {_label_list(present)} present", field_name)]
             return []
-        if term.kind == "finding" and not any(label in support.absent for label in term.labels):
+        if not any(label in support.absent for label in term.labels):
+            what = "negated" if term.kind == "finding" else "called normal"
             return [_violation("unsupported_finding", mention.text,
-                               f"negated, but the report does not assess {_label_list(term.labels)}", field_name)]
+                               f"{what}, but the report does not assess {_label_list(term.labels)}", field_name)]
         return []
     if present:
         return []

@@ -47,6 +47,8 @@ PERTINENT_NEGATIVES = ("Pneumothorax", "Effusion", "Consolidation", "Edema", "Ca
 MAX_NAMED_VIOLATIONS = 4
 
 _INSTRUCTION = "Chest radiograph reports written only from their facts.\n\n"
+#: For reports that assess no finding (a CT's organ volumes and attenuation): measurements only.
+_INSTRUCTION_MEASURED = "Radiology reports written only from their facts.\n\n"
 #: Few-shot examples, chosen by the kind of report (a small base model imitates its
 #: examples closely: a normal example in an abnormal report's prompt gets copied as
 #: "No abnormality detected"). The facts are the template's sentences, so copying them
@@ -66,6 +68,16 @@ _EXAMPLES_NORMAL = (
     '"impression": "No abnormality detected."}\n\n'
     "Facts: No pneumothorax or cardiomegaly.\n"
     'Report: {"findings": "No pneumothorax or cardiomegaly.", "impression": "No abnormality detected."}\n\n'
+)
+
+
+_EXAMPLES_MEASURED = (
+    "Facts: Liver volume 1520.4 mL. Liver mean attenuation 58.2 HU. Spleen volume 210.7 mL.\n"
+    'Report: {"findings": "Liver volume 1520.4 mL. Liver mean attenuation 58.2 HU. Spleen volume 210.7 mL.", '
+    '"impression": "No finding was assessed by the available models."}\n\n'
+    "Facts: Left lung volume 2210.3 mL. Left lung mean attenuation -842.6 HU.\n"
+    'Report: {"findings": "Left lung volume 2210.3 mL. Left lung mean attenuation -842.6 HU.", '
+    '"impression": "No finding was assessed by the available models."}\n\n'
 )
 
 
@@ -153,8 +165,9 @@ def narrative_sentences(report: dict[str, Any]) -> tuple[list[str], list[str]]:
         impression.append(_sentence(f"possible {diagnosis.get('disease')}"
                                     + (f" (confidence {confidence})" if confidence else "")))
     if not present and not report.get("lesions") and not report.get("diagnoses"):
-        # "No abnormality" is a claim only when something was assessed and found absent.
-        assessed = bool(report.get("findings")) or bool(report.get("measurements"))
+        # "No abnormality" is a claim only when findings were assessed and found absent: measurements
+        # alone (organ volumes, a ratio) assess none.
+        assessed = bool(report.get("findings"))
         impression.append("No abnormality detected." if assessed else "No finding was assessed by the available models.")
     if _follow_up(report):
         impression.append(str(_follow_up(report)))
@@ -173,8 +186,13 @@ def narrative_prompt(report: dict[str, Any], violations: list[dict] | None = Non
                      parse_error: str | None = None) -> str:
     """The few-shot prompt; on a retry it names what the first attempt got wrong."""
     normal = not support_of(report).present
-    examples = _EXAMPLES_NORMAL if normal else _EXAMPLES_ABNORMAL
-    prompt = _INSTRUCTION + examples + "Facts: " + " ".join(report_facts(report)) + "\n"
+    if not report.get("findings") and not normal:
+        instruction, examples = _INSTRUCTION, _EXAMPLES_ABNORMAL
+    elif not report.get("findings"):  # nothing assessed: measurements (organ volumes, HU) only
+        instruction, examples = _INSTRUCTION_MEASURED, _EXAMPLES_MEASURED
+    else:
+        instruction, examples = _INSTRUCTION, _EXAMPLES_NORMAL if normal else _EXAMPLES_ABNORMAL
+    prompt = instruction + examples + "Facts: " + " ".join(report_facts(report)) + "\n"
     if violations:
         named = ", ".join(f'"{v["text"]}"' for v in violations[:MAX_NAMED_VIOLATIONS])
         prompt += f"Not in the facts, never written: {named}.\n"

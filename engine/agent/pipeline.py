@@ -69,7 +69,7 @@ DEFAULT_PIPELINE = "default"
 ROLES = ("orchestrator", "image_analysis", "specialist", "follow_up", "report")
 #: Facts a step or tool condition may read (see engine.agent.workflow.build_facts).
 FACT_ROOTS = ("image", "patient", "quality", "models", "llm", "findings", "candidates", "measurements",
-              "context", "mode", "answers", "flags", "lesions", "outputs")
+              "context", "mode", "answers", "flags", "lesions", "outputs", "volume")
 DEFAULT_LIMITS = {"max_candidates": 3, "max_tool_calls": 60, "max_llm_choices": 2, "min_confidence": 0.7}
 DEFAULT_SUGGEST = {"enabled": True, "min_confidence": 0.7, "max_suggestions": 3}
 

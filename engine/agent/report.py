@@ -75,7 +75,10 @@ def build_report(facts: dict[str, Any], outputs: dict[str, Any], *, session_id: 
     regions = [r for r in (outputs.get("region_analysis") or {}).get("items", []) if r.get("annotation_id")]
     placed = {r["label"]: r for r in regions}
     segmentation = outputs.get("segment_organs") or {}
-    measured = (outputs.get("measurements") or {}).get("measurements", [])
+    measured = (outputs.get("measurements") or {}).get("measurements", []) \
+        + (outputs.get("volume_measurements") or {}).get("measurements", [])
+    volume = outputs.get("volume_info") or {}
+    segmented = outputs.get("segment_volume") or {}
     ctr = next((m["value"] for m in measured if m["name"] == "cardiothoracic_ratio"), None)
     threshold = classification.get("threshold")
     model_id = classification.get("model_id")
@@ -123,6 +126,9 @@ def build_report(facts: dict[str, Any], outputs: dict[str, Any], *, session_id: 
     for warning in (outputs.get("quality_check") or {}).get("warnings", []) + segmentation.get("quality_warnings", []):
         if warning["code"] not in {w["code"] for w in warnings}:
             warnings.append({"code": warning["code"], "message": warning["message"], "source": "quality_check"})
+    for warning in volume.get("warnings", []):
+        if warning["code"] not in {w["code"] for w in warnings}:
+            warnings.append({"code": warning["code"], "message": warning["message"], "source": "volume_info"})
     for flag in flags or []:
         warnings.append({"code": flag["code"], "message": flag["message"], "source": f"quality_gate:{flag['action']}"})
     trained = (facts.get("models") or {}).get("trained")
@@ -148,9 +154,26 @@ def build_report(facts: dict[str, Any], outputs: dict[str, Any], *, session_id: 
         "model_trained": bool(trained) if trained is not None else False,
         "disclaimer": DISCLAIMER if trained else f"{DISCLAIMER} {UNTRAINED_BANNER if trained is False else NO_MODEL_NOTE}",
     }
-    report["reasoning"] = qualified(_reasoning(report, info, classification, segmentation, regions, management_out),
-                                    trained)
+    reasoning = _reasoning(report, info, classification, segmentation, regions, management_out)
+    if volume.get("series_uid"):
+        reasoning += " " + _volume_reasoning(volume, segmented)
+    report["reasoning"] = qualified(reasoning, trained)
     return report
+
+
+def _volume_reasoning(volume: dict[str, Any], segmented: dict[str, Any]) -> str:
+    """How the volume measurements follow from the series and its segmentation."""
+    z, y, x = volume["shape_zyx"]
+    text = f"Volume series of {z} slices ({x} x {y} voxels)."
+    if segmented:
+        found = [s["name"] for s in segmented.get("structures", []) if s["found"]]
+        missing = [s["name"] for s in segmented.get("structures", []) if not s["found"]]
+        text += (f" Segmentation by {segmented.get('algorithm')}"
+                 + (f" ({segmented['model_id']})" if segmented.get("model_id") else " (no trained model)")
+                 + ": " + (", ".join(found) if found else "no structure") + " found"
+                 + (f"; not found: {', '.join(missing)}" if missing else "")
+                 + "; volumes in mL and mean attenuation in HU over each structure's voxels.")
+    return text
 
 
 def _region_evidence(region: dict[str, Any]) -> str:

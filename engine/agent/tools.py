@@ -676,6 +676,9 @@ def _schema(properties: dict[str, Any]) -> dict[str, Any]:
 
 def builtin_tools() -> list[Tool]:
     """The tools the packaged pipelines use."""
+    # The volume tools build on this module's Tool and ToolCall: imported here, not at the top.
+    from engine.agent.volume_tools import volume_tools
+
     cxr = ("CXR",)
     return [
         Tool("image_info", "1.0.0", ("orchestrator",), "Image type, modality, view and laterality from the header",
@@ -719,7 +722,8 @@ def builtin_tools() -> list[Tool]:
              management_rules, consumes=("classify", "region_analysis", "measurements", "image_info")),
         Tool("build_report", "1.0.0", ("report",), "Structured report (report.schema.json) from the tool outputs",
              build_report, consumes=("image_info", "quality_check", "classify", "segment_organs", "region_analysis",
-                                     "measurements", "management_rules")),
+                                     "measurements", "management_rules", "volume_info", "segment_volume",
+                                     "volume_measurements")),
         Tool("write_narrative", "1.0.0", ("report",), "Narrative by the language model, checked by the guard",
              write_narrative, consumes=("build_report",)),
         Tool("template_narrative", "1.0.0", ("report",), "Deterministic template narrative",
@@ -729,6 +733,7 @@ def builtin_tools() -> list[Tool]:
              suggest_regions, _schema({"min_confidence": {"type": "number", "minimum": 0, "maximum": 1},
                                        "max_suggestions": {"type": "integer", "minimum": 0, "maximum": 20}}),
              mcp_tools=("add_annotation",), consumes=("zone_scan", "region_analysis"), writes=True),
+        *volume_tools(),
     ]
 
 

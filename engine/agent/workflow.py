@@ -70,6 +70,7 @@ def build_facts(state: dict[str, Any]) -> dict[str, Any]:
     """The facts conditions, rules and the report read, from a run's state."""
     outputs = state.get("outputs") or {}
     info = outputs.get("image_info") or {}
+    volume = outputs.get("volume_info") or {}
     quality = outputs.get("quality_check") or {}
     segmentation = outputs.get("segment_organs") or {}
     warnings = list(quality.get("warnings") or []) + list(segmentation.get("quality_warnings") or [])
@@ -106,6 +107,9 @@ def build_facts(state: dict[str, Any]) -> dict[str, Any]:
         "candidates": {"count": len(candidates), "labels": [c["label"] for c in candidates], "items": candidates},
         "measurements": {"ctr": round(float(ctr), 2) if isinstance(ctr, int | float) else None},
         "lesions": {"count": len(regions)},
+        "volume": {"found": bool(volume.get("series_uid")), "modality": volume.get("modality"),
+                   "warnings": int(volume.get("warning_count") or 0),
+                   "codes": sorted({w["code"] for w in volume.get("warnings") or []})},
         "context": state.get("context") or {},
         "mode": state.get("mode"),
         "answers": state.get("answers") or {},

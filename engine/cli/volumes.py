@@ -3,7 +3,8 @@
 ``volume`` prints, for each stack the sources hold, its dimensions, spacing, orientation,
 slice order and every warning found while assembling it; ``roi`` the HU statistics and
 volume of a box of voxels; ``segment-volume`` the structures the training-free method
-finds (body, lungs, airways, bone) with their volumes, ``--seg OUT.dcm`` them as one
+finds (body, lungs, airways, bone) with their volumes (``--method unet``: every label the
+model pack's 3D U-Net finds, with volume and mean HU, its model named), ``--seg OUT.dcm`` them as one
 multi-frame DICOM SEG referencing every source slice and ``--sr OUT.dcm`` their volumes and
 mean HU as a TID 1500 SR referencing its segments, ``--pdf OUT.pdf`` a report with each
 structure's key slices and the measurement table. ``--json OUT`` writes the same as JSON (no voxels). No session is created: the files are read where they are. A SOURCE that is
@@ -132,15 +133,21 @@ def cmd_roi(args: argparse.Namespace) -> int:
 
 
 def cmd_segment_volume(args: argparse.Namespace) -> int:
-    """Body, lungs, airways and bone of a CT by HU and connectivity (no trained model), with volumes in mL."""
+    """Body, lungs, airways and bone of a CT by HU and connectivity (no trained model), with volumes in mL;
+    ``--method unet``: every label the pack's 3D U-Net finds, with mL and mean HU."""
     from engine.analysis.volume.anatomy import segment_anatomy
 
     if args.sr and not args.seg:
         raise MedVisionError(ErrorCode.INVALID_ARGUMENT, "--sr references the SEG's segments: give --seg OUT.dcm too")
+    if args.method == "unet" and (args.seg or args.pdf or args.structures != DEFAULT_STRUCTURES):
+        raise MedVisionError(ErrorCode.INVALID_ARGUMENT, "--seg, --sr, --pdf and --structures are for the classical "
+                             "method; --method unet lists every label the U-Net finds")
     volume = _one_volume(args)
     if volume.modality not in ("CT", ""):
         raise MedVisionError(ErrorCode.INVALID_IMAGE_TYPE,
                              f"segment-volume needs a CT (Hounsfield units); this volume is {volume.modality}")
+    if args.method == "unet":
+        return _segment_unet(args, volume)
     result = segment_anatomy(volume.voxels, volume.affine, structures=args.structures)
     print(f"{result.method} (no trained model), {result.elapsed_s:.2f} s")
     for structure in result.structures:
@@ -151,6 +158,36 @@ def cmd_segment_volume(args: argparse.Namespace) -> int:
                | ({"report": report} if report else {}))
     if args.seg:
         write_seg(args, volume, result)
+    return 0
+
+
+def _segment_unet(args: argparse.Namespace, volume: Any) -> int:
+    """The pack's 3D U-Net over the volume: model, backend, and each label found with mL and mean HU."""
+    from engine.analysis.volume.roi import label_stats
+    from engine.analysis.volume.unet import segment_ct_with_pack
+    from engine.config import Settings
+    from engine.inference.registry import ModelRegistry
+    from engine.vocabulary import UNTRAINED_OUTPUTS
+
+    models = ModelRegistry(Settings.from_env(args.home, args.pack))
+    try:
+        result = segment_ct_with_pack(models, volume.voxels, volume.spacing_zyx, orientation=volume.orientation)
+    finally:
+        models.unload()
+    per_label = label_stats(volume.voxels, result.label_map, len(result.labels))
+    if not result.trained:
+        print(f"{result.banner} {UNTRAINED_OUTPUTS}")
+    print(f"3D U-Net {result.model['id']} ({result.backend}), {result.windows} window(s), {result.seconds:.2f} s")
+    structures = []
+    for structure in result.structures:
+        mean, sd = per_label[structure.label]
+        structures.append({"label": structure.label, "name": structure.name, "voxel_count": structure.voxels,
+                           "volume_ml": structure.volume_ml, "mean_hu": mean, "sd_hu": sd})
+        print(f"  {structure.label:>3} {structure.name:<32} {structure.volume_ml:10.1f} mL  mean {mean:8.1f} HU")
+    summary = result.to_dict() | {"structures": structures}
+    if not result.trained:
+        summary["note"] = UNTRAINED_OUTPUTS
+    write_json(args.json, {"volume": volume.summary(), "segmentation": summary})
     return 0
 
 
@@ -213,6 +250,7 @@ def write_pdf(path: str, volume: Any, result: Any) -> dict[str, Any]:
     return report.summary()
 
 
+DEFAULT_STRUCTURES = "body,lungs,airways,bone"
 SOURCE_HELP = "DICOM files, a folder, a NIfTI file, or a session id (its stored series)"
 
 
@@ -237,8 +275,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     roi.set_defaults(func=cmd_roi)
     segment = sub.add_parser("segment-volume", help="body, lungs, airways and bone of a CT without a trained model")
     segment.add_argument("sources", nargs="+", metavar="SOURCE", help=SOURCE_HELP)
-    segment.add_argument("--structures", default="body,lungs,airways,bone",
+    segment.add_argument("--structures", default=DEFAULT_STRUCTURES,
                          help="comma list of body,lungs,airways,bone (default: all)")
+    segment.add_argument("--method", choices=("classical", "unet"), default="classical",
+                         help="classical: HU and connectivity (default); unet: the model pack's 3D U-Net "
+                              "(segment3d), every label it finds with mL and mean HU")
     segment.add_argument("--json", metavar="OUT", help="write the structures and volumes as JSON")
     segment.add_argument("--seg", metavar="OUT.dcm",
                          help="write the structures as one DICOM SEG referencing every source slice")

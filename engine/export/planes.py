@@ -1,5 +1,6 @@
 """A plane of a volume as a picture: axial slices with the slice's layers, coronal and sagittal planes
-resliced from the cached volume (grayscale, drawn at their true aspect), optionally a mask drawn over it."""
+resliced from the cached volume (grayscale, drawn at their true aspect), optionally a mask drawn over it,
+and a stored series' 3D annotations (``volume_roi``) where they cross a coronal or sagittal plane."""
 
 from __future__ import annotations
 
@@ -7,9 +8,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
+from scipy import ndimage
 
+from engine.analysis.volume.annotation import VOLUME_ROI, volume_roi_mask
+from engine.analysis.volume.plane_coords import plane_section
 from engine.errors import ErrorCode, MedVisionError
-from engine.export.render import mask_patch, resample_mask
+from engine.export.render import (
+    ANNOTATION_STYLES,
+    FILL_ALPHA,
+    LINE_ALPHA,
+    mask_patch,
+    resample_mask,
+)
 from engine.imaging.decode import CT_PRESETS, window_to_uint8
 
 if TYPE_CHECKING:
@@ -64,6 +74,36 @@ def plane_picture(services: Services, session_id: str, plane: str, index: int, s
     return picture, info | {"window": {"center": center, "width": width}}
 
 
+def draw_volume_rois(services: Services, session_id: str, picture: Image.Image, plane: str, index: int,
+                     info: dict[str, Any]) -> list[dict[str, Any]]:
+    """Draw onto ``picture`` (the plane at its display size) the stored ``volume_roi`` annotations of the
+    plane's stack where they cross it, filled and outlined in their source's colour; one layer per source."""
+    volume = services.volumes.volume(session_id, info["series_uid"], info["stack"])
+    shape = volume.shape_zyx
+    groups: dict[str, list[np.ndarray]] = {}
+    for row in services.store.list_annotations(session_id):
+        coordinates = row["coordinates"]
+        if row["type"] != VOLUME_ROI or coordinates.get("series_uid") != volume.series_uid \
+                or (coordinates.get("stack_key") or "main") != info["stack"] \
+                or coordinates.get("volume_shape") != list(shape):
+            continue
+        found = volume_roi_mask(coordinates)
+        section = plane_section(*found, plane, index, shape) if found is not None else None
+        if section is not None:
+            groups.setdefault(row["source"] if row["source"] in ANNOTATION_STYLES else "system", []).append(section)
+    layers = []
+    for source, sections in groups.items():
+        name, color, _ = ANNOTATION_STYLES[source]
+        inside = np.logical_or.reduce(sections)
+        edge = inside & ~ndimage.binary_erosion(inside)
+        alpha = np.where(edge, LINE_ALPHA, np.where(inside, FILL_ALPHA, 0)).astype(np.uint8)
+        bands = [Image.new("L", (alpha.shape[1], alpha.shape[0]), c) for c in color] + [Image.fromarray(alpha, "L")]
+        overlay = Image.merge("RGBA", bands).resize(picture.size, Image.Resampling.NEAREST)
+        picture.paste(overlay, (0, 0), overlay)
+        layers.append({"id": f"volume_roi_{source}", "name": f"3D regions ({name})", "kind": "annotation",
+                       "count": len(sections), "color": "#{:02x}{:02x}{:02x}".format(*color), "untrained": False,
+                       "visible": True})
+    return layers
 def picture_with_mask(picture: Image.Image, mask: np.ndarray, color: tuple[int, int, int]) -> Image.Image:
     """``picture`` (a :func:`windowed_picture`) with the plane's boolean ``mask`` filled and outlined over it."""
     union = resample_mask(mask, picture.size)

@@ -440,9 +440,10 @@ def get_visualization(services: Services, session_id: str, image_id: str | None 
 
     With ``plane`` and ``index`` a volume series is shown instead: ``axial`` is slice ``index`` of
     the (named or only) series with that slice's layers; ``coronal`` (row ``index``) and
-    ``sagittal`` (column ``index``) are resliced from the assembled volume, the image layer only.
+    ``sagittal`` (column ``index``) are resliced from the assembled volume, with the series' 3D
+    annotations (``volume_roi``) where they cross the plane.
     """
-    from engine.export.planes import axial_image_id, plane_picture
+    from engine.export.planes import axial_image_id, draw_volume_rois, plane_picture
 
     session = services.store.get_session(session_id)
     if plane is not None and index is None:
@@ -463,6 +464,8 @@ def get_visualization(services: Services, session_id: str, image_id: str | None 
         image_id = f"{plane}-{index}"
         layers = [{"id": "image", "name": f"{plane.capitalize()} plane {index}", "kind": "image", "count": 1,
                    "color": None, "untrained": False, "visible": True}]
+        if include_annotations:
+            layers += draw_volume_rois(services, session_id, picture, plane, index, view)  # type: ignore[arg-type]
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
     data = buffer.getvalue()

@@ -29,6 +29,20 @@ SeriesUid = Annotated[str | None, Field(max_length=64, pattern=r"^[0-9.]+$", des
 StackKey = Annotated[str | None, Field(max_length=200, description=(
     "A stack from list_series; default: the series' main stack."))]
 VolumeStructure = Literal["body", "lungs", "airways", "bone"]
+SegmentMethod = Literal["classical", "unet"]
+Plane = Literal["axial", "coronal", "sagittal"]
+PlaneShape = Literal["polygon", "rectangle", "ellipse"]
+
+
+class VolumePoint(BaseModel):
+    """A point of a volume: on a plane (plane, index, point), a voxel, or patient mm (one of the three)."""
+
+    model_config = ConfigDict(extra="forbid")
+    plane: Plane | None = Field(None, description="axial, coronal or sagittal, with index and point.")
+    index: int | None = Field(None, ge=0, description="The plane's slice, row or column index.")
+    point: list[float] | None = Field(None, min_length=2, max_length=2, description="[x, y] pixel of the plane.")
+    voxel: list[float] | None = Field(None, min_length=3, max_length=3, description="[x, y, z] voxel coordinates.")
+    patient_mm: list[float] | None = Field(None, min_length=3, max_length=3, description="[x, y, z] patient LPS mm.")
 
 
 class AnalysisOptions(BaseModel):
@@ -185,8 +199,15 @@ class VolumeRoi(Result):
 
 class VolumeSegmentation(Result):
     series_uid: str | None = Field(description="The series segmented.")
-    segmentation: dict[str, Any] = Field(description="method and each structure's found flag, voxels and mL.")
-    model_trained: bool = Field(description="Always false: HU thresholds and connectivity, no trained model.")
+    method: str = Field("classical", description="classical or unet.")
+    segmentation: dict[str, Any] = Field(description=(
+        "method and each structure's name, found flag, voxels, mL and mean/SD HU; for unet the model, backend "
+        "and the label numbers from the pack's label map."))
+    model_trained: bool = Field(description=(
+        "False for classical (no trained model) and for an untrained U-Net: such outputs are not findings."))
+    model: dict[str, Any] | None = Field(None, description="The U-Net that made it (id, sha256, trained), or null.")
+    banner: str | None = Field(None, description="The untrained-model banner, when the U-Net is untrained.")
+    note: str | None = Field(None, description="These are outputs of untrained development models, not findings.")
     warnings: list[dict[str, Any]] = Field(default_factory=list, description="Irregularities of the volume.")
 
 

@@ -35,12 +35,15 @@ from engine.mcp.models import (
     ImageSwitched,
     ImageType,
     InputType,
+    Plane,
+    PlaneShape,
     Preset,
     RagMode,
     Region,
     RegionAction,
     RegionAnalysis,
     Result,
+    SegmentMethod,
     SeriesList,
     SeriesUid,
     SessionCreated,
@@ -49,6 +52,7 @@ from engine.mcp.models import (
     StackKey,
     UserInputRequest,
     Visualization,
+    VolumePoint,
     VolumeRoi,
     VolumeSegmentation,
     VolumeStructure,
@@ -158,15 +162,53 @@ def register(app: FastMCP) -> None:
                            radius_mm=radius_mm, series_uid=series_uid, stack=stack)
 
     @tool()
+    async def plane_roi(
+        ctx: Context, session_id: SessionId,
+        plane: Annotated[Plane, Field(description="axial (slice z), coronal (row y) or sagittal (column x).")],
+        index: Annotated[int, Field(ge=0, description="The plane's slice, row or column index.")],
+        shape: Annotated[PlaneShape, Field(description="polygon, rectangle or ellipse.")],
+        geometry: Annotated[Any, Field(description=(
+            "In pixels of the plane as get_visualization draws it before scaling (x column, y row, origin "
+            "top-left; coronal and sagittal planes have the highest z at the top): polygon [[x, y], ...] (3 or "
+            "more), rectangle [x1, y1, x2, y2], ellipse {\"center\": [x, y], \"radii\": [rx, ry]}."))],
+        series_uid: SeriesUid = None, stack: StackKey = None,
+        label: Annotated[str, Field(max_length=200, description="Label of the stored annotation.")] = "",
+        annotate: Annotated[bool, Field(description="Store the ROI as a volume_roi annotation.")] = True,
+    ) -> VolumeRoi:
+        """HU statistics (mean, SD, min, max), area in mm2 and mL of a shape drawn on any plane of a stored
+        series; stored as a volume_roi annotation (annotation_id)."""
+        return await _call(ctx, VolumeRoi, session_id, Engine.volume_roi, session_id, plane=plane, index=index,
+                           shape=shape, geometry=geometry, series_uid=series_uid, stack=stack, annotate=annotate,
+                           label=label, announce=annotate)
+
+    @tool()
+    async def measure_distance(
+        ctx: Context, session_id: SessionId,
+        points: Annotated[list[VolumePoint], Field(min_length=2, max_length=2, description=(
+            "Two points, each on any plane, as a voxel or in patient mm."))],
+        series_uid: SeriesUid = None, stack: StackKey = None,
+        annotate: Annotated[bool, Field(description="Store the distance as a volume_roi line annotation.")] = False,
+    ) -> EngineResult:
+        """Distance in mm between two points of a stored series given on any planes (or as voxels or patient
+        mm), through the volume's affine; returns length_mm and both points as voxels [x, y, z]."""
+        return await _call(ctx, EngineResult, session_id, Engine.volume_distance, session_id,
+                           [p.model_dump(exclude_none=True) for p in points], series_uid=series_uid, stack=stack,
+                           annotate=annotate, announce=annotate)
+
+    @tool()
     async def segment_volume(
         ctx: Context, session_id: SessionId, series_uid: SeriesUid = None, stack: StackKey = None,
         structures: Annotated[list[VolumeStructure] | None, Field(description=(
-            "Some of body, lungs, airways, bone; default all."))] = None,
+            "classical only: some of body, lungs, airways, bone; default all."))] = None,
+        method: Annotated[SegmentMethod, Field(description=(
+            "classical: HU thresholds and 3D connectivity (no trained model); unet: the model pack's 3D U-Net "
+            "(segment3d), every label of its label map it finds."))] = "classical",
     ) -> VolumeSegmentation:
-        """Body, left and right lung, airways and bone of a stored CT with each volume in mL, from HU
-        thresholds and 3D connectivity (no trained model)."""
+        """Structures of a stored CT with each volume in mL and mean HU: body, lungs, airways and bone by HU
+        and connectivity, or the pack's 3D U-Net (the result names model and backend; an untrained
+        model's output says it is not a finding)."""
         return await _call(ctx, VolumeSegmentation, session_id, Engine.segment_volume, session_id, structures,
-                           series_uid, stack)
+                           series_uid, stack, False, method)
 
     # -- analysis ----------------------------------------------------------------------
     @tool()

@@ -63,7 +63,7 @@ class Services:
         priors = PriorService(store, settings.prior_count)
         tracking = TrackingService(store, priors)
         volumes = VolumeService(store, VolumeCache(settings.volume_cache_mb * 1024 * 1024), limits=settings.limits,
-                                annotations=annotations)
+                                annotations=annotations, models=models)
         return cls(settings=settings, store=store, models=models, images=images,
                    intake=ImageIntake(images, analysis), annotations=annotations, analysis=analysis,
                    interactive=interactive, similar=similar,

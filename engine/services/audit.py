@@ -72,7 +72,7 @@ ACTIONS: dict[str, Action] = {
     "volume_slice": Action(AuditEvent.INSTANCES_ACCESSED, "R", mcp_only=True),  # each slice; get_volume opens
     "volume_roi": _RUN,
     "volume_distance": _RUN,
-    "segment_volume": _RUN,
+    "segment_volume": Action(AuditEvent.INSTANCES_ACCESSED, "E", details=("method",)),
     "list_series": _Q,
     "list_priors": _Q,
     "study_facts": Action(AuditEvent.PATIENT_RECORD, "R"),

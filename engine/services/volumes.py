@@ -35,11 +35,14 @@ from engine.analysis.volume.annotation import (
 from engine.analysis.volume.plane_coords import plane_to_voxel
 from engine.analysis.volume.roi import (
     distance_mm,
+    label_stats,
     plane_area_mm2,
     roi_box_stats,
+    roi_mask_stats,
     roi_plane_stats,
     roi_sphere_stats,
 )
+from engine.analysis.volume.unet import segment_ct_with_pack
 from engine.config import DecodeLimits
 from engine.errors import ErrorCode, MedVisionError
 from engine.imaging.volume import SliceSource, Volume, assemble_stack
@@ -54,13 +57,17 @@ from engine.imaging.volume.headers import SliceHeader, header_from_record
 from engine.imaging.volume.model import orientation_code
 from engine.imaging.volume.planes import PLANES, plane_pixels, plane_spacing
 from engine.imaging.volume.stacks import PROJECTION_MODALITIES, StackPlan, plan_stacks
+from engine.inference.registry import ModelRegistry
 from engine.services.annotations import AnnotationService
 from engine.store import Store
+from engine.vocabulary import UNTRAINED_OUTPUTS
 
 log = logging.getLogger(__name__)
 MiB = 1024 * 1024
 #: Slice headers kept per process (a few hundred bytes each): enough for tens of large series.
 MAX_CACHED_HEADERS = 200_000
+#: How a stored CT may be segmented: HU and connectivity, or the pack's 3D U-Net (``segment3d``).
+SEGMENT_METHODS = ("classical", "unet")
 
 
 @dataclass(frozen=True)
@@ -125,8 +132,8 @@ class VolumeService:
     """A session's series as volumes: listing, assembly from the store, slices, planes, ROI, anatomy."""
 
     def __init__(self, store: Store, cache: VolumeCache, limits: DecodeLimits | None = None,
-                 annotations: AnnotationService | None = None) -> None:
-        self.store, self.cache, self.annotations = store, cache, annotations
+                 annotations: AnnotationService | None = None, models: ModelRegistry | None = None) -> None:
+        self.store, self.cache, self.annotations, self.models = store, cache, annotations, models
         self.limits = limits or DecodeLimits.from_env()
         self._headers: dict[str, tuple[list[SliceHeader], str | None]] = {}
         self._headers_lock = threading.Lock()
@@ -443,10 +450,13 @@ class VolumeService:
                  plane: str | None = None, index: int | None = None, annotate: bool = False,
                  label: str = "") -> dict[str, Any]:
         """The distance in mm between two voxel positions ``[[x, y, z], [x, y, z]]`` of a stack, on one plane
-        (``plane``, ``index``) or across slices and planes, through the volume's affine."""
+        (``plane``, ``index``) or across slices and planes, through the volume's affine. A point may also
+        be given on any plane (``{"plane", "index", "point": [x, y]}``), as ``{"voxel": [x, y, z]}`` or in
+        patient mm (``{"patient_mm": [x, y, z]}``)."""
         volume = self.volume(session_id, series_uid, stack)
         if not isinstance(points_xyz, list | tuple) or len(points_xyz) != 2:
             raise MedVisionError(ErrorCode.INVALID_REGION, "a distance needs two [x, y, z] points")
+        points_xyz = [_voxel_point(p, volume) for p in points_xyz]
         length = distance_mm(points_xyz[0], points_xyz[1], volume.affine)
         payload = line_annotation([list(p) for p in points_xyz], length, volume_shape=volume.shape_zyx,
                                   spacing_zyx=volume.spacing_zyx, series_uid=volume.series_uid,
@@ -459,23 +469,77 @@ class VolumeService:
         return result
 
     def segment(self, session_id: str, structures: list[str] | str | None = None, series_uid: str | None = None,
-                stack: str | None = None, annotate: bool = False) -> dict[str, Any]:
-        """Body, lungs, airways and bone of a stored CT (HU and connectivity, no trained model), in mL;
-        ``annotate`` stores each structure found as a ``volume_roi`` mask annotation (``annotation_ids``)."""
+                stack: str | None = None, annotate: bool = False, method: str = "classical") -> dict[str, Any]:
+        """Structures of a stored CT with each volume (mL) and mean HU: ``classical`` finds body, lungs,
+        airways and bone from HU and connectivity (no trained model); ``unet`` runs the pack's 3D U-Net
+        (``segment3d``) and lists every label it finds, named from the pack's label map. ``annotate``
+        stores each classical structure found as a ``volume_roi`` mask annotation (``annotation_ids``)."""
+        if method not in SEGMENT_METHODS:
+            raise MedVisionError(ErrorCode.INVALID_ARGUMENT,
+                                 f"method must be one of {', '.join(SEGMENT_METHODS)}, not {method!r}")
         volume = self.volume(session_id, series_uid, stack)
         if volume.modality not in ("CT", ""):
             raise MedVisionError(ErrorCode.INVALID_IMAGE_TYPE,
                                  f"segment_volume needs a CT (Hounsfield units); this series is {volume.modality}")
+        if method == "unet":
+            return self._segment_unet(session_id, volume, structures, annotate)
         result = segment_anatomy(volume.voxels, volume.affine,
                                  structures=structures or ("body", "lungs", "airways", "bone"))
-        found = {"series_uid": volume.series_uid, "stack": volume.stack_key or "main",
-                 "segmentation": result.to_dict(), "model_trained": False,
+        segmentation = result.to_dict()
+        for entry, structure in zip(segmentation["structures"], result.structures, strict=True):
+            stats = roi_mask_stats(volume.voxels, volume.spacing_zyx, result.mask(structure.name)) \
+                if structure.found else None
+            entry.update({"mean_hu": _hu(stats, "mean_hu"), "sd_hu": _hu(stats, "sd_hu")})
+        found = {"series_uid": volume.series_uid, "stack": volume.stack_key or "main", "method": "classical",
+                 "segmentation": segmentation, "model_trained": False, "model": None,
                  "warnings": [w.to_dict() for w in volume.warnings]}
         if annotate:
             found["annotation_ids"] = {}
             for structure in (s for s in result.structures if s.found):
                 payload = structure_annotation(volume.voxels, volume.spacing_zyx, result.mask(structure.name),
                                                method=result.method, series_uid=volume.series_uid,
+                                               frame_of_reference_uid=volume.frame_of_reference_uid,
+                                               stack_key=volume.stack_key or None)
+                found["annotation_ids"][structure.name] = self._annotate(session_id, volume, payload,
+                                                                         structure.name, "ai")
+        return found
+
+    def _segment_unet(self, session_id: str, volume: Volume, structures: list[str] | str | None,
+                      annotate: bool) -> dict[str, Any]:
+        """The pack's 3D U-Net over the volume: every label found, with mL and mean HU; the model and
+        backend named; an untrained model's output says so and its masks are never stored as annotations."""
+        if self.models is None:
+            raise MedVisionError(ErrorCode.MODEL_NOT_FOUND, "this volume service has no model registry")
+        if structures:
+            raise MedVisionError(ErrorCode.INVALID_ARGUMENT, "structures chooses among the classical method's "
+                                 "structures; the U-Net lists every label it finds")
+        result = segment_ct_with_pack(self.models, volume.voxels, volume.spacing_zyx, orientation=volume.orientation)
+        per_label = label_stats(volume.voxels, result.label_map, len(result.labels))
+        listed = []
+        for structure in result.structures:
+            mean, sd = per_label[structure.label]
+            listed.append({"label": structure.label, "name": structure.name, "found": True,
+                           "voxel_count": structure.voxels, "volume_ml": structure.volume_ml,
+                           "mean_hu": mean, "sd_hu": sd})
+        summary = result.to_dict()
+        segmentation = {"method": "unet_3d", "task": summary["task"], "backend": result.backend,
+                        "model": result.model, "model_trained": result.trained, "banner": result.banner,
+                        "structures": listed, "labels": {s["name"]: s["label"] for s in listed},
+                        "label_map_size": len(result.labels), "windows": result.windows,
+                        "network_shape_zyx": summary["network_shape_zyx"], "orientation": result.orientation,
+                        "elapsed_s": summary["seconds"]}
+        found = {"series_uid": volume.series_uid, "stack": volume.stack_key or "main", "method": "unet",
+                 "segmentation": segmentation, "model_trained": result.trained, "model": result.model,
+                 "backend": result.backend, "warnings": [w.to_dict() for w in volume.warnings]}
+        if not result.trained:
+            found |= {"banner": result.banner, "note": UNTRAINED_OUTPUTS}
+        if annotate and not result.trained:
+            found |= {"annotation_ids": {}, "annotations_note": "Masks of an untrained model are not stored."}
+        elif annotate:
+            found["annotation_ids"] = {}
+            for structure in result.structures:
+                payload = structure_annotation(volume.voxels, volume.spacing_zyx, result.mask(structure.label),
+                                               method=f"unet_3d:{result.model['id']}", series_uid=volume.series_uid,
                                                frame_of_reference_uid=volume.frame_of_reference_uid,
                                                stack_key=volume.stack_key or None)
                 found["annotation_ids"][structure.name] = self._annotate(session_id, volume, payload,
@@ -508,3 +572,22 @@ def _patient_to_voxel(point_mm: Any, affine: np.ndarray) -> list[float]:
         raise MedVisionError(ErrorCode.INVALID_REGION, f"center_mm must be three numbers (LPS mm), not {point_mm!r}")
     xyz = np.linalg.solve(np.asarray(affine, dtype=np.float64)[:3, :3], point - affine[:3, 3])
     return [float(v) for v in xyz]
+
+
+def _voxel_point(point: Any, volume: Volume) -> Any:
+    """A distance's end as voxel ``[x, y, z]``: given so, on a plane, as a voxel, or in patient mm."""
+    if not isinstance(point, dict):
+        return point
+    if len({"plane", "voxel", "patient_mm"} & set(point)) != 1:
+        raise MedVisionError(ErrorCode.INVALID_REGION, 'a point is [x, y, z], {"plane", "index", "point": [x, y]}, '
+                             '{"voxel": [x, y, z]} or {"patient_mm": [x, y, z]}')
+    if "voxel" in point:
+        return point["voxel"]
+    if "patient_mm" in point:
+        return _patient_to_voxel(point["patient_mm"], volume.affine)
+    return plane_to_voxel(point["plane"], point.get("index"), [point.get("point")], volume.shape_zyx)[0].tolist()
+
+
+def _hu(stats: Any, key: str) -> float | None:
+    value = getattr(stats, key, None) if stats is not None else None
+    return round(float(value), 2) if value is not None else None

@@ -76,3 +76,27 @@ def test_segment_volume_refuses_a_radiograph_and_an_unknown_structure(rg1_path: 
     assert capsys.readouterr().err.startswith("NOT_A_VOLUME: ")
     assert main(["segment-volume", str(ct_series), "--structures", "liver"]) == 2
     assert capsys.readouterr().err.startswith("INVALID_ARGUMENT: unknown structures ['liver']")
+
+
+def test_segment_volume_with_the_unet(shared_ct_dir: Path, model_pack: Path, tmp_path: Path,
+                                      capsys: pytest.CaptureFixture) -> None:
+    """``--method unet`` over a NIfTI CT with a real (tiny, untrained) segment3d ONNX model: labels from the
+    pack, mL and mean HU, the untrained sentence first; the classical-only options are refused."""
+    from tests.volumes.tinyunet import write_tiny_unet_pack
+
+    pack = write_tiny_unet_pack(tmp_path / "pack", model_pack)
+    out = tmp_path / "unet.json"
+    source = str(shared_ct_dir / "example_ct_sm.nii.gz")
+    assert main(["--pack", str(pack), "segment-volume", source, "--method", "unet", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("Development models: untrained weights, output not meaningful. These are outputs of "
+                           "untrained development models, not findings.")
+    assert "3D U-Net tiny-unet-fp32 (onnxruntime-fp32-" in text and "soft_tissue" in text
+    segmentation = json.loads(out.read_text())["segmentation"]
+    assert segmentation["model_trained"] is False and segmentation["note"].endswith("not findings.")
+    by_name = {s["name"]: s for s in segmentation["structures"]}
+    assert by_name["soft_tissue"]["label"] == 2 and -200 < by_name["soft_tissue"]["mean_hu"] < 200
+    assert by_name["soft_tissue"]["volume_ml"] == pytest.approx(by_name["soft_tissue"]["voxel_count"] * 27 / 1000,
+                                                                abs=1e-3)
+    assert main(["--pack", str(pack), "segment-volume", source, "--method", "unet", "--seg", "x.dcm"]) == 2
+    assert capsys.readouterr().err.startswith("INVALID_ARGUMENT: ")

@@ -32,8 +32,14 @@ from typing import Any
 import numpy as np
 
 from engine.analysis.volume.grow import GrowResult
-from engine.analysis.volume.plane_coords import PLANE_AXIS
-from engine.analysis.volume.roi import RoiStats, roi_mask_stats
+from engine.analysis.volume.plane_coords import PLANE_AXIS, plane_pixel_shape, plane_to_voxel
+from engine.analysis.volume.roi import (
+    RoiStats,
+    inward_rectangle,
+    roi_mask_stats,
+    slice_shape_mask,
+    sphere_mask,
+)
 from engine.errors import ErrorCode, MedVisionError
 from engine.imaging.masks import decode_rle, encode_rle
 
@@ -238,6 +244,43 @@ def structure_annotation(hu: np.ndarray, spacing_zyx: tuple[float, float, float]
     return volume_annotation(stats, shape="mask", geometry=mask_geometry(mask[crop], tuple(int(v) for v in low)),
                              method=method, volume_shape=mask.shape, series_uid=series_uid,
                              frame_of_reference_uid=frame_of_reference_uid, stack_key=stack_key)
+
+
+def volume_roi_mask(coordinates: dict[str, Any]) -> tuple[tuple[int, int, int], np.ndarray] | None:
+    """``(offset_zyx, bool mask cropped to its box)`` of a checked ``volume_roi`` annotation (None for a
+    line, which holds no voxels). A shape drawn on a plane covers the voxels that plane shows under it.
+
+    Memory is the shape's box (a plane shape: one plane), never the whole volume.
+    """
+    shape, geometry = coordinates["shape"], coordinates["geometry"]
+    volume_shape = tuple(coordinates["volume_shape"])
+    if shape == "line":
+        return None
+    if shape == "mask":
+        return mask_from_geometry(geometry)
+    if shape == "box":
+        x1, y1, z1, x2, y2, z2 = _box(geometry.get("box"))
+        return (z1, y1, x1), np.ones((z2 - z1 + 1, y2 - y1 + 1, x2 - x1 + 1), dtype=bool)
+    if shape == "sphere":
+        bounds, inside = sphere_mask(volume_shape, coordinates["spacing_zyx"], geometry.get("center"),
+                                     geometry.get("radius_mm"))
+        return (bounds[0].start, bounds[1].start, bounds[2].start), inside
+    kind = shape.removeprefix("slice_")
+    plane = geometry.get("plane", "axial")
+    index = geometry.get("index", geometry.get("z"))
+    rows, columns = plane_pixel_shape(plane, volume_shape)
+    own = geometry.get(SHAPE_KEYS[kind]) if kind in SHAPE_KEYS else geometry
+    if kind == "rectangle":
+        own = inward_rectangle(own, rows, columns)
+    pixels = np.argwhere(slice_shape_mask(rows, columns, kind, own))  # (row, column)
+    if not pixels.size:
+        return None
+    voxels = np.rint(plane_to_voxel(plane, index, pixels[:, ::-1].astype(np.float64), volume_shape)).astype(np.intp)
+    zyx = voxels[:, ::-1]
+    low = zyx.min(axis=0)
+    crop = np.zeros(tuple(zyx.max(axis=0) - low + 1), dtype=bool)
+    crop[tuple((zyx - low).T)] = True
+    return (int(low[0]), int(low[1]), int(low[2])), crop
 
 
 def check_anchor(image_row: dict[str, Any], coordinates: dict[str, Any]) -> None:

@@ -75,4 +75,29 @@ def voxel_to_plane(plane: str, points_xyz: Any, shape: Sequence[int]) -> tuple[n
     return np.stack([y, row], axis=1), x
 
 
-__all__ = ["PLANE_AXIS", "check_plane", "plane_to_voxel", "voxel_to_plane"]
+def plane_pixel_shape(plane: str, shape: Sequence[int]) -> tuple[int, int]:
+    """``(rows, columns)`` of a plane's image of a volume of ``shape`` (z, y, x)."""
+    depth, rows, columns = (int(n) for n in shape)
+    return {"axial": (rows, columns), "coronal": (depth, columns), "sagittal": (depth, rows)}[plane]
+
+
+def plane_section(offset_zyx: Sequence[int], crop: np.ndarray, plane: str, index: int,
+                  shape: Sequence[int]) -> np.ndarray | None:
+    """Where a cropped 3D mask (first voxel at ``offset_zyx``) meets plane ``index``: a bool image of the
+    plane's ``(rows, columns)``, or None when it does not reach that plane. Memory: one slab of the crop."""
+    plane, index, _ = check_plane(plane, index, shape)
+    axis = PLANE_AXIS[plane]
+    local = index - int(offset_zyx[axis])
+    if not 0 <= local < crop.shape[axis]:
+        return None
+    found = np.argwhere(np.take(crop, local, axis=axis))
+    if not found.size:
+        return None
+    zyx = np.insert(found, axis, local, axis=1) + np.asarray(offset_zyx, dtype=np.intp)
+    points, _ = voxel_to_plane(plane, zyx[:, ::-1].astype(np.float64), shape)
+    out = np.zeros(plane_pixel_shape(plane, shape), dtype=bool)
+    out[np.rint(points[:, 1]).astype(np.intp), np.rint(points[:, 0]).astype(np.intp)] = True
+    return out
+
+
+__all__ = ["PLANE_AXIS", "check_plane", "plane_pixel_shape", "plane_section", "plane_to_voxel", "voxel_to_plane"]

@@ -236,7 +236,7 @@ def roi_slice_stats(hu: np.ndarray, spacing_zyx: Sequence[float], z: Any, shape:
     return masked_stats(hu[zi: zi + 1], mask[None], f"slice_{shape}", spacing, zi)
 
 
-def _inward_rectangle(geometry: Any, rows: int, columns: int) -> list[int]:
+def inward_rectangle(geometry: Any, rows: int, columns: int) -> list[int]:
     """A rectangle ``[x1, y1, x2, y2]`` of any (fractional) corners as the whole pixel indices whose centres
     it holds, clipped to the plane; ``INVALID_REGION`` when it holds none."""
     if not isinstance(geometry, Sequence) or isinstance(geometry, str) or len(geometry) != 4:
@@ -264,7 +264,7 @@ def roi_plane_stats(hu: np.ndarray, spacing_zyx: Sequence[float], plane: Any, in
     pixels = plane_pixels(hu, plane, index)
     rows, columns = pixels.shape
     if shape == "rectangle":
-        geometry = _inward_rectangle(geometry, rows, columns)
+        geometry = inward_rectangle(geometry, rows, columns)
     mask = slice_shape_mask(rows, columns, shape, geometry)
     stats = masked_stats(pixels[None], mask[None], f"slice_{shape}", spacing)
     if stats.voxel_count == 0:
@@ -279,6 +279,29 @@ def plane_area_mm2(voxel_count: int, spacing_zyx: Sequence[float], plane: str) -
     """The area in mm2 of ``voxel_count`` pixels of a plane (its row and column spacing)."""
     rows_mm, columns_mm = plane_spacing(tuple(float(s) for s in spacing_zyx), plane)  # type: ignore[arg-type]
     return voxel_count * rows_mm * columns_mm
+
+
+def label_stats(hu: np.ndarray, label_map: np.ndarray, count: int) -> list[tuple[float | None, float | None]]:
+    """Mean and population SD of HU per label ``0..count-1`` of a label map (None for an absent label).
+
+    Sums are gathered slice by slice in float64 (``np.bincount`` with weights), so the
+    temporaries are one slice whatever the volume's size.
+    """
+    if label_map.shape != hu.shape:
+        raise _invalid_argument(f"the label map {label_map.shape} is not the volume's shape {hu.shape}")
+    n, total, squares = np.zeros(count), np.zeros(count), np.zeros(count)
+    for z in range(hu.shape[0]):
+        labels = label_map[z].ravel()
+        values = hu[z].astype(np.float64, copy=False).ravel()
+        n += np.bincount(labels, minlength=count)[:count]
+        total += np.bincount(labels, weights=values, minlength=count)[:count]
+    mean = np.divide(total, n, out=np.zeros(count), where=n > 0)
+    for z in range(hu.shape[0]):
+        labels = label_map[z].ravel()
+        deviations = hu[z].astype(np.float64, copy=False).ravel() - mean[labels]
+        squares += np.bincount(labels, weights=deviations * deviations, minlength=count)[:count]
+    return [(round(float(mean[i]), 2), round(float(np.sqrt(squares[i] / n[i])), 2)) if n[i] else (None, None)
+            for i in range(count)]
 
 
 def voxel_to_patient(point_xyz: Sequence[Any], affine: np.ndarray) -> np.ndarray:

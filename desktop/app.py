@@ -468,17 +468,18 @@ class MainWindow(QMainWindow):
             return None
         engine, session_id, image_id = self.engine, self.session_id, self.canvas.image_id
 
-        def work() -> tuple[dict, dict] | None:
+        def work() -> tuple[dict, dict, dict] | None:
             priors = engine.list_priors(session_id)["priors"]
             if not priors:
                 return None
             prior = priors[0]["session_id"]
             result = engine.compare_with_prior(session_id, prior, image_id=image_id, register=False)
-            return engine.compare_images(session_id, prior, image_id=image_id), result
+            return (engine.compare_images(session_id, prior, image_id=image_id), result,
+                    engine.lesion_changes(session_id, prior))
 
         return Op(self, work).progress("Compare with prior").success(self._show_comparison).run()
 
-    def _show_comparison(self, found: tuple[dict, dict] | None) -> None:
+    def _show_comparison(self, found: tuple[dict, dict, dict] | None) -> None:
         from desktop.panels.compare import CompareDialog
 
         if found is None:

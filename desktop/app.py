@@ -397,8 +397,9 @@ class MainWindow(QMainWindow):
     def look_for_priors(self, session_id: str) -> Op | None:
         """Fetch the opened study's priors from the archives whose PACS settings say ``priors = true``,
         on the network lane, the road the DICOM node takes for a received study
-        (:func:`dicom_node.pacs.client.fetch_configured_priors`); once per session and window, never
-        again once recorded. The worklist shows them when they arrive (``session.priors``)."""
+        (:func:`dicom_node.pacs.client.fetch_configured_priors`); once per session and window (again
+        after an archive failed), never once recorded. The worklist shows them when they arrive
+        (``session.priors``); a failure is said in the status bar, not in a dialog."""
         if self.engine is None or session_id in self.priors_looked_for:
             return None
         self.priors_looked_for.add(session_id)
@@ -422,6 +423,7 @@ class MainWindow(QMainWindow):
 
             if isinstance(exc, MedVisionError) and exc.code == ErrorCode.INVALID_ARGUMENT:
                 return  # no Patient ID (a PNG, say): there are no priors to look for
+            self.priors_looked_for.discard(session_id)  # an archive down: opening the study again retries
             code = exc.code.value if isinstance(exc, MedVisionError) else type(exc).__name__
             self.statusBar().showMessage(f"Priors not fetched: {code}: {exc}", 15000)
 

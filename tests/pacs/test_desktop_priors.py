@@ -59,3 +59,22 @@ def test_opening_a_study_fetches_its_priors_and_the_worklist_shows_them(qtbot, w
     assert engine.store.session_of_study(_uid(elsewhere)) is None
     assert "20230115 CR" in _row(window.worklist, session).toolTip(2)
     assert window.look_for_priors(session) is None  # once per session: opening it again asks no archive
+
+
+def test_an_archive_that_cannot_be_reached_is_said_in_the_status_bar_and_nothing_is_recorded(
+        qtbot, window, engine, tmp_path: Path) -> None:  # noqa: F811
+    from tests.pacs.orthanc import free_port
+
+    (engine.settings.home / "pacs.toml").write_text(
+        f'calling_ae = "{CLIENT_AE}"\nretries = 1\nbackoff_s = 0.05\n[[archive]]\nname = "gone"\n'
+        f'ae_title = "NOBODY"\nhost = "127.0.0.1"\nport = {free_port()}\npriors = true\n')
+    current_file = tmp_path / "current.dcm"
+    current_file.write_bytes(rg1_variant(study_date="20240301", patient_id="DESK-NOWHERE"))
+    session = engine.create_study_session("current")["session_id"]
+    engine.add_image_to_session(session, current_file, auto_analyze=False)
+    op = window.look_for_priors(session)
+    assert op is not None and op.lane == "network"
+    qtbot.waitUntil(lambda: window.statusBar().currentMessage().startswith("Priors not fetched: PACS_"),
+                    timeout=30000)
+    assert "priors" not in (engine.store.get_session(session)["metadata"] or {})  # nothing recorded
+    assert window.look_for_priors(session) is not None  # opening the study again asks again

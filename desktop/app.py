@@ -85,6 +85,7 @@ class MainWindow(QMainWindow):
         self.follower: EventFollower | None = None
         self.settings = settings or QSettings(str(Settings.from_env().home / "desktop.ini"), QSettings.Format.IniFormat)
         self.own_sessions: set[str] = set()
+        self.priors_looked_for: set[str] = set()  # sessions whose priors this window asked the archives for
         self.last_run_id: str | None = None
         self.dicom_node: QProcess | None = None
         self._painted = False
@@ -381,6 +382,7 @@ class MainWindow(QMainWindow):
     def open_session(self, session_id: str, image_id: str | None = None) -> None:
         self.session_id = session_id
         self.strip.set_session(session_id)
+        self.look_for_priors(session_id)
         if image_id is not None:
             self.show_image(session_id, image_id)
             return
@@ -392,10 +394,46 @@ class MainWindow(QMainWindow):
 
         Op(self, work, lane="read").success(lambda chosen: chosen and self.show_image(session_id, chosen)).run()
 
+    def look_for_priors(self, session_id: str) -> Op | None:
+        """Fetch the opened study's priors from the archives whose PACS settings say ``priors = true``,
+        on the network lane, the road the DICOM node takes for a received study
+        (:func:`dicom_node.pacs.client.fetch_configured_priors`); once per session and window (again
+        after an archive failed), never once recorded. The worklist shows them when they arrive
+        (``session.priors``); a failure is said in the status bar, not in a dialog."""
+        if self.engine is None or session_id in self.priors_looked_for:
+            return None
+        self.priors_looked_for.add(session_id)
+        engine = self.engine
+
+        def work() -> dict | None:
+            try:
+                from dicom_node.pacs.client import fetch_configured_priors
+            except ModuleNotFoundError:  # an install without the DICOM node: no archive to ask
+                return None
+            return fetch_configured_priors(engine, session_id)
+
+        def done(outcome: dict | None) -> None:
+            if outcome is not None:
+                ready = sum(1 for p in outcome["priors"] if p.get("complete"))
+                self.statusBar().showMessage(f"{ready} prior(s) of the study retrieved from the archive", 8000)
+                self.worklist.refresh()
+
+        def failed(exc: BaseException) -> None:
+            from engine.errors import ErrorCode, MedVisionError
+
+            if isinstance(exc, MedVisionError) and exc.code == ErrorCode.INVALID_ARGUMENT:
+                return  # no Patient ID (a PNG, say): there are no priors to look for
+            self.priors_looked_for.discard(session_id)  # an archive down: opening the study again retries
+            code = exc.code.value if isinstance(exc, MedVisionError) else type(exc).__name__
+            self.statusBar().showMessage(f"Priors not fetched: {code}: {exc}", 15000)
+
+        return Op(self, work, lane="network").success(done).failure(failed).run()  # no busy bar: it may take minutes
+
     def show_image(self, session_id: str, image_id: str) -> None:
         if session_id != self.session_id:
             self.session_id = session_id
             self.strip.set_session(session_id)
+            self.look_for_priors(session_id)
         self.canvas.load_image(session_id, image_id)
         engine = self.engine
 
@@ -432,17 +470,18 @@ class MainWindow(QMainWindow):
             return None
         engine, session_id, image_id = self.engine, self.session_id, self.canvas.image_id
 
-        def work() -> tuple[dict, dict] | None:
+        def work() -> tuple[dict, dict, dict] | None:
             priors = engine.list_priors(session_id)["priors"]
             if not priors:
                 return None
             prior = priors[0]["session_id"]
             result = engine.compare_with_prior(session_id, prior, image_id=image_id, register=False)
-            return engine.compare_images(session_id, prior, image_id=image_id), result
+            return (engine.compare_images(session_id, prior, image_id=image_id), result,
+                    engine.lesion_changes(session_id, prior))
 
         return Op(self, work).progress("Compare with prior").success(self._show_comparison).run()
 
-    def _show_comparison(self, found: tuple[dict, dict] | None) -> None:
+    def _show_comparison(self, found: tuple[dict, dict, dict] | None) -> None:
         from desktop.panels.compare import CompareDialog
 
         if found is None:

@@ -1,12 +1,14 @@
 """Background work through one builder, in the style of Anki's ``CollectionOp``.
 
 ``Op(parent, fn).success(cb).failure(cb).run()`` runs ``fn`` on a worker thread and
-calls back on the GUI thread. ``fn`` must never touch widgets. Two lanes:
+calls back on the GUI thread. ``fn`` must never touch widgets. Three lanes:
 
 - ``engine``: one thread, so the Engine is called from one worker at a time (long
   analyses queue here);
 - ``read``: one thread for store reads and pixel work (annotation lists, mask
-  decoding, thumbnails) that must not wait behind a 6 s analysis.
+  decoding, thumbnails) that must not wait behind a 6 s analysis;
+- ``network``: one thread for archive work (the priors of an opened study, fetched
+  by C-FIND and C-GET) that must hold up neither of the others.
 
 Failures go to ``failure`` or, by default, to :func:`desktop.errors.show_error`.
 Cancelling an op drops its result (engine calls are not interruptible).
@@ -157,5 +159,5 @@ class Op:
 
 
 def wait_idle(timeout_ms: int = 30000) -> bool:
-    """Block until both lanes are idle (tests and the benchmark; never from the GUI)."""
+    """Block until every lane is idle (tests and the benchmark; never from the GUI)."""
     return all(p.waitForDone(timeout_ms) for p in _pools.values())

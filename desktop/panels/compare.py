@@ -4,8 +4,10 @@ Three views over the current's pixel grid (current, aligned prior, difference) s
 zoom and pan: a wheel or a scroll in any of them moves all three. Window/level (right-drag
 in the current or the prior) is applied to both, since both are normalised to 0..1 by the
 engine; the difference keeps its own symmetric window. The table lists each finding then
-and now, with the models named. The engine computes everything (``compare_images``,
-``compare_with_prior``) on the engine lane; this window only draws.
+and now, with the models named; the lesion table each tracked lesion's value then and now,
+its change (in the unit and %) and the days between. The engine computes everything
+(``compare_images``, ``compare_with_prior``, ``lesion_changes``) on the engine lane; this
+window only draws.
 """
 
 from __future__ import annotations
@@ -36,6 +38,30 @@ def grey_image(values: np.ndarray, center: float, width: float) -> QImage:
     data = np.ascontiguousarray((scaled * 255).astype(np.uint8))
     image = QImage(data.data, data.shape[1], data.shape[0], data.shape[1], QImage.Format.Format_Grayscale8)
     return image.copy()
+
+
+def _measured(value: float | None, unit: str | None) -> str:
+    return "-" if value is None else f"{value:g} {unit or ''}".rstrip()
+
+
+def lesion_rows(changes: dict[str, Any]) -> list[list[str]]:
+    """The lesion table's rows from ``Engine.lesion_changes``: identifier, prior, current, change,
+    change %, days; then the lesions first seen now and those of the prior not measured now."""
+    rows = []
+    for pair in changes["lesions"]:
+        unit = pair.get("unit")
+        signed = "-" if pair["change"] is None else f"{pair['change']:+g} {unit or ''}".rstrip()
+        percent = "-" if pair["change_percent"] is None else f"{pair['change_percent']:+g} %"
+        rows.append([pair["identifier"] or pair["uid"], _measured(pair["prior"], unit),
+                     _measured(pair["current"], unit), signed + (f" ({pair['note']})" if pair.get("note") else ""),
+                     percent, "-" if pair["days"] is None else str(pair["days"])])
+    for lesion in changes["new"]:
+        rows.append([lesion["identifier"] or lesion["uid"], "-", _measured(lesion["value"], lesion["unit"]),
+                     "new (not in the prior)", "-", "-"])
+    for lesion in changes["not_followed"]:
+        rows.append([lesion["identifier"] or lesion["uid"], _measured(lesion["value"], lesion["unit"]), "-",
+                     "not measured now", "-", "-"])
+    return rows
 
 
 class SyncedView(QGraphicsView):
@@ -77,10 +103,10 @@ class SyncedView(QGraphicsView):
 class CompareDialog(QDialog):
     """Current, aligned prior and difference with one zoom, pan and window; findings then and now."""
 
-    def __init__(self, parent: Any, images: dict, result: dict) -> None:
+    def __init__(self, parent: Any, images: dict, result: dict, lesions: dict | None = None) -> None:
         super().__init__(parent)
         self.setWindowTitle("Compare with prior")
-        self.images, self.result = images, result
+        self.images, self.result, self.lesions = images, result, lesions
         self.window = (0.5, 1.0)
         self._syncing = False
         self.views = [SyncedView(self, "current"), SyncedView(self, "prior (aligned)"),
@@ -108,10 +134,17 @@ class CompareDialog(QDialog):
                                                         p(finding["current_probability"]), finding["change"]]))
         self.table.setToolTip(f"models: prior {findings['prior_model']}, current {findings['current_model']}"
                               + (f"; {findings['note']}" if findings["note"] else ""))
+        self.lesion_table = QTreeWidget()
+        self.lesion_table.setHeaderLabels(["Lesion", "Prior", "Current", "Change", "Change %", "Days"])
+        self.lesion_table.setRootIsDecorated(False)
+        for cells in lesion_rows(lesions) if lesions else []:
+            self.lesion_table.addTopLevelItem(QTreeWidgetItem(cells))
+        self.lesion_table.setVisible(self.lesion_table.topLevelItemCount() > 0)  # no tracked lesion: no table
         layout = QVBoxLayout(self)
         layout.addLayout(row, 3)
         layout.addWidget(self.summary)
         layout.addWidget(self.table, 1)
+        layout.addWidget(self.lesion_table, 1)
         self.views[2].pixmap.setPixmap(QPixmap.fromImage(grey_image(images["difference"] + 0.5, 0.5, 0.5)))
         self.set_window(*self.window)
         self.resize(1200, 800)

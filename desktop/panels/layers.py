@@ -1,13 +1,18 @@
 """Layer list: per-layer visibility and opacity, the annotations each layer holds, and the measurements
-drawn on the volume planes (listed under their own heading: they belong to the volume, not to the image)."""
+drawn on the volume planes (listed under their own heading: they belong to the volume, not to the image).
+
+An annotation's context menu links it to a lesion across studies (:mod:`desktop.panels.lesions`);
+a tracked one shows its Tracking Identifier."""
 
 from __future__ import annotations
 
 from desktop.canvas.layers import layer_for
 from desktop.canvas.plane_tools import plane_of, roi_text
+from desktop.panels.lesions import LesionLinker
 from desktop.qt import (
     QHBoxLayout,
     QLabel,
+    QMenu,
     QSlider,
     Qt,
     QTreeWidget,
@@ -40,6 +45,8 @@ class LayersPanel(QWidget):
         layout.addWidget(self.tree)
         layout.addLayout(row)
         self.layer_items: dict[str, QTreeWidgetItem] = {}
+        self.annotations: dict[str, dict] = {}  # the listed annotations by id (their rows, for the menu)
+        self.lesions = LesionLinker(canvas, self)
         self._updating = False
         for layer in canvas.layers.layers:
             item = QTreeWidgetItem([layer.title, ""])
@@ -58,6 +65,20 @@ class LayersPanel(QWidget):
         self.tree.currentItemChanged.connect(self._current_changed)
         self.opacity.valueChanged.connect(self._opacity_moved)
         canvas.annotations_changed.connect(self.set_annotations)
+        self.tree.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        self.tree.customContextMenuRequested.connect(self._context_menu)
+
+    def _context_menu(self, position) -> None:  # noqa: ANN001 - QPoint
+        item = self.tree.itemAt(position)
+        data = item.data(0, Qt.ItemDataRole.UserRole) if item is not None else None
+        menu = self.annotation_menu(data[1]) if data and data[0] == "annotation" else None
+        if menu is not None:
+            menu.exec(self.tree.viewport().mapToGlobal(position))
+
+    def annotation_menu(self, annotation_id: str) -> QMenu | None:
+        """The lesion actions on one listed annotation (None: it cannot be a lesion)."""
+        annotation = self.annotations.get(annotation_id)
+        return None if annotation is None else self.lesions.menu(annotation, self)
 
     def _untrained_changed(self) -> None:
         note = self.canvas.layers.untrained_note
@@ -110,13 +131,19 @@ class LayersPanel(QWidget):
         self._updating = True
         for item in self.layer_items.values():
             item.takeChildren()
+        self.annotations = {a["annotation_id"]: a for a in annotations}
         for annotation in annotations:
             label = annotation.get("label") or annotation["type"]
-            child = QTreeWidgetItem([label, f"{annotation['source']} · {annotation['type']}"])
+            tracking = annotation.get("tracking")
+            lesion = f" · lesion {tracking['identifier']}" if tracking else ""
+            child = QTreeWidgetItem([label, f"{annotation['source']} · {annotation['type']}{lesion}"])
+            if tracking:
+                child.setToolTip(1, f"Tracking Identifier {tracking['identifier']}, UID {tracking['uid']}")
             child.setData(0, Qt.ItemDataRole.UserRole, ("annotation", annotation["annotation_id"]))
             child.setFlags(child.flags() | Qt.ItemFlag.ItemIsEditable)
             self.layer_items[layer_for(annotation)].addChild(child)
         self._updating = False
+        self.lesions.refresh()
 
     def set_volume_annotations(self, annotations: list[dict]) -> None:
         """The shown volume's 3D annotations (``MprPanel.annotations_changed``): plane, slice and result."""

@@ -1,5 +1,6 @@
 """The PACS operations a front-end of the engine calls with an ``Engine`` and an archive spec
-(the MCP tools ``query_pacs``, ``retrieve_study``, ``list_priors``): settings from the data
+(the MCP tools ``query_pacs``, ``retrieve_study``, ``list_priors``; the desktop's look for the
+priors of a study it opens, :func:`fetch_configured_priors`): settings from the data
 directory's ``pacs.toml`` (or ``MEDVISION_PACS_CONFIG``), the archive by name or ``AE@HOST:PORT``,
 retrieved instances through the node's ingest. Plain JSON-ready dicts in, out."""
 
@@ -9,7 +10,7 @@ from typing import Any
 
 from dicom_node.ingest import Ingestor
 from dicom_node.pacs.config import Archive, ClientSettings, load
-from dicom_node.pacs.priors import fetch_priors, find_priors
+from dicom_node.pacs.priors import fetch_priors, find_priors, priors_settings, recorded
 from dicom_node.pacs.query import Query, find
 from dicom_node.pacs.retrieve import Retriever
 
@@ -61,3 +62,22 @@ def priors(engine: Any, session_id: str, pacs: str | None, *, fetch: bool = Fals
     remote = find_priors([archive], settings, engine.study_facts(session_id), count)
     keys = ("study_uid", "study_date", "study_time", "modality", "body_part", "archive")
     return listed | {"in_archive": [{k: p.get(k) for k in keys} for p in remote]}
+
+
+def fetch_configured_priors(engine: Any, session_id: str) -> dict[str, Any] | None:
+    """The priors of an opened session, fetched from the archives whose settings say ``priors = true``
+    as the node fetches those of a received study (:func:`fetch_priors`); None when no archive
+    has priors on or the session's priors were recorded already (by the node, or an earlier open).
+
+    Retrieved priors are stored without queueing an analysis: the desktop analyses a prior when
+    it is compared. Raises what the look-up raises (no Patient ID: ``INVALID_ARGUMENT``; an
+    archive that cannot be reached: its PACS code)."""
+    settings = priors_settings(engine)
+    archives = [archive for archive in settings.archives if archive.priors]
+    if not archives or recorded(engine, session_id):
+        return None
+    ingestor = Ingestor(engine.store, analyze=False, limits=engine.settings.limits)
+    try:
+        return fetch_priors(engine, ingestor, settings, archives, session_id)
+    finally:
+        ingestor.close()

@@ -12,6 +12,8 @@ analysed on arrival when the ingest analyses) and records them on the session
 :class:`PriorFetcher` is the node's background side: after a received study's analysis
 job, the node hands it the session; one thread fetches, so receiving and analysing never
 wait for an archive. A study fetched as a prior does not look for priors of its own.
+The desktop takes the same road when a study is opened
+(:func:`dicom_node.pacs.client.fetch_configured_priors`).
 """
 
 from __future__ import annotations
@@ -99,6 +101,23 @@ def fetch_priors(engine: Any, ingestor: Ingestor, settings: ClientSettings, arch
                            "total": round((finished - started) * 1000, 1)}}
 
 
+def recorded(engine: Any, session_id: str) -> bool:
+    """True once the session's priors were looked for and recorded (by any process, even none found)."""
+    return "priors" in (engine.store.get_session(session_id)["metadata"] or {})
+
+
+def priors_settings(engine: Any) -> ClientSettings:
+    """The PACS settings (``MEDVISION_PACS_CONFIG`` or ``HOME/pacs.toml``) the priors are fetched with;
+    a bad settings file gives none (logged): priors are then not fetched, nothing else stops."""
+    from dicom_node.pacs.config import load
+
+    try:
+        return load(home=engine.settings.home)
+    except MedVisionError as exc:
+        log.warning("PACS settings unusable, priors are not fetched: %s", exc.code.value)
+        return ClientSettings()
+
+
 class PriorFetcher:
     """One background thread fetching the priors of the sessions the node hands it."""
 
@@ -140,7 +159,7 @@ class PriorFetcher:
             try:
                 # one thread, in order: a prior's own job comes after the fetch that brought it
                 session = self.engine.store.get_session(session_id)
-                if "priors" in (session["metadata"] or {}) or session["study_instance_uid"] in self._prior_studies:
+                if recorded(self.engine, session_id) or session["study_instance_uid"] in self._prior_studies:
                     continue  # recorded already (another process, before a restart), or itself a prior
                 outcome = fetch_priors(self.engine, self.ingestor, self.settings, self.archives, session_id)
                 self._prior_studies.update(p["study_uid"] for p in outcome["priors"])
@@ -154,13 +173,6 @@ class PriorFetcher:
 
 
 def prior_fetcher(engine: Any, ingestor: Ingestor) -> PriorFetcher:
-    """The node's fetcher over the PACS settings (``MEDVISION_PACS_CONFIG`` or ``HOME/pacs.toml``):
-    enabled when an archive there says ``priors = true``; a bad settings file disables it (logged)."""
-    from dicom_node.pacs.config import load
-
-    try:
-        settings = load(home=engine.settings.home)
-    except MedVisionError as exc:
-        log.warning("PACS settings unusable, priors are not fetched: %s", exc.code.value)
-        settings = ClientSettings()
-    return PriorFetcher(engine, ingestor, settings)
+    """The node's fetcher over the PACS settings (:func:`priors_settings`): enabled when an
+    archive there says ``priors = true``."""
+    return PriorFetcher(engine, ingestor, priors_settings(engine))

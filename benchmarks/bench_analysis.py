@@ -71,6 +71,22 @@ def bench_models(pack: Path, threads: int, repeats: int) -> dict:
     return figures
 
 
+def reference_library(cases: Path) -> Path:
+    """A small reference library (five pydicom-data files and a cases CSV) in ``cases``; the CSV's path."""
+    from pydicom.data import get_testdata_file
+
+    cases.mkdir(parents=True)
+    rows = []
+    for name in ("RG1_J2KI.dcm", "RG3_UNCR.dcm", "MR2_UNCR.dcm", "CT_small.dcm", "US1_UNCR.dcm"):
+        shutil.copy(get_testdata_file(name), cases / name)
+        rows.append({"image_path": name, "impression": f"reference {name}", "Cardiomegaly": "0"})
+    with open(cases / "cases.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return cases / "cases.csv"
+
+
 def bench_rag_full(pack: Path, threads: int, repeats: int) -> dict:
     from pydicom.data import get_testdata_file
 
@@ -78,21 +94,12 @@ def bench_rag_full(pack: Path, threads: int, repeats: int) -> dict:
     from engine.config import Settings
 
     home = Path(tempfile.mkdtemp(prefix="mv-bench-rag-"))
-    cases = home / "cases"
-    cases.mkdir()
     try:
-        rows = []
-        for name in ("RG1_J2KI.dcm", "RG3_UNCR.dcm", "MR2_UNCR.dcm", "CT_small.dcm", "US1_UNCR.dcm"):
-            shutil.copy(get_testdata_file(name), cases / name)
-            rows.append({"image_path": name, "impression": f"reference {name}", "Cardiomegaly": "0"})
-        with open(cases / "cases.csv", "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        library = reference_library(home / "cases")
         settings = Settings(home=home, model_pack=pack, threads=threads, providers=("CPUExecutionProvider",),
                             use_keyring=False)
         with Engine(settings) as engine:
-            engine.build_rag_index(data_path=cases / "cases.csv")
+            engine.build_rag_index(data_path=library)
             session = engine.create_study_session("bench")["session_id"]
             image = engine.add_image_to_session(session, get_testdata_file("RG1_UNCR.dcm"), auto_analyze=False)
             engine.analyze_with_rag(session, image["image_id"], mode="full")  # warm-up: loads every model

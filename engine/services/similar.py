@@ -67,6 +67,7 @@ class SimilarCaseService:
         found = self.library.search(embedding["vector"], top_k=top_k, include_reports=include_reports,
                                     min_similarity=min_similarity)
         found["search_metadata"]["embedding_ms"] = round(sum(embedding["timings_ms"].values()), 2)
+        found["search_metadata"]["embedding_timings_ms"] = embedding["timings_ms"]
         return found | {"status": "ok", "model": embedding["model"], "model_trained": embedding["model_trained"]}
 
     def thumbnails(self, case_ids: list[str]) -> dict[str, bytes]:

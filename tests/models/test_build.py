@@ -37,7 +37,7 @@ def test_dev_build_is_complete_fresh_and_replaces_atomically(tmp_path: Path) -> 
 
 
 def test_families_are_chosen_by_name_in_build_order() -> None:
-    assert family_names() == ["classifier", "segmentation", "embedding", "sam", "llm"]
+    assert family_names() == ["classifier", "segmentation", "embedding", "sam", "llm", "volume_unet"]
     assert components_named(["sam", "classifier"]) == [classifier.build, sam.build]
     with pytest.raises(ValueError, match="unknown model family densenet; choose from classifier"):
         components_named(["classifier", "densenet"])

@@ -7,7 +7,7 @@ noise hits all alike) and parity against ONNX Runtime fp32 on the calibration ho
 pack (the eager side rebuilds the dev weights): build one with
 ``medvision models build --dev --only classifier,segmentation --out /tmp/pack``.
 
-    .venv/bin/python benchmarks/bench_runtimes.py --pack /tmp/pack [--threads 2] [--rounds 5] [--json out.json]
+    .venv/bin/python benchmarks/bench_runtimes.py --pack /tmp/pack [--threads 2] [--rounds 5] [--tasks classify] [--json out.json]
 """
 
 from __future__ import annotations
@@ -82,6 +82,7 @@ def main() -> None:
     parser.add_argument("--pack", type=Path, required=True)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--tasks", default="classify,organ_seg", help="comma-separated: classify, organ_seg")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -92,7 +93,7 @@ def main() -> None:
     images = load_calibration()
     report = {"threads": args.threads, "rounds": args.rounds}
     for task, resolution, views in (("classify", 224, 30), ("organ_seg", 512, 6)):
-        if any(e.task == task for e in pack.entries):
+        if task in args.tasks.split(",") and any(e.task == task for e in pack.entries):
             holdout = images.xrv_set(resolution, augmented=views).holdout
             baseline = {"torchxrayvision-eager": eager_runner(args.threads, holdout[:1])} if task == "classify" else {}
             report[task] = bench_task(pack, task, holdout, args.threads, args.rounds, baseline)

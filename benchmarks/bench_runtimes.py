@@ -87,10 +87,10 @@ def main() -> None:
     args = parser.parse_args()
 
     from engine.inference.modelpack import ModelPack
-    from models.calibration import load_calibration
+    from models.calibration import load_images
 
     pack = ModelPack.load(args.pack)
-    images = load_calibration()
+    images = load_images()
     report = {"threads": args.threads, "rounds": args.rounds}
     for task, resolution, views in (("classify", 224, 30), ("organ_seg", 512, 6)):
         if task in args.tasks.split(",") and any(e.task == task for e in pack.entries):

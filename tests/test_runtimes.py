@@ -83,3 +83,12 @@ def test_manifest_refuses_an_unknown_runtime(model_pack, tmp_path):
     with pytest.raises(MedVisionError) as caught:
         ModelPack.load(pack)
     assert caught.value.code is ErrorCode.MODEL_LOAD_ERROR and "runtime" in caught.value.message
+
+
+def test_a_pinned_precision_runs_onnxruntime_as_built(model_pack, rg1_path, tmp_path):
+    """MEDVISION_PRECISION=fp32 asks for reference numerics: the measured bf16 choice is not used."""
+    pack = _classifier_pack(model_pack, tmp_path / "pack", runtime="openvino", inference_precision="bf16")
+    precision = json.loads((pack / "manifest.json").read_text())["models"][0]["precision"]
+    registry = ModelRegistry(Settings(home=tmp_path / "home", model_pack=pack, threads=2, precision=precision))
+    model = classify(decode_image(rg1_path), registry)["model"]
+    assert model["backend"] == "onnxruntime-cpu" and model["backend_fallback"] is None

@@ -48,6 +48,8 @@ class ModelRegistry:
         """The loaded session for ``entry``'s ONNX file (verified and created on first use).
 
         ONNX Runtime, or OpenVINO where the entry names ``runtime: openvino`` and it can run here.
+        A pinned precision (``MEDVISION_PRECISION``) runs that file on ONNX Runtime as built, the
+        reference numerics, without the measured runtime choice (which may compute in bf16).
         """
         with self._lock:
             model = self._models.get(entry.id)
@@ -55,7 +57,8 @@ class ModelRegistry:
                 if entry.spec["format"] != "onnx":
                     raise MedVisionError(ErrorCode.MODEL_LOAD_ERROR, f"{entry.id} is not an ONNX model")
                 path = self.pack.path(entry)
-                model = load_model(path, entry.spec, threads=self.settings.threads,
+                spec = {"runtime": "onnxruntime"} if self.settings.precision else entry.spec
+                model = load_model(path, spec, threads=self.settings.threads,
                                    providers=self.settings.providers, name=entry.id)
                 self._models[entry.id] = model
             return model

@@ -21,6 +21,7 @@ from desktop.canvas.view import TOOLS, CanvasView
 from desktop.panels.analysis import AnalysisPanel
 from desktop.panels.chat import ChatPanel
 from desktop.panels.layers import LayersPanel
+from desktop.panels.mpr import MprPanel
 from desktop.panels.strip import ImageStrip
 from desktop.panels.trace import TracePanel
 from desktop.panels.worklist import WorklistPanel
@@ -46,6 +47,7 @@ from desktop.sync import EventFollower
 from desktop.worker import Op, tracker
 from engine.config import Settings
 from engine.events import JOB_KINDS, WORKLIST_KINDS, EventKind
+from engine.vocabulary import UNTRAINED_OVERLAYS_HIDDEN, qualified
 
 IMAGE_SUFFIXES = {".dcm", ".dicom", ".png", ".jpg", ".jpeg", ""}
 EXPORT_FORMATS = {"pdf": "PDF report (*.pdf)", "html": "HTML report (*.html)", "json": "JSON report + trace (*.json)",
@@ -95,11 +97,13 @@ class MainWindow(QMainWindow):
         self.worklist, self.strip = WorklistPanel(), ImageStrip()
         self.analysis, self.chat, self.trace = AnalysisPanel(), ChatPanel(), TracePanel()
         self.layers = LayersPanel(self.canvas)
+        self.mpr = MprPanel()
         self.docks = {}
         for name, title, widget, area in (
             ("worklist", "Worklist", self.worklist, Qt.DockWidgetArea.LeftDockWidgetArea),
             ("layers", "Layers", self.layers, Qt.DockWidgetArea.LeftDockWidgetArea),
             ("strip", "Images", self.strip, Qt.DockWidgetArea.BottomDockWidgetArea),
+            ("volume", "Volume (axial, coronal, sagittal)", self.mpr, Qt.DockWidgetArea.BottomDockWidgetArea),
             ("analysis", "Analysis", self.analysis, Qt.DockWidgetArea.RightDockWidgetArea),
             ("chat", "Agent chat", self.chat, Qt.DockWidgetArea.RightDockWidgetArea),
             ("trace", "Trace", self.trace, Qt.DockWidgetArea.RightDockWidgetArea),
@@ -110,6 +114,8 @@ class MainWindow(QMainWindow):
             self.addDockWidget(area, dock)
             self.docks[name] = dock
         self.tabifyDockWidget(self.docks["chat"], self.docks["trace"])
+        self.splitDockWidget(self.docks["strip"], self.docks["volume"], Qt.Orientation.Vertical)  # room to grow
+        self.docks["volume"].hide()  # shown when the image on screen is a slice of a volume stack
         self.docks["chat"].raise_()
         self._build_status_bar()
         self._build_actions()
@@ -122,6 +128,11 @@ class MainWindow(QMainWindow):
         self.chat.request_answered.connect(self.answer_request)
         self.canvas.cursor_moved.connect(self.cursor_label.setText)
         self.canvas.image_shown.connect(lambda row: self.strip.select_image(row["id"]))
+        self.canvas.image_shown.connect(self.follow_volume)
+        self.canvas.slice_step.connect(self.step_slice)
+        self.mpr.volume_shown.connect(lambda _info: self.update_stack_text())
+        self.stack_ids: list[str] = []  # the image ids of the stack on the canvas, by z
+        self.mpr.cursor_moved.connect(self.cursor_label.setText)
         self.canvas.region_drawn.connect(lambda region: self.statusBar().showMessage(
             f"{region['type']} drawn: type a question in the chat to analyse it", 4000))
         tracker.changed.connect(self._ops_changed)
@@ -217,7 +228,7 @@ class MainWindow(QMainWindow):
     def set_engine(self, engine) -> None:  # noqa: ANN001
         """Attach the engine (opened off the GUI thread at start-up) and start following events."""
         self.engine = engine
-        self.canvas.engine = self.worklist.engine = self.strip.engine = engine
+        self.canvas.engine = self.worklist.engine = self.strip.engine = self.mpr.engine = engine
         self.follower = EventFollower(engine, parent=self)
         self.follower.event.connect(self.on_store_event)
         self.worklist.refresh()
@@ -235,6 +246,8 @@ class MainWindow(QMainWindow):
         trained = pack.get("trained")
         self.banner_label.setVisible(trained is False)
         self.banner_label.setText("UNTRAINED development models: output not meaningful")
+        self.canvas.layers.set_models_untrained(
+            trained is False, f"{UNTRAINED_OVERLAYS_HIDDEN} Tick a layer to show it anyway (it stays labelled).")
         gpu = "CUDAExecutionProvider" in status.get("available_providers", [])
         self.device_label.setText("GPU (CUDA)" if gpu else f"CPU ({status.get('threads')} threads)")
         if importlib.util.find_spec("dicom_node.__main__") is None:
@@ -281,6 +294,57 @@ class MainWindow(QMainWindow):
             return None
         return Op(self, lambda: self.engine.delete_session(session_id)).progress("Deleting the study").success(
             lambda _r: self.worklist.refresh()).run()
+
+    def follow_volume(self, row: dict) -> Op | None:
+        """When the image shown is a slice of a volume stack, scroll the canvas through that stack and
+        show its planes at the slice; else the canvas scrolls nothing."""
+        engine, session_id, image_id = self.engine, self.canvas.session_id, row["id"]
+        if engine is None or session_id is None:
+            return None
+
+        def work() -> tuple[dict, list[str]]:
+            images = engine.get_session_status(session_id)["images"]
+            image = next((i for i in images if i["image_id"] == image_id), {})
+            if image.get("stack") is None:
+                return image, []
+            members = [i for i in images if (i.get("series_uid"), i.get("stack")) == (image.get("series_uid"),
+                                                                                     image["stack"])]
+            return image, [i["image_id"] for i in sorted(members, key=lambda i: i["z"])]
+
+        def show(result: tuple[dict, list[str]]) -> None:
+            image, self.stack_ids = result
+            self.canvas.scrolls_stack = bool(self.stack_ids)
+            if self.stack_ids:
+                if not self.docks["volume"].isVisible():
+                    self.docks["volume"].show()
+                    self.resizeDocks([self.docks["volume"]], [max(280, self.height() // 3)], Qt.Orientation.Vertical)
+                self.mpr.follow_image(session_id, image)
+            self.update_stack_text()
+
+        return Op(self, work, lane="read").success(show).run()
+
+    def update_stack_text(self) -> None:
+        """The canvas's corner lines for a stack slice: its index, and once the volume is assembled its
+        position along the normal, thickness and spacing (the axial plane's own lines at that slice)."""
+        image_id = self.canvas.image_id
+        if image_id not in self.stack_ids:
+            self.canvas.stack_text = []
+        else:
+            z, axial = self.stack_ids.index(image_id), self.mpr.views["axial"]
+            self.canvas.stack_text = [f"slice {z + 1}/{len(self.stack_ids)}"]
+            if self.mpr.volume is not None and axial.index == z and len(self.stack_ids) == axial.size:
+                corners = axial.corner_text()
+                self.canvas.stack_text += [corners["top_left"][2], corners["bottom_left"][0]]
+        self.canvas.viewport().update()
+
+    def step_slice(self, step: int) -> None:
+        """Show the slice ``step`` away in the stack on the canvas (clamped at its ends)."""
+        if self.canvas.image_id not in self.stack_ids:
+            return
+        index = self.stack_ids.index(self.canvas.image_id)
+        target = min(max(index + step, 0), len(self.stack_ids) - 1)
+        if target != index:
+            self.show_image(self.session_id, self.stack_ids[target])
 
     def open_files_dialog(self) -> None:
         files, _ = QFileDialog.getOpenFileNames(self, "Open images", "",
@@ -355,8 +419,9 @@ class MainWindow(QMainWindow):
         if result["image_id"] == self.canvas.image_id:
             self.show_analysis(result)
         positive = (result.get("classification") or {}).get("positive") or []
-        self.chat.add_message("system", f"Analysis ({result.get('preset') or 'custom'}) done: "
-                              + (", ".join(positive) if positive else "no finding above threshold")
+        text = (f"Analysis ({result.get('preset') or 'custom'}) done: "
+                + (", ".join(positive) if positive else "no finding above threshold"))
+        self.chat.add_message("system", qualified(text, result.get("model_trained"))
                               + (f"\n{result['banner']}" if result.get("banner") else ""))
         self.worklist.refresh()
 
@@ -611,7 +676,7 @@ class MainWindow(QMainWindow):
             if os.name == "nt":  # Windows cannot rename a folder whose files are open (llama.cpp maps the GGUF)
                 old.models.unload()
             result = import_signed_pack(source, settings.model_pack, trusted_keys=trusted_keys)
-            return result, Engine(settings)
+            return result, Engine(settings, front_end="desktop")
 
         def done(outcome: tuple[dict, Any]) -> None:
             result, engine = outcome
@@ -713,7 +778,7 @@ def _open_engine():  # noqa: ANN202 - engine.api.Engine
 
     pack = os.environ.get("MEDVISION_MODEL_PACK") or QSettings(
         str(Settings.from_env().home / "desktop.ini"), QSettings.Format.IniFormat).value("model_pack")
-    return Engine(Settings.from_env(model_pack=pack))
+    return Engine(Settings.from_env(model_pack=pack), front_end="desktop")
 
 
 def main(argv: list[str] | None = None) -> int:

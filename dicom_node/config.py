@@ -22,6 +22,7 @@ Example ``dicom-node.toml``::
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
@@ -74,6 +75,11 @@ DUPLICATE_POLICY = KEEP_FIRST
 #: blob, durable before the acknowledgement, is the record meanwhile (a crash loses
 #: nothing: it is indexed when the store is next opened).
 INDEX_INTERVAL_S = 0.2
+#: A CT/MR series is complete once no new instance of it arrived for this many seconds;
+#: then one volume job (classical segmentation, structure volumes) is queued for it
+#: (:mod:`dicom_node.series`). ``MEDVISION_SERIES_QUIET_S`` overrides the default.
+SERIES_QUIET_S = 10.0
+SERIES_QUIET_ENV = "MEDVISION_SERIES_QUIET_S"
 
 _AE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # no backslash, no control characters
 
@@ -109,6 +115,7 @@ class NodeConfig:
     analyze: bool = True
     duplicate_policy: str = DUPLICATE_POLICY
     index_interval_s: float = INDEX_INTERVAL_S
+    series_quiet_s: float = SERIES_QUIET_S
     destination: Destination | None = None
     outbox_max_attempts: int = OUTBOX_MAX_ATTEMPTS
     outbox_backoff_s: float = OUTBOX_BACKOFF_S
@@ -128,6 +135,8 @@ class NodeConfig:
             _bad("max_associations/workers", "must be at least 1")
         if not self.index_interval_s >= 0:
             _bad("index_interval_s", "must be 0 or more seconds")
+        if not self.series_quiet_s > 0:
+            _bad("series_quiet_s", "must be more than 0 seconds")
         if self.duplicate_policy not in DUPLICATE_POLICIES:
             _bad("duplicate_policy", f"must be one of {', '.join(DUPLICATE_POLICIES)}")
         if (self.tls_certificate is None) != (self.tls_key is None):
@@ -168,12 +177,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a resend of a stored instance with other content: keep_first (default), keep_newest, refuse")
     add("--index-interval", dest="index_interval_s", type=float,
         help="seconds an acknowledged instance may wait for its database rows (default 0.2)")
+    add("--series-quiet", dest="series_quiet_s", type=float,
+        help=f"seconds without a new instance after which a CT/MR series is complete and its volume job"
+             f" queued (default {SERIES_QUIET_S:g}, or {SERIES_QUIET_ENV})")
     add("--destination", help="send results to AE@host:port")
 
 
 def load(args: argparse.Namespace | None = None, path: Path | None = None) -> NodeConfig:
-    """Defaults, then the TOML file (``--config`` or ``path``), then the flags."""
+    """Defaults, then the environment (``MEDVISION_SERIES_QUIET_S``), then the TOML file
+    (``--config`` or ``path``), then the flags."""
     values: dict[str, Any] = {}
+    if os.environ.get(SERIES_QUIET_ENV):
+        try:
+            values["series_quiet_s"] = float(os.environ[SERIES_QUIET_ENV])
+        except ValueError:
+            _bad(SERIES_QUIET_ENV, "must be a number of seconds")
     path = getattr(args, "config", None) or path
     if path is not None:
         with open(path, "rb") as handle:

@@ -34,6 +34,7 @@ from pynetdicom.presentation import build_context
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import _STORAGE_CLASSES, Verification
 
+from dicom_node.audit import record_receipt
 from dicom_node.config import NodeConfig
 from dicom_node.ingest import CANNOT_UNDERSTAND, OUT_OF_RESOURCES_OTHER, Ingestor
 from dicom_node.spool import SpoolFile
@@ -251,6 +252,8 @@ class Handlers:
                 spool, request.AffectedSOPClassUID, request.AffectedSOPInstanceUID,
                 association_id=association_id, calling_ae=event.assoc.requestor.ae_title.strip(),
                 duplicate_policy=self.config.duplicate_policy)
+            record_receipt(self.ingestor.store, outcome, request.AffectedSOPInstanceUID, via="C-STORE",
+                           peer_ae=event.assoc.requestor.ae_title.strip(), peer_host=event.assoc.requestor.address)
         except Exception:  # noqa: BLE001 - answer with a status, never raise
             log.exception("C-STORE handling failed in association %s", association_id)
             return OUT_OF_RESOURCES_OTHER

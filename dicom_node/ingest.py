@@ -61,12 +61,13 @@ import pydicom
 from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
 
+from dicom_node.audit import record_stored
 from dicom_node.config import INDEX_INTERVAL_S
 from dicom_node.indexer import IndexWriter
 from engine.config import DecodeLimits
 from engine.errors import ErrorCode, MedVisionError
 from engine.imaging.limits import image_too_large, read_dicom
-from engine.imaging.records import has_auto_analysis, record_from_header
+from engine.imaging.records import arrival_job, record_from_header
 from engine.store import Store
 from engine.store.common import now_iso
 from engine.store.dicom import KEEP_FIRST, REFUSE, instance_index
@@ -138,8 +139,10 @@ class Ingestor:
     policy's look-ups through a second one, never queued behind a write)."""
 
     def __init__(self, store: Store, *, analyze: bool = True, job_max_attempts: int = 3,
-                 limits: DecodeLimits | None = None, index_interval_s: float = INDEX_INTERVAL_S) -> None:
+                 limits: DecodeLimits | None = None, index_interval_s: float = INDEX_INTERVAL_S,
+                 on_indexed: Callable[[dict, dict], None] | None = None) -> None:
         self.store = store
+        self.on_indexed = on_indexed  # (instance, how the store settled it) after its rows are written
         self.analyze = analyze
         self.job_max_attempts = job_max_attempts
         self.limits = limits or DecodeLimits.from_env()
@@ -190,7 +193,7 @@ class Ingestor:
         record, session_name = checked
         instance = {"blob_id": spool.blob_id, "size": spool.size, "sha256": spool.sha256, "record": record,
                     "association_id": association_id, "calling_ae": calling_ae, "session_name": session_name,
-                    "job_kind": ANALYZE_JOB if self.analyze and has_auto_analysis(record["type"]) else None,
+                    "job_kind": ANALYZE_JOB if self.analyze and arrival_job(record) else None,
                     "max_attempts": self.job_max_attempts, "duplicate_policy": duplicate_policy,
                     "received_at": now_iso()}
         # Under keep_first/keep_newest the answer is 0x0000 whatever the store holds; a
@@ -229,11 +232,14 @@ class Ingestor:
         return Outcome(DUPLICATE_REFUSED, "rejected", reason="duplicate SOP instance with different content")
 
     def _written(self, instance: dict, done: dict) -> None:
-        """After an instance's rows are written: a blob no row took is deleted."""
+        """After an instance's rows are written: its audit record; a blob no row took is deleted."""
+        record_stored(self.store, instance, done)
         if not done["blob_used"]:
             self.store.blobs.delete(instance["blob_id"])
         self._held.forget(instance["record"]["sop_instance_uid"], instance["sha256"])
         _log_duplicate(done, instance["association_id"])
+        if self.on_indexed is not None:
+            self.on_indexed(instance, done)
 
 
 def _log_duplicate(done: dict, association_id: str | None) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 import pydicom
 from pynetdicom import AE
 
+from dicom_node.audit import record_sent
 from dicom_node.config import NodeConfig
 from engine.errors import MedVisionError
 
@@ -97,6 +98,7 @@ class OutboxSender:
         return sent
 
     def _result(self, row: dict, status: int | None, error: str | None) -> None:
+        record_sent(self.store, row, status, error, peer_ae=row["ae_title"], peer_host=f"{row['host']}:{row['port']}")
         delay = min(_MAX_BACKOFF_S, self.config.outbox_backoff_s * 2 ** row["attempts"])
         state = self.store.dicom_outbox_result(row["id"], status_code=status, error=error, retry_in_s=delay)
         if error:

@@ -1,7 +1,7 @@
 """The DICOM node: a C-ECHO / C-STORE SCP over the engine's store (thin front-end).
 
 ``Node(config, engine).start()`` binds the server (non-blocking), starts the analysis
-workers, the outbox sender and a heartbeat (which also runs the retention policy's cleanup); ``stop()`` undoes it in reverse order.
+workers, the series watcher (:mod:`dicom_node.series`), the outbox sender and a heartbeat (which also runs the retention policy's cleanup); ``stop()`` undoes it in reverse order.
 :func:`main` is ``python -m dicom_node serve``.
 """
 
@@ -28,6 +28,7 @@ from dicom_node.handlers import TRANSFER_SYNTAXES, Handlers
 from dicom_node.ingest import Ingestor, reconcile
 from dicom_node.outbox import OutboxSender
 from dicom_node.pacs.priors import prior_fetcher
+from dicom_node.series import SeriesWatcher
 from dicom_node.status import HEARTBEAT_S, HEARTBEAT_STALE_S
 from dicom_node.worker import AnalysisWorkers
 
@@ -75,6 +76,10 @@ class Node:
         self.handlers = Handlers(config, self.ingestor, self.node_id)
         self.priors = prior_fetcher(engine, self.ingestor)
         self.workers = AnalysisWorkers(engine, config, self.node_id, after_job=self.priors.submit)
+        self.series = SeriesWatcher(engine.store, self.ingestor.db, quiet_s=config.series_quiet_s,
+                                    max_attempts=config.job_max_attempts, wake_workers=self.workers.wake.set)
+        if config.analyze:
+            self.ingestor.on_indexed = self.series.note
         self.outbox = OutboxSender(engine.store, config)
         self.server: Any = None
         self._stopped = threading.Event()
@@ -109,6 +114,7 @@ class Node:
         # backlog and peers wait a 1 s SYN retransmit. A deeper backlog absorbs the pause.
         self.server.socket.listen(LISTEN_BACKLOG)
         self.workers.start()
+        self.series.start()
         self.priors.start()
         self.outbox.start()
         stale = datetime.now(UTC) - timedelta(seconds=HEARTBEAT_STALE_S)
@@ -163,6 +169,7 @@ class Node:
         self._stopped.set()
         self.server.shutdown()
         self.outbox.stop()
+        self.series.stop()
         self.workers.stop()
         self.priors.stop()
         try:
@@ -203,7 +210,7 @@ def serve(args: argparse.Namespace) -> int:
     done = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: done.set())
-    with Engine(home=args.home, model_pack=args.model_pack) as engine, Node(config, engine) as node:
+    with Engine(home=args.home, model_pack=args.model_pack, front_end="node") as engine, Node(config, engine) as node:
         log.info("ready on port %d", node.port)
         done.wait()
     return 0

@@ -21,7 +21,8 @@ from typing import Any
 
 from dicom_node.config import NodeConfig
 from dicom_node.ingest import ANALYZE_JOB
-from engine.errors import MedVisionError
+from dicom_node.series import VOLUME_JOB
+from engine.errors import ErrorCode, MedVisionError
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,36 @@ def build_results(engine: Any, session_id: str, image_id: str, config: NodeConfi
     """SR + burned-in SC of one image, kept encrypted and queued for the destination."""
     return engine.send_results_to(session_id, image_id, RESULT_FORMATS, asdict(config.destination),
                                   config.outbox_max_attempts)
+
+
+def analyze_series(engine: Any, payload: dict) -> dict[str, Any]:
+    """A complete series as one volume: its main stack's geometry and, for a CT, the classical
+    segmentation (``Engine.segment_volume``: body, lungs, airways, bone) with each structure's
+    volume in mL. Kept as an analysis row of kind ``volume`` on the stack's first image
+    (``analysis.created``); the job's result names it."""
+    session_id, series_uid = payload["session_id"], payload["series_uid"]
+    listed = engine.list_series(session_id)
+    series = next((s for s in listed["series"] if s["series_uid"] == series_uid), None)
+    if series is None:
+        raise MedVisionError(ErrorCode.NOT_A_VOLUME, "the series does not make a volume"
+                             + (f" ({listed['notes'][0]})" if listed["notes"] else ""), series_uid=series_uid)
+    stack = next((s for s in series["stacks"] if s["main"]), series["stacks"][0])
+    result: dict[str, Any] = {
+        "series_uid": series_uid, "modality": series["modality"], "stack": stack["stack"],
+        "slices": stack["slices"], "shape_zyx": stack["shape_zyx"], "spacing_zyx_mm": stack["spacing_zyx_mm"],
+        "update": bool(payload.get("update")), "instances": payload.get("instances"),
+        "warnings": stack["warnings"], "model_trained": False, "structure_volumes_ml": {}}
+    if series["modality"] in ("CT", ""):
+        segmented = engine.segment_volume(session_id, series_uid=series_uid, stack=stack["stack"])
+        result["segmentation"] = segmented["segmentation"]
+        result["structure_volumes_ml"] = {s["name"]: s["volume_ml"]
+                                          for s in segmented["segmentation"]["structures"] if s["found"]}
+    else:
+        result["segmentation"] = None
+        result["note"] = f"no classical segmentation for {series['modality']} (Hounsfield units needed)"
+    stored = engine.store.add_analysis(session_id, stack["first_image_id"], "volume", result)
+    return {"analysis_id": stored["id"], "image_id": stack["first_image_id"], "series_uid": series_uid,
+            "update": result["update"], "structure_volumes_ml": result["structure_volumes_ml"]}
 
 
 class AnalysisWorkers:
@@ -66,7 +97,7 @@ class AnalysisWorkers:
     def _run(self, worker: str) -> None:
         while not self._stop.is_set():
             try:
-                job = self.engine.claim_job(worker, kinds=[ANALYZE_JOB])
+                job = self.engine.claim_job(worker, kinds=[ANALYZE_JOB, VOLUME_JOB])
             except MedVisionError:
                 log.exception("claiming a job failed")
                 job = None
@@ -77,14 +108,17 @@ class AnalysisWorkers:
             self.run_job(job)
 
     def run_job(self, job: dict) -> str:
-        """Analyse one image (and queue its results); records done / retry / failed."""
+        """Analyse one image (and queue its results) or one series as a volume; records done / retry / failed."""
         payload = job["payload"]
         try:
-            result = self.engine.analyze_image(payload["session_id"], payload["image_id"], preset="quick")
-            summary: dict[str, Any] = {"analysis_id": result["analysis_id"]}
-            if self.config.destination is not None:
-                summary["outbox"] = build_results(self.engine, payload["session_id"], payload["image_id"],
-                                                  self.config)
+            if job["kind"] == VOLUME_JOB:
+                summary = analyze_series(self.engine, payload)
+            else:
+                result = self.engine.analyze_image(payload["session_id"], payload["image_id"], preset="quick")
+                summary = {"analysis_id": result["analysis_id"]}
+                if self.config.destination is not None:
+                    summary["outbox"] = build_results(self.engine, payload["session_id"], payload["image_id"],
+                                                      self.config)
         except MedVisionError as exc:
             return self.engine.finish_job(job["id"], error=f"{exc.code.value}: {exc.message}"[:500])
         except Exception as exc:  # noqa: BLE001 - a job's failure is recorded, the worker lives on

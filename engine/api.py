@@ -20,6 +20,7 @@ import numpy as np
 from engine.config import Settings
 from engine.events import Event
 from engine.services import Services
+from engine.services.audit import AuditTrail, audited
 
 if TYPE_CHECKING:  # the agent, canvas and export load on first use: a cold CLI stays fast
     from engine.agent.service import MedicalAgent
@@ -29,12 +30,15 @@ if TYPE_CHECKING:  # the agent, canvas and export load on first use: a cold CLI 
     from engine.store import Store
 
 
+@audited  # the calls that touch patient data leave an audit record: engine/services/audit.py
 class Engine:
-    """One engine per process, over one data directory and one model pack."""
+    """One engine per process, over one data directory and one model pack, named ``front_end`` in audit records."""
 
     def __init__(self, settings: Settings | None = None, *, home: str | Path | None = None,
-                 model_pack: str | Path | None = None) -> None:
+                 model_pack: str | Path | None = None, front_end: str = "api") -> None:
         self.services = Services.open(settings or Settings.from_env(home, model_pack))
+        self.audit: AuditTrail = self.services.audit  # audit.log reads and verifies the records
+        self.audit.identify(front_end)
         self._agent: MedicalAgent | None = None
         self._canvas: Canvas | None = None
         self._lock = threading.Lock()
@@ -330,25 +334,29 @@ class Engine:
                      include_report: bool = True, include_annotations: bool = True,
                      include_measurements: bool = True, template: str | None = None,
                      output_path: str | Path | None = None, include_identifiers: bool = False,
-                     institution: str = "", overwrite: bool = False) -> dict:
+                     institution: str = "", overwrite: bool = False, show_untrained_overlays: bool = False) -> dict:
         """Export a session's results as files people and PACS use; an existing file is replaced
-        only with ``overwrite``; see :func:`engine.export.service.export_study`."""
+        only with ``overwrite``; overlays of untrained models are drawn only with
+        ``show_untrained_overlays``; see :func:`engine.export.service.export_study`."""
         from engine.export.service import export_study
 
         return export_study(self.services, session_id, format, include_images, include_report, include_annotations,
-                            include_measurements, template, output_path, include_identifiers, institution, overwrite)
+                            include_measurements, template, output_path, include_identifiers, institution, overwrite,
+                            show_untrained_overlays)
 
     def get_visualization(self, session_id: str, image_id: str | None = None, include_annotations: bool = True,
                           include_segmentation: bool = True, include_measurements: bool = True,
                           output_path: str | Path | None = None, max_side: int | None = None,
                           overwrite: bool = False, plane: str | None = None, index: int | None = None,
-                          series_uid: str | None = None) -> dict:
+                          series_uid: str | None = None, show_untrained_overlays: bool = False) -> dict:
         """The composited view (image + chosen layers, or a volume series' plane) as a PNG (``png_base64``),
-        with the list of layers; written to a file only when ``output_path`` is given."""
+        with the list of layers (those of untrained models hidden unless ``show_untrained_overlays``);
+        written to a file only when ``output_path`` is given."""
         from engine.export.service import get_visualization
 
         return get_visualization(self.services, session_id, image_id, include_annotations, include_segmentation,
-                                 include_measurements, output_path, max_side, overwrite, plane, index, series_uid)
+                                 include_measurements, output_path, max_side, overwrite, plane, index, series_uid,
+                                 show_untrained_overlays)
 
     def send_results_to(self, session_id: str, image_id: str, formats: tuple[str, ...],
                         destination: dict[str, Any], max_attempts: int) -> list[int]:
@@ -375,10 +383,16 @@ class Engine:
         """HU statistics and mL of a voxel box or a sphere in patient mm of a stored series."""
         return self.services.volumes.roi(session_id, **roi)
 
+    def volume_source_headers(self, session_id: str, series_uid: str | None = None, stack: str | None = None
+                              ) -> list[Any]:
+        """The stored slices' headers (pydicom datasets without pixels) in the volume's z order."""
+        return self.services.volumes.source_headers(session_id, series_uid, stack)
+
     def segment_volume(self, session_id: str, structures: list[str] | str | None = None,
-                       series_uid: str | None = None, stack: str | None = None) -> dict:
-        """Body, lungs, airways and bone of a stored CT without a trained model, with volumes in mL."""
-        return self.services.volumes.segment(session_id, structures, series_uid, stack)
+                       series_uid: str | None = None, stack: str | None = None, annotate: bool = False) -> dict:
+        """Body, lungs, airways and bone of a stored CT without a trained model, with volumes in mL
+        (``annotate``: each structure stored as a ``volume_roi`` annotation)."""
+        return self.services.volumes.segment(session_id, structures, series_uid, stack, annotate)
 
     # -- models ------------------------------------------------------------------------
     # -- priors and compare ----------------------------------------------------------

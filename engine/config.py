@@ -9,6 +9,8 @@ Environment variables (all optional):
 ``MEDVISION_THREADS``      intra-op threads for ONNX Runtime (default: min(4, cores))
 ``MEDVISION_PROVIDERS``    comma list of ONNX Runtime providers to allow (default: CUDA, CPU)
 ``MEDVISION_PRECISION``    ``int8`` / ``fp32``: override the pack's default precision
+``MEDVISION_AUDIT_IDENTIFIERS``  comma list of the identifiers audit records hold, among
+                           ``AUDIT_IDENTIFIERS`` (default: session_id,image_id,study_uid)
 
 Decoding limits (positive integers; see :class:`DecodeLimits` for why these defaults):
 
@@ -43,6 +45,11 @@ DEFAULT_MAX_IMAGE_FILE_BYTES = 2 * 1024**3
 
 
 MiB = 1024 * 1024
+
+#: Identifiers an audit record may hold (the site's policy picks among them; a patient's
+#: name is never one): session and image ids, Study and SOP Instance UID, Patient ID.
+AUDIT_IDENTIFIERS = ("session_id", "image_id", "study_uid", "sop_uid", "patient_id")
+DEFAULT_AUDIT_IDENTIFIERS = ("session_id", "image_id", "study_uid")
 
 #: Decoded frames (``raw`` + ``pixels``) one process keeps for the images being flipped between.
 DEFAULT_DECODE_CACHE_BYTES = 512 * MiB
@@ -195,6 +202,10 @@ class Settings:
     prior_count: int = DEFAULT_PRIOR_COUNT
     volume_cache_mb: int = DEFAULT_VOLUME_CACHE_MB
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
+    #: Which identifiers audit records hold (``MEDVISION_AUDIT_IDENTIFIERS``).
+    audit_identifiers: tuple[str, ...] = DEFAULT_AUDIT_IDENTIFIERS
+    #: Off only to measure what auditing costs (benchmarks/bench_audit.py); no variable sets it.
+    audit_enabled: bool = True
 
     @property
     def export_root(self) -> Path:
@@ -235,4 +246,18 @@ class Settings:
             prior_count=env_int("MEDVISION_PRIOR_COUNT", DEFAULT_PRIOR_COUNT),
             volume_cache_mb=env_int("MEDVISION_VOLUME_CACHE_MB", DEFAULT_VOLUME_CACHE_MB),
             retention=RetentionPolicy.from_env(),
+            audit_identifiers=audit_identifiers_from_env(),
         )
+
+
+def audit_identifiers_from_env() -> tuple[str, ...]:
+    """``MEDVISION_AUDIT_IDENTIFIERS`` checked against :data:`AUDIT_IDENTIFIERS` (default when unset)."""
+    text = os.environ.get("MEDVISION_AUDIT_IDENTIFIERS", "").strip()
+    if not text:
+        return DEFAULT_AUDIT_IDENTIFIERS
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    unknown = [n for n in names if n not in AUDIT_IDENTIFIERS]
+    if unknown:
+        raise ValueError(f"MEDVISION_AUDIT_IDENTIFIERS: unknown identifier(s) {', '.join(unknown)[:80]};"
+                         f" choose among {', '.join(AUDIT_IDENTIFIERS)}")
+    return names

@@ -17,7 +17,8 @@ from engine.store import Store
 from engine.store.blobs import owner_mark, scoped_blob_id
 
 #: The database files themselves change on every write; everything else in the data dir is compared.
-DATABASE_FILES = ("medvision.db", "medvision.db-wal", "medvision.db-shm")
+#: The databases (the audit trail grows with every purge by design: tests/store/test_audit.py checks it).
+DATABASE_FILES = ("medvision.db", "medvision.db-wal", "medvision.db-shm", "audit.db", "audit.db-wal", "audit.db-shm")
 
 
 def dicom_bytes(name: str) -> bytes:

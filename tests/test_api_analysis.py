@@ -19,6 +19,7 @@ from engine.config import Settings
 from engine.errors import ErrorCode, MedVisionError
 from engine.imaging import decode_image
 from engine.imaging.masks import decode_rle
+from engine.vocabulary import UNTRAINED_OUTPUTS
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +78,9 @@ def test_region_analysis_measures_compares_and_annotates(engine: Engine, chest: 
     assert result["measurements"]["long_axis"]["value"] == pytest.approx(401 * 2**0.5, rel=0.01)
     assert result["comparison"]["status"] == "ok" and "standardised_difference" in result["comparison"]
     assert len(result["classification"]["findings"]) == 18
-    assert result["description"].startswith("Selected bbox region")
+    # The crop's classifier is untrained: the description says these are its outputs, first.
+    assert result["description"].startswith(f"{UNTRAINED_OUTPUTS} Selected bbox region in the right lung field")
+    assert result["region_info"]["anatomy"]["method"] == "lung_fields_classical"
     assert result["confidence_summary"]["overall"]["reliable"] is False  # untrained models
     annotation = engine.store.get_annotation(session, result["annotation_id"])
     assert annotation["source"] == "ai" and annotation["analysis_id"] == result["analysis_id"]

@@ -231,13 +231,14 @@ FORMS = documented_forms()
 
 # -- the grammar itself ---------------------------------------------------------------------------
 def test_the_reader_finds_every_documented_form() -> None:
-    commands = {" ".join(f[:2]) if f[0] in ("rag", "models", "sessions", "pacs") else f[0] for f in FORMS}
+    commands = {" ".join(f[:2]) if f[0] in ("rag", "models", "sessions", "pacs", "keys") else f[0] for f in FORMS}
     assert commands == {"analyze", "region", "segment", "volume", "roi", "segment-volume", "rag build", "rag search",
                         "annotations", "agent", "export",
                         "desktop", "mcp", "dicom-node", "models build", "models list", "models verify",
                         "models export-pack", "models import-pack", "models keygen", "sessions list",
-                        "sessions show", "sessions delete", "sessions pin", "sessions unpin", "sessions purge",
-                        "pacs echo", "pacs find", "pacs get", "pacs move", "pacs store", "pacs priors", "compare"}
+                        "sessions show", "sessions delete", "sessions pin", "sessions unpin", "sessions purge", "audit",
+                        "pacs echo", "pacs find", "pacs get", "pacs move", "pacs store", "pacs priors", "compare",
+                        "keys rotate", "backup", "restore"}
     node = [f for f in FORMS if f[0] == "dicom-node"]
     assert ["dicom-node", "status"] in node
     assert any(f[1] == "serve" for f in node) and any(f[1:3] == ["--config", "FILE"] for f in node)

@@ -16,9 +16,12 @@ from desktop.qt import QGraphicsPixmapItem, QImage, QPixmap, Qt
 from engine.imaging import DecodedImage
 from engine.imaging.decode import window_to_uint8
 
-#: Window presets (center, width) in modality units; CT ones are HU.
-CT_PRESETS = {"Lung": (-600.0, 1500.0), "Mediastinum": (50.0, 350.0), "Bone": (400.0, 1800.0),
-              "Brain": (40.0, 80.0), "Abdomen": (40.0, 400.0)}
+#: CT window presets (center, width) in HU: the CT defaults OHIF Viewers ships
+#: (extensions/cornerstone/src/components/WindowLevelActionMenu/defaultWindowLevelPresets.ts:
+#: Soft tissue W400/L40, Lung W1500/L-600, Liver W150/L90, Bone W2500/L480, Brain W80/L40).
+#: OHIF has no separate mediastinum or abdomen window: its soft-tissue window is used for both.
+CT_PRESETS = {"Soft tissue (mediastinum, abdomen)": (40.0, 400.0), "Lung": (-600.0, 1500.0),
+              "Liver": (90.0, 150.0), "Bone": (480.0, 2500.0), "Brain": (40.0, 80.0)}
 
 
 @dataclass

@@ -2,7 +2,9 @@
 
 Layer 0 original image, 1 AI masks, 2 AI boxes, 3 user drawings, 4 measurements,
 5 labels. A layer owns a graphics group; its items are children, so visibility and
-opacity apply to the whole layer. Panels subscribe to ``changed`` and write back
+opacity apply to the whole layer. With untrained models the model-output layers (AI
+masks, AI boxes: organ masks, region boxes, agent heatmaps) start hidden and say so in
+their title; the user can still show them. Panels subscribe to ``changed`` and write back
 through the setters (napari's layer events, in small).
 """
 
@@ -46,6 +48,12 @@ class LayerGroup(QGraphicsItem):
         """Nothing: the children paint."""
 
 
+#: Layers that show model output (masks, boxes, agent heatmaps): hidden when the models are untrained.
+MODEL_OUTPUT_LAYERS = ("ai_masks", "ai_boxes")
+#: Added to the title of a layer holding untrained models' output.
+UNTRAINED_SUFFIX = " (untrained model)"
+
+
 class Layer(QObject):
     """One canvas layer: a title, a visibility switch and an opacity in 0..1."""
 
@@ -53,9 +61,14 @@ class Layer(QObject):
 
     def __init__(self, key: str, title: str, z: int) -> None:
         super().__init__()
-        self.key, self.title = key, title
+        self.key, self.base_title = key, title
+        self.untrained = False
         self.group = LayerGroup()
         self.group.setZValue(z)
+
+    @property
+    def title(self) -> str:
+        return self.base_title + (UNTRAINED_SUFFIX if self.untrained else "")
 
     @property
     def visible(self) -> bool:
@@ -81,12 +94,28 @@ class Layer(QObject):
 
 
 class LayerModel(QObject):
-    """The ordered layers of the canvas."""
+    """The ordered layers of the canvas, and whether the models feeding them are untrained."""
+
+    untrained_changed = Signal()
 
     def __init__(self) -> None:
         super().__init__()
         self.layers = [Layer(key, title, z) for z, (key, title) in enumerate(LAYERS)]
         self.by_key = {layer.key: layer for layer in self.layers}
+        self.untrained_note = ""
 
     def __getitem__(self, key: str) -> Layer:
         return self.by_key[key]
+
+    def set_models_untrained(self, untrained: bool, note: str = "") -> None:
+        """Mark the model-output layers as untrained (titled so, and hidden until the user shows
+        them) or trained again (shown). ``note`` says why, for the panel's banner."""
+        self.untrained_note = note if untrained else ""
+        for key in MODEL_OUTPUT_LAYERS:
+            layer = self.by_key[key]
+            if layer.untrained == untrained:
+                continue
+            layer.untrained = untrained
+            layer.visible = not untrained
+            layer.changed.emit()  # the title changed even when the visibility did not
+        self.untrained_changed.emit()

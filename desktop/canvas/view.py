@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from desktop.canvas.commands import Ref
+from desktop.canvas.corners import paint_corner_text
 from desktop.canvas.image import CT_PRESETS, ImageItem, WindowedImage
 from desktop.canvas.items import COLORS, ORGAN_COLORS, AnnotationItem, mask_overlay
 from desktop.canvas.layers import LayerModel, layer_for
@@ -21,7 +22,6 @@ from desktop.canvas.tools import TOOLS, ToolController
 from desktop.qt import (
     QAction,
     QColor,
-    QFont,
     QGraphicsItem,
     QGraphicsPixmapItem,
     QGraphicsScene,
@@ -37,6 +37,7 @@ from desktop.qt import (
     Signal,
 )
 from desktop.worker import Op
+from engine.analysis.volume.annotation import VOLUME_ROI
 from engine.events import ANNOTATION_KINDS, EventKind
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,9 @@ class CanvasView(QGraphicsView):
     window_changed = Signal(float, float)
     mask_updated = Signal(dict)
     tool_changed = Signal(str)
+    slice_step = Signal(int)  # wheel or Up/Down/PageUp/PageDown over a slice of a volume stack
+
+    STACK_KEYS = {Qt.Key.Key_Up: -1, Qt.Key.Key_Down: 1, Qt.Key.Key_PageUp: -10, Qt.Key.Key_PageDown: 10}
 
     def __init__(self, parent: Any = None) -> None:
         super().__init__(parent)
@@ -72,6 +76,8 @@ class CanvasView(QGraphicsView):
         self.undo_stack = QUndoStack(self)
         self.items: dict[str, AnnotationItem] = {}
         self.deidentify = True
+        self.scrolls_stack = False  # set by the window while the image shown is a slice of a volume stack
+        self.stack_text: list[str] = []  # the slice's place in its stack (index, position, thickness, spacing)
         self._wl_drag: tuple[QPointF, float, float] | None = None
         self._pending_window: tuple[float, float] | None = None
         self._organ_items: list[QGraphicsItem] = []
@@ -129,12 +135,19 @@ class CanvasView(QGraphicsView):
         self.viewport().update()
 
     def show_image(self, session_id: str, row: dict, image: WindowedImage, first_frame: Any = None) -> None:
+        # Scrolling a stack keeps the zoom, pan and window of the slice before.
+        keep = (self.scrolls_stack and self.image is not None and self.image_item is not None
+                and (self.image.decoded.columns, self.image.decoded.rows) == (image.decoded.columns, image.decoded.rows))
+        window = (self.image_item.center, self.image_item.width) if keep else (None, None)
         self._clear_scene()
         self.session_id, self.image_row, self.image = session_id, row, image
         self.image_item = ImageItem(image, first_frame)
         self.image_item.setParentItem(self.layers["original"].group)
         self.scene().setSceneRect(QRectF(0, 0, image.decoded.columns, image.decoded.rows))
-        self.fit()
+        if not keep:
+            self.fit()
+        elif window != (None, None):
+            self.image_item.set_window(*window)
         self.refresh_annotations()
         self.refresh_ai_masks()
         self.image_shown.emit(row)
@@ -164,7 +177,7 @@ class CanvasView(QGraphicsView):
         if image_id != self.image_id:
             return
         decoded = self.image.decoded
-        fresh = {a["annotation_id"]: a for a in rows}
+        fresh = {a["annotation_id"]: a for a in rows if a["type"] != VOLUME_ROI}  # 3D: not a shape on this slice
         selected = {i for i, item in self.items.items() if item.isSelected()}
         for annotation_id in [i for i in self.items if i not in fresh or fresh[i] != self.items[i].annotation]:
             self.scene().removeItem(self.items.pop(annotation_id))
@@ -219,6 +232,12 @@ class CanvasView(QGraphicsView):
             self.schedule_sync()
 
     def wheelEvent(self, event) -> None:  # noqa: ANN001, N802 - Qt override
+        """The wheel zooms; over a slice of a volume stack it scrolls the stack and Ctrl+wheel zooms."""
+        steps = event.angleDelta().y() // 120
+        if self.scrolls_stack and not event.modifiers() & Qt.KeyboardModifier.ControlModifier:
+            if steps:
+                self.slice_step.emit(-int(steps))
+            return
         self.zoom_by(1.25 if event.angleDelta().y() > 0 else 0.8)
 
     def set_window(self, center: float | None, width: float | None) -> None:
@@ -333,8 +352,12 @@ class CanvasView(QGraphicsView):
         return super().mouseDoubleClickEvent(event)
 
     def keyPressEvent(self, event) -> None:  # noqa: ANN001, N802 - Qt override
-        if not self.tools.key_press(event.key()):
-            super().keyPressEvent(event)
+        if self.tools.key_press(event.key()):
+            return
+        if self.scrolls_stack and event.key() in self.STACK_KEYS:
+            self.slice_step.emit(self.STACK_KEYS[event.key()])
+            return
+        super().keyPressEvent(event)
 
     # -- the tool controller's API, as the window and panels use it ----------------------
     @property
@@ -416,25 +439,11 @@ class CanvasView(QGraphicsView):
             "top_right": [f"{row['modality'] or row['format']}  {row['type']}", row["source_name"] if not self.deidentify
                           else f"image {row['id']}"],
             "bottom_left": [f"WL {center:.0f}  WW {width:.0f}", f"zoom {self.scale_factor() * 100:.0f}%"],
-            "bottom_right": [f"{d.columns} x {d.rows}", f"{d.bits_stored}-bit"],
+            "bottom_right": [*self.stack_text, f"{d.columns} x {d.rows}", f"{d.bits_stored}-bit"],
         }
 
     def drawForeground(self, painter: QPainter, rect: QRectF) -> None:  # noqa: N802 - Qt override
-        corners = self.corner_text()
-        if not corners:
-            return
-        painter.save()
-        painter.resetTransform()
-        painter.setFont(QFont("Sans", 9))
-        painter.setPen(QColor(230, 230, 120))
-        area = self.viewport().rect().adjusted(6, 4, -6, -4)
-        flags = {"top_left": Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft,
-                 "top_right": Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignRight,
-                 "bottom_left": Qt.AlignmentFlag.AlignBottom | Qt.AlignmentFlag.AlignLeft,
-                 "bottom_right": Qt.AlignmentFlag.AlignBottom | Qt.AlignmentFlag.AlignRight}
-        for corner, lines in corners.items():
-            painter.drawText(area, flags[corner], "\n".join(line for line in lines if line))
-        painter.restore()
+        paint_corner_text(painter, self.viewport().rect(), self.corner_text(), point_size=9, margin=(6, 4))
 
     # -- actions and shortcuts ---------------------------------------------------------------
     def _make_actions(self) -> dict[str, QAction]:

@@ -28,8 +28,13 @@ class LayersPanel(QWidget):
         row = QHBoxLayout()
         row.addWidget(QLabel("Opacity"))
         row.addWidget(self.opacity)
+        self.untrained_banner = QLabel()
+        self.untrained_banner.setWordWrap(True)
+        self.untrained_banner.setStyleSheet("background:#7a1f1f;color:white;padding:3px")
+        self.untrained_banner.hide()
         layout = QVBoxLayout(self)
         layout.setContentsMargins(2, 2, 2, 2)
+        layout.addWidget(self.untrained_banner)
         layout.addWidget(self.tree)
         layout.addLayout(row)
         self.layer_items: dict[str, QTreeWidgetItem] = {}
@@ -42,14 +47,21 @@ class LayersPanel(QWidget):
             self.tree.addTopLevelItem(item)
             self.layer_items[layer.key] = item
             layer.changed.connect(lambda layer=layer: self._layer_changed(layer))
+        canvas.layers.untrained_changed.connect(self._untrained_changed)
         self.tree.itemChanged.connect(self._item_changed)
         self.tree.currentItemChanged.connect(self._current_changed)
         self.opacity.valueChanged.connect(self._opacity_moved)
         canvas.annotations_changed.connect(self.set_annotations)
 
+    def _untrained_changed(self) -> None:
+        note = self.canvas.layers.untrained_note
+        self.untrained_banner.setText(note)
+        self.untrained_banner.setVisible(bool(note))
+
     def _layer_changed(self, layer) -> None:  # noqa: ANN001
         self._updating = True  # a blocker: the model's own change must not echo back
         item = self.layer_items[layer.key]
+        item.setText(0, layer.title)
         item.setCheckState(0, Qt.CheckState.Checked if layer.visible else Qt.CheckState.Unchecked)
         item.setText(1, "" if layer.opacity >= 0.999 else f"{layer.opacity:.0%}")
         self._updating = False

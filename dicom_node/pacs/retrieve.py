@@ -40,6 +40,7 @@ from pynetdicom.sop_class import (
 )
 
 from dicom_node import spool
+from dicom_node.audit import record_receipt
 from dicom_node.handlers import DUL_POLL_S, TRANSFER_SYNTAXES
 from dicom_node.ingest import CANNOT_UNDERSTAND, OUT_OF_RESOURCES_OTHER, SUCCESS, Ingestor
 from dicom_node.pacs.config import Archive, ClientSettings
@@ -295,6 +296,8 @@ class _Receiver:
             outcome = retriever.ingestor.ingest(pending, request.AffectedSOPClassUID, request.AffectedSOPInstanceUID,
                                                 association_id=self.association_id,
                                                 calling_ae=retriever.archive.ae_title, **kwargs)
+            record_receipt(retriever.ingestor.store, outcome, request.AffectedSOPInstanceUID, via="C-GET",
+                           peer_ae=retriever.archive.ae_title, front_end="cli")
             self._count(str(request.AffectedSOPInstanceUID), outcome)
         except Exception:  # noqa: BLE001 - answer with a status, never raise into pynetdicom
             log.exception("storing a retrieved instance failed")
@@ -405,5 +408,7 @@ def _ingest_dataset(ingestor: Ingestor, ds: Dataset, calling_ae: str) -> Any:
     pending = spool.SpoolFile(ingestor.store.blobs)
     pending.write(buffer.getbuffer())
     del buffer
-    return ingestor.ingest(pending, ds.SOPClassUID, ds.SOPInstanceUID, association_id=None, calling_ae=calling_ae)
+    outcome = ingestor.ingest(pending, ds.SOPClassUID, ds.SOPInstanceUID, association_id=None, calling_ae=calling_ae)
+    record_receipt(ingestor.store, outcome, ds.SOPInstanceUID, via="WADO-RS", peer_ae=calling_ae, front_end="cli")
+    return outcome
 

@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 from engine.agent.guard import check_narrative, display_name, named_labels
 from engine.agent.memory import ConversationMemory
-from engine.agent.report import build_report
+from engine.agent.report import build_report, models_untrained
 from engine.analysis.questions import compose_answer, guarded, parse_question
 from engine.errors import ErrorCode, MedVisionError
 from engine.store import now_iso
-from engine.vocabulary import DISCLAIMER
+from engine.vocabulary import DISCLAIMER, UNTRAINED_OUTPUTS, qualified
 
 if TYPE_CHECKING:
     from engine.services import Services
@@ -288,7 +288,8 @@ def ask_about_image(services: Services, session_id: str, question: str, image_id
     report = context["report"] or {}
     result = {
         "session_id": session_id, "image_id": image_id, "question": question,
-        "answer": answer["answer"], "confidence": answer["confidence"],
+        "answer": qualified(answer["answer"], False) if report and models_untrained(report) else answer["answer"],
+        "confidence": answer["confidence"],
         "sources": [{k: s[k] for k in ("id", "tool_id", "ref", "text")} for s in answer["sources"]],
         "source": source, "guard": guard, "llm_attempt": attempt, "context": context["origin"],
         "model_trained": report.get("model_trained") if report else None, "disclaimer": DISCLAIMER,
@@ -351,7 +352,12 @@ def _asked_answer(services: Services, session_id: str, image_id: str, question: 
                               measurements=measurements, measurements_ref=measurements_ref,
                               spacing_known=decoded.pixel_spacing_mm is not None, image_format=decoded.format)
     answered = guarded(composed, check_narrative)
-    answered["text"] = lead + answered["text"]
+    text = answered["text"]
+    if lead and text.startswith(UNTRAINED_OUTPUTS):  # the untrained-models sentence stays first
+        text = f"{UNTRAINED_OUTPUTS} {lead}{text[len(UNTRAINED_OUTPUTS):].lstrip()}"
+    elif lead:
+        text = lead + text
+    answered["text"] = text
     answered["context"] = {"kind": "region_analysis", "analysis_id": region["analysis_id"]} if region else None
     return answered
 

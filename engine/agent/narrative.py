@@ -16,7 +16,9 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from engine.agent.guard import check_narrative, display_name, named_labels, support_of
+from engine.agent.report import models_untrained
 from engine.errors import MedVisionError
+from engine.vocabulary import UNTRAINED_OUTPUTS, qualified
 
 if TYPE_CHECKING:
     from engine.inference.llm import LlmRuntime
@@ -196,21 +198,31 @@ def template_narrative(report: dict[str, Any]) -> dict[str, str]:
     models, a warning. Each sentence is checked on its own and dropped if the guard
     objects (e.g. a suggestion naming something the report does not have), long
     reports are cut at whole sentences to the schema's lengths, and the whole is
-    checked again (falling back to a sentence that names nothing).
+    checked again (falling back to a sentence that names nothing). With untrained models
+    each field is led by :data:`engine.vocabulary.UNTRAINED_OUTPUTS`.
     """
     findings, impression = narrative_sentences(report)
     management = report.get("management") or {}
     if management.get("suggestion"):
         impression.append(_sentence(str(management["suggestion"])))
-    if report.get("model_trained") is False:
-        impression.append("Development models: output not meaningful.")
     findings = [s for s in findings if not check_narrative(s, report)]
     impression = [s for s in impression if not check_narrative(s, report)]
-    narrative = {"findings": _fit(findings, FINDINGS_MAX_CHARS) or "See the structured findings.",
-                 "impression": _fit(impression, IMPRESSION_MAX_CHARS) or "See the structured report."}
+    lead = len(UNTRAINED_OUTPUTS) + 1 if models_untrained(report) else 0  # room for the untrained-models sentence
+    narrative = {"findings": _fit(findings, FINDINGS_MAX_CHARS - lead) or "See the structured findings.",
+                 "impression": _fit(impression, IMPRESSION_MAX_CHARS - lead) or "See the structured report."}
     if check_narrative(narrative, report):  # a sentence that only fails next to another
         narrative = {"findings": "See the structured findings.", "impression": "See the structured report."}
-    return narrative
+    return qualified_narrative(narrative, report)
+
+
+def qualified_narrative(narrative: dict[str, str], report: dict[str, Any]) -> dict[str, str]:
+    """Each field led by the untrained-models sentence when the report's models are untrained.
+
+    Applied to every narrative, the language model's too, so that neither field read on
+    its own (a copied paragraph) can pass for a reading.
+    """
+    untrained = models_untrained(report)
+    return {key: qualified(value, False) if untrained else value for key, value in narrative.items()}
 
 
 _PARTIAL_FIELD = {key: re.compile(rf'"{key}"\s*:\s*"((?:[^"\\]|\\.)*)') for key in ("findings", "impression")}
@@ -320,8 +332,8 @@ def write_narrative(report: dict, llm: LlmRuntime | None, *, seed: int | None = 
         record["violations"] = violations
         attempts.append(record)
         if not violations:
-            narrative = {"findings": result["parsed"]["findings"].strip(),
-                         "impression": result["parsed"]["impression"].strip()}
+            narrative = qualified_narrative({"findings": result["parsed"]["findings"].strip(),
+                                             "impression": result["parsed"]["impression"].strip()}, report)
             rejected = attempts[0]["violations"] if number == 2 else []
             return {"narrative": narrative, "source": "llm",
                     "guard": {"status": "passed" if number == 1 else "retried", "violations": rejected,

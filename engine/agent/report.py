@@ -22,7 +22,7 @@ from typing import Any
 import jsonschema
 
 from engine.errors import ErrorCode, MedVisionError
-from engine.vocabulary import DISCLAIMER, UNTRAINED_BANNER
+from engine.vocabulary import DISCLAIMER, UNTRAINED_BANNER, qualified
 
 SCHEMA_VERSION = "1.0.0"
 NO_MODEL_NOTE = "No image analysis model ran: no finding was assessed."
@@ -148,7 +148,8 @@ def build_report(facts: dict[str, Any], outputs: dict[str, Any], *, session_id: 
         "model_trained": bool(trained) if trained is not None else False,
         "disclaimer": DISCLAIMER if trained else f"{DISCLAIMER} {UNTRAINED_BANNER if trained is False else NO_MODEL_NOTE}",
     }
-    report["reasoning"] = _reasoning(report, info, classification, segmentation, regions, management_out)
+    report["reasoning"] = qualified(_reasoning(report, info, classification, segmentation, regions, management_out),
+                                    trained)
     return report
 
 
@@ -184,6 +185,9 @@ def _reasoning(report: dict[str, Any], info: dict[str, Any], classification: dic
         parts.append(f"{region['label']} placed at {region.get('location') or 'an undetermined location'}.")
     if management:
         parts.append(f"Follow-up rule {management.get('rule_id') or 'default'} applies.")
-    if not report["model_trained"]:
-        parts.append("Models are untrained development weights: the findings are not meaningful.")
     return " ".join(parts)
+
+
+def models_untrained(report: dict[str, Any]) -> bool:
+    """Whether the report rests on untrained models (not merely on no model: its disclaimer says which)."""
+    return report.get("model_trained") is False and UNTRAINED_BANNER in (report.get("disclaimer") or "")

@@ -353,8 +353,8 @@ def zone_scan(call: ToolCall, args: dict[str, Any]) -> ToolResult:
     """Classify each lung zone's crop, so findings can be placed on a side and zone."""
     services = call.services
     image, decoded = services.images.decoded_image(call.session_id, call.image_id)
-    masks = None if args.get("geometric") else services.analysis.organ_masks(call.session_id, call.image_id, run=False)
-    boxes, method = zones.lung_zone_boxes(masks, decoded.rows, decoded.columns)
+    masks, source = (None, "geometric") if args.get("geometric") else _lung_masks(call)
+    boxes, method = zones.lung_zone_boxes(masks, decoded.rows, decoded.columns, source)
     wanted = {c["label"] for c in (call.facts.get("candidates") or {}).get("items", [])}
     scanned, model = [], None
     for entry in boxes:
@@ -370,20 +370,38 @@ def zone_scan(call: ToolCall, args: dict[str, Any]) -> ToolResult:
                       reasoning=f"{len(scanned)} lung zones classified ({method})")
 
 
+def _lung_masks(call: ToolCall) -> tuple[dict[str, Any] | None, str]:
+    """Lung masks for zone boxes and where they came from: the organ model's when it is trained,
+    else the lung fields found by image processing (untrained masks are noise and are not read)."""
+    analysis = call.services.analysis
+    if analysis.organ_model_trained():
+        return analysis.organ_masks(call.session_id, call.image_id, run=False), "organ_masks"
+    fields = analysis.lung_fields(call.session_id, call.image_id)
+    masks = {label: mask for label, mask in (("Right Lung", fields.right), ("Left Lung", fields.left))
+             if mask is not None}
+    return masks, "lung_fields_classical"
+
+
+def _target_masks(call: ToolCall, geometric: bool) -> dict[str, Any] | None:
+    """Organ masks for a heart/mediastinum/diaphragm box: only a trained organ model's."""
+    if geometric or not call.services.analysis.organ_model_trained():
+        return None
+    return call.services.analysis.organ_masks(call.session_id, call.image_id, run=False)
+
+
 def _locate(call: ToolCall, item: dict[str, Any], geometric: bool, threshold: float) -> dict[str, Any]:
     """Side, zone and box for one candidate finding."""
     services = call.services
     _, decoded = services.images.decoded_image(call.session_id, call.image_id)
     target, label = item["target"], item["label"]
     if target in zones.TARGET_MASKS:
-        masks = None if geometric else services.analysis.organ_masks(call.session_id, call.image_id, run=False)
-        box, method = zones.target_box(target, masks, decoded.rows, decoded.columns)
+        box, method = zones.target_box(target, _target_masks(call, geometric), decoded.rows, decoded.columns)
         return {"box": box, "method": method, "side": None, "zone": None, "probability": None}
     scan = call.outputs.get("zone_scan") or {}
     scanned = [z for z in scan.get("zones", []) if z["zone"] in item["zones"] and label in z["probabilities"]]
     if geometric or not scanned:
-        masks = None if geometric else services.analysis.organ_masks(call.session_id, call.image_id, run=False)
-        boxes, method = zones.lung_zone_boxes(masks, decoded.rows, decoded.columns)
+        masks, source = (None, "geometric") if geometric else _lung_masks(call)
+        boxes, method = zones.lung_zone_boxes(masks, decoded.rows, decoded.columns, source)
         chosen = [b for b in boxes if b["zone"] in item["zones"]]
         return {"box": zones.union_box([b["box"] for b in chosen]), "method": method, "side": None,
                 "zone": item["zones"][0] if len(item["zones"]) == 1 else None, "probability": None}

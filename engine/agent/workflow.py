@@ -37,12 +37,12 @@ from engine.agent.conditions import Condition
 from engine.agent.management import region_for
 from engine.agent.memory import ConversationMemory
 from engine.agent.pipeline import Pipeline, Step, ToolUse, select_pipeline
-from engine.agent.report import validate_report
+from engine.agent.report import models_untrained, validate_report
 from engine.agent.tools import Tool, ToolCall, ToolRegistry, ToolResult, default_registry
 from engine.agent.trace import AGENTS, TraceRecorder, step_summaries, summarize, totals
 from engine.errors import ErrorCode, MedVisionError
 from engine.store import new_id, now_iso
-from engine.vocabulary import DISCLAIMER
+from engine.vocabulary import DISCLAIMER, qualified
 
 if TYPE_CHECKING:
     from engine.services import Services
@@ -753,7 +753,8 @@ class AgentRun:
             parts.append(f"Follow-up: {report['management']['suggestion']}")
         if self.state["flags"]:
             parts.append("Flags: " + "; ".join(f["message"] for f in self.state["flags"]))
-        return " ".join(parts) or "Run completed."
+        summary = " ".join(parts) or "Run completed."
+        return qualified(summary, False) if report is not None and models_untrained(report) else summary
 
 
 _ABSOLUTE_PATH = re.compile(r"(?:[A-Za-z]:)?[\\/](?:[^\s'\"\\/:]+[\\/])+[^\s'\":]*")

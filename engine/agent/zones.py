@@ -29,23 +29,27 @@ GEOMETRIC_TARGETS = {
 }
 
 
-def lung_zone_boxes(organ_masks: dict[str, Any] | None, rows: int, columns: int) -> tuple[list[dict], str]:
-    """Six boxes (right/left x upper/middle/lower) and the method ("organ_masks"/"geometric").
+def lung_zone_boxes(organ_masks: dict[str, Any] | None, rows: int, columns: int,
+                    source: str = "organ_masks") -> tuple[list[dict], str]:
+    """Six boxes (right/left x upper/middle/lower) and the method (``source``, "geometric" or "mixed").
 
-    Each entry is ``{"side", "zone", "box", "method"}``. A side whose lung mask is
-    missing or empty falls back to geometry for that side only.
+    Each entry is ``{"side", "zone", "box", "method"}``. ``organ_masks`` holds "Right
+    Lung"/"Left Lung" masks; ``source`` names where they came from ("organ_masks", or
+    "lung_fields_classical" for :mod:`engine.analysis.lung_fields`). A side whose lung
+    mask is missing or empty falls back to geometry for that side only.
     """
     masks = boolean_masks(organ_masks, (rows, columns)) if organ_masks else {}
     boxes, methods = [], set()
     for side in SIDES:
         lung = masks.get(LUNG_MASKS[side])
-        for zone, box, method in _side_boxes(lung, side, rows, columns):
+        for zone, box, method in _side_boxes(lung, side, rows, columns, source):
             boxes.append({"side": side, "zone": zone, "box": box, "method": method})
             methods.add(method)
-    return boxes, "organ_masks" if methods == {"organ_masks"} else "geometric" if methods == {"geometric"} else "mixed"
+    return boxes, methods.pop() if len(methods) == 1 else "mixed"
 
 
-def _side_boxes(lung: np.ndarray | None, side: str, rows: int, columns: int) -> list[tuple[str, list[int], str]]:
+def _side_boxes(lung: np.ndarray | None, side: str, rows: int, columns: int,
+                source: str) -> list[tuple[str, list[int], str]]:
     if lung is not None and lung.any():
         out = []
         for zone, (start, stop) in zip(ZONES, lung_zones(lung), strict=True):
@@ -53,7 +57,7 @@ def _side_boxes(lung: np.ndarray | None, side: str, rows: int, columns: int) -> 
             cols = np.flatnonzero(band.any(axis=0))
             if cols.size == 0 or stop <= start:
                 break
-            out.append((zone, [int(cols[0]), int(start), int(cols[-1]), int(stop - 1)], "organ_masks"))
+            out.append((zone, [int(cols[0]), int(start), int(cols[-1]), int(stop - 1)], source))
         else:
             return out
     half = columns // 2

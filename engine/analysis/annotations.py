@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from engine.analysis.volume.annotation import VOLUME_ROI, check_anchor, validate_volume_roi
 from engine.errors import ErrorCode, MedVisionError
 from engine.imaging.regions import annotation_coordinates
 
@@ -56,10 +57,18 @@ def validate_fields(*, label: Any, confidence: Any, source: Any, notes: Any, lay
 
 
 def validate_coordinates(image_row: dict, annotation_type: Any, coordinates: Any) -> Any:
-    """Coordinates checked against the image row's size (``INVALID_REGION``), in pixels; a measurement gets its value."""
+    """Coordinates checked against the image row's size (``INVALID_REGION``), in pixels; a measurement gets its value.
+
+    A ``volume_roi`` (a 3D result) holds voxel coordinates of its series' volume: checked for consistency
+    and that the row's image, a slice of that series, can anchor it."""
     from engine.analysis.measurements import (
         measure_annotation,  # scipy/skimage: loaded when first needed
     )
+
+    if annotation_type == VOLUME_ROI:
+        checked = validate_volume_roi(coordinates)
+        check_anchor(image_row, checked)
+        return checked
 
     stored = annotation_coordinates(annotation_type, coordinates, image_row["rows"], image_row["columns"])
     if annotation_type == "measurement":

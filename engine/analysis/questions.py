@@ -22,8 +22,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-#: The first sentence of every answer that rests on untrained models.
-UNTRAINED_SENTENCE = "These are outputs of untrained development models, not findings."
+from engine.vocabulary import UNTRAINED_OUTPUTS
+
+#: The first sentence of every answer that rests on untrained models (one wording everywhere).
+UNTRAINED_SENTENCE = UNTRAINED_OUTPUTS
 #: Kinds of a parsed question, in the order they are answered.
 KINDS = ("finding", "not_covered", "needs_spacing", "measurement", "unknown")
 _WORD = re.compile(r"[a-z0-9]+")

@@ -85,9 +85,12 @@ def compare_contralateral(decoded: DecodedImage, mask: np.ndarray, mirrored: np.
 def describe_region(facts: dict[str, Any]) -> str:
     """One or two plain sentences from the measured facts (no model, nothing invented)."""
     parts = []
-    location = (facts.get("anatomy") or {}).get("primary")
+    anatomy = facts.get("anatomy") or {}
+    location = anatomy.get("primary")
     size = facts.get("area")
     parts.append(f"Selected {facts['region_type']} region" + (f" in the {location}" if location else ""))
+    if location and anatomy.get("method") == "lung_fields_classical":
+        parts[-1] += " (lung fields found by image processing, no trained model)"
     if size and size.get("value") is not None:
         parts[-1] += f", {size['value']:.1f} {size['unit']}"
     parts[-1] += "."

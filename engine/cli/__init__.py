@@ -16,12 +16,24 @@ import argparse
 import logging
 import sys
 
-from engine.cli import agent, compare, images, library, packs, pacs, programs, sessions, volumes
+from engine.cli import (
+    agent,
+    audit,
+    compare,
+    data,
+    images,
+    library,
+    packs,
+    pacs,
+    programs,
+    sessions,
+    volumes,
+)
 from engine.cli.common import EXIT_BAD_INPUT
 from engine.errors import MedVisionError
 
 #: The command families, in the order ``medvision --help`` lists them.
-FAMILIES = (images, volumes, library, sessions, packs, agent, pacs, compare, programs)
+FAMILIES = (images, volumes, library, sessions, audit, packs, agent, pacs, compare, data, programs)
 
 
 def build_parser() -> argparse.ArgumentParser:

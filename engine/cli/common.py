@@ -16,7 +16,7 @@ def open_engine(args: argparse.Namespace):  # noqa: ANN201 - engine.api imported
     """The ``Engine`` for ``--home`` and ``--pack`` (use it as a context manager)."""
     from engine.api import Engine
 
-    return Engine(home=args.home, model_pack=args.pack)
+    return Engine(home=args.home, model_pack=args.pack, front_end="cli")
 
 
 def load_image(engine, path: str, image_type: str | None) -> tuple[str, str]:  # noqa: ANN001

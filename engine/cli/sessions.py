@@ -26,7 +26,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         result = engine.export_study(args.session_id, args.format, include_images=args.image or None,
                                      template=args.template, output_path=args.out,
                                      include_identifiers=args.identifiers, institution=args.institution,
-                                     overwrite=args.overwrite)
+                                     overwrite=args.overwrite, show_untrained_overlays=args.show_untrained_overlays)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -125,6 +125,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     export.add_argument("--overwrite", action="store_true",
                         help="replace files that already exist at --out (never an imported image)")
     export.add_argument("--identifiers", action="store_true", help="print patient identifiers (PDF/HTML/JSON)")
+    export.add_argument("--show-untrained-overlays", action="store_true",
+                        help="draw masks and AI boxes of untrained models (hidden by default: not meaningful)")
     export.add_argument("--institution", default="")
     export.add_argument("--json", action="store_true")
     export.set_defaults(func=cmd_export)

@@ -3,7 +3,9 @@
 ``volume`` prints, for each stack the sources hold, its dimensions, spacing, orientation,
 slice order and every warning found while assembling it; ``roi`` the HU statistics and
 volume of a box of voxels; ``segment-volume`` the structures the training-free method
-finds (body, lungs, airways, bone) with their volumes. ``--json OUT`` writes the same as
+finds (body, lungs, airways, bone) with their volumes, ``--seg OUT.dcm`` them as one
+multi-frame DICOM SEG referencing every source slice and ``--sr OUT.dcm`` their volumes and
+mean HU as a TID 1500 SR referencing its segments. ``--json OUT`` writes the same as
 JSON (no voxels). No session is created: the files are read where they are. A SOURCE that is
 a session id (and no file of that name) reads the session's stored series instead, decrypted
 in memory: its main stack, or ``--series UID`` (``--stack KEY`` for another stack).
@@ -133,6 +135,8 @@ def cmd_segment_volume(args: argparse.Namespace) -> int:
     """Body, lungs, airways and bone of a CT by HU and connectivity (no trained model), with volumes in mL."""
     from engine.analysis.volume.anatomy import segment_anatomy
 
+    if args.sr and not args.seg:
+        raise MedVisionError(ErrorCode.INVALID_ARGUMENT, "--sr references the SEG's segments: give --seg OUT.dcm too")
     volume = _one_volume(args)
     if volume.modality not in ("CT", ""):
         raise MedVisionError(ErrorCode.INVALID_IMAGE_TYPE,
@@ -143,7 +147,55 @@ def cmd_segment_volume(args: argparse.Namespace) -> int:
         found = f"{structure.volume_ml:10.1f} mL" if structure.found else "   not found"
         print(f"  {structure.name:<12} {found}" + (f"  ({structure.note})" if structure.note else ""))
     write_json(args.json, {"volume": volume.summary(), "segmentation": result.to_dict()})
+    if args.seg:
+        write_seg(args, volume, result)
     return 0
+
+
+def _source_headers(args: argparse.Namespace, volume: Any) -> list[Any]:
+    """The header of each slice's instance in the volume's z order: from the session's store, or the files."""
+    from engine.imaging.volume import is_nifti
+    from engine.imaging.volume.assemble import header_datasets, scan_sources
+
+    session_id = _session_id(args.sources)
+    if session_id:
+        from engine.cli.common import open_engine
+
+        with open_engine(args) as engine:
+            return engine.volume_source_headers(session_id, args.series, args.stack)
+    if volume.source_format != "dicom" or any(is_nifti(s) for s in args.sources):
+        raise MedVisionError(ErrorCode.INVALID_ARGUMENT,
+                             "--seg needs DICOM slices to reference: a NIfTI volume has none")
+    headers, _ = scan_sources(args.sources)
+    return header_datasets(headers, volume.source_uids)
+
+
+def _write_dicom(path: str, dataset: Any) -> Path:
+    from engine.export.dicom_common import dicom_bytes
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(dicom_bytes(dataset))
+    return target
+
+
+def write_seg(args: argparse.Namespace, volume: Any, result: Any) -> None:
+    """The structures as one multi-frame DICOM SEG referencing every source slice (``--seg OUT.dcm``), and
+    their volume and mean HU as a TID 1500 SR referencing its segments (``--sr OUT.dcm``)."""
+    import time
+
+    from engine.export.volume_seg import volume_segmentation
+    from engine.export.volume_sr import volume_measurement_report
+
+    started = time.perf_counter()
+    headers = _source_headers(args, volume)
+    seg = volume_segmentation(result, headers)
+    target = _write_dicom(args.seg, seg)
+    print(f"SEG written to {target}: {len(seg.SegmentSequence)} segments, {seg.NumberOfFrames} frames over "
+          f"{len(volume.source_uids)} slices ({time.perf_counter() - started:.2f} s)")
+    if args.sr:
+        target = _write_dicom(args.sr, volume_measurement_report(seg, result, volume.voxels, headers))
+        print(f"SR written to {target}: volume and mean HU of each segment (TID 1500)")
 
 
 SOURCE_HELP = "DICOM files, a folder, a NIfTI file, or a session id (its stored series)"
@@ -173,5 +225,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     segment.add_argument("--structures", default="body,lungs,airways,bone",
                          help="comma list of body,lungs,airways,bone (default: all)")
     segment.add_argument("--json", metavar="OUT", help="write the structures and volumes as JSON")
+    segment.add_argument("--seg", metavar="OUT.dcm",
+                         help="write the structures as one DICOM SEG referencing every source slice")
+    segment.add_argument("--sr", metavar="OUT.dcm",
+                         help="with --seg: write each segment's volume (mL) and mean HU as a DICOM SR (TID 1500)")
     _choice(segment)
     segment.set_defaults(func=cmd_segment_volume)

@@ -9,6 +9,7 @@ export can say so instead of failing.
 from __future__ import annotations
 
 import io
+import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,8 @@ from engine.vocabulary import UNTRAINED_BANNER
 if TYPE_CHECKING:
     from engine.services import Services
 
+log = logging.getLogger(__name__)
+
 TEMPLATES = ("default", "clinical", "research")
 
 
@@ -37,6 +40,8 @@ class ExportOptions:
     include_annotations: bool = True
     include_measurements: bool = True
     include_identifiers: bool = False
+    #: Draw masks and AI boxes made by untrained models (hidden by default: they are noise).
+    show_untrained_overlays: bool = False
     template: str = "default"
     institution: str = ""
 
@@ -64,10 +69,31 @@ class ImageExport:
     annotations: list[dict[str, Any]] = field(default_factory=list)
     masks: list[MaskLayer] = field(default_factory=list)
     dicom: pydicom.Dataset | None = field(default=None, repr=False)
+    #: Ids of the untrained models behind this session's results (set by :func:`gather`).
+    untrained_models: frozenset[str] = frozenset()
 
     @property
     def image_id(self) -> str:
         return self.image["id"]
+
+    def mask_untrained(self, mask: MaskLayer) -> bool:
+        """Whether a stored mask was made by an untrained model (organ masks of the dev PSPNet, SAM's)."""
+        return mask.model_id is not None and mask.model_id in self.untrained_models
+
+    def annotation_untrained(self, annotation: dict[str, Any]) -> bool:
+        """Whether an AI annotation may rest on an untrained model.
+
+        When any model behind the session is untrained, an AI box counts as untrained
+        unless its own analysis says ``model_trained: true``: an agent's box is placed
+        and labelled from the classifier's candidates even when its region analysis ran
+        no model itself. User drawings never are.
+        """
+        if annotation.get("source") != "ai" and annotation.get("layer") != "suggestions":
+            return False
+        if not self.untrained_models:
+            return False
+        linked = next((a for a in self.analyses if a.get("analysis_id") == annotation.get("analysis_id")), None)
+        return linked is None or linked.get("model_trained") is not True
 
     def _newest(self, key: str) -> dict[str, Any] | None:
         for result in reversed(self.analyses):
@@ -236,4 +262,13 @@ def gather(services: Services, session_id: str, options: ExportOptions) -> Expor
             missing.append("no completed agent run: the export has no narrative report or trace")
     bundle = ExportBundle(session=session, images=images, options=options, report=report, trace=trace, run=run,
                           models=_models(images, run), missing=missing)
+    untrained = {m["id"] for m in bundle.models if m.get("trained") is False}
+    for model_id in {m.model_id for item in images for m in item.masks} - {m["id"] for m in bundle.models} - {None}:
+        try:  # a mask's model that no stored analysis names (an interactive SAM mask): the pack says
+            if not services.models.pack.get(model_id).trained:
+                untrained.add(model_id)
+        except MedVisionError:
+            log.info("mask model %s is not in the current pack: its training is unknown", model_id)
+    for item in images:
+        item.untrained_models = frozenset(untrained)
     return bundle

@@ -28,6 +28,7 @@ from engine.imaging.decode import window_to_uint8
 MANUFACTURER = "MedVision"
 DEVICE_UID = generate_uid(entropy_srcs=["MedVision workstation software"])
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+AI_FAMILY = hd.sr.CodedConcept("123110", "DCM", "Artificial Intelligence")  # CID 7162, of SEG algorithms
 # Study-level modules copied onto objects built here without highdicom (encapsulated PDF).
 STUDY_KEYWORDS = (
     "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex", "PatientAge",

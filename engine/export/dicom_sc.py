@@ -25,6 +25,7 @@ from engine.export.dicom_common import (
     source_dataset,
     term,
 )
+from engine.vocabulary import UNTRAINED_OUTPUTS, UNTRAINED_OVERLAYS_HIDDEN
 
 ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
 
@@ -54,8 +55,20 @@ def secondary_capture(bundle: ExportBundle, rendered: dict[str, np.ndarray]) -> 
         capture.SeriesDescription = "MedVision overlay"
         capture.DerivationDescription = "Source image with MedVision annotations and masks burned in"
         capture.SourceImageSequence = [_reference(source)]
+        note = untrained_overlay_note(bundle)
+        if note:
+            capture.ImageComments = note
         artifacts.append(artifact("overlay", capture))
     return artifacts
+
+
+def untrained_overlay_note(bundle: ExportBundle) -> str | None:
+    """What a capture of an untrained run says about its overlays (Image Comments), or None."""
+    if bundle.model_trained is not False:
+        return None
+    if bundle.options.show_untrained_overlays:
+        return f"{UNTRAINED_OUTPUTS} Their masks and boxes are burned in on request and are not meaningful."
+    return f"{UNTRAINED_OVERLAYS_HIDDEN} They are not burned in; only the user's drawings and measurements are."
 
 
 def _reference(source: Dataset) -> Dataset:

@@ -12,6 +12,7 @@ import numpy as np
 from engine.export.artifact import Artifact
 from engine.export.bundle import ExportBundle, ImageExport, MaskLayer
 from engine.export.dicom_common import (
+    AI_FAMILY,
     MANUFACTURER,
     artifact,
     codes,
@@ -23,8 +24,6 @@ from engine.export.dicom_common import (
     source_dataset,
     term,
 )
-
-AI_FAMILY = hd.sr.CodedConcept("123110", "DCM", "Artificial Intelligence")  # CID 7162
 
 
 def segment_description(number: int, layer: MaskLayer, bundle: ExportBundle) -> hd.seg.SegmentDescription:

@@ -36,7 +36,7 @@ from engine.export.dicom_common import (
     term,
 )
 from engine.imaging.masks import decode_rle
-from engine.vocabulary import DISCLAIMER
+from engine.vocabulary import DISCLAIMER, UNTRAINED_OUTPUTS
 
 Group = hd.sr.MeasurementsAndQualitativeEvaluations | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
 UCUM = {"1": "no units", "%": "percent", "mm": "millimeter", "mm2": "square millimeter", "cm2": "square centimeter",
@@ -184,7 +184,8 @@ def _comments(bundle: ExportBundle) -> hd.sr.ContainerContentItem:
     """TID 1500 "Qualitative Evaluations" with the disclaimer and the untrained-models note."""
     container = hd.sr.ContainerContentItem(name=hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations"),
                                            relationship_type="CONTAINS")
-    notes = [DISCLAIMER, *([bundle.banner] if bundle.banner else [])]
+    notes = [*([UNTRAINED_OUTPUTS] if bundle.model_trained is False else []), DISCLAIMER,
+             *([bundle.banner] if bundle.banner else [])]
     container.ContentSequence = [hd.sr.TextContentItem(name=term("comment"), value=note,
                                                        relationship_type="CONTAINS") for note in notes]
     return container

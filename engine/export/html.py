@@ -16,11 +16,13 @@ from PIL import Image
 
 from engine.export.artifact import Artifact
 from engine.export.bundle import ExportBundle, ImageExport
-from engine.export.render import base_image, layer_images
+from engine.export.render import base_image, hidden_caption, layer_images
 from engine.export.tables import (
     finding_rows,
     guard_status,
     measurement_rows,
+    model_output_lead,
+    narrative_paragraphs,
     organ_rows,
     similar_rows,
     trace_summary,
@@ -79,8 +81,10 @@ def _table(headers: list[str], rows: list[list[Any]], marked: list[bool] | None 
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _section(title: str, body: str) -> str:
-    return f"<section><h2>{escape(title)}</h2>{body}</section>\n"
+def _section(title: str, body: str, lead: str | None = None) -> str:
+    """A section; ``lead`` (the untrained-models sentence) opens one holding model output."""
+    opening = f'<p class="banner">{escape(lead)}</p>' if lead else ""
+    return f"<section><h2>{escape(title)}</h2>{opening}{body}</section>\n"
 
 
 def _image_section(bundle: ExportBundle, item: ImageExport) -> str:
@@ -90,17 +94,23 @@ def _image_section(bundle: ExportBundle, item: ImageExport) -> str:
                             include_measurements=options.include_measurements, max_side=MAX_SIDE)
     prefix = f"layer-{item.image_id}"
     images = [f'<img src="{_png_uri(base_image(item, MAX_SIDE))}" alt="image {escape(item.image_id)}">']
-    boxes = []
+    boxes, hidden = [], []
     for layer, image in overlays:
         element_id = escape(f"{prefix}-{layer['id']}")
-        images.append(f'<img class="overlay" id="{element_id}" src="{_png_uri(image)}" alt="{escape(layer["name"])}">')
-        boxes.append(f'<label><input type="checkbox" checked data-layer="{element_id}">'
+        shown = options.show_untrained_overlays or not layer.get("untrained")
+        if not shown:
+            hidden.append(layer | {"visible": False})
+        images.append(f'<img class="overlay" id="{element_id}" src="{_png_uri(image)}" alt="{escape(layer["name"])}"'
+                      + ("" if shown else " hidden") + ">")
+        boxes.append(f'<label><input type="checkbox"{" checked" if shown else ""} data-layer="{element_id}">'
                      f'<span class="swatch" style="background:{escape(layer["color"])}"></span>'
                      f'{escape(layer["name"])} ({layer["count"]})</label><br>')
     meta = item.image
     caption = f"{meta.get('type', '')} {meta.get('modality') or ''}, {meta.get('columns')} x {meta.get('rows')} px"
+    note = hidden_caption(hidden)
     return _section(f"Image {item.image_id}",
-                    f'<p>{escape(caption)}</p><div class="stack">{"".join(images)}</div>'
+                    f'<p>{escape(caption)}</p>' + (f'<p class="banner">{escape(note)}</p>' if note else "")
+                    + f'<div class="stack">{"".join(images)}</div>'
                     f'<fieldset><legend>Layers</legend>{"".join(boxes)}</fieldset>')
 
 
@@ -109,9 +119,10 @@ def _sections(bundle: ExportBundle) -> str:
     block = bundle.patient_block()
     out = [_section("Patient", _table(["Field", "Value"], [[k, v] for k, v in block.items()]))]
     out += [_image_section(bundle, item) for item in bundle.images]
+    lead = model_output_lead(bundle)
     findings = finding_rows(bundle)
     if findings:
-        out.append(_section("Findings", _table(
+        out.append(_section("Findings", lead=lead, body=_table(
             ["Finding", "Probability", "Threshold", "Result", "Evidence"],
             [[f["label"], f"{f['probability']:.3f}" if f["probability"] is not None else "", f["threshold"],
               "positive" if f["positive"] else "negative", f["evidence"]] for f in findings],
@@ -119,20 +130,19 @@ def _sections(bundle: ExportBundle) -> str:
     for item in bundle.images:
         rows = measurement_rows(item) if options.include_measurements else []
         if rows:
-            out.append(_section(f"Measurements, image {item.image_id}",
-                                _table(["Measurement", "Value", "Note"], [[r["name"], r["value"], r["note"]] for r in rows])))
+            table = _table(["Measurement", "Value", "Note"], [[r["name"], r["value"], r["note"]] for r in rows])
+            out.append(_section(f"Measurements, image {item.image_id}", table, lead))
         if organ_rows(item):
-            out.append(_section(f"Organs, image {item.image_id}",
-                                _table(["Organ", "Area"], [[r["name"], r["value"]] for r in organ_rows(item)])))
+            table = _table(["Organ", "Area"], [[r["name"], r["value"]] for r in organ_rows(item)])
+            out.append(_section(f"Organs, image {item.image_id}", table, lead))
         if item.similar_cases:
-            out.append(_section(f"Similar cases, image {item.image_id}", _table(
+            out.append(_section(f"Similar cases, image {item.image_id}", lead=lead, body=_table(
                 ["Case", "Similarity", "Report excerpt"],
                 [[c["case_id"], c["similarity"], c["excerpt"]] for c in similar_rows(item)])))
-    if report and report.get("narrative"):
-        narrative = report["narrative"]
-        out.append(_section("Report", f"<p><b>Findings.</b> {escape(narrative.get('findings') or '')}</p>"
-                                      f"<p><b>Impression.</b> {escape(narrative.get('impression') or '')}</p>"
-                                      f"<p>Narrative: {escape(guard_status(bundle))}</p>"))
+    paragraphs = narrative_paragraphs(bundle) if report else []
+    if paragraphs:
+        out.append(_section("Report", "".join(f"<p>{escape(text)}</p>" for text in paragraphs)
+                            + f"<p>Narrative: {escape(guard_status(bundle))}</p>"))
     if bundle.trace:
         trace = trace_summary(bundle)
         totals = trace["totals"]
@@ -141,7 +151,7 @@ def _sections(bundle: ExportBundle) -> str:
                 f"tool calls, {totals.get('steps_ms', 0):.0f} ms.</p>")
         steps = _table(["Step", "Agent", "Status", "Latency (ms)", "Tools"],
                        [[s["step"], s["agent"], s["status"], s["latency_ms"], s["tools"]] for s in trace["steps"]])
-        out.append(_section("Agent trace", head + steps))
+        out.append(_section("Agent trace", head + steps, lead=lead))
     if bundle.models:
         out.append(_section("Models", _table(
             ["Model", "Task", "Version", "Trained", "sha256"],

@@ -28,11 +28,13 @@ from reportlab.platypus import (
 
 from engine.export.artifact import Artifact
 from engine.export.bundle import ExportBundle, ImageExport
-from engine.export.render import compose, legend
+from engine.export.render import compose, hidden_caption, legend
 from engine.export.tables import (
     finding_rows,
     guard_status,
     measurement_rows,
+    model_output_lead,
+    narrative_paragraphs,
     organ_rows,
     similar_rows,
     trace_summary,
@@ -48,6 +50,7 @@ MAX_TRACE_ISSUES = 8
 _styles = getSampleStyleSheet()
 BODY = _styles["BodyText"]
 SMALL = ParagraphStyle("small", parent=BODY, fontSize=7.5, leading=9)
+BANNER_STYLE = ParagraphStyle("banner", parent=SMALL, textColor=BANNER_RED)
 HEADING = _styles["Heading2"]
 TITLE = _styles["Title"]
 GRID = TableStyle([
@@ -92,7 +95,8 @@ def _image(bundle: ExportBundle, item: ImageExport, width: float) -> list[Any]:
     """The composed image (embedded as JPEG: reportlab copies it as is, which is fast) and its legend."""
     options = bundle.options
     composed, layers = compose(item, include_annotations=options.include_annotations,
-                               include_measurements=options.include_measurements, max_side=IMAGE_MAX_SIDE)
+                               include_measurements=options.include_measurements, max_side=IMAGE_MAX_SIDE,
+                               show_untrained=options.show_untrained_overlays)
     buffer = io.BytesIO()
     composed.save(buffer, "JPEG", quality=90)
     buffer.seek(0)
@@ -102,7 +106,9 @@ def _image(bundle: ExportBundle, item: ImageExport, width: float) -> list[Any]:
                           f"{meta.get('columns')} x {meta.get('rows')} px", HEADING),
                        Image(buffer, width=height * composed.width / composed.height, height=height)]
     key = _legend(layers)
-    return [KeepTogether(flow + ([Spacer(1, 2 * mm), key] if key else []))]
+    note = hidden_caption(layers)
+    return [KeepTogether(flow + ([Spacer(1, 2 * mm), key] if key else [])
+                         + ([Spacer(1, 1 * mm), _p(note, BANNER_STYLE)] if note else []))]
 
 
 def _findings(bundle: ExportBundle) -> list[Any]:
@@ -115,7 +121,13 @@ def _findings(bundle: ExportBundle) -> list[Any]:
                    [32 * mm, 20 * mm, 18 * mm, 18 * mm, 92 * mm])
     table.setStyle(TableStyle([("TEXTCOLOR", (3, i), (3, i), BANNER_RED)
                                for i, f in enumerate(rows, start=1) if f["positive"]]))
-    return [_p("Findings", HEADING), table]
+    return [_p("Findings", HEADING), *_lead(bundle), table]
+
+
+def _lead(bundle: ExportBundle) -> list[Any]:
+    """The untrained-models sentence opening a section of model output (nothing when trained)."""
+    lead = model_output_lead(bundle)
+    return [_p(lead, BANNER_STYLE)] if lead else []
 
 
 def _per_image(bundle: ExportBundle, item: ImageExport, excerpts: bool) -> list[Any]:
@@ -123,28 +135,27 @@ def _per_image(bundle: ExportBundle, item: ImageExport, excerpts: bool) -> list[
     flow: list[Any] = []
     rows = measurement_rows(item) if bundle.options.include_measurements else []
     if rows:
-        flow += [_p(f"Measurements, image {item.image_id}", HEADING),
+        flow += [_p(f"Measurements, image {item.image_id}", HEADING), *_lead(bundle),
                  _table(["Measurement", "Value", "Note"], [[r["name"], r["value"], r["note"]] for r in rows],
                         [50 * mm, 35 * mm, 95 * mm])]
     organs = organ_rows(item)
     if organs:
-        flow += [_p(f"Organs, image {item.image_id}", HEADING),
+        flow += [_p(f"Organs, image {item.image_id}", HEADING), *_lead(bundle),
                  _table(["Organ", "Area"], [[r["name"], r["value"]] for r in organs], [60 * mm, 60 * mm])]
     cases = similar_rows(item)
     if cases:
         headers = ["Case", "Similarity"] + (["Report excerpt"] if excerpts else [])
-        flow += [_p(f"Similar cases, image {item.image_id}", HEADING),
+        flow += [_p(f"Similar cases, image {item.image_id}", HEADING), *_lead(bundle),
                  _table(headers, [[c["case_id"], c["similarity"]] + ([c["excerpt"]] if excerpts else [])
                                   for c in cases], [45 * mm, 20 * mm] + ([115 * mm] if excerpts else []))]
     return flow
 
 
 def _narrative(bundle: ExportBundle) -> list[Any]:
-    narrative = (bundle.report or {}).get("narrative")
-    if not narrative:
+    paragraphs = narrative_paragraphs(bundle)
+    if not paragraphs:
         return []
-    return [_p("Report", HEADING), _p(f"Findings. {narrative.get('findings') or ''}"),
-            _p(f"Impression. {narrative.get('impression') or ''}"), _p(f"Narrative: {guard_status(bundle)}", SMALL)]
+    return [_p("Report", HEADING), *[_p(text) for text in paragraphs], _p(f"Narrative: {guard_status(bundle)}", SMALL)]
 
 
 def _models(bundle: ExportBundle, full: bool) -> list[Any]:
@@ -166,7 +177,7 @@ def _trace(bundle: ExportBundle) -> list[Any]:
         return []
     trace = trace_summary(bundle)
     totals = trace["totals"]
-    flow: list[Any] = [PageBreak(), _p("Agent trace", HEADING), _p(
+    flow: list[Any] = [PageBreak(), _p("Agent trace", HEADING), *_lead(bundle), _p(
         f"Run {trace['run_id']}, task {trace['task']}, pipeline {trace['pipeline']}, status {trace['status']}: "
         f"{totals.get('tool_calls', 0)} tool calls ({totals.get('failed', 0)} failed, "
         f"{totals.get('low_confidence', 0)} low confidence), {totals.get('steps_ms', 0):.0f} ms in steps."),

@@ -4,12 +4,17 @@ Every overlay is drawn once, into its own transparent RGBA layer the size of the
 (optionally downsampled) windowed image: :func:`layer_images` returns those layers (the
 HTML report toggles them), :func:`compose` alpha-composites them over the base (PNG, PDF).
 Coordinates are stored in source pixels and scaled here; masks are composited with numpy.
+
+Masks and AI boxes made by untrained models (the dev pack's) are noise: they are left out
+of a composed image unless asked for, named as untrained when shown, and a caption
+(:func:`hidden_caption`) says what was left out and why.
 """
 
 from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
@@ -17,10 +22,11 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
+from engine.analysis.volume.annotation import VOLUME_ROI
 from engine.export.artifact import Artifact
 from engine.export.bundle import ExportBundle, ImageExport
 from engine.imaging.masks import decode_rle
-from engine.vocabulary import DISCLAIMER
+from engine.vocabulary import DISCLAIMER, UNTRAINED_OVERLAYS_HIDDEN
 
 Color = tuple[int, int, int]
 
@@ -42,9 +48,16 @@ ANNOTATION_STYLES: dict[str, tuple[str, Color, bool]] = {
     "system": ("System annotations", (200, 200, 200), True),
 }
 FILL_ALPHA = 70
+#: Annotation types the annotation layers leave out: masks and measurements have their own layers, a
+#: ``volume_roi`` holds a 3D region's voxel coordinates, not a shape on the slice.
+NOT_DRAWN = ("mask", "measurement", VOLUME_ROI)
 LINE_ALPHA = 235
 STRIP_BANNER_COLOR: Color = (170, 0, 0)
 STRIP_PLAIN_COLOR: Color = (40, 40, 40)
+#: Added to the name of an overlay made by an untrained model, wherever it is shown.
+UNTRAINED_SUFFIX = " (untrained model, not meaningful)"
+#: Why such an overlay is hidden unless asked for.
+UNTRAINED_HIDDEN_REASON = f"{UNTRAINED_OVERLAYS_HIDDEN} Export with show_untrained_overlays to draw them."
 
 
 def _hex(color: Color) -> str:
@@ -207,44 +220,65 @@ def _accepted_masks(item: ImageExport) -> list[np.ndarray]:
     return out
 
 
-Placed = tuple[dict[str, Any], Image.Image, tuple[int, int]]
+Placed = tuple[dict[str, Any], Image.Image | None, tuple[int, int]]
 
 
 def _placed_layers(item: ImageExport, canvas: _Canvas, *, include_annotations: bool, include_segmentation: bool,
-                   include_measurements: bool) -> list[Placed]:
-    """Each non-empty overlay as ``(layer, RGBA patch, top-left corner)`` on ``canvas``."""
+                   include_measurements: bool, draw_untrained: bool = True) -> list[Placed]:
+    """Each non-empty overlay as ``(layer, RGBA patch, top-left corner)`` on ``canvas``.
+
+    Overlays made by untrained models are named so (``"untrained": true`` and
+    :data:`UNTRAINED_SUFFIX`); with ``draw_untrained`` False they are listed with no patch.
+    """
     layers: list[Placed] = []
 
     def add(layer_id: str, name: str, kind: str, count: int, color: Color,
-            placed: tuple[Image.Image, tuple[int, int]]) -> None:
+            draw: Callable[[], tuple[Image.Image, tuple[int, int]]], untrained: bool = False) -> None:
         if count:
-            layer = {"id": layer_id, "name": name, "kind": kind, "count": count, "color": _hex(color)}
-            layers.append((layer, *placed))
+            layer = {"id": layer_id, "name": name + (UNTRAINED_SUFFIX if untrained else ""), "kind": kind,
+                     "count": count, "color": _hex(color), "untrained": untrained}
+            layers.append((layer, *draw()) if draw_untrained or not untrained else (layer, None, (0, 0)))
+
+    def drawn(annotations: list[dict[str, Any]], color: Color,
+              dashed: bool) -> Callable[[], tuple[Image.Image, tuple[int, int]]]:
+        def draw() -> tuple[Image.Image, tuple[int, int]]:
+            image, pen = canvas.layer()
+            for annotation in annotations:
+                _draw_annotation(canvas, pen, annotation, color, dashed)
+            return image, (0, 0)
+        return draw
 
     if include_segmentation:
         organs = [m for m in item.masks if m.source == "organ_seg"]
         for index, organ in enumerate(organs):
             color = ORGAN_PALETTE[index % len(ORGAN_PALETTE)]
             add(f"organ-{organ.mask_id}", organ.label, "organ_mask", 1, color,
-                _mask_layer(canvas, [organ.mask], color))
-        masks = [m.mask for m in item.masks if m.source != "organ_seg"] + _accepted_masks(item)
+                lambda organ=organ, color=color: _mask_layer(canvas, [organ.mask], color), item.mask_untrained(organ))
+        others = [m for m in item.masks if m.source != "organ_seg"]
+        masks = [m.mask for m in others if not item.mask_untrained(m)] + _accepted_masks(item)
         if masks:
-            add("masks", "Masks", "mask", len(masks), MASK_COLOR, _mask_layer(canvas, masks, MASK_COLOR))
+            add("masks", "Masks", "mask", len(masks), MASK_COLOR, lambda: _mask_layer(canvas, masks, MASK_COLOR))
+        untrained_masks = [m.mask for m in others if item.mask_untrained(m)]
+        if untrained_masks:
+            add("masks-untrained", "Masks", "mask", len(untrained_masks), MASK_COLOR,
+                lambda: _mask_layer(canvas, untrained_masks, MASK_COLOR), True)
     if include_annotations:
         for group, (name, color, dashed) in ANNOTATION_STYLES.items():
-            mine = [a for a in item.annotations if a["type"] not in ("mask", "measurement") and _group(a) == group]
-            if mine:
-                image, draw = canvas.layer()
-                for annotation in mine:
-                    _draw_annotation(canvas, draw, annotation, color, dashed)
-                add(f"annotations-{group}", name, "annotation", len(mine), color, (image, (0, 0)))
+            mine = [a for a in item.annotations if a["type"] not in NOT_DRAWN and _group(a) == group]
+            trained = [a for a in mine if not item.annotation_untrained(a)]
+            untrained = [a for a in mine if item.annotation_untrained(a)]
+            add(f"annotations-{group}", name, "annotation", len(trained), color, drawn(trained, color, dashed))
+            add(f"annotations-{group}-untrained", name, "annotation", len(untrained), color,
+                drawn(untrained, color, dashed), True)
     if include_measurements:
         mine = [a for a in item.annotations if a["type"] == "measurement"]
-        if mine:
-            image, draw = canvas.layer()
+
+        def measured() -> tuple[Image.Image, tuple[int, int]]:
+            image, pen = canvas.layer()
             for annotation in mine:
-                _draw_measurement(canvas, draw, annotation)
-            add("measurements", "Measurements", "measurement", len(mine), MEASUREMENT_COLOR, (image, (0, 0)))
+                _draw_measurement(canvas, pen, annotation)
+            return image, (0, 0)
+        add("measurements", "Measurements", "measurement", len(mine), MEASUREMENT_COLOR, measured)
     return layers
 
 
@@ -262,6 +296,8 @@ def layer_images(item: ImageExport, *, include_annotations: bool = True, include
     for layer, patch, corner in _placed_layers(item, canvas, include_annotations=include_annotations,
                                                include_segmentation=include_segmentation,
                                                include_measurements=include_measurements):
+        if patch is None:  # not reached: every layer is drawn here
+            continue
         if patch.size != canvas.size:
             full = Image.new("RGBA", canvas.size, (0, 0, 0, 0))
             full.paste(patch, corner)
@@ -271,22 +307,44 @@ def layer_images(item: ImageExport, *, include_annotations: bool = True, include
 
 
 def compose(item: ImageExport, *, include_annotations: bool = True, include_segmentation: bool = True,
-            include_measurements: bool = True, max_side: int | None = None,
+            include_measurements: bool = True, max_side: int | None = None, show_untrained: bool = False,
             ) -> tuple[Image.Image, list[dict[str, Any]]]:
-    """The windowed image with every chosen overlay (RGB), and the layer list (JSON-ready)."""
+    """The windowed image with every chosen overlay (RGB), and the layer list (JSON-ready).
+
+    Overlays from untrained models are left out unless ``show_untrained`` (then drawn,
+    named as such); every layer says ``visible``, and a hidden one says why (``hidden_reason``).
+    """
     canvas = _Canvas(item, max_side)
     image = base_image(item, max_side).convert("RGBA")
     overlays = _placed_layers(item, canvas, include_annotations=include_annotations,
-                              include_segmentation=include_segmentation, include_measurements=include_measurements)
-    for _, patch, corner in overlays:
-        image.alpha_composite(patch, dest=corner)
-    base = {"id": "image", "name": f"Image {item.image_id}", "kind": "image", "count": 1, "color": None}
-    return image.convert("RGB"), [base] + [layer for layer, _, _ in overlays]
+                              include_segmentation=include_segmentation, include_measurements=include_measurements,
+                              draw_untrained=show_untrained)
+    layers = [{"id": "image", "name": f"Image {item.image_id}", "kind": "image", "count": 1, "color": None,
+               "untrained": False, "visible": True}]
+    for layer, patch, corner in overlays:
+        if patch is not None:
+            image.alpha_composite(patch, dest=corner)
+            layers.append(layer | {"visible": True})
+        else:
+            layers.append(layer | {"visible": False, "hidden_reason": UNTRAINED_HIDDEN_REASON})
+    return image.convert("RGB"), layers
 
 
 def legend(layers: list[dict[str, Any]]) -> list[tuple[str, Color]]:
-    """``(name, rgb)`` of each overlay layer, in drawing order, for a printed legend."""
-    return [(layer["name"], _rgb(layer["color"])) for layer in layers if layer.get("color")]
+    """``(name, rgb)`` of each drawn overlay layer, in drawing order, for a printed legend."""
+    return [(layer["name"], _rgb(layer["color"])) for layer in layers
+            if layer.get("color") and layer.get("visible", True)]
+
+
+def hidden_caption(layers: list[dict[str, Any]]) -> str | None:
+    """One line saying which overlays from untrained models were left out and why, or None."""
+    hidden = [layer for layer in layers if layer.get("visible") is False]
+    if not hidden:
+        return None
+    names = ", ".join(layer["name"].removesuffix(UNTRAINED_SUFFIX) for layer in hidden[:6])
+    more = f" and {len(hidden) - 6} more" if len(hidden) > 6 else ""
+    return (f"Hidden: {len(hidden)} overlay layer(s) from untrained models ({names}{more}). "
+            f"{UNTRAINED_HIDDEN_REASON}")
 
 
 def _with_strip(image: Image.Image, lines: list[str], banner: bool) -> Image.Image:
@@ -306,9 +364,10 @@ def png_annotated(bundle: ExportBundle) -> list[Artifact]:
     """One full-resolution annotated PNG per image, with the disclaimer (and banner) in a strip."""
     options, artifacts = bundle.options, []
     for item in bundle.images:
-        image, _ = compose(item, include_annotations=options.include_annotations,
-                           include_measurements=options.include_measurements)
-        lines = [line for line in (bundle.banner, DISCLAIMER) if line]
+        image, layers = compose(item, include_annotations=options.include_annotations,
+                                include_measurements=options.include_measurements,
+                                show_untrained=options.show_untrained_overlays)
+        lines = [line for line in (bundle.banner, hidden_caption(layers), DISCLAIMER) if line]
         lines.append(f"MedVision export, image {item.image_id}, {bundle.generated_at}")
         info = PngInfo()
         info.add_text("Software", "MedVision")

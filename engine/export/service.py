@@ -33,7 +33,7 @@ import numpy as np
 from engine.errors import ErrorCode, MedVisionError
 from engine.export.artifact import Artifact
 from engine.export.bundle import ExportBundle, ExportOptions, gather
-from engine.export.render import compose
+from engine.export.render import compose, hidden_caption
 from engine.files import fsync_dir
 from engine.vocabulary import DISCLAIMER
 
@@ -80,7 +80,8 @@ def rendered_overlays(bundle: ExportBundle) -> dict[str, np.ndarray]:
     opts = bundle.options
     return {item.image_id: np.asarray(compose(item, include_annotations=opts.include_annotations,
                                               include_segmentation=opts.include_annotations,
-                                              include_measurements=opts.include_measurements)[0])
+                                              include_measurements=opts.include_measurements,
+                                              show_untrained=opts.show_untrained_overlays)[0])
             for item in bundle.images}
 
 
@@ -332,7 +333,8 @@ def _targets(folder: Path, artifacts: list[Artifact], single: Path | None) -> li
 def export_study(services: Services, session_id: str, format: str = "pdf", include_images: list[str] | None = None,  # noqa: A002
                  include_report: bool = True, include_annotations: bool = True, include_measurements: bool = True,
                  template: str | None = None, output_path: str | Path | None = None,
-                 include_identifiers: bool = False, institution: str = "", overwrite: bool = False) -> dict[str, Any]:
+                 include_identifiers: bool = False, institution: str = "", overwrite: bool = False,
+                 show_untrained_overlays: bool = False) -> dict[str, Any]:
     """Export a session's results as a file (or a folder of files) people and PACS use.
 
     Parameters
@@ -356,6 +358,10 @@ def export_study(services: Services, session_id: str, format: str = "pdf", inclu
         ``TARGET_EXISTS`` and nothing is written; every target is checked before any is
         written. A file a session imported, the data directory's files and anything that
         is not a regular file are never replaced (``EXPORT_FAILED``, ``details.reason``).
+    show_untrained_overlays:
+        Draw masks and AI boxes made by untrained models in PNG, PDF, HTML and the
+        secondary capture (named as untrained). By default they are left out (HTML: its
+        layer unchecked) and a caption says so.
 
     Returns ``export_path``, ``format``, ``size``, ``sha256``, ``files`` and what the
     session lacked (``missing``). Errors: ``EXPORT_FAILED`` with the reason,
@@ -372,7 +378,7 @@ def export_study(services: Services, session_id: str, format: str = "pdf", inclu
     options = ExportOptions(include_images=tuple(include_images or ()), include_report=include_report,
                             include_annotations=include_annotations, include_measurements=include_measurements,
                             include_identifiers=include_identifiers, template=template or "default",
-                            institution=institution)
+                            institution=institution, show_untrained_overlays=show_untrained_overlays)
     try:
         bundle = gather(services, session_id, options)
     except MedVisionError as exc:
@@ -420,8 +426,12 @@ def get_visualization(services: Services, session_id: str, image_id: str | None 
                       include_annotations: bool = True, include_segmentation: bool = True,
                       include_measurements: bool = True, output_path: str | Path | None = None,
                       max_side: int | None = None, overwrite: bool = False, plane: str | None = None,
-                      index: int | None = None, series_uid: str | None = None) -> dict[str, Any]:
+                      index: int | None = None, series_uid: str | None = None,
+                      show_untrained_overlays: bool = False) -> dict[str, Any]:
     """The composited view of one image as a PNG, with its list of layers.
+
+    Layers from untrained models are listed with ``visible: false`` and not drawn unless
+    ``show_untrained_overlays``; ``hidden_note`` then says what was left out and why.
 
     The PNG comes back as ``png_base64``; it is written (in plaintext) only where the caller
     names an ``output_path`` (a ``.png`` file, or a folder for ``view-<image>.png``), with
@@ -447,12 +457,12 @@ def get_visualization(services: Services, session_id: str, image_id: str | None 
     if plane in (None, "axial"):
         picture, layers = compose(bundle.images[0], include_annotations=include_annotations,
                                   include_segmentation=include_segmentation, include_measurements=include_measurements,
-                                  max_side=max_side)
+                                  max_side=max_side, show_untrained=show_untrained_overlays)
     else:
         picture, view = plane_picture(services, session_id, plane, index, series_uid, max_side)  # type: ignore[arg-type]
         image_id = f"{plane}-{index}"
         layers = [{"id": "image", "name": f"{plane.capitalize()} plane {index}", "kind": "image", "count": 1,
-                   "color": None}]
+                   "color": None, "untrained": False, "visible": True}]
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
     data = buffer.getvalue()
@@ -467,6 +477,7 @@ def get_visualization(services: Services, session_id: str, image_id: str | None 
             "image_url": path.as_uri() if path is not None else None,
             "png_base64": base64.b64encode(data).decode("ascii"),
             "width": picture.width, "height": picture.height, "layers": layers,
+            "hidden_note": hidden_caption(layers),
             "sha256": hashlib.sha256(data).hexdigest(), "model_trained": bundle.model_trained,
             "banner": bundle.banner, "disclaimer": DISCLAIMER,
             **({"plane": plane, "index": index, "volume": view or None} if plane else {})}

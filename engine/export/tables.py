@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from engine.export.bundle import ExportBundle, ImageExport
+from engine.vocabulary import UNTRAINED_OUTPUTS
 
 
 def finding_rows(bundle: ExportBundle) -> list[dict[str, Any]]:
@@ -78,3 +79,25 @@ def similar_rows(item: ImageExport, excerpt_chars: int = 300) -> list[dict[str, 
         rows.append({"case_id": str(case.get("case_id", "")), "similarity": f"{case.get('similarity', 0):.3f}",
                      "excerpt": excerpt[:excerpt_chars]})
     return rows
+
+
+def model_output_lead(bundle: ExportBundle) -> str | None:
+    """The first sentence of every section holding model output, when the models are untrained."""
+    return UNTRAINED_OUTPUTS if bundle.model_trained is False else None
+
+
+def narrative_paragraphs(bundle: ExportBundle) -> list[str]:
+    """The narrative as printed: "Findings. ..." and "Impression. ...", each led by the
+    untrained-models sentence (before its name, so neither reads as a report) when untrained."""
+    narrative = (bundle.report or {}).get("narrative")
+    if not narrative:
+        return []
+    lead = model_output_lead(bundle)
+    out = []
+    for name, key in (("Findings", "findings"), ("Impression", "impression")):
+        text = str(narrative.get(key) or "")
+        if lead is None:
+            out.append(f"{name}. {text}")
+        else:
+            out.append(f"{lead} {name} field of the narrative: {text.removeprefix(lead).lstrip()}")
+    return out

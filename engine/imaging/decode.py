@@ -74,7 +74,7 @@ AUTO_WINDOW_PERCENTILES = (0.5, 99.5)
 AUTO_WINDOW_SAMPLES = 65536
 
 METADATA_KEYWORDS = (
-    "Modality", "BodyPartExamined", "ViewPosition", "Laterality", "ImageLaterality",
+    "Modality", "BodyPartExamined", "ViewPosition", "Laterality", "ImageLaterality", "PatientOrientation",
     "SOPClassUID", "Rows", "Columns", "BitsAllocated", "BitsStored", "PixelRepresentation",
     "SamplesPerPixel", "PhotometricInterpretation", "NumberOfFrames", "Manufacturer",
     "ManufacturerModelName", "StudyDescription", "SeriesDescription", "ImageType",

@@ -18,9 +18,26 @@ from engine.imaging.image_type import detect_image_type
 AUTO_ANALYSIS_TYPES = frozenset({"CXR"})
 
 
+#: Modalities whose single-frame instances are slices of a series: analysed as one volume
+#: once the series is complete, never image by image.
+VOLUME_MODALITIES = frozenset({"CT", "MR"})
+
+
 def has_auto_analysis(image_type: str | None) -> bool:
     """Whether an image of this type is analysed on arrival (the engine and the node share this rule)."""
     return image_type in AUTO_ANALYSIS_TYPES
+
+
+def is_series_slice(record: dict[str, Any]) -> bool:
+    """Whether an ``images`` row is one slice of a CT/MR series (single frame, with a Series
+    Instance UID): the DICOM node queues no image job for it but one volume job for its series."""
+    return (record.get("modality") in VOLUME_MODALITIES and int(record.get("frame_count") or 1) == 1
+            and bool(record.get("series_instance_uid")))
+
+
+def arrival_job(record: dict[str, Any]) -> bool:
+    """The arrival rule for one image: an image job unless it is a series slice (see above)."""
+    return has_auto_analysis(record.get("type")) and not is_series_slice(record)
 
 
 def image_record(*, fields: dict[str, Any], rows: int | None, columns: int | None, frame_count: int,

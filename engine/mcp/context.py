@@ -57,6 +57,7 @@ class AppContext:
         With ``announce``, the tool's progress token receives 0/1 and 1/1.
         """
         lock = self._lock(key) if key else None
+        identify_client(self.engine, ctx)
 
         def work() -> Any:
             if lock is None:
@@ -98,6 +99,16 @@ class AppContext:
             else:
                 roots += [p for p in (paths.uri_to_path(str(r.uri)) for r in listed.roots) if p is not None]
         return roots
+
+
+def identify_client(engine: Engine, ctx: Context | None) -> None:
+    """Name the MCP client (its ``initialize`` clientInfo) in this engine's audit records."""
+    try:
+        info = ctx.session.client_params.clientInfo if ctx is not None else None
+    except (AttributeError, LookupError, ValueError):  # no request in flight, or not initialised
+        info = None
+    if info is not None:
+        engine.audit.identify("mcp", f"{info.name} {info.version or ''}".strip())
 
 
 def app_context(ctx: Context) -> AppContext:

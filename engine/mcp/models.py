@@ -143,7 +143,9 @@ class Visualization(Result):
                                    "PNG itself comes back as image content.")
     width: int = Field(description="PNG width in pixels.")
     height: int = Field(description="PNG height in pixels.")
-    layers: list[Any] = Field(description="The layers drawn.")
+    layers: list[Any] = Field(description="The layers: drawn ones say visible true; those of untrained models "
+                              "are listed with visible false unless show_untrained_overlays.")
+    hidden_note: str | None = Field(None, description="Which overlays of untrained models were left out, and why.")
 
 
 class AgentResult(Result):

@@ -22,7 +22,7 @@ from pydantic import AnyUrl
 
 from engine.api import Engine
 from engine.events import ANNOTATION_KINDS, EventKind
-from engine.mcp.context import app_context
+from engine.mcp.context import app_context, identify_client
 
 log = logging.getLogger("engine.mcp")
 
@@ -154,7 +154,9 @@ def register(app: FastMCP, subscriptions: Subscriptions) -> None:
 def _reader(part: str) -> Any:
     """The resource function for one part (runs on the event loop: reads are short SQLite queries)."""
     def resource(session_id: str, ctx: Context) -> str:
-        return json.dumps(READERS[part](app_context(ctx).engine, session_id), default=str)
+        engine = app_context(ctx).engine
+        identify_client(engine, ctx)
+        return json.dumps(READERS[part](engine, session_id), default=str)
 
     resource.__name__ = f"session_{part}"
     return resource

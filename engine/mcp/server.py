@@ -92,7 +92,8 @@ def create_server(settings: Settings | None = None, *, home: str | Path | None =
     @asynccontextmanager
     async def lifespan(_app: FastMCP) -> AsyncIterator[AppContext]:
         engine = await anyio.to_thread.run_sync(
-            lambda: Engine(settings) if settings else Engine(home=home, model_pack=model_pack))
+            lambda: Engine(settings, front_end="mcp") if settings
+            else Engine(home=home, model_pack=model_pack, front_end="mcp"))
         context = AppContext(engine, allowed, timeout_s)
         try:
             async with anyio.create_task_group() as tasks:

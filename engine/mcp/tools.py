@@ -277,6 +277,8 @@ def register(app: FastMCP) -> None:
         overwrite: Annotated[bool, Field(description=(
             "Replace files that already exist at output_path (else TARGET_EXISTS and nothing is "
             "written). An image a session imported is never replaced."))] = False,
+        show_untrained_overlays: Annotated[bool, Field(description=(
+            "Draw masks and AI boxes made by untrained models (hidden by default: not meaningful)."))] = False,
     ) -> Export:
         """Export the study (report, annotations, measurements) as PDF, DICOM SR/SEG/SC, JSON, PNG or HTML."""
         app = app_context(ctx)
@@ -285,7 +287,7 @@ def register(app: FastMCP) -> None:
             output_path = str(paths.confine(output_path, allowed, must_exist=False))
         return await _call(ctx, Export, session_id, Engine.export_study, session_id, format, include_images,
                            include_report, include_annotations, include_measurements, template, output_path,
-                           overwrite=overwrite, announce=True)
+                           overwrite=overwrite, show_untrained_overlays=show_untrained_overlays, announce=True)
 
     @tool()
     async def get_visualization(
@@ -299,13 +301,15 @@ def register(app: FastMCP) -> None:
             "or sagittal (column x), resliced from the volume."))] = None,
         index: Annotated[int | None, Field(ge=0, description="The plane's slice, row or column index.")] = None,
         series_uid: SeriesUid = None,
+        show_untrained_overlays: Annotated[bool, Field(description=(
+            "Draw masks and AI boxes made by untrained models (hidden by default: not meaningful)."))] = False,
     ) -> Visualization:
         """The image with its overlays as a PNG, or any plane of a volume series, returned as MCP image
         content (no file is written)."""
         app = app_context(ctx)
         result = await app.call(ctx, session_id, app.engine.get_visualization, session_id, image_id, include_annotations,
                                 include_segmentation, include_measurements, None, max_side, False, plane, index,
-                                series_uid)
+                                series_uid, show_untrained_overlays=show_untrained_overlays)
         png = result.pop("png_base64")
         view = Visualization.model_validate(result)
         content: list[types.ContentBlock] = [types.TextContent(type="text", text=view.model_dump_json()),

@@ -107,7 +107,10 @@ class ReferenceLibrary:
     home:
         The data directory; the library lives in ``home / "rag"``.
     key:
-        The store's raw 256-bit key (the reference database and index use it too).
+        The store's raw 256-bit key (the reference database uses it; the index too unless
+        ``blob_key`` is given).
+    blob_key:
+        The key the index blobs derive from: the store's data key (envelope encryption).
     embedder:
         ``DecodedImage -> (dimension,)`` float32 vector, L2-normalised (RAD-DINO in the
         engine). Called for every image a build adds.
@@ -133,6 +136,7 @@ class ReferenceLibrary:
         dimension: int = DEFAULT_DIMENSION,
         hnsw_threshold: int = DEFAULT_HNSW_THRESHOLD,
         hnsw: HnswParams | None = None,
+        blob_key: bytes | None = None,
     ) -> None:
         if not callable(embedder):
             raise MedVisionError(ErrorCode.INVALID_ARGUMENT, "embedder must be callable.")
@@ -147,7 +151,7 @@ class ReferenceLibrary:
         self.dimension = dimension
         self._embedder = embedder
         self._db = ReferenceDatabase(self.root / DATABASE_NAME, key)
-        self._blobs = BlobStore(self.root / INDEX_DIR, key)
+        self._blobs = BlobStore(self.root / INDEX_DIR, key if blob_key is None else blob_key)
         self._index = VectorIndex(
             dimension, hnsw_threshold=hnsw_threshold, hnsw=hnsw, on_swap=self._save_index_logged
         )

@@ -13,6 +13,7 @@ from engine.config import Settings
 from engine.inference.registry import ModelRegistry
 from engine.services.analysis import AnalysisService
 from engine.services.annotations import AnnotationService
+from engine.services.audit import AuditTrail
 from engine.services.compare import CompareService
 from engine.services.images import DecodeCache, ImageService
 from engine.services.intake import ImageIntake
@@ -43,6 +44,7 @@ class Services:
     volumes: VolumeService
     priors: PriorService
     compare: CompareService
+    audit: AuditTrail
 
     @classmethod
     def open(cls, settings: Settings) -> Services:
@@ -56,14 +58,15 @@ class Services:
         analysis = AnalysisService(store, models, images)
         interactive = InteractiveService(store, models, images, annotations, store.embeddings)
         similar = SimilarCaseService(settings, store, models, images, analysis)
-        volumes = VolumeService(store, VolumeCache(settings.volume_cache_mb * 1024 * 1024), limits=settings.limits)
+        volumes = VolumeService(store, VolumeCache(settings.volume_cache_mb * 1024 * 1024), limits=settings.limits,
+                                annotations=annotations)
         return cls(settings=settings, store=store, models=models, images=images,
                    intake=ImageIntake(images, analysis), annotations=annotations, analysis=analysis,
                    interactive=interactive, similar=similar,
                    regions=RegionService(store, models, images, analysis, interactive, similar, annotations),
                    sessions=SessionService(store, images, interactive, settings.retention, volumes),
                    volumes=volumes, priors=PriorService(store, settings.prior_count),
-                   compare=CompareService(store, images, analysis))
+                   compare=CompareService(store, images, analysis), audit=AuditTrail(store.audit, settings))
 
     def close(self) -> None:
         """Release the reference library, models and database connections."""

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from engine.analysis.classify import classify as run_classifier
+from engine.analysis.lung_fields import LungFields, find_lung_fields
 from engine.analysis.quality import check_quality
 from engine.analysis.segmentation import MASKS_KEY, segment_organs
 from engine.errors import ErrorCode, MedVisionError
@@ -29,6 +32,8 @@ PRESETS: dict[str, dict[str, bool]] = {
 #: Which pack task answers each analysis switch (None: not provided by any model yet).
 SWITCH_TASKS = {"detect": "detect", "generate_report": "llm"}
 RESULT_KEYS = {"detect": "detections", "segment": "segmentation", "generate_report": "report"}
+#: Images whose training-free lung fields are kept in memory (about 2 x 3.6 MB each for RG1).
+LUNG_FIELDS_KEPT = 4
 
 
 def retyped(decoded: DecodedImage, image_type: str) -> DecodedImage:
@@ -41,6 +46,27 @@ class AnalysisService:
 
     def __init__(self, store: Store, models: ModelRegistry, images: ImageService) -> None:
         self.store, self.models, self.images = store, models, images
+        self._lung_fields: OrderedDict[str, LungFields] = OrderedDict()
+        self._lung_fields_lock = threading.Lock()
+
+    def organ_model_trained(self) -> bool:
+        """Whether the pack's organ model holds trained weights (only then are its masks read for anatomy)."""
+        entry = self.models.entry("organ_seg")
+        return entry is not None and entry.trained
+
+    def lung_fields(self, session_id: str, image_id: str) -> LungFields:
+        """The image's lung fields found by image processing (no model), kept for a few images."""
+        with self._lung_fields_lock:
+            if image_id in self._lung_fields:
+                self._lung_fields.move_to_end(image_id)
+                return self._lung_fields[image_id]
+        _, decoded = self.images.decoded_image(session_id, image_id)
+        fields = find_lung_fields(decoded)
+        with self._lung_fields_lock:
+            self._lung_fields[image_id] = fields
+            while len(self._lung_fields) > LUNG_FIELDS_KEPT:
+                self._lung_fields.popitem(last=False)
+        return fields
 
     def analyze_image(self, session_id: str, image_id: str | None = None, classify: bool = True,
                       detect: bool = True, segment: bool = False, generate_report: bool = True,

@@ -72,7 +72,8 @@ class InteractiveService:
         if store:
             best = candidates[out["best"]]
             out["mask_id"] = self.store.add_masks(session_id, image_id, [{"label": "interactive", **best}],
-                                                  source="interactive")[0]
+                                                  source="interactive",
+                                                  model_id=(out["model"] or {}).get("id"))[0]  # SAM's; classical: None
         return out
 
     def accept_mask(self, session_id: str, mask_id: str, label: str = "", notes: str | None = None) -> dict:

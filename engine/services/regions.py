@@ -9,6 +9,7 @@ from typing import Any
 from engine.analysis import region as region_facts
 from engine.analysis.anatomy import locate, midline_x
 from engine.analysis.classify import classify as run_classifier
+from engine.analysis.lung_fields import locate_in_fields
 from engine.analysis.measurements import area as mask_area
 from engine.analysis.measurements import measure_mask
 from engine.analysis.questions import compose_answer, guarded, parse_question
@@ -24,7 +25,7 @@ from engine.services.interactive import InteractiveService
 from engine.services.results import jsonable
 from engine.services.similar import SimilarCaseService
 from engine.store import Store, new_id
-from engine.vocabulary import DISCLAIMER, UNTRAINED_BANNER
+from engine.vocabulary import DISCLAIMER, UNTRAINED_BANNER, qualified
 
 
 class RegionService:
@@ -54,7 +55,7 @@ class RegionService:
         asked = parse_question(question) if answer and isinstance(question, str) and question.strip() else None
         actions += self._actions_for(asked, actions)
         image_id = image_id or self.images.current_image_id(session_id)
-        _, decoded = self.images.decoded_image(session_id, image_id)
+        image, decoded = self.images.decoded_image(session_id, image_id)
         parsed = parse_region(region, decoded.rows, decoded.columns)
         mask = region_mask(parsed, decoded.rows, decoded.columns)
         spacing, spacing_source = decoded.pixel_spacing_mm, decoded.spacing_source
@@ -66,8 +67,17 @@ class RegionService:
             return now
 
         wants_anatomy = {"describe", "compare"} & set(actions)
-        organs = self.analysis.organ_masks(session_id, image_id, run=bool(wants_anatomy)) if wants_anatomy else None
-        anatomy = locate(mask, organs)
+        organs, fields = None, None
+        if wants_anatomy and self.analysis.organ_model_trained():
+            organs = self.analysis.organ_masks(session_id, image_id, run=True)
+        elif wants_anatomy and image["type"] == "CXR":
+            fields = self.analysis.lung_fields(session_id, image_id)  # untrained organ masks are noise: unread
+        if fields is not None:
+            reason = ("the organ model is untrained" if self.models.entry("organ_seg") is not None
+                      else "the model pack has no organ model")
+            anatomy = locate_in_fields(mask, fields, reason=reason)
+        else:
+            anatomy = locate(mask, organs)
         mark = lap("anatomy", started)
         info = {
             "region": parsed.to_dict(),
@@ -98,16 +108,17 @@ class RegionService:
                                                              region=(slice(y1, y2 + 1), slice(x1, x2 + 1)))
             mark = lap("rag_search", mark)
         if "compare" in actions:
-            axis, axis_source = midline_x(organs, decoded.columns)
+            axis, axis_source = ((fields.midline_x, fields.midline_source) if fields is not None
+                                 else midline_x(organs, decoded.columns))
             comparison = region_facts.compare_contralateral(decoded, target, mirror_mask(target, axis), axis)
             sections["comparison"] = comparison | {"midline_source": axis_source}
             mark = lap("compare", mark)
         if "describe" in actions:
             top = (sections.get("classification") or {}).get("findings", [None])[0]
-            sections["description"] = region_facts.describe_region({
+            sections["description"] = qualified(region_facts.describe_region({
                 "region_type": parsed.type, "anatomy": anatomy, "area": info["area"],
                 "comparison": sections.get("comparison"), "top_finding": top,
-            })
+            }), (sections.get("classification") or {}).get("model_trained"))
         summary = region_facts.confidence_summary({k: sections.get(k) for k in
                                                     ("classification", "segmentation", "similar_cases")})
         trained = [v["model_trained"] for k, v in summary.items() if k != "overall" and v.get("model_trained") is not None]

@@ -40,7 +40,7 @@ class SimilarCaseService:
 
                 entry = self.models.require("embed")
                 self._library = ReferenceLibrary(
-                    self.settings.home, self.store.key,
+                    self.settings.home, self.store.key, blob_key=self.store.data_key,
                     embedder=lambda decoded: embed_image(decoded, self.models)["vector"],
                     embedder_id=f"{entry.id}+sha256:{entry.spec['sha256']}",
                     dimension=int(entry.spec.get("output", {}).get("dimension", 768)),

@@ -26,19 +26,27 @@ from typing import Any
 import numpy as np
 
 from engine.analysis.volume.anatomy import segment_anatomy
+from engine.analysis.volume.annotation import structure_annotation, volume_annotation
 from engine.analysis.volume.roi import roi_box_stats, roi_sphere_stats
 from engine.config import DecodeLimits
 from engine.errors import ErrorCode, MedVisionError
 from engine.imaging.volume import SliceSource, Volume, assemble_stack
-from engine.imaging.volume.assemble import OpenSource, decode_slice, scan_one, slice_frame
+from engine.imaging.volume.assemble import (
+    OpenSource,
+    decode_slice,
+    header_datasets,
+    scan_one,
+    slice_frame,
+)
 from engine.imaging.volume.headers import SliceHeader, header_from_record
 from engine.imaging.volume.model import orientation_code
+from engine.imaging.volume.planes import PLANES, plane_pixels, plane_spacing
 from engine.imaging.volume.stacks import PROJECTION_MODALITIES, StackPlan, plan_stacks
+from engine.services.annotations import AnnotationService
 from engine.store import Store
 
 log = logging.getLogger(__name__)
 MiB = 1024 * 1024
-PLANES = ("axial", "coronal", "sagittal")
 #: Slice headers kept per process (a few hundred bytes each): enough for tens of large series.
 MAX_CACHED_HEADERS = 200_000
 
@@ -104,8 +112,9 @@ def _image_ids(plan: StackPlan) -> tuple[str, ...]:
 class VolumeService:
     """A session's series as volumes: listing, assembly from the store, slices, planes, ROI, anatomy."""
 
-    def __init__(self, store: Store, cache: VolumeCache, limits: DecodeLimits | None = None) -> None:
-        self.store, self.cache = store, cache
+    def __init__(self, store: Store, cache: VolumeCache, limits: DecodeLimits | None = None,
+                 annotations: AnnotationService | None = None) -> None:
+        self.store, self.cache, self.annotations = store, cache, annotations
         self.limits = limits or DecodeLimits.from_env()
         self._headers: dict[str, tuple[list[SliceHeader], str | None]] = {}
         self._headers_lock = threading.Lock()
@@ -322,13 +331,7 @@ class VolumeService:
         if not isinstance(index, int) or not 0 <= index < size:
             raise MedVisionError(ErrorCode.INVALID_REGION, f"{plane} index {index!r} is outside 0..{size - 1}",
                                  plane=plane, index=index)
-        dz, dy, dx = volume.spacing_zyx
-        if plane == "axial":
-            image, spacing = volume.voxels[index], (dy, dx)
-        elif plane == "coronal":
-            image, spacing = volume.voxels[::-1, index, :], (dz, dx)
-        else:
-            image, spacing = volume.voxels[::-1, :, index], (dz, dy)
+        image, spacing = plane_pixels(volume.voxels, plane, index), plane_spacing(volume.spacing_zyx, plane)
         return image, {"plane": plane, "index": index, "shape": list(image.shape), "pixel_spacing_mm": list(spacing),
                        "series_uid": volume.series_uid, "stack": volume.stack_key or "main", "from": "volume",
                        "modality": volume.modality}
@@ -343,10 +346,23 @@ class VolumeService:
         return self.reslice(session_id, plane, index, series_uid, stack)
 
     # -- measurements ----------------------------------------------------------------------------
+    def _annotate(self, session_id: str, volume: Volume, payload: dict[str, Any], label: str, source: str) -> str:
+        """Store a ``volume_roi`` annotation on the series' slice at its first z (the row's anchor); its id."""
+        if self.annotations is None:
+            raise MedVisionError(ErrorCode.INVALID_ARGUMENT, "this volume service stores no annotations")
+        coordinates = payload["coordinates"]
+        z = (coordinates["z_range"] or [0])[0]
+        plan = self._plan(session_id, volume.series_uid, volume.stack_key or None)
+        image_id = next(h.source.image_id for h in plan.slices if h.uid == volume.source_uids[z])
+        added = self.annotations.add(session_id, image_id, payload["type"], coordinates, label=label, source=source)
+        return added["annotation_id"]
+
     def roi(self, session_id: str, *, box: list[int] | None = None, center_mm: list[float] | None = None,
-            radius_mm: float | None = None, series_uid: str | None = None, stack: str | None = None) -> dict[str, Any]:
+            radius_mm: float | None = None, series_uid: str | None = None, stack: str | None = None,
+            annotate: bool = False, label: str = "") -> dict[str, Any]:
         """HU statistics and mL of a box of voxel indices ``[x1, y1, z1, x2, y2, z2]`` (inclusive) or of a
-        sphere around a patient point (LPS mm) of ``radius_mm``."""
+        sphere around a patient point (LPS mm) of ``radius_mm``; ``annotate`` stores it as a ``volume_roi``
+        annotation (``annotation_id`` in the result)."""
         if (box is None) == (center_mm is None):
             raise MedVisionError(ErrorCode.INVALID_ARGUMENT, "give either box or center_mm with radius_mm")
         volume = self.volume(session_id, series_uid, stack)
@@ -357,22 +373,49 @@ class VolumeService:
             stats = roi_sphere_stats(volume.voxels, volume.spacing_zyx, centre, radius_mm)
             shape = {"center_mm": list(center_mm or []), "center_xyz": [round(c, 3) for c in centre],
                      "radius_mm": radius_mm}
-        return {"series_uid": volume.series_uid, "stack": volume.stack_key or "main", "roi": shape,
-                "statistics": stats.to_dict(), "unit": "HU" if volume.modality == "CT" else "stored value",
-                "warnings": [w.to_dict() for w in volume.warnings]}
+        result = {"series_uid": volume.series_uid, "stack": volume.stack_key or "main", "roi": shape,
+                  "statistics": stats.to_dict(), "unit": "HU" if volume.modality == "CT" else "stored value",
+                  "warnings": [w.to_dict() for w in volume.warnings]}
+        if annotate:
+            geometry = {"box": [int(v) for v in box]} if box is not None else {
+                "center": shape["center_xyz"], "radius_mm": float(radius_mm or 0)}
+            payload = volume_annotation(stats, shape="box" if box is not None else "sphere", geometry=geometry,
+                                        method="roi", volume_shape=volume.shape_zyx, series_uid=volume.series_uid,
+                                        frame_of_reference_uid=volume.frame_of_reference_uid,
+                                        stack_key=volume.stack_key or None)
+            result["annotation_id"] = self._annotate(session_id, volume, payload, label, "user")
+        return result
 
     def segment(self, session_id: str, structures: list[str] | str | None = None, series_uid: str | None = None,
-                stack: str | None = None) -> dict[str, Any]:
-        """Body, lungs, airways and bone of a stored CT (HU and connectivity, no trained model), in mL."""
+                stack: str | None = None, annotate: bool = False) -> dict[str, Any]:
+        """Body, lungs, airways and bone of a stored CT (HU and connectivity, no trained model), in mL;
+        ``annotate`` stores each structure found as a ``volume_roi`` mask annotation (``annotation_ids``)."""
         volume = self.volume(session_id, series_uid, stack)
         if volume.modality not in ("CT", ""):
             raise MedVisionError(ErrorCode.INVALID_IMAGE_TYPE,
                                  f"segment_volume needs a CT (Hounsfield units); this series is {volume.modality}")
         result = segment_anatomy(volume.voxels, volume.affine,
                                  structures=structures or ("body", "lungs", "airways", "bone"))
-        return {"series_uid": volume.series_uid, "stack": volume.stack_key or "main",
-                "segmentation": result.to_dict(), "model_trained": False,
-                "warnings": [w.to_dict() for w in volume.warnings]}
+        found = {"series_uid": volume.series_uid, "stack": volume.stack_key or "main",
+                 "segmentation": result.to_dict(), "model_trained": False,
+                 "warnings": [w.to_dict() for w in volume.warnings]}
+        if annotate:
+            found["annotation_ids"] = {}
+            for structure in (s for s in result.structures if s.found):
+                payload = structure_annotation(volume.voxels, volume.spacing_zyx, result.mask(structure.name),
+                                               method=result.method, series_uid=volume.series_uid,
+                                               frame_of_reference_uid=volume.frame_of_reference_uid,
+                                               stack_key=volume.stack_key or None)
+                found["annotation_ids"][structure.name] = self._annotate(session_id, volume, payload,
+                                                                         structure.name, "ai")
+        return found
+
+    def source_headers(self, session_id: str, series_uid: str | None = None, stack: str | None = None) -> list[Any]:
+        """The header (no pixels) of each slice's stored instance, in the volume's z order, for a derived
+        object (a SEG): each blob decrypted in memory, never written out."""
+        plan = self._plan(session_id, series_uid, stack)
+        volume = self._assembled(session_id, plan)
+        return header_datasets(plan.slices, volume.source_uids, self.limits)
 
     def forget(self, session_id: str, image_ids: list[str] | set[str]) -> None:
         """Drop a deleted session's volumes and headers."""

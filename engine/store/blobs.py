@@ -46,7 +46,7 @@ _BLOB_ID = re.compile(r"^[0-9a-f]{16,64}$")
 
 
 def derive_blob_key(store_key: bytes) -> bytes:
-    """A separate AES key for blobs, derived from the database key (HKDF-SHA256)."""
+    """The AES key of blobs, derived (HKDF-SHA256) from the data key (:mod:`engine.store.envelope`)."""
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"medvision blob v1").derive(
         store_key
     )

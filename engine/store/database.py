@@ -163,17 +163,17 @@ class Database:
         try:
             yield conn
         except sqlcipher3.Error as exc:
-            conn.execute("ROLLBACK")
+            _rollback(conn)
             raise MedVisionError(ErrorCode.DATABASE_ERROR, f"database write failed: {exc}") from exc
         except BaseException:
-            conn.execute("ROLLBACK")
+            _rollback(conn)
             raise
         finally:
             self._local.depth = 0
         try:
             conn.execute("COMMIT")
         except sqlcipher3.Error as exc:
-            conn.execute("ROLLBACK")
+            _rollback(conn)
             raise MedVisionError(ErrorCode.DATABASE_ERROR, f"commit failed: {exc}") from exc
 
     def query(self, sql: str, params: tuple | dict = ()) -> list[dict]:
@@ -209,6 +209,13 @@ class Database:
                     tx.execute(statement)
                 tx.execute(f"PRAGMA user_version = {int(version)}")
                 log.info("database migrated to schema %d", version)
+
+
+def _rollback(conn: Connection) -> None:
+    """Roll back the open transaction, if SQLite has not already (it does on a full disk or an I/O
+    error, and a ROLLBACK then fails with "no transaction is active", hiding the real error)."""
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
 
 
 def _split_sql(script: str) -> list[str]:

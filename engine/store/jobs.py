@@ -90,6 +90,14 @@ class JobRepository:
                 count += 1
         return count
 
+    def of_kind(self, kind: str, session_id: str | None = None) -> list[dict]:
+        """Jobs of one kind (of one session), oldest first."""
+        if session_id is None:
+            rows = self.db.query("SELECT * FROM jobs WHERE kind = ? ORDER BY id", (kind,))
+        else:
+            rows = self.db.query("SELECT * FROM jobs WHERE kind = ? AND session_id = ? ORDER BY id", (kind, session_id))
+        return [decode_row(r) for r in rows]
+
     def get(self, job_id: int) -> dict:
         """One job row."""
         rows = self.db.query("SELECT * FROM jobs WHERE id = ?", (job_id,))

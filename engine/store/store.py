@@ -14,17 +14,20 @@ from typing import Any
 from engine.store.agent_runs import AGENT_RUN_STATUSES, AgentRunRepository
 from engine.store.analyses import AnalysisRepository, MaskRepository
 from engine.store.annotations import AnnotationRepository
+from engine.store.audit import AUDIT_DATABASE_NAME, AuditLog
 from engine.store.blobs import BlobStore
 from engine.store.canvas import CanvasRepository
 from engine.store.common import new_id, now_iso
 from engine.store.database import Database
 from engine.store.dicom import DicomRepository
+from engine.store.envelope import open_data_key
 from engine.store.erasure import ErasureJournal
 from engine.store.events import EventLog
 from engine.store.exports import ExportRepository
 from engine.store.inputs import AGENT_INPUT_TYPES, InputRequestRepository
 from engine.store.jobs import JobRepository
 from engine.store.keys import resolve_key
+from engine.store.rotation import recover
 from engine.store.sessions import ImageRepository, SessionRepository
 
 __all__ = ["BLOB_DIR", "DATABASE_NAME", "EMBEDDING_DIR", "Store", "new_id", "now_iso"]
@@ -45,9 +48,16 @@ class Store:
         self.home = home
         home.mkdir(parents=True, exist_ok=True)
         self._key = key
-        self.db = Database(home / DATABASE_NAME, key)
-        self.blobs = BlobStore(home / BLOB_DIR, key)
-        self.embeddings = BlobStore(home / EMBEDDING_DIR, key)
+        database = home / DATABASE_NAME
+        existed = database.exists() and database.stat().st_size > 0
+        self.db = Database(database, key)  # a wrong key fails here, before the envelope is read
+        try:
+            self._data_key = open_data_key(home, key, database_existed=existed)
+        except BaseException:
+            self.db.close()
+            raise
+        self.blobs = BlobStore(home / BLOB_DIR, self._data_key)
+        self.embeddings = BlobStore(home / EMBEDDING_DIR, self._data_key)
         self.events = EventLog(self.db)
         self.erasures = ErasureJournal(self.db, home)
         self.sessions = SessionRepository(self.db, self.blobs, self.events, embeddings=self.embeddings,
@@ -62,6 +72,7 @@ class Store:
         self.agent_runs = AgentRunRepository(self.db, self.events, self.sessions)
         self.inputs = InputRequestRepository(self.db, self.events, self.sessions)
         self.canvas = CanvasRepository(self.db, self.events)
+        self.audit = AuditLog(home / AUDIT_DATABASE_NAME, key, main_db=self.db)  # opened on first use
         # A process killed mid-erasure left files no row points to: erase them now.
         self.erasures.replay()
         self._drop_unscoped_embeddings()
@@ -86,6 +97,7 @@ class Store:
         the durable record."""
         home = Path(home)
         if key is None:
+            recover(home, use_keyring=use_keyring)  # a rotation a kill interrupted is finished first
             key = resolve_key(home, home / DATABASE_NAME, use_keyring=use_keyring)
         store = cls(home, key)
         try:
@@ -96,13 +108,19 @@ class Store:
         return store
 
     def close(self) -> None:
-        """Close all database connections."""
+        """Write queued audit records, then close all database connections."""
+        self.audit.close()
         self.db.close()
 
     @property
     def key(self) -> bytes:
         """The raw store key, for components sharing the data dir's encryption. Never log or persist it."""
         return self._key
+
+    @property
+    def data_key(self) -> bytes:
+        """The data key blobs derive their key from (:mod:`engine.store.envelope`). Never log or persist it."""
+        return self._data_key
 
     @property
     def cipher_version(self) -> str:
@@ -238,6 +256,10 @@ class Store:
     def requeue_stale_jobs(self, stale_worker_prefixes: list[str] | None = None) -> int:
         """See :meth:`JobRepository.requeue_stale`."""
         return self.jobs.requeue_stale(stale_worker_prefixes)
+
+    def list_jobs(self, kind: str, session_id: str | None = None) -> list[dict]:
+        """See :meth:`JobRepository.of_kind`."""
+        return self.jobs.of_kind(kind, session_id)
 
     def get_job(self, job_id: int) -> dict:
         """See :meth:`JobRepository.get`."""

@@ -19,6 +19,7 @@ from engine.agent.narrative import (
     NARRATIVE_SCHEMA,
     early_violations,
     narrative_prompt,
+    qualified_narrative,
     report_facts,
     template_narrative,
     write_narrative,
@@ -26,6 +27,7 @@ from engine.agent.narrative import (
 from engine.config import Settings
 from engine.inference.llm import LlmRuntime
 from engine.inference.registry import ModelRegistry
+from engine.vocabulary import DISCLAIMER, UNTRAINED_BANNER, UNTRAINED_OUTPUTS
 
 LABELS = list(vocabulary()["findings"])
 LOCATIONS = [None, "right lung, upper zone", "left lower zone", "overlapping the left clavicle", "right hilum",
@@ -109,6 +111,18 @@ def test_the_template_always_passes_the_guard() -> None:
         assert check_narrative(narrative, report) == [], (index, narrative)
         assert len(narrative["findings"]) <= FINDINGS_MAX_CHARS and len(narrative["impression"]) <= IMPRESSION_MAX_CHARS
         assert narrative == template_narrative(report)  # deterministic
+
+
+def test_with_untrained_models_each_field_opens_with_not_findings() -> None:
+    """The untrained run's narrative: each field on its own calls these outputs, not findings."""
+    rng = random.Random(20261202)
+    for index in range(100):
+        report = random_report(rng) | {"model_trained": False, "disclaimer": f"{DISCLAIMER} {UNTRAINED_BANNER}"}
+        narrative = template_narrative(report)
+        assert all(text.startswith(UNTRAINED_OUTPUTS) for text in narrative.values()), (index, narrative)
+        assert check_narrative(narrative, report) == [], (index, narrative)
+        assert len(narrative["findings"]) <= FINDINGS_MAX_CHARS and len(narrative["impression"]) <= IMPRESSION_MAX_CHARS
+    assert qualified_narrative(template_narrative(REPORTS[0]), REPORTS[0]) == template_narrative(REPORTS[0])
 
 
 def test_the_template_says_what_the_report_says() -> None:

@@ -15,6 +15,7 @@ from engine.agent.workflow import build_facts
 from engine.api import Engine
 from engine.config import Settings
 from engine.errors import MedVisionError
+from engine.vocabulary import UNTRAINED_OUTPUTS
 
 REPORT_KEYS = {"schema_version", "case_id", "session_id", "generated_at", "patient", "images", "findings",
                "diagnoses", "lesions", "measurements", "management", "quality", "reasoning", "narrative",
@@ -63,7 +64,7 @@ def test_the_report_has_exactly_the_agreed_shape_and_follows_the_schema(run: dic
     assert ratios == ([(pytest.approx(ctr["ratio"]), "ratio")] if measured else [])
     assert report["management"]["source"] and report["management"]["suggestion"]
     assert report["narrative"]["source"] == "template" and report["narrative"]["guard"]["status"] == "fallback"
-    assert report["reasoning"].startswith("Image CXR") and report["model_trained"] is False
+    assert report["reasoning"].startswith(f"{UNTRAINED_OUTPUTS} Image CXR") and report["model_trained"] is False
 
 
 def test_the_patient_is_de_identified(run: dict) -> None:

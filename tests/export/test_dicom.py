@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
-import shutil
-import subprocess
 from pathlib import Path
 
 import highdicom as hd
@@ -22,21 +21,11 @@ from engine.export.dicom_sc import encapsulated_pdf, secondary_capture
 from engine.export.dicom_seg import dicom_seg
 from engine.export.dicom_sr import dicom_sr, finding_site
 from engine.export.render import compose
+from engine.export.service import rendered_overlays
 from engine.imaging.decode import window_to_uint8
 from engine.imaging.masks import decode_rle
-
-
-def dciodvfy(path: Path) -> list[str]:
-    """dciodvfy's warnings for ``path``; fails the test on any error or a missing tool."""
-    tool = shutil.which("dciodvfy")
-    if tool is None:
-        pytest.fail("dciodvfy is not installed (apt-get install dicom3tools): the DICOM exports cannot be checked")
-    run = subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=120)
-    lines = [line.strip() for line in (run.stdout + run.stderr).splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("Error")]
-    warnings = [line for line in lines if line.startswith("Warning")]
-    assert not errors, "dciodvfy errors:\n" + "\n".join(errors) + "\nwarnings:\n" + "\n".join(warnings)
-    return warnings
+from engine.vocabulary import UNTRAINED_OUTPUTS, UNTRAINED_OVERLAYS_HIDDEN
+from tests.dciodvfy import dciodvfy
 
 
 def written(tmp_path: Path, artifact) -> Path:
@@ -130,7 +119,8 @@ def test_sr_is_valid_and_reads_back(bundle, tmp_path: Path) -> None:
     assert mask_group.get_measurements(name=term("area"))[0].value == drawn_mask_area(drawn_mask)
 
     comments = [i.TextValue for i in pydicom.dcmread(path).ContentSequence[-1].ContentSequence]
-    assert comments == ["For research and education, not for diagnostic use.",
+    assert comments == ["These are outputs of untrained development models, not findings.",
+                        "For research and education, not for diagnostic use.",
                         "Development models: untrained weights, output not meaningful."]
 
 
@@ -174,6 +164,14 @@ def test_secondary_capture_and_pdf_are_valid(bundle, tmp_path: Path) -> None:
     sc = pydicom.dcmread(path)
     assert sc.StudyInstanceUID == item.dicom.StudyInstanceUID and sc.SeriesInstanceUID != item.dicom.SeriesInstanceUID
     assert sc.BurnedInAnnotation == "YES" and np.array_equal(sc.pixel_array, rendered)
+    # The untrained run: its masks and boxes are not burned in unless asked for, and the capture says so.
+    assert sc.ImageComments.startswith(UNTRAINED_OVERLAYS_HIDDEN)
+    assert np.array_equal(rendered_overlays(bundle)[item.image_id], rendered)
+    asked = dataclasses.replace(bundle, options=ExportOptions(show_untrained_overlays=True))
+    burned = rendered_overlays(asked)[item.image_id]
+    assert (burned != rendered).any(axis=-1).mean() > 0.1  # the 14 organ masks
+    (capture,) = secondary_capture(asked, {item.image_id: burned})
+    assert pydicom.dcmread(io.BytesIO(capture.data)).ImageComments.startswith(UNTRAINED_OUTPUTS)
 
     buffer = io.BytesIO()
     page = canvas.Canvas(buffer)

@@ -13,8 +13,8 @@ from PIL import Image
 
 from engine.export.bundle import ExportOptions, gather
 from engine.export.html import MAX_SIDE, html_report
-from engine.export.render import compose, layer_images
-from engine.vocabulary import DISCLAIMER
+from engine.export.render import UNTRAINED_SUFFIX, compose, layer_images
+from engine.vocabulary import DISCLAIMER, UNTRAINED_OVERLAYS_HIDDEN
 
 
 class _Page(HTMLParser):
@@ -72,7 +72,14 @@ def test_html_has_one_image_per_layer_and_a_checkbox_per_overlay(report) -> None
     overlays = {i["id"]: i for i in page.images if i.get("id")}
     assert len(overlays) == len(layers) - 1
     assert sorted(b["data-layer"] for b in page.boxes) == sorted(overlays)
-    assert all(b.get("type") == "checkbox" and "checked" in b for b in page.boxes)
+    assert all(b.get("type") == "checkbox" for b in page.boxes)
+    # Overlays of the untrained models start unchecked and hidden, named so; the others start on.
+    untrained = {f"layer-{item.image_id}-{layer['id']}" for layer in layers if layer["untrained"]}
+    assert len(untrained) >= 14  # the organ masks at least
+    assert all(("checked" in b) == (b["data-layer"] not in untrained) for b in page.boxes)
+    assert all(("hidden" in overlays[name]) == (name in untrained) for name in overlays)
+    assert all(overlays[name]["alt"].endswith(UNTRAINED_SUFFIX) for name in untrained)
+    assert any(line.strip().startswith("Hidden: ") and UNTRAINED_OVERLAYS_HIDDEN in line for line in page.text)
     # An organ mask of the untrained dev pack may be empty (or vanish at this scale) on some
     # machines: its layer is then blank. Every other overlay draws something.
     blank = {f"layer-{item.image_id}-{layer['id']}" for layer, image in layer_images(item, max_side=MAX_SIDE)
@@ -88,6 +95,15 @@ def test_html_has_one_image_per_layer_and_a_checkbox_per_overlay(report) -> None
     assert sizes == {(964, 1024)}
     user = overlays[f"layer-{item.image_id}-annotations-user"]
     assert user["alt"] == "User drawings"
+
+
+def test_html_shows_untrained_overlays_when_asked(worked) -> None:
+    bundle = gather(worked.engine.services, worked.session_id, ExportOptions(show_untrained_overlays=True,
+                                                                            include_report=False))
+    _, page = _parse(html_report(bundle)[0].data)
+    assert page.boxes and all("checked" in b for b in page.boxes)
+    assert not any("hidden" in image for image in page.images)
+    assert any(image.get("alt", "").endswith(UNTRAINED_SUFFIX) for image in page.images)
 
 
 def test_html_shows_findings_report_trace_and_warnings(report) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import re
 import shutil
 import subprocess
 import time
@@ -123,3 +125,103 @@ def test_missing_parts_are_listed(engine, rg1_path, tmp_path) -> None:
     text = _text(_write(tmp_path, pdf_report(bundle)[0].data))
     assert "Not included" in text and f"image {image} has not been analysed" in text
     assert "not for diagnostic use" in text and "Development models" not in text
+
+
+# -- words: with untrained models no paragraph passes for a reading -------------------------------
+def _finding_words() -> re.Pattern[str]:
+    """Words that state a finding: report words and every classifier label, in the table's wording too."""
+    from engine.analysis.questions import display_name, labels
+
+    names = {"impression", "shows", "consistent with"} | {label.replace("_", " ").lower() for label in labels()}
+    names |= {display_name(label).lower() for label in labels()}
+    return re.compile(r"\b(" + "|".join(sorted(map(re.escape, names), key=len, reverse=True)) + r")\b", re.I)
+
+
+#: The sections of the PDF, each opening with its heading on a line of its own.
+_PDF_HEADING = re.compile(r"^(Findings|Report|Agent trace|Models|Not included|Issues|"
+                          r"(Measurements|Organs|Similar cases), image \w+|Image \w+: .*)$")
+
+
+def _pdf_sections(path: Path) -> list[tuple[str, str]]:
+    """``(heading, text after it)`` for every section of the PDF (pdftotext keeps the reading order)."""
+    sections: list[tuple[str, list[str]]] = [("(top)", [])]
+    for line in _poppler("pdftotext", str(path), "-").splitlines():
+        if _PDF_HEADING.match(line.strip()):
+            sections.append((line.strip(), []))
+        else:
+            sections[-1][1].append(line)
+    return [(heading, " ".join(" ".join(lines).split())) for heading, lines in sections]
+
+
+def test_untrained_report_texts_qualify_every_statement(worked, default_pdf) -> None:
+    """Narrative, reasoning, the run's summary, chat answers, PDF, HTML and SR of the untrained run."""
+    from html.parser import HTMLParser
+
+    import pydicom
+
+    from engine.agent.memory import ConversationMemory
+    from engine.export.dicom_sr import dicom_sr
+    from engine.export.html import html_report
+    from engine.vocabulary import UNTRAINED_OUTPUTS
+
+    finding = _finding_words()
+    engine, session = worked.engine, worked.session_id
+    report = engine.get_agent_run(session, worked.run_id)["report"]
+    assert report["model_trained"] is False and any(f["present"] for f in report["findings"])
+    paragraphs = [report["narrative"]["findings"], report["narrative"]["impression"], report["reasoning"]]
+    paragraphs += [t["content"] for t in ConversationMemory(engine.store).context(session)["turns"]
+                   if t["role"] == "agent"]  # the run's summary
+    for question in ("Is there a mass?", "Is there a nodule in this region?"):  # the facts/LLM and table paths
+        paragraphs.append(engine.ask_about_image(session, question)["answer"])
+    region = engine.analyze_selected_region(session, {"type": "bbox", "coordinates": [0.12, 0.25, 0.42, 0.55],
+                                                      "format": "relative"}, question="is there an effusion here?",
+                                            actions=["describe", "classify"])
+    paragraphs += [region["description"], region["answer"]["text"]]
+    assert any(finding.search(p) for p in paragraphs)  # they do name findings: the check bites
+    for text in paragraphs:
+        assert text.startswith(UNTRAINED_OUTPUTS), text
+
+    bundle, _, path, _ = default_pdf
+    checked = 0
+    for heading, text in _pdf_sections(path):
+        if heading.startswith(("Image ", "Models", "Not included", "Issues", "(top)")):
+            continue  # pictures with their legend, model ids, the export's own notes, trace issues
+        if finding.search(text):
+            checked += 1
+            assert text.startswith(UNTRAINED_OUTPUTS), (heading, text[:200])
+    assert checked >= 3  # findings, report, trace at least
+    assert "Impression. " not in _text(path) and "Findings. " not in _text(path)
+
+    class Sections(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.sections: list[list[str]] = []
+            self.inside = False
+
+        def handle_starttag(self, tag: str, attrs: list) -> None:
+            if tag == "section":
+                self.sections.append([])
+                self.inside = True
+
+        def handle_endtag(self, tag: str) -> None:
+            if tag == "section":
+                self.inside = False
+
+        def handle_data(self, data: str) -> None:
+            if self.inside and data.strip():
+                self.sections[-1].append(data.strip())
+
+    page = Sections()
+    page.feed(html_report(bundle)[0].data.decode("utf-8"))
+    checked = 0
+    for heading, *body in page.sections:
+        text = " ".join(body)
+        if heading.startswith(("Image ", "Models", "Patient", "Not included")) or not finding.search(text):
+            continue
+        checked += 1
+        assert text.startswith(UNTRAINED_OUTPUTS), (heading, text[:200])
+    assert checked >= 3
+
+    sr = pydicom.dcmread(io.BytesIO(dicom_sr(bundle)[0].data))
+    comments = [item.TextValue for item in sr.ContentSequence[-1].ContentSequence]
+    assert comments[0] == UNTRAINED_OUTPUTS

@@ -15,6 +15,8 @@ from engine.export.render import (
     ANNOTATION_STYLES,
     FILL_ALPHA,
     ORGAN_PALETTE,
+    UNTRAINED_HIDDEN_REASON,
+    UNTRAINED_SUFFIX,
     base_image,
     compose,
     layer_images,
@@ -80,7 +82,8 @@ def test_switching_a_layer_off_removes_its_colour(bundle) -> None:
     # The AI layer holds the agent's region annotations: there only if the (untrained) classifier gave it
     # candidates to place, which differs from machine to machine.
     drawn = [a for a in item.annotations if a["type"] not in ("mask", "measurement")]
-    expected = {"annotations-user"} | ({"annotations-ai"} if any(a["source"] == "ai" for a in drawn) else set())
+    ai = {"annotations-ai-untrained"} if any(a["source"] == "ai" for a in drawn) else set()  # listed, hidden
+    expected = {"annotations-user"} | ai
     assert {layer["id"] for layer in layers} - {layer["id"] for layer in fewer} == expected
     base = np.asarray(base_image(item)).astype(int)
     measured = (np.asarray(compose(item, include_segmentation=False, include_annotations=False)[0]) != base).any(-1)
@@ -93,7 +96,8 @@ def test_organ_masks_are_tinted_with_their_palette_colour(bundle) -> None:
     organs = [m for m in item.masks if m.source == "organ_seg"]
     layers = layer_images(item, include_annotations=False, include_measurements=False)
     organ_layers = [(layer, image) for layer, image in layers if layer["kind"] == "organ_mask"]
-    assert [layer["name"] for layer, _ in organ_layers] == [m.label for m in organs]
+    assert [layer["name"] for layer, _ in organ_layers] == [m.label + UNTRAINED_SUFFIX for m in organs]
+    assert all(layer["untrained"] for layer, _ in organ_layers)
     for index, (organ, (layer, image)) in enumerate(zip(organs, organ_layers, strict=True)):
         rgba = np.asarray(image)
         assert np.array_equal(rgba[..., 3] > 0, organ.mask), organ.label
@@ -101,7 +105,8 @@ def test_organ_masks_are_tinted_with_their_palette_colour(bundle) -> None:
         assert layer["color"] == "#{:02x}{:02x}{:02x}".format(*ORGAN_PALETTE[index])
     # Where one organ's fill is the only overlay, the pixel is that colour blended over the image.
     base = np.asarray(base_image(item)).astype(float)
-    composed = np.asarray(compose(item, include_annotations=False, include_measurements=False)[0]).astype(float)
+    composed = np.asarray(compose(item, include_annotations=False, include_measurements=False,
+                                  show_untrained=True)[0]).astype(float)  # the user asks for them
     alphas = np.stack([np.asarray(image)[..., 3] for _, image in layers])
     alone = (alphas > 0).sum(axis=0) == 1
     index = int(np.argmax([(alone & (a == FILL_ALPHA)).sum() for a in alphas[:len(organs)]]))
@@ -135,10 +140,37 @@ def test_layer_list_is_json_ready_and_feeds_the_legend(bundle) -> None:
     counts = {layer["id"]: layer["count"] for layer in layers}
     assert counts["annotations-user"] == 5 and counts["measurements"] == 2 and counts["masks"] == 1
     ai = [a for a in item.annotations if a["source"] == "ai" and a["type"] not in ("mask", "measurement")]
-    assert counts.get("annotations-ai", 0) == len(ai)  # as many as the agent placed (model-dependent, maybe 0)
-    entries = legend(layers)
-    assert len(entries) == len(layers) - 1
-    assert entries[0] == (layers[1]["name"], ORGAN_PALETTE[0])
+    # as many as the agent placed (model-dependent, maybe 0), all resting on the untrained classifier
+    assert counts.get("annotations-ai-untrained", 0) == len(ai) and "annotations-ai" not in counts
+    hidden = [layer for layer in layers if not layer["visible"]]
+    assert [layer["kind"] for layer in hidden].count("organ_mask") == 14
+    assert all(layer["untrained"] and layer["hidden_reason"] == UNTRAINED_HIDDEN_REASON for layer in hidden)
+    assert not any(layer["untrained"] for layer in layers if layer["visible"])
+    entries = legend(layers)  # what is drawn, nothing else
+    assert [name for name, _ in entries] == [layer["name"] for layer in layers[1:] if layer["visible"]]
+    _, asked = compose(item, max_side=512, show_untrained=True)
+    assert all(layer["visible"] for layer in asked)
+    entries = legend(asked)
+    assert len(entries) == len(asked) - 1
+    assert entries[0] == (layers[1]["name"], ORGAN_PALETTE[0]) and entries[0][0].endswith(UNTRAINED_SUFFIX)
+
+
+def test_untrained_overlays_leave_the_image_plain_outside_user_drawings(bundle) -> None:
+    """The PNG export of the untrained run: the film itself wherever the user drew nothing."""
+    (item,) = bundle.images
+    base = np.asarray(base_image(item)).astype(int)
+    (artifact,) = png_annotated(bundle)
+    exported = np.asarray(Image.open(io.BytesIO(artifact.data)).convert("RGB"))[:1955].astype(int)
+    user = [a for a in item.annotations if a["source"] == "user"]
+    drawn = _covered(layer_images(dataclasses.replace(item, annotations=user, masks=[
+        m for m in item.masks if not item.mask_untrained(m)])))
+    assert (exported != base).any(axis=-1)[~drawn].sum() == 0
+    assert (exported != base).any(axis=-1)[drawn].mean() > 0.3  # the user's drawings are there
+    strip = Image.open(io.BytesIO(artifact.data)).convert("RGB")
+    assert strip.height > 1955 + 3 * 14  # banner, hidden-overlays caption, disclaimer, footer
+    shown = png_annotated(dataclasses.replace(bundle, options=ExportOptions(show_untrained_overlays=True)))[0]
+    shown_pixels = np.asarray(Image.open(io.BytesIO(shown.data)).convert("RGB"))[:1955].astype(int)
+    assert (shown_pixels != base).any(axis=-1)[~drawn].mean() > 0.2  # the organ masks, on request
 
 
 def test_png_carries_the_banner_disclaimer_and_metadata(bundle, worked) -> None:

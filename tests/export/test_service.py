@@ -96,6 +96,9 @@ def test_visualization_writes_the_composited_view_and_lists_layers(worked, tmp_p
     assert view["image_url"].startswith("file://")
     kinds = {layer["kind"] for layer in view["layers"]}
     assert {"image", "organ_mask", "annotation", "measurement"} <= kinds
+    organs = [layer for layer in view["layers"] if layer["kind"] == "organ_mask"]
+    assert organs and not any(layer["visible"] for layer in organs)  # the untrained PSPNet's: listed, not drawn
+    assert view["hidden_note"].startswith("Hidden: ")
     bare = worked.engine.get_visualization(worked.session_id, worked.image_id, include_annotations=False,
                                            include_segmentation=False, include_measurements=False,
                                            output_path=tmp_path / "bare.png", max_side=512)

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from engine.analysis.volume.grow import GrowResult
-from engine.analysis.volume.roi import RoiStats
+from engine.analysis.volume.roi import RoiStats, roi_mask_stats
 from engine.errors import ErrorCode, MedVisionError
 from engine.imaging.masks import decode_rle, encode_rle
 
@@ -145,6 +145,21 @@ def grown_region_annotation(result: GrowResult, *, series_uid: str | None, frame
                      "connectivity": result.connectivity, "truncated": result.truncated})
     return volume_annotation(result.stats, shape="mask", geometry=geometry, method=result.method,
                              volume_shape=result.volume_shape, series_uid=series_uid,
+                             frame_of_reference_uid=frame_of_reference_uid, stack_key=stack_key)
+
+
+def structure_annotation(hu: np.ndarray, spacing_zyx: tuple[float, float, float], mask: np.ndarray, *, method: str,
+                         series_uid: str | None, frame_of_reference_uid: str | None = None,
+                         stack_key: str | None = None) -> dict[str, Any] | None:
+    """The 3D annotation of a segmented structure (its mask cropped to its box, HU statistics), None if empty."""
+    found = np.argwhere(mask)
+    if not found.size:
+        return None
+    low, high = found.min(axis=0), found.max(axis=0) + 1
+    crop = tuple(slice(int(a), int(b)) for a, b in zip(low, high, strict=True))
+    stats = roi_mask_stats(hu, spacing_zyx, mask)
+    return volume_annotation(stats, shape="mask", geometry=mask_geometry(mask[crop], tuple(int(v) for v in low)),
+                             method=method, volume_shape=mask.shape, series_uid=series_uid,
                              frame_of_reference_uid=frame_of_reference_uid, stack_key=stack_key)
 
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from engine.config import DecodeLimits
@@ -319,3 +320,25 @@ def load_dicom_volume(sources: Sequence[str | Path | SliceSource], *, series_uid
                              f"the sources hold {len(mains)} series; name the one to assemble.",
                              series=[{"series_uid": p.first.series_uid, "slices": len(p.slices)} for p in mains])
     return assemble_stack(mains[0], limits=limits, extra_warnings=notes)  # its warnings name the other stacks
+
+
+def header_datasets(headers: Sequence[SliceHeader], uids: Sequence[str], limits: DecodeLimits | None = None
+                    ) -> list[Dataset]:
+    """The header (no pixels) of the single-frame instance behind each slice uid, in that order: what a
+    derived object (a DICOM SEG) references. Read from each source again (a stored image decrypted in
+    memory), one at a time. Raises EXPORT_FAILED for a slice of a multi-frame object or a uid not among
+    ``headers``."""
+    limits = limits or DecodeLimits.from_env()
+    by_uid = {h.uid: h for h in headers}
+    datasets = []
+    for uid in uids:
+        header = by_uid.get(uid)
+        if header is None or header.frame is not None:
+            raise MedVisionError(ErrorCode.EXPORT_FAILED,
+                                 f"slice {uid} is " + ("a frame of a multi-frame object: only series of single-frame "
+                                                       "instances are referenced by a volume SEG" if header else
+                                                       "not among the sources"), slice=uid)
+        ds, _ = read_dicom(io.BytesIO(header.source.read()), limits, name=header.source.name, force=True,
+                           stop_before_pixels=True)
+        datasets.append(ds)
+    return datasets

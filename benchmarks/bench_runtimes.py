@@ -3,7 +3,7 @@
 
 For every model and candidate: the median ms per image (batch 1, interleaved rounds so machine
 noise hits all alike) and parity against ONNX Runtime fp32 on the calibration hold-out images
-(classifier max |dp|; organ segmentation worst per-label mask Dice at 0.5). Point --pack at a dev
+(classifier max |dp|; organ segmentation worst per-label mask Dice at 0.5; RAD-DINO embedding cosine). Point --pack at a dev
 pack (the eager side rebuilds the dev weights): build one with
 ``medvision models build --dev --only classifier,segmentation --out /tmp/pack``.
 
@@ -22,6 +22,8 @@ from timing import interleaved_ms
 PARITY = {
     "classify": lambda ref, out: {"max_abs_dp": float(np.abs(1 / (1 + np.exp(-out)) - 1 / (1 + np.exp(-ref))).max())},
     "organ_seg": lambda ref, out: {"dice_worst": float(_dice(ref > 0, out > 0).min())},
+    "embed": lambda ref, out: {"cosine_min": float(((ref * out).sum(axis=1) / (np.linalg.norm(ref, axis=1)
+                                                                            * np.linalg.norm(out, axis=1))).min())},
 }
 
 
@@ -82,7 +84,8 @@ def main() -> None:
     parser.add_argument("--pack", type=Path, required=True)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--tasks", default="classify,organ_seg", help="comma-separated: classify, organ_seg")
+    parser.add_argument("--tasks", default="classify,organ_seg,embed",
+                        help="comma-separated: classify, organ_seg, embed")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -97,11 +100,16 @@ def main() -> None:
             holdout = images.xrv_set(resolution, augmented=views).holdout
             baseline = {"torchxrayvision-eager": eager_runner(args.threads, holdout[:1])} if task == "classify" else {}
             report[task] = bench_task(pack, task, holdout, args.threads, args.rounds, baseline)
+    if "embed" in args.tasks.split(",") and any(e.task == "embed" for e in pack.entries):
+        from models.embedding import check_tensors
+
+        report["embed"] = bench_task(pack, "embed", check_tensors(images.by_role("holdout")), args.threads,
+                                     max(2, args.rounds // 2))
     if "classify" in report:
         eager = report["classify"]["baseline_ms"]["torchxrayvision-eager"]
         for row in report["classify"]["candidates"].values():
             row["speedup_vs_eager"] = round(eager / row["median_ms"], 2)
-    for task in ("classify", "organ_seg"):
+    for task in ("classify", "organ_seg", "embed"):
         if task in report:
             print(f"{task} (median ms per image at {args.threads} threads; parity vs ORT fp32):")
             for name, row in report[task]["candidates"].items():

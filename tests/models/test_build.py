@@ -10,6 +10,7 @@ import pytest
 from engine.inference.modelpack import ModelPack
 from models import BUILDER_VERSION, classifier, sam
 from models.pack import COMPONENTS, build_pack, components_named, family_names, is_fresh
+from tests.models.runtime_choice import assert_runtime_choice
 
 
 def test_dev_build_is_complete_fresh_and_replaces_atomically(tmp_path: Path) -> None:
@@ -23,7 +24,7 @@ def test_dev_build_is_complete_fresh_and_replaces_atomically(tmp_path: Path) -> 
     assert manifest["builder_version"] == BUILDER_VERSION and manifest["trained"] is False
     assert all(row["ok"] for row in ModelPack.load(out).verify())
     assert manifest["components"] == ["classifier"]
-    _assert_runtime_choice(manifest["models"])
+    assert_runtime_choice(manifest["models"])
     assert not is_fresh(out, dev=True)  # a subset of the model families is not the default pack
     assert is_fresh(out, dev=True, components=[classifier.build])  # but it is the pack asked for
     manifest["components"] = [c.__module__.rsplit(".", 1)[-1] for c in COMPONENTS]
@@ -41,22 +42,3 @@ def test_families_are_chosen_by_name_in_build_order() -> None:
     assert components_named(["sam", "classifier"]) == [classifier.build, sam.build]
     with pytest.raises(ValueError, match="unknown model family densenet; choose from classifier"):
         components_named(["classifier", "densenet"])
-
-
-def _assert_runtime_choice(entries: list[dict]) -> None:
-    """Each file measured on every CPU runtime (parity vs ORT fp32); default = fastest passing choice."""
-    fastest = {}
-    for entry in entries:
-        rows = entry["benchmark"]["runtimes"]
-        assert [(r["runtime"], r["inference_precision"]) for r in rows][1:] == [("openvino", "fp32"),
-                                                                                ("openvino", "bf16")]
-        for row in (r for r in rows if r["available"]):
-            assert row["median_ms"] > 0 and row["passes"] is (row["max_abs_dp"] <= classifier.PARITY_LIMIT)
-        passing = [r for r in rows if r.get("passes")]
-        chosen = min(passing, key=lambda r: r["median_ms"]) if passing else rows[0]
-        assert entry["runtime"] == chosen["runtime"]
-        assert entry.get("inference_precision") == (chosen["inference_precision"]
-                                                    if chosen["runtime"] == "openvino" else None)
-        fastest[entry["id"]] = chosen["median_ms"] if passing else float("inf")
-    assert entries[0]["benchmark"]["runtimes"][0]["max_abs_dp"] == 0.0  # the reference against itself
-    assert [e["id"] for e in entries if e["default"]] == [min(fastest, key=fastest.get)]

@@ -25,6 +25,7 @@ from torch import nn
 from engine.inference.modelpack import sha256_file
 from models.calibration import CalibrationSet
 from models.onnx_tools import cpu_session, export_onnx, median_latency_ms, quantize_qdq
+from models.runtimes import choose_runtimes
 from models.weights import loading, require_file
 
 if TYPE_CHECKING:
@@ -157,7 +158,7 @@ def build(context: BuildContext) -> list[dict]:
         "parameters": {"init": info["init"]},
     }
     threads_note = {"threads": threads, "batch": 1}
-    return [
+    entries = [
         common | {"id": f"{MODEL_ID}-fp32", "file": f"classify/{fp32_path.name}", "precision": "fp32",
                   "default": not int8_default, "benchmark": threads_note | {"median_ms": round(lat32, 2)}},
         common | {"id": f"{MODEL_ID}-int8", "file": f"classify/{int8_path.name}", "precision": "int8",
@@ -166,3 +167,8 @@ def build(context: BuildContext) -> list[dict]:
                                             "parity_limit": PARITY_LIMIT, "parity_samples": int(len(holdout)),
                                             "calibration_sources": calibration.sources}},
     ]
+    return choose_runtimes(
+        entries, out_dir, holdout, threads=threads,
+        parity=lambda ref, out: {"max_abs_dp": round(float(np.abs(sigmoid(out) - sigmoid(ref)).max()), 5)},
+        passes=lambda figures: figures["max_abs_dp"] <= PARITY_LIMIT,
+        rule=f"the fastest candidate whose max |dp| against ONNX Runtime fp32 is <= {PARITY_LIMIT}")

@@ -53,6 +53,7 @@ from engine.analysis.embedding import pixel_values
 from engine.errors import ErrorCode, MedVisionError
 from engine.inference.modelpack import sha256_file
 from models.onnx_tools import cpu_session, export_onnx
+from models.runtimes import choose_runtimes
 from models.weights import loading, require_file
 
 if TYPE_CHECKING:
@@ -283,7 +284,7 @@ def build(context: BuildContext) -> list[dict]:
         "int8_default": int8_default,
         "calibration_sources": context.images.sources,
     }
-    return [
+    entries = [
         common | {"id": f"{MODEL_ID}-fp32", "file": f"embed/{fp32_path.name}", "precision": "fp32",
                   "default": not int8_default, "benchmark": bench | {"median_ms": round(lat32, 1)}},
         common | {"id": f"{MODEL_ID}-int8", "file": f"embed/{int8_path.name}", "precision": "int8",
@@ -291,3 +292,8 @@ def build(context: BuildContext) -> list[dict]:
                   "quantization": {"method": "dynamic", "weights": "int8 per-channel", "activations": "uint8 dynamic",
                                    "op_types": ["MatMul"], "reference": f"{MODEL_ID}-fp32"} | decision},
     ]
+    return choose_runtimes(
+        entries, context.out_dir, check_tensors(context.images.by_role("holdout")), threads=context.threads,
+        parity=lambda ref, out: {"cosine_min": round(float(_cosine(ref, out).min()), 6)},
+        passes=lambda figures: figures["cosine_min"] >= COSINE_LIMIT,
+        rule=f"the fastest candidate whose embedding cosine to ONNX Runtime fp32 is >= {COSINE_LIMIT} on every image")

@@ -35,6 +35,7 @@ from engine.inference.modelpack import sha256_file
 from models.calibration import CalibrationSet
 from models.classifier import recalibrate_batchnorm
 from models.onnx_tools import cpu_session, export_onnx, quantize_qdq
+from models.runtimes import choose_runtimes
 from models.weights import loading, require_file
 
 if TYPE_CHECKING:
@@ -58,6 +59,8 @@ CALIBRATION_VIEWS = 6
 BATCHNORM_SAMPLES = 4
 #: int8 is kept only if every label's mean Dice against the fp32 masks reaches this.
 DICE_LIMIT = 0.95
+#: A runtime (OpenVINO fp32/bf16, on either file) is chosen only at this per-label Dice against fp32 ORT.
+RUNTIME_DICE_LIMIT = 0.98
 MASK_THRESHOLD = 0.5
 
 
@@ -223,8 +226,23 @@ def build(context: BuildContext) -> list[dict]:
                            f"< {DICE_LIMIT} (mean over labels {dice.mean():.3f})")
         fp32_entry["quantization"] = {"int8_kept": False, "reason": "; ".join(reasons),
                                       "candidate": recipe} | parity
-        return [fp32_entry]
+        return _with_runtimes([fp32_entry], context, holdout)
     int8_entry = common | {"id": f"{MODEL_ID}-int8", "file": f"organ_seg/{int8_path.name}", "precision": "int8",
                            "default": True, "benchmark": bench | {"median_ms": round(lat8, 1)},
                            "quantization": recipe | {"int8_kept": True, "reference": f"{MODEL_ID}-fp32"} | parity}
-    return [fp32_entry, int8_entry]
+    return _with_runtimes([fp32_entry, int8_entry], context, holdout)
+
+
+def _with_runtimes(entries: list[dict], context: BuildContext, holdout: np.ndarray) -> list[dict]:
+    """Each kept file's CPU runtime and the pack default, chosen by measurement (masks' Dice per label)."""
+    cut = float(np.log(MASK_THRESHOLD / (1.0 - MASK_THRESHOLD)))
+
+    def parity(reference: np.ndarray, outputs: np.ndarray) -> dict:
+        dice = dice_per_label(reference > cut, outputs > cut).mean(axis=0)
+        return {"dice_worst": round(float(dice.min()), 4), "dice_mean": round(float(dice.mean()), 4)}
+
+    return choose_runtimes(
+        entries, context.out_dir, holdout, threads=context.threads, parity=parity,
+        passes=lambda figures: figures["dice_worst"] >= RUNTIME_DICE_LIMIT,
+        rule=f"the fastest candidate whose masks' mean Dice against ONNX Runtime fp32 at threshold "
+             f"{MASK_THRESHOLD} is >= {RUNTIME_DICE_LIMIT} for every label")

@@ -9,6 +9,7 @@ import numpy as np
 
 from engine.analysis.preprocess import classifier_tensor
 from engine.errors import ErrorCode, MedVisionError
+from engine.inference.openvino_runtime import runtime_info
 
 if TYPE_CHECKING:
     from engine.imaging import DecodedImage
@@ -113,7 +114,7 @@ def classify(
     findings.sort(key=lambda f: f["probability"], reverse=True)
     return {
         "status": "ok",
-        "model": entry.describe() | {"device": model.device},
+        "model": entry.describe() | runtime_info(model),
         "model_trained": entry.trained,
         "threshold": threshold,
         "calibration": "op_norm" if op_threshs else "sigmoid",

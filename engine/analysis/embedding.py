@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from engine.errors import ErrorCode, MedVisionError
+from engine.inference.openvino_runtime import runtime_info
 
 if TYPE_CHECKING:
     from engine.imaging import DecodedImage
@@ -149,7 +150,7 @@ def embed_image(
         "status": "ok",
         "vector": raw / np.float32(norm),
         "dimension": int(raw.size),
-        "model": entry.describe() | {"device": model.device},
+        "model": entry.describe() | runtime_info(model),
         "model_trained": entry.trained,
         "region": bounds,
         "timings_ms": {

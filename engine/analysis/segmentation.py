@@ -25,6 +25,7 @@ from engine.analysis.classify import CXR_TYPES, check_image_type, check_model_in
 from engine.analysis.preprocess import crop_box, xrv_tensor
 from engine.errors import ErrorCode, MedVisionError
 from engine.imaging.masks import encode_rle, mask_bbox
+from engine.inference.openvino_runtime import runtime_info
 
 if TYPE_CHECKING:
     from engine.imaging import DecodedImage
@@ -282,7 +283,7 @@ def segment_organs(
     finished = time.perf_counter()
     return {
         "status": "ok",
-        "model": entry.describe() | {"device": model.device},
+        "model": entry.describe() | runtime_info(model),
         "model_trained": entry.trained,
         "threshold": threshold,
         "forced": bool(force and decoded.image_type not in CXR_TYPES),

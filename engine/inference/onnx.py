@@ -32,6 +32,8 @@ def _error_code(exc: Exception) -> ErrorCode:
 class OnnxModel:
     """One ONNX Runtime inference session over a verified model file."""
 
+    fallback: str | None = None  # why another runtime the manifest named could not serve it
+
     def __init__(self, path: Path, *, threads: int, providers: tuple[str, ...], name: str) -> None:
         self.name = name
         options = ort.SessionOptions()
@@ -54,6 +56,11 @@ class OnnxModel:
     def device(self) -> str:
         """``cuda`` or ``cpu``: where this session actually runs."""
         return "cuda" if self.providers and self.providers[0] == "CUDAExecutionProvider" else "cpu"
+
+    @property
+    def backend(self) -> str:
+        """``onnxruntime-cpu`` or ``onnxruntime-cuda``: the runtime that serves this model."""
+        return f"onnxruntime-{self.device}"
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Run the model; failures become ``INFERENCE_ERROR`` (or ``GPU_OOM``)."""

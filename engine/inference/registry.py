@@ -10,6 +10,7 @@ from engine.errors import ErrorCode, MedVisionError
 from engine.inference.llm import LlmRuntime
 from engine.inference.modelpack import ModelEntry, ModelPack
 from engine.inference.onnx import OnnxModel
+from engine.inference.openvino_runtime import OpenVinoModel, load_model
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +21,7 @@ class ModelRegistry:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._pack: ModelPack | None = None
-        self._models: dict[str, OnnxModel] = {}
+        self._models: dict[str, OnnxModel | OpenVinoModel] = {}
         self._llm: LlmRuntime | None = None
         self._lock = threading.RLock()
 
@@ -43,15 +44,22 @@ class ModelRegistry:
             raise MedVisionError(ErrorCode.MODEL_NOT_FOUND, f"the model pack has no model for task {task!r}")
         return entry
 
-    def onnx(self, entry: ModelEntry) -> OnnxModel:
-        """The loaded ONNX session for ``entry`` (verified and created on first use)."""
+    def onnx(self, entry: ModelEntry) -> OnnxModel | OpenVinoModel:
+        """The loaded session for ``entry``'s ONNX file (verified and created on first use).
+
+        ONNX Runtime, or OpenVINO where the entry names ``runtime: openvino`` and it can run here.
+        A pinned precision (``MEDVISION_PRECISION``) runs that file on ONNX Runtime as built, the
+        reference numerics, without the measured runtime choice (which may compute in bf16).
+        """
         with self._lock:
             model = self._models.get(entry.id)
             if model is None:
                 if entry.spec["format"] != "onnx":
                     raise MedVisionError(ErrorCode.MODEL_LOAD_ERROR, f"{entry.id} is not an ONNX model")
                 path = self.pack.path(entry)
-                model = OnnxModel(path, threads=self.settings.threads, providers=self.settings.providers, name=entry.id)
+                spec = {"runtime": "onnxruntime"} if self.settings.precision else entry.spec
+                model = load_model(path, spec, threads=self.settings.threads,
+                                   providers=self.settings.providers, name=entry.id)
                 self._models[entry.id] = model
             return model
 

@@ -10,6 +10,7 @@ import pytest
 from engine.inference.modelpack import ModelPack
 from models import BUILDER_VERSION, classifier, sam
 from models.pack import COMPONENTS, build_pack, components_named, family_names, is_fresh
+from tests.models.runtime_choice import assert_runtime_choice
 
 
 def test_dev_build_is_complete_fresh_and_replaces_atomically(tmp_path: Path) -> None:
@@ -23,6 +24,7 @@ def test_dev_build_is_complete_fresh_and_replaces_atomically(tmp_path: Path) -> 
     assert manifest["builder_version"] == BUILDER_VERSION and manifest["trained"] is False
     assert all(row["ok"] for row in ModelPack.load(out).verify())
     assert manifest["components"] == ["classifier"]
+    assert_runtime_choice(manifest["models"])
     assert not is_fresh(out, dev=True)  # a subset of the model families is not the default pack
     assert is_fresh(out, dev=True, components=[classifier.build])  # but it is the pack asked for
     manifest["components"] = [c.__module__.rsplit(".", 1)[-1] for c in COMPONENTS]

@@ -9,7 +9,7 @@ The stored rows come back here as items in scene mm, on the plane and slice they
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from desktop.canvas.commands import Ref
 from desktop.canvas.tools import ToolController
@@ -18,8 +18,18 @@ from engine.analysis.volume.annotation import VOLUME_ROI
 from engine.analysis.volume.plane_coords import plane_to_voxel, voxel_to_plane
 from engine.imaging.volume.planes import plane_spacing
 
-if TYPE_CHECKING:
-    from desktop.canvas.planes import PlaneView
+
+class PlaneSurface(Protocol):
+    """What the plane tools need of the view they draw on (``desktop.canvas.planes.PlaneView``)."""
+
+    host: Any
+    plane: str
+    index: int
+    volume: Any
+
+    def plane_point(self, scene_point: QPointF) -> list[float]: ...  # noqa: D102
+
+    def voxel_point(self, scene_point: QPointF) -> list[float]: ...  # noqa: D102
 
 #: The plane tools: name -> (shortcut, title), as :data:`desktop.canvas.tools.TOOLS`.
 PLANE_TOOLS = {
@@ -40,9 +50,9 @@ class PlaneToolController(ToolController):
     drag_kinds = frozenset({"distance", "bbox", "ellipse"})
     view_tools = ("navigate",)
 
-    view: PlaneView
+    view: PlaneSurface
 
-    def __init__(self, view: PlaneView) -> None:
+    def __init__(self, view: PlaneSurface) -> None:
         super().__init__(view)
         self.tool = "navigate"
 

@@ -56,7 +56,7 @@ from engine.errors import ErrorCode, MedVisionError
 
 
 class ToolLookup(Protocol):
-    """What parsing a pipeline asks of the tool registry (:class:`engine.agent.tools.ToolRegistry` is one)."""
+    """What parsing a pipeline asks of the tool registry (:class:`engine.agent.toolkit.ToolRegistry` is one)."""
 
     def get(self, tool_id: str, *, missing_ok: bool = False) -> Any: ...
     def ids(self) -> list[str]: ...

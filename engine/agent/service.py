@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 from engine.agent.conversation import ask_about_image
 from engine.agent.memory import ConversationMemory
 from engine.agent.pipeline import load_pipelines
-from engine.agent.tools import ToolRegistry, default_registry
+from engine.agent.toolkit import ToolRegistry
+from engine.agent.tools import default_registry
 from engine.agent.trace import export_trace
 from engine.agent.workflow import MODES, AgentRun
 from engine.errors import ErrorCode, MedVisionError

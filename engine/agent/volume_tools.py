@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.agent.tools import Tool, ToolCall, ToolResult
+from engine.agent.toolkit import Tool, ToolCall, ToolResult
 from engine.errors import ErrorCode, MedVisionError
 
 #: Report names of the classical method's structures (the U-Net's labels are used as they are).

@@ -38,7 +38,8 @@ from engine.agent.management import region_for
 from engine.agent.memory import ConversationMemory
 from engine.agent.pipeline import Pipeline, Step, ToolUse, select_pipeline
 from engine.agent.report import models_untrained, validate_report
-from engine.agent.tools import Tool, ToolCall, ToolRegistry, ToolResult, default_registry
+from engine.agent.toolkit import Tool, ToolCall, ToolRegistry, ToolResult
+from engine.agent.tools import default_registry
 from engine.agent.trace import AGENTS, TraceRecorder, step_summaries, summarize, totals
 from engine.errors import ErrorCode, MedVisionError
 from engine.store import new_id, now_iso

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.agent.tools import ToolCall, compare_prior
+from engine.agent.toolkit import ToolCall
+from engine.agent.tools import compare_prior
 from tests.priors.rg1 import rg1_variant
 
 NO_LLM = {"use_llm": False}

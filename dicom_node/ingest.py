@@ -16,9 +16,8 @@ Order of a store (nothing is acknowledged before it is durable; one fsync in the
 3. the blob is committed with its *index record* sealed in it (the images row, the
    study session's name, the association, the arrival rule's job, the duplicate
    policy, the time: :func:`engine.store.dicom.instance_index`): record sealed, fsync,
-   rename, fsync of the directory. The blob is now the durable record. For an instance
-   of <= 1 MiB the last chunk is sealed and its writeback started on a helper thread
-   while step 2 runs, so the header check and the disk overlap;
+   rename, fsync of the directory. The blob is now the durable record (all but its
+   last chunk was sealed and written while it arrived: :mod:`dicom_node.spool`);
 4. 0x0000;
 5. its rows (study session created or reused, blob + image rows, receipt, analysis
    job, events) are written after, many instances per transaction
@@ -83,8 +82,6 @@ CANNOT_UNDERSTAND = 0xC210
 #: "Duplicate SOP Instance", a Failure (see :data:`dicom_node.config.DUPLICATE_POLICY`).
 DUPLICATE_REFUSED = 0x0111
 ANALYZE_JOB = "dicom_node.analyze"
-#: Blob tails sealed at once (one per association storing right now).
-SEAL_THREADS = 8
 #: Blob temp files untouched this long belong to a dead writer (another live process
 #: may be writing its own right now, so younger ones are left alone).
 STALE_TMP_S = 30.0
@@ -148,7 +145,6 @@ class Ingestor:
         self.limits = limits or DecodeLimits.from_env()
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dicom-db")
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dicom-read")
-        self._sealer = ThreadPoolExecutor(max_workers=SEAL_THREADS, thread_name_prefix="dicom-seal")
         self._held = Held()
         self._sequence = itertools.count(time.time_ns())
         self.writer = IndexWriter(store, self.db, interval_s=index_interval_s, on_written=self._written)
@@ -163,7 +159,6 @@ class Ingestor:
 
     def close(self) -> None:
         self.writer.close()
-        self._sealer.shutdown(wait=True)
         self._reader.shutdown(wait=True)
         self._db.shutdown(wait=True)
 
@@ -176,17 +171,12 @@ class Ingestor:
         except OSError as exc:  # the receive itself met a disk error
             spool.discard()
             return _storage_failure(exc)
-        # An instance wholly in memory (<= 1 MiB): its last chunk is sealed and its writeback
-        # started on a helper thread while the header is checked (the view reads a snapshot).
-        sealing = self._sealer.submit(spool.seal_tail) if spool.in_memory else None
         try:
             checked = _checked_header(reader, request_class, request_instance, self.limits)
         except Exception as exc:  # noqa: BLE001 - an unforeseen parser failure still cleans up below
             checked = _storage_failure(exc)
         finally:
             reader.close()
-            if sealing is not None:
-                sealing.exception()  # ended (a failure shows again in the commit below)
         if isinstance(checked, Outcome):
             spool.discard()
             return checked

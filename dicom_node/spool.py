@@ -4,9 +4,10 @@ With ``_config.STORE_RECV_CHUNKED_DATASET`` pynetdicom streams each incoming dat
 into a ``NamedTemporaryFile`` in the system temp dir, in plaintext, and leaves it behind
 when the association aborts mid-transfer. :func:`install` points pynetdicom at
 :class:`SpoolFile` instead: a :class:`~engine.store.blobs.BlobWriter` under the store's
-blob root, so the bytes are sealed with AES-256-GCM as they arrive (1 MiB chunks; the
-unsealed tail stays in memory) and an accepted instance only has to be fsynced and
-renamed: no second file, no second encryption pass, memory flat for any size.
+blob root, so the bytes are sealed with AES-256-GCM and written as they arrive
+(:data:`SPOOL_CHUNK_BYTES` chunks; only the unsealed tail stays in memory) and an
+accepted instance only has its last chunk sealed, then is fsynced and renamed: no
+second file, no second encryption pass, memory flat for any size.
 
 Lifecycle: pynetdicom writes; :meth:`SpoolFile.reader` gives the ingest a plaintext
 view to check the header; then :meth:`commit` (with the instance's index record:
@@ -30,6 +31,12 @@ from engine.store.blobs import BlobStore, BlobWriter
 
 _lock = threading.Lock()
 
+#: Plaintext bytes per sealed chunk of a received blob. Small enough that almost all of
+#: an instance is sealed and written while it arrives (a CT slice of 512 kB leaves a
+#: tail of a few bytes to seal in the C-STORE round trip, not the whole instance, as
+#: 1 MiB chunks did); large enough that the 16-byte tag per chunk is noise (0.01%).
+SPOOL_CHUNK_BYTES = 128 << 10
+
 
 class SpoolFile:
     """The write side pynetdicom sees (``write``, ``file.flush``, ``name``, ``close``)."""
@@ -37,7 +44,7 @@ class SpoolFile:
     def __init__(self, blobs: BlobStore, **_ignored: object) -> None:
         self.blob_id = uuid.uuid4().hex
         self.error: OSError | None = None
-        self._writer: BlobWriter = blobs.writer(self.blob_id)
+        self._writer: BlobWriter = blobs.writer(self.blob_id, chunk_size=SPOOL_CHUNK_BYTES)
         self.name = str(self._writer.tmp_path)  # pynetdicom unlinks it after the handler: best effort
         self.file = self  # pynetdicom calls ``.file.flush()`` after each fragment
         weakref.finalize(self, self._writer.abort)  # an aborted transfer leaves no file
@@ -49,11 +56,6 @@ class SpoolFile:
     @property
     def sha256(self) -> str:
         return self._writer.sha256
-
-    @property
-    def in_memory(self) -> bool:
-        """No chunk sealed yet (<= 1 MiB): :meth:`commit` may run while the header is read."""
-        return self._writer.in_memory
 
     def write(self, data: bytes | memoryview) -> int:
         """Seal and write; a disk error is kept for the ingest to answer (0xA700), not
@@ -76,10 +78,6 @@ class SpoolFile:
         if self.error is not None:
             raise self.error
         return self._writer.reader()
-
-    def seal_tail(self) -> None:
-        """Seal the last chunk and start its writeback (while the header is checked)."""
-        self._writer.seal_tail(writeback=True)
 
     def commit(self, index: bytes | None = None) -> None:
         """Seal the tail (and the ``index`` record), fsync, rename: the blob now exists whole."""

@@ -85,9 +85,10 @@ def _damaged(blob_id: str) -> MedVisionError:
 class BlobWriter:
     """Streams plaintext into one encrypted blob; use through :meth:`BlobStore.writer`."""
 
-    def __init__(self, store: BlobStore, blob_id: str) -> None:
+    def __init__(self, store: BlobStore, blob_id: str, chunk_size: int = CHUNK_SIZE) -> None:
         self._store = store
         self.blob_id = blob_id
+        self.chunk_size = chunk_size
         self.size = 0
         self._sha = hashlib.sha256()
         self._pending = bytearray()
@@ -97,7 +98,7 @@ class BlobWriter:
         self.final_path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp_path = self.final_path.with_suffix(".tmp")
         self._file = open(self.tmp_path, "wb")  # noqa: SIM115 - closed in commit/abort
-        self._file.write(_HEADER.pack(MAGIC, self._prefix, CHUNK_SIZE))
+        self._file.write(_HEADER.pack(MAGIC, self._prefix, chunk_size))
         self.committed = self._tail_sealed = False
 
     @property
@@ -110,11 +111,12 @@ class BlobWriter:
         self._sha.update(data)
         self.size += len(data)
         self._pending += data
-        while len(self._pending) > CHUNK_SIZE:
-            self._seal(bytes(self._pending[:CHUNK_SIZE]), final=False)
-            del self._pending[:CHUNK_SIZE]
+        while len(self._pending) > self.chunk_size:
+            with memoryview(self._pending) as view:
+                self._seal(view[: self.chunk_size], final=False)
+            del self._pending[: self.chunk_size]  # from the front: no copy of the rest
 
-    def _seal(self, chunk: bytes, final: bool) -> None:
+    def _seal(self, chunk: bytes | memoryview, final: bool) -> None:
         nonce = self._prefix + struct.pack(">I", self._index)
         sealed = self._store._aes.encrypt(nonce, chunk, _aad(self.blob_id, self._index, final))
         self._file.write(sealed)
@@ -132,19 +134,13 @@ class BlobWriter:
         self._file.flush()
         return _PartialReader(self)
 
-    def seal_tail(self, *, writeback: bool = False) -> None:
-        """Seal and write the last chunk (once; nothing may be written after it). With
-        ``writeback`` (ahead of a :meth:`commit`) the disk starts writing the file now, so
-        the commit's fsync has less to wait for (Linux: ``POSIX_FADV_DONTNEED``)."""
+    def seal_tail(self) -> None:
+        """Seal and write the last chunk (once; nothing may be written after it)."""
         if self._tail_sealed:
             return
         self._seal(bytes(self._pending), final=True)
         self._pending.clear()
         self._tail_sealed = True
-        if writeback:
-            self._file.flush()
-            if hasattr(os, "posix_fadvise"):
-                os.posix_fadvise(self._file.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
 
     def commit(self, index: bytes | None = None) -> None:
         """Seal the last chunk (and the ``index`` record, if given: ``MVB2``) and make the
@@ -206,7 +202,7 @@ class _PartialReader(io.RawIOBase):
         end = self.size if size is None or size < 0 else min(self.size, self._pos + size)
         parts = []
         while self._pos < end:
-            index, offset = divmod(self._pos, CHUNK_SIZE)
+            index, offset = divmod(self._pos, self._writer.chunk_size)
             part = self._load(index)[offset : offset + end - self._pos]
             parts.append(part)
             self._pos += len(part)
@@ -224,9 +220,9 @@ class _PartialReader(io.RawIOBase):
             writer = self._writer
             if self._file is None:
                 self._file = open(writer.tmp_path, "rb")  # noqa: SIM115 - closed in close()
-            self._file.seek(_HEADER.size + index * (CHUNK_SIZE + _TAG_BYTES))
+            self._file.seek(_HEADER.size + index * (writer.chunk_size + _TAG_BYTES))
             nonce = writer._prefix + struct.pack(">I", index)
-            sealed = self._file.read(CHUNK_SIZE + _TAG_BYTES)
+            sealed = self._file.read(writer.chunk_size + _TAG_BYTES)
             self._chunk = writer._store._aes.decrypt(nonce, sealed, _aad(writer.blob_id, index, False))
             self._chunk_index = index
         return self._chunk
@@ -250,10 +246,14 @@ class BlobStore:
             raise MedVisionError(ErrorCode.INVALID_ARGUMENT, "malformed blob id")
         return self.root / blob_id[:2] / f"{blob_id}.mvb"
 
-    def writer(self, blob_id: str) -> BlobWriter:
-        """Start a streaming write; call ``commit()`` or ``abort()`` on the result."""
+    def writer(self, blob_id: str, *, chunk_size: int = CHUNK_SIZE) -> BlobWriter:
+        """Start a streaming write; call ``commit()`` or ``abort()`` on the result. A smaller
+        ``chunk_size`` seals more of a stream while it arrives and leaves less for the
+        commit; readers take it from the blob's header."""
+        if not 0 < chunk_size <= CHUNK_SIZE:
+            raise MedVisionError(ErrorCode.INVALID_ARGUMENT, f"blob chunk size must be 1..{CHUNK_SIZE} bytes")
         try:
-            return BlobWriter(self, blob_id)
+            return BlobWriter(self, blob_id, chunk_size)
         except OSError as exc:
             raise _disk_error(exc) from exc
 

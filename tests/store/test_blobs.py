@@ -32,20 +32,23 @@ def test_round_trip_across_chunks(blobs: BlobStore) -> None:
     assert blobs.read_bytes("b" * 32) == b""
 
 
-@pytest.mark.parametrize("size", [0, 1000, CHUNK_SIZE, CHUNK_SIZE * 2 + 777])
-def test_a_blob_in_progress_reads_back_at_any_offset(blobs: BlobStore, size: int) -> None:
+@pytest.mark.parametrize(("size", "chunk"), [(0, CHUNK_SIZE), (1000, CHUNK_SIZE), (CHUNK_SIZE, CHUNK_SIZE),
+                                             (CHUNK_SIZE * 2 + 777, CHUNK_SIZE), (1000, 4096),
+                                             (512 * 1024 + 1300, 128 * 1024), (128 * 1024, 128 * 1024)])
+def test_a_blob_in_progress_reads_back_at_any_offset(blobs: BlobStore, size: int, chunk: int) -> None:
     """The view the DICOM node checks a header through: sealed chunks decrypted from the
-    temp file, the tail from memory, never past the end; a commit meanwhile changes nothing."""
+    temp file, the tail from memory, never past the end; a commit meanwhile changes nothing.
+    A smaller chunk size (the node's spool) is recorded in the blob and read back from it."""
     data = os.urandom(size)
-    writer = blobs.writer("c" * 32)
+    writer = blobs.writer("c" * 32, chunk_size=chunk)
     for start in range(0, size, 65536):  # as a network delivers it
         writer.write(data[start : start + 65536])
-    assert writer.in_memory is (size <= CHUNK_SIZE)
+    assert writer.in_memory is (size <= chunk)
     view = writer.reader()
     if writer.in_memory:
         writer.commit()  # a commit while the view is read changes nothing
-    for offset, length in [(0, 132), (size // 2, 5000), (CHUNK_SIZE - 10, 20), (max(size - 3, 0), 100),
-                           (size + 5, 10)]:
+    for offset, length in [(0, 132), (size // 2, 5000), (chunk - 10, 20), (chunk - 10, chunk + 20),
+                           (max(size - 3, 0), 100), (size + 5, 10)]:
         view.seek(offset)
         assert view.read(length) == data[offset : offset + length]
     view.seek(0)
@@ -56,6 +59,16 @@ def test_a_blob_in_progress_reads_back_at_any_offset(blobs: BlobStore, size: int
     assert blobs.read_bytes("c" * 32) == data
     writer.abort()  # after a commit: keeps the blob
     assert blobs.read_bytes("c" * 32) == data
+    sealed_chunks = max(1, -(-size // chunk))  # the last one holds 1..chunk bytes
+    assert blobs.path_for("c" * 32).stat().st_size == 16 + size + 16 * sealed_chunks
+
+
+def test_a_chunk_size_outside_the_format_is_refused(blobs: BlobStore) -> None:
+    for chunk in (0, -1, CHUNK_SIZE + 1):
+        with pytest.raises(MedVisionError) as err:
+            blobs.writer("d" * 32, chunk_size=chunk)
+        assert err.value.code is ErrorCode.INVALID_ARGUMENT
+    assert not list(blobs.root.glob("*/*"))
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "drop_last_chunk"])

@@ -15,6 +15,7 @@ DICOM SEG export, overlays). Callers strip it before persisting or sending the r
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -260,20 +261,27 @@ def segment_organs(
     rows_slice, columns_slice = crop_box(decoded.rows, decoded.columns)
     crop_size = rows_slice.stop - rows_slice.start
     spacing = spacing_info(decoded)
-    masks: dict[str, np.ndarray] = {}
-    records = []
-    for label in (label for label in labels if label in measured):
+
+    def label_mask(label: str) -> tuple[np.ndarray, dict[str, Any] | None]:
         with np.errstate(over="ignore"):  # exp overflows to inf for confident negatives: p = 0
             probability = 1.0 / (1.0 + np.exp(-logits[labels.index(label)].astype(np.float32)))
         crop_probability = _to_crop(probability, crop_size)
         crop_mask = crop_probability > threshold
         mask = np.zeros((decoded.rows, decoded.columns), dtype=bool)
         mask[rows_slice, columns_slice] = crop_mask
-        masks[label] = mask
-        if label in selected:
-            mean_probability = float(crop_probability[crop_mask].mean()) if crop_mask.any() else None
-            records.append(organ_measurements(label, mask, pixel_spacing_mm=spacing["pixel_spacing_mm"],
-                                              mean_probability=mean_probability))
+        if label not in selected:
+            return mask, None
+        mean_probability = float(crop_probability[crop_mask].mean()) if crop_mask.any() else None
+        return mask, organ_measurements(label, mask, pixel_spacing_mm=spacing["pixel_spacing_mm"],
+                                        mean_probability=mean_probability)
+
+    # Labels are independent and their resize, threshold and RLE release the GIL for most of
+    # their time: the session's threads (idle once inference is done) share them.
+    wanted = [label for label in labels if label in measured]
+    with ThreadPoolExecutor(max_workers=max(1, min(registry.settings.threads, len(wanted)))) as pool:
+        outputs = list(pool.map(label_mask, wanted))
+    masks = {label: mask for label, (mask, _) in zip(wanted, outputs, strict=True)}
+    records = [record for _, record in outputs if record is not None]
     if all(name in masks for name in (HEART, RIGHT_LUNG, LEFT_LUNG)):
         ctr = cardiothoracic_ratio(masks[HEART], masks[RIGHT_LUNG], masks[LEFT_LUNG],
                                    pixel_spacing_mm=spacing["pixel_spacing_mm"],

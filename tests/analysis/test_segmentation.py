@@ -177,3 +177,16 @@ def test_ct_is_refused_unless_forced(registry: ModelRegistry) -> None:
     assert err.value.code is ErrorCode.INVALID_IMAGE_TYPE and err.value.details["detected_type"] == "CT"
     forced = segment_organs(ct, registry, organs=["Heart"], force=True)
     assert forced["forced"] is True and forced["_masks"]["Heart"].shape == (ct.rows, ct.columns)
+
+
+def test_masks_and_records_do_not_depend_on_the_thread_count(registry: ModelRegistry, rg1: DecodedImage) -> None:
+    """The labels' post-processing shares the session's threads; one thread gives the same result."""
+    shared = segment_organs(rg1, registry)
+    # The loaded session (its inference threads) stays; only the post-processing pool narrows.
+    registry.settings = dataclasses.replace(registry.settings, threads=1)
+    single = segment_organs(rg1, registry)
+    assert list(single["_masks"]) == list(shared["_masks"])
+    for label, mask in single["_masks"].items():
+        assert np.array_equal(mask, shared["_masks"][label]), label
+    assert without_masks(single)["organs"] == without_masks(shared)["organs"]
+    assert single["ctr"] == shared["ctr"]
